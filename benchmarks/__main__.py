@@ -1,0 +1,44 @@
+# python -m benchmarks [--quick] [--json FILE] [--only NAME[,NAME]] [--strict]
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .harness import run_all
+
+# name -> module that defines BENCHMARK; listed in the order they run.
+MODULES = {
+    "placement": "benchmarks.placement",
+    "sim": "benchmarks.sim_speed",
+    "runtime": "benchmarks.runtime_overhead",
+    "api": "benchmarks.api_load",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated: {', '.join(MODULES)}")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    names = list(MODULES) if not args.only else [n.strip() for n in args.only.split(",")]
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(MODULES)})")
+    benchmarks = []
+    for name in names:
+        try:
+            module = importlib.import_module(MODULES[name])
+        except ModuleNotFoundError as exc:
+            if exc.name == MODULES[name]:
+                print(f"== {name}: not built yet (no module {MODULES[name]})")
+                continue
+            raise
+        benchmarks.append(module.BENCHMARK)
+    return run_all(benchmarks, args.quick, args.json, args.strict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+# The catalog: which models the network serves and which GPU classes run them.
+#
+# Rules:
+# - Pure data plus lookups. Every performance and price figure carries its public
+#   source and the date it was taken; a figure we derived ourselves says "estimate"
+#   and how it was derived.
+# - Work is measured in one unit per model ("work units"): decode-equivalent tokens
+#   for text generation, denoising steps for image generation, audio seconds for
+#   speech-to-text. A GPU class runs a model at `rate` work units per second, so the
+#   service time of a task is simply work / rate. This keeps every placement score
+#   linear in the task's work, which the placement index relies on.
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import attrs
+
+TEXT_GENERATION = "text-generation"
+IMAGE_GENERATION = "image-generation"
+SPEECH_TO_TEXT = "speech-to-text"
+
+# Prompt tokens are processed in parallel (prefill), far faster than generated tokens
+# are decoded one by one. Estimate: llama.cpp pp512 vs tg128 on the same GPU differ by
+# 40-100x for 7B models (llama.cpp discussion #4167, figures of 2023-12); we count a
+# prompt token as 1/40 of a generated token, the conservative end.
+PREFILL_SPEEDUP = 40.0
+
+
+@attrs.frozen
+class ModelSpec:
+    name: str
+    task_type: str
+    vram_gb: float  # memory needed to hold the weights and a working set
+    load_seconds: float  # cold load: weights from local NVMe into GPU memory
+    work_unit: str  # what `rate` counts: "token", "step" or "audio_second"
+    aliases: tuple[str, ...] = ()
+    # Defaults used when a client does not say how big its task is.
+    default_output_tokens: int = 0
+    default_steps: int = 0
+    default_audio_seconds: float = 0.0
+    # OpenAI reference price for the same work, in dollars (see OPENAI_REFERENCE).
+    openai_reference: str = ""
+
+
+@attrs.frozen
+class GpuClass:
+    name: str
+    vram_gb: float
+    price_per_hour: float  # default on-demand price, dollars
+    rates: Mapping[str, float]  # model name -> work units per second
+
+    def rate(self, model: str) -> float:
+        return self.rates[model]
+
+
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        # Llama-2-7B quantized Q4_0, as volunteer nodes run it (llama.cpp): 3.8 GB of
+        # weights + KV cache. Load: 3.8 GB at ~2 GB/s NVMe read, ~2 s (estimate).
+        ModelSpec(
+            "llama2:7b", TEXT_GENERATION, vram_gb=4.5, load_seconds=2.0,
+            work_unit="token", aliases=("llama2",), default_output_tokens=256,
+            openai_reference="gpt-3.5-turbo",
+        ),
+        # Stable Diffusion 1.5 FP16: ~2 GB UNet+VAE+CLIP, ~4 GB in use at 512x512.
+        ModelSpec(
+            "stable-diffusion", IMAGE_GENERATION, vram_gb=4.0, load_seconds=4.0,
+            work_unit="step", default_steps=50, openai_reference="dall-e-2-512",
+        ),
+        # Whisper large-v2: ~10 GB VRAM (openai/whisper README, model table, 2023).
+        ModelSpec(
+            "whisper", SPEECH_TO_TEXT, vram_gb=10.0, load_seconds=3.0,
+            work_unit="audio_second", default_audio_seconds=60.0,
+            openai_reference="whisper-1",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "llama2:7b"
+_ALIASES = {alias: m.name for m in MODELS.values() for alias in m.aliases}
+
+# Text generation rates: Llama-2-7B Q4_0 single-stream decode tokens/s, llama.cpp
+# (tg128), as collected in the public llama.cpp GPU benchmark tables (2023-12,
+# read 2026-11): 3090 120.6, 4090 149.4, A100-80G 136.2, H100-PCIe 133.8
+# (FP16 for comparison: 51.9, 60.8, 73.8, 83.3).
+# Image rates: SD 1.5, 512x512, batch 1, it/s (public diffusers/A1111 benchmark
+# tables, 2023, read 2026-11): 3090 22.6, 4090 40.5, A100 21.7. H100: estimate,
+# A100 x 1.5 (H100/A100 FP16 dense ratio is ~3x on paper; batch-1 diffusion is
+# launch-bound, so we take half of that) = 32.6.
+# Speech rates are 1 / real-time factor (audio seconds per wall second). openai/whisper
+# large-v2 RTF on V100S 0.35 (openai/whisper discussions, 2022); large-v3 on 4090
+# 0.093 (public benchmark, 2024). 3090, A100, H100: estimates scaled from the 4090 by
+# the FP16 text-generation decode ratio above (memory-bandwidth bound like decode):
+# 3090 0.093*60.8/51.9 = 0.109, A100 0.093*60.8/73.8 = 0.077, H100 0.068.
+# Prices: on-demand $/h, public GPU cloud price lists (2026): 3090 0.39, 4090 0.60,
+# A100 2.45, H100 4.76.
+GPU_CLASSES: dict[str, GpuClass] = {
+    g.name: g
+    for g in (
+        GpuClass("RTX 3090", 24.0, 0.39,
+                 {"llama2:7b": 120.6, "stable-diffusion": 22.6, "whisper": 1 / 0.109}),
+        GpuClass("RTX 4090", 24.0, 0.60,
+                 {"llama2:7b": 149.4, "stable-diffusion": 40.5, "whisper": 1 / 0.093}),
+        GpuClass("A100", 80.0, 2.45,
+                 {"llama2:7b": 136.2, "stable-diffusion": 21.7, "whisper": 1 / 0.077}),
+        GpuClass("H100", 80.0, 4.76,
+                 {"llama2:7b": 133.8, "stable-diffusion": 32.6, "whisper": 1 / 0.068}),
+    )
+}
+
+# The GPU a quote assumes when no node serving the model is online.
+REFERENCE_GPU = "RTX 4090"
+
+# OpenAI list prices (openai.com/api/pricing, read 2026-11), dollars.
+# gpt-3.5-turbo: $0.50 / $1.50 per 1M input / output tokens.
+# dall-e-2 512x512: $0.018 per image. whisper-1: $0.006 per audio minute.
+OPENAI_REFERENCE = {
+    "gpt-3.5-turbo": {"input_per_token": 0.50e-6, "output_per_token": 1.50e-6},
+    "dall-e-2-512": {"per_image": 0.018},
+    "whisper-1": {"per_audio_second": 0.006 / 60},
+}
+
+
+class CatalogError(ValueError):
+    """An unknown model or GPU class; the message names it and lists the known ones."""
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """The model for a name or alias (`llama2` -> `llama2:7b`)."""
+    spec = MODELS.get(_ALIASES.get(name, name))
+    if spec is None:
+        known = ", ".join(sorted([*MODELS, *_ALIASES]))
+        raise CatalogError(f"unknown model {name!r} (known: {known})")
+    return spec
+
+
+def gpu_class(name: str) -> GpuClass:
+    gpu = GPU_CLASSES.get(name)
+    if gpu is None:
+        raise CatalogError(f"unknown GPU class {name!r} (known: {', '.join(GPU_CLASSES)})")
+    return gpu
+
+
+def gpu_rate(gpu_name: str, model: str) -> float:
+    """Work units per second of `model` on a GPU. An unlisted GPU name (a worker that
+    reports e.g. 'NVIDIA L4' or 'cpu') is treated as the slowest listed class."""
+    gpu = GPU_CLASSES.get(gpu_name)
+    if gpu is not None:
+        return gpu.rates[model]
+    return min(g.rates[model] for g in GPU_CLASSES.values())
+
+
+def default_price(gpu_name: str) -> float:
+    gpu = GPU_CLASSES.get(gpu_name)
+    return gpu.price_per_hour if gpu is not None else min(
+        g.price_per_hour for g in GPU_CLASSES.values())
+
+
+def work_units(model: str, prompt_tokens: int, output_tokens: int, steps: int,
+               audio_seconds: float) -> float:
+    """The work of a task in its model's work unit."""
+    task_type = MODELS[model].task_type
+    if task_type == TEXT_GENERATION:
+        return output_tokens + prompt_tokens / PREFILL_SPEEDUP
+    if task_type == IMAGE_GENERATION:
+        return float(steps)
+    return float(audio_seconds)
+
+
+def openai_cost(model: str, prompt_tokens: int, output_tokens: int, steps: int,
+                audio_seconds: float) -> float:
+    """What the same work would cost at OpenAI's list price, dollars."""
+    ref = OPENAI_REFERENCE[MODELS[model].openai_reference]
+    task_type = MODELS[model].task_type
+    if task_type == TEXT_GENERATION:
+        return prompt_tokens * ref["input_per_token"] + output_tokens * ref["output_per_token"]
+    if task_type == IMAGE_GENERATION:
+        return ref["per_image"] if steps > 0 else 0.0
+    return audio_seconds * ref["per_audio_second"]
+
+
+def estimate_prompt_tokens(text: str) -> int:
+    """Rough token count of a prompt: ~4 characters a token for English (OpenAI's
+    rule of thumb), at least one token for non-empty text."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0

@@ -1,0 +1,249 @@
+# The vocabulary of the scheduling core: values that go in (events) and values
+# that come out (decisions).
+#
+# Rules:
+# - Everything here is an immutable attrs value with no behaviour: a driver builds
+#   events from what it observes (a websocket frame, a simulated completion, an HTTP
+#   request) and carries out decisions (send a frame, schedule a simulated finish).
+# - Events are nouns in the past tense (something happened); decisions are
+#   imperatives (do this). Time never travels inside an event: it is the `now`
+#   argument of `Scheduler.handle`.
+# - A task's payload (prompt text, image, audio) never enters the core: the core
+#   sees only the size of the work. Drivers keep payloads keyed by task id.
+from __future__ import annotations
+
+import enum
+import math
+
+import attrs
+
+
+class Priority(enum.IntEnum):
+    STANDARD = 0
+    HIGH = 1
+    CRITICAL = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> "Priority":
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown priority {text!r} (expected one of: standard, high, critical)"
+            ) from None
+
+
+class TaskState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (TaskState.QUEUED, TaskState.RUNNING)
+
+
+@attrs.frozen
+class TaskSpec:
+    """What the core knows of a task: its identity, model, priority and size."""
+
+    task_id: str
+    model: str  # canonical model name (see catalog.resolve_model)
+    priority: Priority = Priority.STANDARD
+    prompt_tokens: int = 0
+    output_tokens: int = 0  # expected (max) generated tokens, text generation
+    steps: int = 0  # denoising steps, image generation
+    audio_seconds: float = 0.0  # speech-to-text
+    deadline: float = math.inf  # absolute time; the task expires if not done by then
+    max_attempts: int = 3  # runs allowed, counting retries after retryable failures
+    owner: str = ""  # opaque: the API key or client that submitted it
+
+
+@attrs.frozen
+class NodeSpec:
+    """A node as it announces itself when it joins."""
+
+    node_id: str
+    gpu: str  # GPU class name, e.g. "RTX 4090"
+    vram_gb: float
+    models: tuple[str, ...]  # canonical model names it can serve
+    slots: int = 1  # tasks it runs at once
+    price_per_hour: float | None = None  # None: the GPU class's default price
+    region: str = ""
+    loaded: tuple[str, ...] = ()  # models already warm in GPU memory
+    name: str = ""
+    location: str = ""  # human-readable place, e.g. "Germany"
+
+
+@attrs.frozen
+class Usage:
+    """Measured work of a finished task, as the node reports it."""
+
+    seconds: float  # GPU busy time
+    tokens: int = 0  # generated tokens
+    prompt_tokens: int = 0
+    steps: int = 0
+    audio_seconds: float = 0.0
+
+
+# ---- events -------------------------------------------------------------------
+
+
+@attrs.frozen
+class TaskSubmitted:
+    task: TaskSpec
+
+
+@attrs.frozen
+class TaskCancelled:
+    task_id: str
+
+
+@attrs.frozen
+class TaskFinished:
+    task_id: str
+    node_id: str
+    usage: Usage
+
+
+@attrs.frozen
+class TaskFailed:
+    task_id: str
+    node_id: str
+    error: str
+    retryable: bool = True
+
+
+@attrs.frozen
+class DeliveryFailed:
+    """The driver could not hand an assigned task to its node (the socket died
+    mid-send). The task goes back to the queue without counting as an attempt."""
+
+    task_id: str
+    node_id: str
+
+
+@attrs.frozen
+class NodeJoined:
+    node: NodeSpec
+
+
+@attrs.frozen
+class NodeHeartbeat:
+    node_id: str
+    loaded: tuple[str, ...] | None = None  # models warm now, when the node says
+
+
+@attrs.frozen
+class NodeDraining:
+    """The node finishes what it runs but takes nothing new (graceful shutdown)."""
+
+    node_id: str
+
+
+@attrs.frozen
+class NodeLost:
+    node_id: str
+    reason: str = "disconnected"
+
+
+@attrs.frozen
+class Tick:
+    """Time has passed; let deadlines fire."""
+
+
+Event = (
+    TaskSubmitted | TaskCancelled | TaskFinished | TaskFailed | DeliveryFailed
+    | NodeJoined | NodeHeartbeat | NodeDraining | NodeLost | Tick
+)
+
+
+# ---- decisions ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Assign:
+    task_id: str
+    node_id: str
+    model: str
+    attempt: int  # 1 for the first run
+    deadline: float
+    cold: bool  # the node must load the model first
+
+
+@attrs.frozen
+class Reject:
+    task_id: str
+    reason: str
+
+
+@attrs.frozen
+class Requeue:
+    """The task left its node and waits again; tell the node to drop it if it can."""
+
+    task_id: str
+    node_id: str
+    reason: str
+
+
+@attrs.frozen
+class Cancel:
+    """Tell the node to stop the task (it was cancelled or expired while running)."""
+
+    task_id: str
+    node_id: str
+
+
+@attrs.frozen
+class Complete:
+    task_id: str
+    node_id: str
+    cost: float  # dollars charged to the client
+    usage: Usage
+
+
+@attrs.frozen
+class Fail:
+    task_id: str
+    error: str
+    node_id: str | None
+
+
+@attrs.frozen
+class Expire:
+    task_id: str
+    node_id: str | None  # where it was running, if it was
+
+
+@attrs.frozen
+class Cancelled:
+    """The cancellation took effect: the task ends as cancelled."""
+
+    task_id: str
+
+
+@attrs.frozen
+class Drop:
+    """The node's connection should be closed: the core considers it lost."""
+
+    node_id: str
+    reason: str
+
+
+@attrs.frozen
+class WakeAt:
+    time: float
+
+
+Decision = (
+    Assign | Reject | Requeue | Cancel | Complete | Fail | Expire | Cancelled | Drop
+    | WakeAt
+)

@@ -1,0 +1,499 @@
+# The Scheduler: the one entry point of the pure core.
+#
+#     decisions = scheduler.handle(event, now)
+#     when = scheduler.next_deadline()        # math.inf when nothing is due
+#
+# Theory of operation. The scheduler owns the task table, the per-model queues
+# (queue.py), the node index (index.py), a placement policy (placement.py) and a
+# pricing policy (pricing.py). `handle` first fires every timer that is due at
+# `now` (task deadlines, node heartbeat timeouts), then applies the event through a
+# table of handlers (one per event type), then places queued tasks on free nodes
+# until a model's queue or its free nodes run out. It returns the decisions in the
+# order they were taken. A driver carries them out; what it cannot carry out it
+# reports back as an event (DeliveryFailed, NodeLost) - the core never sees I/O.
+#
+# Task lifecycle (a table, not nested ifs - see TRANSITIONS):
+#   queued -> running -> completed | failed | expired | cancelled | queued (requeue)
+#   queued -> expired | cancelled
+#   (submission) -> rejected
+# Each task ends exactly once; an event about a task that already ended, or about
+# a node that no longer runs it (a stale result from a node that was declared lost),
+# changes nothing.
+#
+# Rules: no I/O, no clocks, no global randomness (rng given at construction); the
+# same events at the same times with the same seed give the same decisions.
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from typing import Callable, Iterable, Mapping
+
+import attrs
+
+from .catalog import (
+    GPU_CLASSES, MODELS, REFERENCE_GPU, default_price, gpu_rate, openai_cost, work_units,
+)
+from .events import (
+    Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
+    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject,
+    Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
+    Tick, Usage, WakeAt,
+)
+from .index import NodeIndex, NodeState
+from .placement import (
+    DEFAULT_POLICY, Placement, PlacementPolicy, ScoredPolicy, balanced_score, make_policy,
+)
+from .pricing import PricingPolicy, Quote, charge, make_pricing, savings_pct
+from .queue import DEFAULT_HEAD_START, ModelQueue
+
+Q, R = TaskState.QUEUED, TaskState.RUNNING
+# (from, to) pairs the scheduler may take; anything else is a bug (asserted).
+TRANSITIONS = frozenset({
+    (None, Q), (None, TaskState.REJECTED),
+    (Q, R), (Q, TaskState.EXPIRED), (Q, TaskState.CANCELLED),
+    (R, TaskState.COMPLETED), (R, TaskState.FAILED), (R, TaskState.EXPIRED),
+    (R, TaskState.CANCELLED), (R, Q),
+})
+
+
+@attrs.frozen
+class SchedulerConfig:
+    heartbeat_timeout: float = 30.0  # a node silent this long is lost; inf: never
+    head_start: Mapping[Priority, float] = DEFAULT_HEAD_START
+    region_latency: Mapping[str, float] = attrs.field(factory=dict)  # seconds
+    max_queued: int = 1_000_000  # submissions beyond this are rejected
+    max_node_losses: int = 5  # a task whose node dies this often fails (poison task)
+    keep_finished: bool = True  # keep ended tasks readable (False: forget them)
+
+
+@attrs.define(eq=False)
+class TaskRecord:
+    spec: TaskSpec
+    work: float
+    key: float  # queue key: virtual arrival time
+    seq: int
+    submitted_at: float
+    state: TaskState = TaskState.QUEUED
+    node_id: str | None = None
+    attempts: int = 0
+    node_losses: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    multiplier: float = 1.0
+    cost: float = 0.0
+    error: str = ""
+
+
+@attrs.frozen
+class NodeSnapshot:
+    node_id: str
+    name: str
+    gpu: str
+    region: str
+    location: str
+    slots: int
+    running: int
+    models: tuple[str, ...]
+    loaded: tuple[str, ...]
+    price_per_hour: float
+    draining: bool
+    last_seen: float
+    tasks_done: int
+
+
+@attrs.frozen
+class NetworkSnapshot:
+    nodes: tuple[NodeSnapshot, ...]
+    queued: int
+    running: int
+    queued_by_model: Mapping[str, int]
+    nodes_by_model: Mapping[str, int]
+    counters: Mapping[str, int]
+    utilization: float
+
+
+COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelled",
+            "rejected", "requeued", "nodes_joined", "nodes_lost")
+
+
+class Scheduler:
+    def __init__(self, policy: str | PlacementPolicy = DEFAULT_POLICY,
+                 pricing: str | PricingPolicy = "static",
+                 rng: random.Random | None = None,
+                 config: SchedulerConfig = SchedulerConfig()) -> None:
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.pricing = make_pricing(pricing) if isinstance(pricing, str) else pricing
+        self.rng = rng if rng is not None else random.Random(0)
+        self.config = config
+        self.tasks: dict[str, TaskRecord] = {}
+        self.queues: dict[str, ModelQueue] = {m: ModelQueue() for m in MODELS}
+        self.index = NodeIndex(track_load=self.policy.needs_load_heap)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._seq = 0
+        self._ordinal = 0
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._node_timers: list[tuple[float, int, str]] = []
+        self._busy_slots = 0
+        self._total_slots = 0
+        self._announced_wake = math.inf
+        self._quote_ranking = ScoredPolicy("quote", balanced_score)
+        self._handlers: dict[type, Callable[[object, float, list[Decision]], None]] = {
+            TaskSubmitted: self._on_submitted,
+            TaskCancelled: self._on_cancelled,
+            TaskFinished: self._on_finished,
+            TaskFailed: self._on_failed,
+            DeliveryFailed: self._on_delivery_failed,
+            NodeJoined: self._on_joined,
+            NodeHeartbeat: self._on_heartbeat,
+            NodeDraining: self._on_draining,
+            NodeLost: self._on_lost,
+            Tick: lambda event, now, out: None,
+        }
+
+    # ---- the entry points ------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        self._fire_timers(now, out)
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a scheduler event: {event!r}")
+        handler(event, now, out)
+        self._place(now, out)
+        wake = self.next_deadline()
+        if wake != self._announced_wake:
+            self._announced_wake = wake
+            if wake < math.inf:
+                out.append(WakeAt(wake))
+        return out
+
+    def handle_all(self, events: Iterable[tuple[float, Event]]) -> list[Decision]:
+        out: list[Decision] = []
+        for now, event in events:
+            out.extend(self.handle(event, now))
+        return out
+
+    def next_deadline(self) -> float:
+        self._settle_deadlines()
+        self._settle_node_timers()
+        first = self._deadlines[0][0] if self._deadlines else math.inf
+        if self._node_timers:
+            first = min(first, self._node_timers[0][0])
+        return first
+
+    # ---- read-only views ------------------------------------------------------
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    @property
+    def utilization(self) -> float:
+        return self._busy_slots / self._total_slots if self._total_slots else 0.0
+
+    def snapshot(self) -> NetworkSnapshot:
+        nodes = tuple(
+            NodeSnapshot(
+                n.node_id, n.spec.name, n.spec.gpu, n.spec.region, n.spec.location,
+                n.slots, len(n.running), n.spec.models, tuple(n.loaded),
+                n.price_per_hour, n.draining, n.last_seen, n.tasks_done,
+            )
+            for n in self.index.nodes.values()
+        )
+        return NetworkSnapshot(
+            nodes=nodes,
+            queued=sum(len(q) for q in self.queues.values()),
+            running=self._busy_slots,
+            queued_by_model={m: len(q) for m, q in self.queues.items()},
+            nodes_by_model={m: sum(len(c.online) for c in mi.classes.values())
+                            for m, mi in self.index.models.items()},
+            counters=dict(self.counters),
+            utilization=self.utilization,
+        )
+
+    def quote(self, spec: TaskSpec) -> Quote:
+        """Estimate cost and time for `spec` as the network stands now, without
+        changing anything (no randomness is drawn)."""
+        model = MODELS[spec.model]
+        work = self._work(spec)
+        mi = self.index.models[spec.model]
+        multiplier = self.pricing.multiplier(spec.priority, self.utilization)
+        reference = openai_cost(spec.model, spec.prompt_tokens, spec.output_tokens,
+                                spec.steps, spec.audio_seconds)
+        ranked = self._quote_ranking.ranking(mi, work, spec.priority)
+        cls = next((c for c in ranked if c.free), None)
+        waiting = 0.0
+        if cls is None:
+            cls = next((c for c in ranked if c.online), None)
+            if cls is not None and mi.online_slots:
+                # Everyone ahead must start first: (queued + 1) tasks over all slots.
+                ahead = len(self.queues[spec.model]) + 1
+                waiting = ahead / mi.online_slots * cls.service_seconds(work)
+        if cls is None:
+            rate = gpu_rate(REFERENCE_GPU, spec.model)
+            seconds = model.load_seconds + work / rate
+            cost = charge(default_price(REFERENCE_GPU), work / rate, multiplier)
+            return Quote(cost, seconds, reference, savings_pct(cost, reference),
+                         REFERENCE_GPU, None)
+        node = self.index.nodes[(cls.free or cls.online).items[-1]]
+        cost = charge(cls.price_per_hour, cls.service_seconds(work), multiplier)
+        return Quote(cost, waiting + cls.completion_seconds(work), reference,
+                     savings_pct(cost, reference), cls.gpu, node.node_id,
+                     node.spec.region, node.spec.location)
+
+    # ---- event handlers -------------------------------------------------------
+
+    def _on_submitted(self, event: TaskSubmitted, now: float, out: list[Decision]) -> None:
+        spec = event.task
+        reason = self._rejection(spec, now)
+        if reason:
+            self.counters["rejected"] += 1
+            out.append(Reject(spec.task_id, reason))
+            return
+        self._seq += 1
+        record = TaskRecord(
+            spec, self._work(spec), now - self.config.head_start[spec.priority],
+            self._seq, now,
+        )
+        self.tasks[spec.task_id] = record
+        self.counters["submitted"] += 1
+        self.queues[spec.model].push(spec.task_id, record.key, record.seq)
+        if spec.deadline < math.inf:
+            heapq.heappush(self._deadlines, (spec.deadline, record.seq, spec.task_id))
+
+    def _rejection(self, spec: TaskSpec, now: float) -> str:
+        if spec.task_id in self.tasks:
+            return f"duplicate task id {spec.task_id!r}"
+        if spec.model not in MODELS:
+            return f"unknown model {spec.model!r}"
+        if spec.deadline <= now:
+            return "deadline already passed"
+        if spec.max_attempts < 1:
+            return "max_attempts must be at least 1"
+        if sum(len(q) for q in self.queues.values()) >= self.config.max_queued:
+            return f"queue full ({self.config.max_queued} tasks waiting)"
+        return ""
+
+    def _on_cancelled(self, event: TaskCancelled, now: float, out: list[Decision]) -> None:
+        record = self.tasks.get(event.task_id)
+        if record is None or record.state.is_final:
+            return
+        node_id = record.node_id if record.state is R else None
+        self._end(record, TaskState.CANCELLED, now)
+        if node_id is not None:
+            out.append(Cancel(record.spec.task_id, node_id))
+        out.append(Cancelled(record.spec.task_id))
+
+    def _running_on(self, task_id: str, node_id: str) -> TaskRecord | None:
+        record = self.tasks.get(task_id)
+        if record is None or record.state is not R or record.node_id != node_id:
+            return None
+        return record
+
+    def _on_finished(self, event: TaskFinished, now: float, out: list[Decision]) -> None:
+        record = self._running_on(event.task_id, event.node_id)
+        if record is None:
+            return
+        node = self.index.nodes[event.node_id]
+        node.last_seen = max(node.last_seen, now)
+        node.tasks_done += 1
+        record.cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
+        self._end(record, TaskState.COMPLETED, now)
+        out.append(Complete(event.task_id, event.node_id, record.cost, event.usage))
+
+    def _on_failed(self, event: TaskFailed, now: float, out: list[Decision]) -> None:
+        record = self._running_on(event.task_id, event.node_id)
+        if record is None:
+            return
+        if event.retryable and record.attempts < record.spec.max_attempts:
+            self._requeue(record, f"retry after failure: {event.error}", out)
+            return
+        record.error = event.error
+        self._end(record, TaskState.FAILED, now)
+        out.append(Fail(event.task_id, event.error, event.node_id))
+
+    def _on_delivery_failed(self, event: DeliveryFailed, now: float,
+                            out: list[Decision]) -> None:
+        record = self._running_on(event.task_id, event.node_id)
+        if record is None:
+            return
+        record.attempts -= 1  # it never ran
+        self._requeue(record, "could not be delivered to the node", out)
+
+    def _on_joined(self, event: NodeJoined, now: float, out: list[Decision]) -> None:
+        spec = event.node
+        if spec.slots < 1:
+            out.append(Drop(spec.node_id, "a node needs at least one slot"))
+            return
+        old = self.index.nodes.get(spec.node_id)
+        if old is not None:  # it reconnected before we noticed it was gone
+            self._lose(old, "rejoined", now, out)
+        models = tuple(m for m in spec.models if m in MODELS)
+        spec = attrs.evolve(spec, models=models)
+        self._ordinal += 1
+        price = spec.price_per_hour if spec.price_per_hour is not None else default_price(spec.gpu)
+        node = NodeState(spec, self._ordinal, price,
+                         self.config.region_latency.get(spec.region, 0.0), now,
+                         loaded=[m for m in spec.loaded if m in models])
+        self.index.add(node)
+        self._total_slots += node.slots
+        self.counters["nodes_joined"] += 1
+        if self.config.heartbeat_timeout < math.inf:
+            heapq.heappush(self._node_timers,
+                           (now + self.config.heartbeat_timeout, node.ordinal, node.node_id))
+
+    def _on_heartbeat(self, event: NodeHeartbeat, now: float, out: list[Decision]) -> None:
+        node = self.index.nodes.get(event.node_id)
+        if node is None:
+            return
+        node.last_seen = max(node.last_seen, now)
+        if event.loaded is not None:
+            node.loaded = [m for m in event.loaded if m in node.spec.models]
+            self.index.refresh(node)
+
+    def _on_draining(self, event: NodeDraining, now: float, out: list[Decision]) -> None:
+        node = self.index.nodes.get(event.node_id)
+        if node is not None and not node.draining:
+            self._total_slots -= node.slots
+            self._busy_slots -= len(node.running)
+            self.index.set_draining(node)
+
+    def _on_lost(self, event: NodeLost, now: float, out: list[Decision]) -> None:
+        node = self.index.nodes.get(event.node_id)
+        if node is not None:
+            self._lose(node, event.reason, now, out)
+
+    # ---- transitions ----------------------------------------------------------
+
+    def _move(self, record: TaskRecord, to: TaskState) -> None:
+        assert (record.state, to) in TRANSITIONS, (record.state, to)
+        record.state = to
+
+    def _detach(self, record: TaskRecord) -> NodeState | None:
+        """Take a running task off its node, freeing the slot."""
+        node = self.index.nodes.get(record.node_id) if record.node_id else None
+        if node is not None and record.spec.task_id in node.running:
+            node.running.discard(record.spec.task_id)
+            if not node.draining:
+                self._busy_slots -= 1
+            self.index.refresh(node)
+        return node
+
+    def _end(self, record: TaskRecord, to: TaskState, now: float) -> None:
+        if record.state is R:
+            self._detach(record)
+        elif record.state is Q:
+            self.queues[record.spec.model].remove(record.spec.task_id)
+        self._move(record, to)
+        record.ended_at = now
+        self.counters[to.value] += 1
+        if not self.config.keep_finished:
+            del self.tasks[record.spec.task_id]
+
+    def _requeue(self, record: TaskRecord, reason: str, out: list[Decision]) -> None:
+        node_id = record.node_id or ""
+        self._detach(record)
+        self._move(record, Q)
+        record.node_id = None
+        self.counters["requeued"] += 1
+        self.queues[record.spec.model].push(record.spec.task_id, record.key, record.seq)
+        out.append(Requeue(record.spec.task_id, node_id, reason))
+
+    def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision]) -> None:
+        for task_id in sorted(node.running, key=lambda t: self.tasks[t].seq):
+            record = self.tasks[task_id]
+            record.node_losses += 1
+            if record.node_losses >= self.config.max_node_losses:
+                record.error = f"its node was lost {record.node_losses} times"
+                self._end(record, TaskState.FAILED, now)
+                out.append(Fail(task_id, record.error, node.node_id))
+            else:
+                record.attempts -= 1  # not the task's fault
+                self._requeue(record, f"node lost: {reason}", out)
+        if not node.draining:
+            self._total_slots -= node.slots
+        self.index.remove(node)
+        self.counters["nodes_lost"] += 1
+
+    def _assign(self, record: TaskRecord, node: NodeState, now: float,
+                out: list[Decision]) -> None:
+        model = record.spec.model
+        cold = not node.is_warm(model)
+        node.touch_model(model)
+        node.running.add(record.spec.task_id)
+        self._busy_slots += 1
+        record.multiplier = self.pricing.multiplier(record.spec.priority, self.utilization)
+        self.index.refresh(node)
+        self._move(record, R)
+        record.node_id = node.node_id
+        record.attempts += 1
+        if record.started_at is None:
+            record.started_at = now
+        self.counters["assigned"] += 1
+        out.append(Assign(record.spec.task_id, node.node_id, model, record.attempts,
+                          record.spec.deadline, cold))
+
+    def _place(self, now: float, out: list[Decision]) -> None:
+        policy, rng, nodes = self.policy, self.rng, self.index
+        for model, queue in self.queues.items():
+            if not queue:
+                continue
+            mi = nodes.models[model]
+            while queue and mi.free:
+                record = self.tasks[queue.peek()]
+                spec = record.spec
+                node = policy.choose(Placement(model, record.work, spec.priority), mi, nodes, rng)
+                if node is None:
+                    break
+                queue.pop()
+                self._assign(record, node, now, out)
+
+    # ---- timers ---------------------------------------------------------------
+
+    def _settle_deadlines(self) -> None:
+        heap, tasks = self._deadlines, self.tasks
+        while heap:
+            deadline, seq, task_id = heap[0]
+            record = tasks.get(task_id)
+            if record is not None and record.seq == seq and not record.state.is_final:
+                return
+            heapq.heappop(heap)
+
+    def _settle_node_timers(self) -> None:
+        heap, nodes, timeout = self._node_timers, self.index.nodes, self.config.heartbeat_timeout
+        while heap:
+            expiry, ordinal, node_id = heap[0]
+            node = nodes.get(node_id)
+            if node is None or node.ordinal != ordinal:
+                heapq.heappop(heap)
+            elif node.last_seen + timeout > expiry:  # it was heard from since
+                heapq.heapreplace(heap, (node.last_seen + timeout, ordinal, node_id))
+            else:
+                return
+
+    def _fire_timers(self, now: float, out: list[Decision]) -> None:
+        self._settle_deadlines()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, task_id = heapq.heappop(self._deadlines)
+            record = self.tasks[task_id]
+            node_id = record.node_id if record.state is R else None
+            self._end(record, TaskState.EXPIRED, now)
+            out.append(Expire(task_id, node_id))
+            self._settle_deadlines()
+        self._settle_node_timers()
+        while self._node_timers and self._node_timers[0][0] <= now:
+            _, _, node_id = heapq.heappop(self._node_timers)
+            node = self.index.nodes[node_id]
+            reason = f"no heartbeat for {self.config.heartbeat_timeout:g} s"
+            self._lose(node, reason, now, out)
+            out.append(Drop(node_id, reason))
+            self._settle_node_timers()
+
+    @staticmethod
+    def _work(spec: TaskSpec) -> float:
+        return work_units(spec.model, spec.prompt_tokens, spec.output_tokens, spec.steps,
+                          spec.audio_seconds)
+
+
+__all__ = ["Scheduler", "SchedulerConfig", "TaskRecord", "NetworkSnapshot", "NodeSnapshot",
+           "TRANSITIONS", "GPU_CLASSES"]
