@@ -84,6 +84,7 @@ class NodeState:
     # model -> the NodeClass whose free set holds this node now (absent: none)
     member_of: dict[str, "NodeClass"] = attrs.field(factory=dict)
     classes: dict[str, "NodeClass"] = attrs.field(factory=dict)  # current class per model
+    eligible_models: tuple[str, ...] | None = None  # cached by NodeIndex.refresh
 
     @property
     def node_id(self) -> str:
@@ -111,12 +112,14 @@ class NodeState:
     def touch_model(self, model: str) -> list[str]:
         """Mark `model` as most recently used (loading it if cold); evict the least
         recently used models that no longer fit in VRAM. Returns the evicted ones."""
-        if model in self.loaded:
-            self.loaded.remove(model)
-        self.loaded.append(model)
-        evicted = []
-        while sum(MODELS[m].vram_gb for m in self.loaded) > self.spec.vram_gb and len(self.loaded) > 1:
-            evicted.append(self.loaded.pop(0))
+        loaded = self.loaded
+        if not loaded or loaded[-1] != model:  # else it is already the most recent
+            if model in loaded:
+                loaded.remove(model)
+            loaded.append(model)
+        evicted: list[str] = []
+        while len(loaded) > 1 and sum(MODELS[m].vram_gb for m in loaded) > self.spec.vram_gb:
+            evicted.append(loaded.pop(0))
         return evicted
 
 
@@ -231,12 +234,19 @@ class NodeIndex:
         """Put the node in exactly the sets its current state calls for."""
         node_id = node.node_id
         accepting = node.accepting
-        for model in node.spec.models:
-            if not self.eligible(node.spec, model):
-                continue
+        models = node.eligible_models
+        if models is None:
+            models = node.eligible_models = tuple(
+                m for m in node.spec.models if self.eligible(node.spec, m))
+        loaded = node.loaded
+        for model in models:
             mi = self.models[model]
-            cls = self._class_for(node, model)
             old_cls = node.classes.get(model)
+            # A node's GPU, region and price never change: only warmth can move it.
+            if old_cls is not None and old_cls.key[2] == (model in loaded):
+                cls = old_cls
+            else:
+                cls = self._class_for(node, model)
             if old_cls is not cls:
                 if old_cls is not None:
                     old_cls.online.discard(node_id)

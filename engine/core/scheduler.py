@@ -136,6 +136,7 @@ class Scheduler:
         self._node_timers: list[tuple[float, int, str]] = []
         self._busy_slots = 0
         self._total_slots = 0
+        self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
         self._announced_wake = math.inf
         self._quote_ranking = ScoredPolicy("quote", balanced_score)
         self._handlers: dict[type, Callable[[object, float, list[Decision]], None]] = {
@@ -155,7 +156,8 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Decision]:
         out: list[Decision] = []
-        self._fire_timers(now, out)
+        if self._deadlines or self._node_timers:
+            self._fire_timers(now, out)
         handler = self._handlers.get(type(event))
         if handler is None:
             raise TypeError(f"not a scheduler event: {event!r}")
@@ -175,6 +177,8 @@ class Scheduler:
         return out
 
     def next_deadline(self) -> float:
+        if not self._deadlines and not self._node_timers:
+            return math.inf
         self._settle_deadlines()
         self._settle_node_timers()
         first = self._deadlines[0][0] if self._deadlines else math.inf
@@ -258,6 +262,7 @@ class Scheduler:
         self.tasks[spec.task_id] = record
         self.counters["submitted"] += 1
         self.queues[spec.model].push(spec.task_id, record.key, record.seq)
+        self._queued += 1
         if spec.deadline < math.inf:
             heapq.heappush(self._deadlines, (spec.deadline, record.seq, spec.task_id))
 
@@ -270,7 +275,7 @@ class Scheduler:
             return "deadline already passed"
         if spec.max_attempts < 1:
             return "max_attempts must be at least 1"
-        if sum(len(q) for q in self.queues.values()) >= self.config.max_queued:
+        if self._queued >= self.config.max_queued:
             return f"queue full ({self.config.max_queued} tasks waiting)"
         return ""
 
@@ -384,6 +389,7 @@ class Scheduler:
             self._detach(record)
         elif record.state is Q:
             self.queues[record.spec.model].remove(record.spec.task_id)
+            self._queued -= 1
         self._move(record, to)
         record.ended_at = now
         self.counters[to.value] += 1
@@ -397,6 +403,7 @@ class Scheduler:
         record.node_id = None
         self.counters["requeued"] += 1
         self.queues[record.spec.model].push(record.spec.task_id, record.key, record.seq)
+        self._queued += 1
         out.append(Requeue(record.spec.task_id, node_id, reason))
 
     def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision]) -> None:
@@ -434,6 +441,8 @@ class Scheduler:
                           record.spec.deadline, cold))
 
     def _place(self, now: float, out: list[Decision]) -> None:
+        if not self._queued:
+            return
         policy, rng, nodes = self.policy, self.rng, self.index
         for model, queue in self.queues.items():
             if not queue:
@@ -446,6 +455,7 @@ class Scheduler:
                 if node is None:
                     break
                 queue.pop()
+                self._queued -= 1
                 self._assign(record, node, now, out)
 
     # ---- timers ---------------------------------------------------------------
@@ -485,8 +495,8 @@ class Scheduler:
             _, _, node_id = heapq.heappop(self._node_timers)
             node = self.index.nodes[node_id]
             reason = f"no heartbeat for {self.config.heartbeat_timeout:g} s"
-            self._lose(node, reason, now, out)
             out.append(Drop(node_id, reason))
+            self._lose(node, reason, now, out)
             self._settle_node_timers()
 
     @staticmethod

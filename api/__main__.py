@@ -1,0 +1,126 @@
+# `neurogrid serve` (same as `python -m api`): the coordinator, the REST API and the
+# worker websocket endpoint in one process, served by hypercorn's trio worker, plus
+# `--local-workers N` worker subprocesses with the bundled demo model.
+#
+# Rules:
+# - Defaults: 127.0.0.1:8080, ./neurogrid.db, one local worker, open auth. Port 0
+#   picks a free port; the line "NeuroGrid API on http://HOST:PORT" on stdout says
+#   which (tests and scripts read it).
+# - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
+#   replaced at every start; the token reaches the worker in its environment
+#   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
+# - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
+#   shuts the coordinator down and the store commits what is queued; local workers
+#   get SIGTERM, and SIGKILL if they have not left after a few seconds.
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH
+
+from .app import ApiConfig, create_app
+from .store import open_store
+
+WORKER_STOP_SECONDS = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurogrid serve",
+                                     description="Run the NeuroGrid coordinator and REST API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port")
+    parser.add_argument("--db", default="neurogrid.db", help="SQLite database file")
+    parser.add_argument("--local-workers", type=int, default=1, metavar="N",
+                        help="demo-model worker processes to start (0: none)")
+    parser.add_argument("--auth", choices=("open", "required"), default="open",
+                        help="open: keys optional (anonymous = beta tier per address); "
+                             "required: a Bearer key on every task call")
+    parser.add_argument("--environment", default="development",
+                        help="reported by /health")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    return parser
+
+
+def hypercorn_config(host: str, port: int, access_log: bool) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # hypercorn's loggers go through `logging` like ours (one format, no duplicates)
+    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.websocket_max_message_size = 4 * MAX_FRAME_BYTES  # the codec judges size
+    config.graceful_timeout = 5.0
+    return config
+
+
+async def local_worker_tokens(db: str, count: int) -> list[str]:
+    async with open_store(db) as store:
+        return [await store.create_node_token(f"local-{i}", time.time())
+                for i in range(1, count + 1)]
+
+
+def worker_command(url: str, name: str) -> list[str]:
+    return [sys.executable, "-m", "engine.worker", "--coordinator", url, "--name", name,
+            "--location", "local", "--demo"]
+
+
+async def run_local_worker(command: list[str], token: str) -> None:
+    async def stop(process: trio.Process) -> None:
+        process.terminate()
+        with trio.move_on_after(WORKER_STOP_SECONDS):
+            await process.wait()
+            return
+        process.kill()
+
+    await trio.run_process(command, check=False, deliver_cancel=stop,
+                           env={**os.environ, "NEUROGRID_TOKEN": token})
+
+
+async def shutdown_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve_all(args: argparse.Namespace) -> None:
+    tokens = await local_worker_tokens(args.db, args.local_workers)
+    app = create_app(ApiConfig(db=args.db, auth_required=args.auth == "required",
+                               environment=args.environment))
+    config = hypercorn_config(args.host, args.port, args.access_log)
+    async with trio.open_nursery() as nursery:
+
+        async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(app, config, shutdown_trigger=shutdown_signal, task_status=task_status)
+            finally:  # local workers end when the server has
+                nursery.cancel_scope.cancel()
+
+        url = (await nursery.start(run_server))[0]
+        print(f"NeuroGrid API on {url}", flush=True)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        ws_url = f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}"
+        for index, token in enumerate(tokens, start=1):
+            nursery.start_soon(run_local_worker, worker_command(ws_url, f"local-{index}"), token)
+    print("NeuroGrid API stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.local_workers < 0:
+        print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    trio.run(serve_all, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+# The OpenAPI 3.1 description of the REST API, served at /openapi.json.
+#
+# Rules: it describes what routes.py and views.py do, field for field; a test
+# checks that every route of the app appears here and that the documented limits
+# are the ones validation.py enforces. Schemas are built by small helpers so the
+# document stays readable as data.
+from __future__ import annotations
+
+from typing import Any
+
+from engine.core import MODELS
+
+from .access import DEFAULT_TIERS
+from .validation import (
+    MAX_AUDIO_SECONDS, MAX_BODY_BYTES, MAX_OUTPUT_TOKENS, MAX_PAGE, MAX_PROMPT_CHARS,
+    MAX_STEPS, SIGNUP_TYPES, TASK_STATES,
+)
+
+
+def obj(required: list[str] | None = None, **properties: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def s(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def n(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "number", "description": description, **extra}
+
+
+def i(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "description": description, **extra}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": answer("Invalid request parameters (the body, a field or a query parameter)",
+                  ref("Error")),
+    "401": answer("Missing (with --auth required), malformed, unknown or revoked API key",
+                  ref("Error")),
+    "500": answer("Server error", ref("Error")),
+}
+RATE_HEADERS = {
+    "X-RateLimit-Limit": {"schema": {"type": "integer"},
+                          "description": "task submissions allowed per hour"},
+    "X-RateLimit-Remaining": {"schema": {"type": "integer"},
+                              "description": "submissions left now"},
+    "X-RateLimit-Reset": {"schema": {"type": "integer"},
+                          "description": "unix time at which the full hourly budget is back"},
+}
+TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+NOT_FOUND = answer("No such task, or another key's task", ref("Error"))
+
+TIERS_TEXT = "; ".join(f"{t.name}: {t.per_hour} submissions/hour, {t.in_flight} tasks in flight"
+                       for t in DEFAULT_TIERS.values())
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj(["success", "error", "details", "timestamp"],
+                 success={"type": "boolean", "const": False}, error=s("what went wrong"),
+                 details=s("which field or limit, and why"),
+                 timestamp=s("ISO-8601 UTC", format="date-time")),
+    "TaskRequest": obj(
+        ["prompt"],
+        prompt=s("the task's input text", minLength=1, maxLength=MAX_PROMPT_CHARS),
+        model=s("model name or alias; default llama2:7b",
+                enum=sorted([*MODELS, *(a for m in MODELS.values() for a in m.aliases)])),
+        priority=s("default standard; higher is served first and costs more",
+                   enum=["standard", "high", "critical"]),
+        max_tokens=i("text generation: tokens to generate at most (default: the model's)",
+                     minimum=1, maximum=MAX_OUTPUT_TOKENS),
+        temperature=n("sampling temperature; 0 is greedy (default 0)", minimum=0, maximum=2),
+        top_p=n("nucleus sampling mass (default 1)", exclusiveMinimum=0, maximum=1),
+        seed=i("sampling seed: same seed, same output", minimum=0, maximum=2**63 - 1),
+        steps=i("image generation: denoising steps (default 50)", minimum=1,
+                maximum=MAX_STEPS),
+        audio_seconds=n("speech-to-text: length of the audio (default 60)",
+                        exclusiveMinimum=0, maximum=MAX_AUDIO_SECONDS),
+    ) | {"additionalProperties": False},
+    "TaskCreated": obj(
+        ["success", "task_id", "status", "estimated_time", "node", "cost", "message"],
+        success={"type": "boolean"}, task_id=s("task_<unix seconds>_<random>"),
+        status=s(enum=["queued"]), estimated_time=s("whole seconds, e.g. \"3s\""),
+        node=obj(id=nullable(s("expected node; null when none serving the model is online")),
+                 location=nullable(s()), gpu=s("GPU class the estimate assumes")),
+        cost=obj(estimated=s("dollars, e.g. \"$0.001\""),
+                 comparison=obj(openai=s("the same work at OpenAI list prices"),
+                                savings=s("e.g. \"98.3%\"")),
+                 estimated_usd=n("the estimate as a number")),
+        message=s(), model=s("canonical model name"), priority=s(),
+        created_at=s(format="date-time"),
+    ),
+    "Task": obj(
+        ["id", "status", "result", "created_at", "completed_at", "processing_time", "cost",
+         "tokens_used", "node"],
+        id=s(), status=s(enum=list(TASK_STATES)),
+        result=nullable(s("generated text (other outputs: their JSON); null until completed")),
+        created_at=s(format="date-time"),
+        completed_at=nullable(s("when the task ended", format="date-time")),
+        processing_time=n("GPU seconds measured by the node; 0 until completed"),
+        cost=n("dollars charged; 0 unless completed"),
+        tokens_used=i("prompt + generated tokens; 0 until completed"),
+        node=nullable(obj(id=s(), location=s(), gpu=s())),
+        model=s(), priority=s(), started_at=nullable(s(format="date-time")),
+        estimated_cost=n("dollars quoted at submission"),
+        error=nullable(s("why it failed, expired, was rejected")),
+        params=obj(),
+    ),
+}
+
+PATHS: dict[str, Any] = {
+    "/api/tasks": {
+        "post": {
+            "summary": "Submit an AI task",
+            "description": (f"Rate limits per caller ({TIERS_TEXT}; anonymous callers count "
+                            f"as beta, per client address). Bodies up to {MAX_BODY_BYTES} "
+                            "bytes. The task is stored before its id is returned."),
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": ref("TaskRequest")}}},
+            "responses": {
+                "200": answer("Accepted and queued", ref("TaskCreated")) | {"headers": RATE_HEADERS},
+                **ERRORS,
+                "429": answer("Rate limit (hourly budget or tasks in flight); see Retry-After",
+                              ref("Error")),
+            },
+        },
+        "get": {
+            "summary": "The caller's own tasks, newest first",
+            "parameters": [
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                             "maximum": MAX_PAGE, "default": 20}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                 "description": "next_cursor of the previous page"},
+                {"name": "status", "in": "query", "schema": {"type": "string",
+                                                              "enum": list(TASK_STATES)}},
+            ],
+            "responses": {"200": answer("A page of tasks", obj(
+                success={"type": "boolean"}, tasks={"type": "array", "items": ref("Task")},
+                count=i(), next_cursor=nullable(s("null on the last page")))), **ERRORS},
+        },
+    },
+    "/api/tasks/{task_id}": {
+        "parameters": [TASK_ID],
+        "get": {"summary": "Status and result of a task",
+                "responses": {"200": answer("The task", obj(success={"type": "boolean"},
+                                                            task=ref("Task"))),
+                              "404": NOT_FOUND, **ERRORS}},
+        "delete": {"summary": "Cancel a queued or running task",
+                   "responses": {"200": answer("Cancelled", obj(
+                       success={"type": "boolean"}, message=s(), task=ref("Task"))),
+                       "404": NOT_FOUND,
+                       "409": answer("The task had already ended", ref("Error")), **ERRORS}},
+    },
+    "/api/tasks/{task_id}/stream": {
+        "parameters": [TASK_ID],
+        "get": {"summary": "Server-Sent Events of a task: `status` events, `progress` events "
+                           "(the worker's partial output, e.g. generated tokens), and a final "
+                           "`done` event with the task object",
+                "responses": {"200": {"description": "text/event-stream",
+                                      "content": {"text/event-stream": {}}},
+                              "404": NOT_FOUND, **ERRORS}},
+    },
+    "/api/beta/signup": {
+        "post": {
+            "summary": "Join the beta program (an email already signed up answers its "
+                       "earlier signup_id and already_registered: true)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": obj(
+                ["email"], email=s(format="email"),
+                type=s("default developer", enum=list(SIGNUP_TYPES)),
+                source=s("website, product-hunt, reddit, ... (default direct)",
+                         pattern="^[a-z0-9][a-z0-9._-]{0,39}$"),
+            ) | {"additionalProperties": False}}}},
+            "responses": {"200": answer("Signed up", obj(
+                success={"type": "boolean"}, message=s(), signup_id=s("beta_<unix>_<random>"),
+                bonuses=obj(free_tasks=i(), lifetime_discount=i(),
+                            priority_support={"type": "boolean"},
+                            early_access={"type": "boolean"}),
+                next_steps={"type": "array", "items": s()},
+                already_registered={"type": "boolean"})), "400": ERRORS["400"]},
+        },
+    },
+    "/api/network/status": {
+        "get": {"summary": "Live status of the network: nodes from the coordinator, totals "
+                           "from the database",
+                "responses": {"200": answer("Network status", obj(
+                    success={"type": "boolean"}, timestamp=s(format="date-time"),
+                    network=obj(nodes_online=i(), total_tasks=i(), completed_tasks=i(),
+                                queued_tasks=i(), success_rate=n("percent"),
+                                avg_response_time=s("created to completed, e.g. \"2.3s\""),
+                                cost_savings_vs_openai=s(), uptime=s("service availability")),
+                    nodes={"type": "array", "items": obj(
+                        id=s(), location=s(), status=s(enum=["online", "draining"]), gpu=s(),
+                        tasks_processed=i())},
+                    stats=obj(beta_signups=i(), total_compute_time=s(), total_savings=s())))}},
+    },
+    "/api/models": {
+        "get": {"summary": "The model catalog: which models are served now, by how many "
+                           "nodes, and the price per work unit",
+                "responses": {"200": answer("Models", obj(
+                    success={"type": "boolean"}, models={"type": "array", "items": obj(
+                        id=s(), aliases={"type": "array", "items": s()}, description=s(),
+                        task_type=s(), available={"type": "boolean"}, nodes_online=i(),
+                        queued_tasks=i(), pricing=obj(unit=s(), per_unit_usd=n(),
+                                                      per_1000_units=s(), gpu=s(),
+                                                      openai_reference=s()))}))}},
+    },
+    "/health": {
+        "get": {"summary": "Health check",
+                "responses": {"200": answer("Healthy", obj(
+                    status=s(), service=s(), version=s(), environment=s(),
+                    timestamp=s(format="date-time"), uptime=i("seconds"), uptime_human=s(),
+                    memory=obj(used=s("resident memory of the process"),
+                               total=s("memory of the machine"), used_bytes=i(),
+                               total_bytes=i()),
+                    network=obj(nodes_online=i(), total_tasks=i(), beta_signups=i())))}},
+    },
+    "/openapi.json": {"get": {"summary": "This document",
+                              "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    "/api/nodes/connect": {
+        "get": {"summary": "Websocket endpoint for workers (worker protocol v1, DESIGN.md); "
+                           "authenticated by the token in `hello` "
+                           "(neurogrid nodes create --name NAME)",
+                "responses": {"101": {"description": "Switching to the websocket protocol"}}},
+    },
+}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "NeuroGrid API", "version": version,
+                 "description": "Decentralized AI inference. Authentication: "
+                                "`Authorization: Bearer <key>` (neurogrid keys create)."},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{}, {"bearer": []}],
+        "paths": PATHS,
+    }
+
+
+__all__ = ["openapi_document"]

@@ -1,0 +1,347 @@
+# The HTTP endpoints. Each route translates a request into store and coordinator
+# calls and a response into the reference's JSON shape (views.py); no scheduling
+# logic lives here.
+#
+# Rules:
+# - Order of checks on a task call: who is calling (401), is the request valid
+#   (400), may they (429), then act. A refused request writes nothing.
+# - A task is committed to the store before its id is returned, and before the
+#   coordinator sees it (the dispatcher hands it over after the answer), so an
+#   update about it always finds its row.
+# - A task is visible (read, cancel, stream) to the key that created it; anonymous
+#   tasks to anyone who has the id. Another key's task answers 404, as an unknown
+#   one does, so ids cannot be probed.
+# - Every answer is JSON (the SSE stream excepted), errors in the reference's
+#   error object; task calls carry X-RateLimit-* headers.
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from typing import Any, AsyncIterator
+
+import attrs
+import trio
+from quart import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from engine.core import MODELS, TaskState
+from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
+
+from . import views
+from .access import Admission, AuthError, Caller, identify
+from .app import Services, process_memory
+from .relay import task_spec
+from .nodes_ws import serve_worker_socket
+from .openapi import openapi_document
+from .store import DuplicateTaskId, OPEN_STATES, Signup, TaskChange, TaskRow
+from .validation import (
+    MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
+)
+
+api_routes = Blueprint("neurogrid", __name__)
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_RANDOM_CHARS = 12  # 36**12 ids per second: collisions are not a practical concern
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+def services() -> Services:
+    return current_app.extensions["neurogrid"]
+
+
+def new_id(prefix: str, now: float) -> str:
+    """`task_1698234567_abc123`-style ids: prefix, unix seconds, random part."""
+    number = int.from_bytes(secrets.token_bytes(8), "big")  # 64 random bits
+    chars = []
+    for _ in range(ID_RANDOM_CHARS):  # 36**12 > 2**62: nearly all of them show
+        number, digit = divmod(number, 36)
+        chars.append(ID_ALPHABET[digit])
+    return f"{prefix}_{int(now)}_{''.join(chars)}"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, details: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(details)
+        self.status, self.error, self.details = status, error, details
+        self.headers = headers or {}
+
+
+def error_response(status: int, error: str, details: str,
+                   headers: dict[str, str] | None = None) -> tuple[Response, int, dict[str, str]]:
+    body = views.error_body(error, details, services().now())
+    return jsonify(body), status, headers or {}
+
+
+@api_routes.app_errorhandler(ApiError)
+async def on_api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+    return error_response(exc.status, exc.error, exc.details, exc.headers)
+
+
+@api_routes.app_errorhandler(InvalidRequest)
+async def on_invalid(exc: InvalidRequest):  # type: ignore[no-untyped-def]
+    return error_response(400, "Invalid request parameters", exc.details)
+
+
+@api_routes.app_errorhandler(AuthError)
+async def on_auth_error(exc: AuthError):  # type: ignore[no-untyped-def]
+    return error_response(401, "Unauthorized", str(exc), {"WWW-Authenticate": "Bearer"})
+
+
+@api_routes.app_errorhandler(RequestEntityTooLarge)
+async def on_too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-def]
+    return error_response(400, "Invalid request parameters",
+                          f"the body is larger than the limit of {MAX_BODY_BYTES} bytes")
+
+
+@api_routes.app_errorhandler(HTTPException)
+async def on_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    return error_response(exc.code or 500, exc.name, exc.description or exc.name)
+
+
+@api_routes.app_errorhandler(Exception)
+async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    current_app.logger.exception("unexpected error in %s %s", request.method, request.path)
+    return error_response(500, "Internal server error",
+                          "the server failed to answer this request; it has been logged")
+
+
+@api_routes.after_app_request
+async def add_rate_limit_headers(response: Response) -> Response:
+    admission: Admission | None = g.get("admission")
+    if admission is not None:
+        for name, value in admission.headers().items():
+            response.headers.setdefault(name, value)
+    return response
+
+
+# ---- callers and bodies -------------------------------------------------------
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def current_caller() -> Caller:
+    s = services()
+    caller = identify(request.headers.get("Authorization"), client_address(), s.store,
+                      s.config.auth_required, dict(s.config.tiers))
+    g.admission = s.limiter.peek(caller, s.now())
+    return caller
+
+
+async def json_body() -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the body is {request.content_length} bytes; "
+                             f"the limit is {MAX_BODY_BYTES}")
+    return parse_json_object(await request.get_data(cache=False, as_text=False))
+
+
+def visible_task(caller: Caller, task_id: str) -> TaskRow:
+    row = services().store.get_task(task_id)
+    if row is None or not (row.owner.startswith("anon:") or row.owner == caller.owner):
+        raise ApiError(404, "Not found", f"no task {task_id[:100]!r}")
+    return row
+
+
+# ---- tasks --------------------------------------------------------------------
+
+
+@api_routes.post("/api/tasks")
+async def submit_task():  # type: ignore[no-untyped-def]
+    s = services()
+    caller = current_caller()
+    task = parse_task(await json_body())
+    now = s.now()
+    admission = s.limiter.admit(caller, now)
+    g.admission = admission
+    if not admission.allowed:
+        raise ApiError(429, "Rate limit exceeded", admission.reason, admission.headers())
+    row = TaskRow(
+        new_id("task", now), caller.owner, task.model, task.priority.label, task.prompt,
+        task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0,
+    )
+    quote = s.coordinator.quote(task_spec(row))
+    row = attrs.evolve(row, estimated_cost=quote.estimated_cost,
+                       estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
+    # Counted in flight from here: concurrent submissions cannot all pass the check.
+    s.limiter.task_opened(row.id, row.owner)
+    try:
+        try:
+            await s.store.insert_task(row)
+        except DuplicateTaskId:  # astronomically rare; a second draw settles it
+            s.limiter.task_closed(row.id)
+            row = attrs.evolve(row, id=new_id("task", now))
+            s.limiter.task_opened(row.id, row.owner)
+            await s.store.insert_task(row)
+    except BaseException:
+        s.limiter.task_closed(row.id)
+        raise
+    s.dispatcher.hand_over(row)
+    body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
+                              quote.gpu, quote.savings_pct)
+    return jsonify(body)
+
+
+@api_routes.get("/api/tasks/<task_id>")
+async def get_task(task_id: str):  # type: ignore[no-untyped-def]
+    row = visible_task(current_caller(), task_id)
+    return jsonify({"success": True, "task": views.task_view(row)})
+
+
+@api_routes.delete("/api/tasks/<task_id>")
+async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
+    s = services()
+    row = visible_task(current_caller(), task_id)
+    if row.status in OPEN_STATES:
+        if s.dispatcher.withdraw(task_id) or await s.coordinator.cancel(task_id):
+            # The coordinator's own `cancelled` update may land first; either way the
+            # task ends cancelled exactly once.
+            await s.store.change_task(TaskChange(task_id, TaskState.CANCELLED.value, s.now()))
+            s.limiter.task_closed(task_id)
+            row = s.store.get_task(task_id) or row
+            return jsonify({"success": True, "message": "Task cancelled",
+                            "task": views.task_view(row)})
+        await s.store.barrier()  # it ended meanwhile: its final update is on its way
+        row = s.store.get_task(task_id) or row
+    raise ApiError(409, "Task already finished",
+                   f"task {task_id} is {row.status} and can no longer be cancelled")
+
+
+@api_routes.get("/api/tasks")
+async def list_tasks():  # type: ignore[no-untyped-def]
+    s = services()
+    caller = current_caller()
+    page = parse_page(request.args)
+    rows = s.store.list_tasks(caller.owner, page.limit + 1, page.cursor, page.status)
+    more = len(rows) > page.limit
+    rows = rows[:page.limit]
+    return jsonify({
+        "success": True,
+        "tasks": [views.task_view(r) for r in rows],
+        "count": len(rows),
+        "next_cursor": str(rows[-1].seq) if more else None,
+    })
+
+
+def sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@api_routes.get("/api/tasks/<task_id>/stream")
+async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
+    s = services()
+    visible_task(current_caller(), task_id)
+
+    async def events() -> AsyncIterator[bytes]:
+        with s.feed.subscribe(task_id) as receive:
+            row = s.store.get_task(task_id)
+            assert row is not None
+            yield sse("status", {"status": row.status})
+            if row.status in OPEN_STATES:
+                while True:
+                    event = None
+                    with trio.move_on_after(SSE_KEEPALIVE_SECONDS):
+                        try:
+                            event = await receive.receive()
+                        except trio.EndOfChannel:
+                            break
+                    yield sse(*event) if event is not None else b": keep-alive\n\n"
+        await s.store.barrier()  # the final change is committed: read it
+        final = s.store.get_task(task_id)
+        assert final is not None
+        yield sse("done", views.task_view(final))
+
+    response = Response(events(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache"})
+    response.timeout = None
+    return response
+
+
+# ---- beta, network, health, models --------------------------------------------
+
+
+@api_routes.post("/api/beta/signup")
+async def beta_signup():  # type: ignore[no-untyped-def]
+    s = services()
+    signup = parse_signup(await json_body())
+    now = s.now()
+    stored, created = await s.store.add_signup(
+        Signup(new_id("beta", now), signup.email, signup.type, signup.source, now))
+    message = ("Successfully joined NeuroGrid Beta!" if created
+               else "You are already on the NeuroGrid Beta list")
+    return jsonify({
+        "success": True,
+        "message": message,
+        "signup_id": stored.id,
+        "bonuses": views.SIGNUP_BONUSES,
+        "next_steps": views.SIGNUP_NEXT_STEPS,
+        "already_registered": not created,
+    })
+
+
+@api_routes.get("/api/network/status")
+async def network_status():  # type: ignore[no-untyped-def]
+    s = services()
+    now = s.now()
+    return jsonify(views.network_status(s.coordinator.snapshot(), s.store.stats(),
+                                        s.store.nodes(), s.store.availability(now, s.run_id), now))
+
+
+@api_routes.get("/health")
+async def health():  # type: ignore[no-untyped-def]
+    s = services()
+    now = s.now()
+    rss, total = process_memory()
+    return jsonify(views.health(s.version, s.config.environment, now - s.started_at, rss, total,
+                                s.coordinator.snapshot(), s.store.stats(), now))
+
+
+MODEL_DESCRIPTIONS = {
+    "llama2:7b": "Large Language Model for text generation",
+    "stable-diffusion": "Image generation from text prompts",
+    "whisper": "Speech-to-text transcription",
+}
+
+
+@api_routes.get("/api/models")
+async def list_models():  # type: ignore[no-untyped-def]
+    snapshot = services().coordinator.snapshot()
+    models = []
+    for name, model in MODELS.items():
+        serving = [n for n in snapshot.nodes if name in n.models and not n.draining]
+        # The cheapest work unit on offer now; with no node online, the reference GPU.
+        offers = [(n.price_per_hour / 3600 / gpu_rate(n.gpu, name), n.gpu) for n in serving]
+        per_unit, gpu = min(offers) if offers else (
+            default_price(REFERENCE_GPU) / 3600 / gpu_rate(REFERENCE_GPU, name), REFERENCE_GPU)
+        models.append({
+            "id": name,
+            "aliases": list(model.aliases),
+            "description": MODEL_DESCRIPTIONS.get(name, model.task_type),
+            "task_type": model.task_type,
+            "available": bool(serving),
+            "nodes_online": len(serving),
+            "queued_tasks": snapshot.queued_by_model.get(name, 0),
+            "pricing": {
+                "unit": model.work_unit,
+                "per_unit_usd": per_unit,
+                "per_1000_units": views.dollars(per_unit * 1000),
+                "gpu": gpu,
+                "openai_reference": model.openai_reference,
+            },
+        })
+    return jsonify({"success": True, "models": models,
+                    "gpu_classes": {g.name: {"vram_gb": g.vram_gb,
+                                             "price_per_hour": g.price_per_hour}
+                                    for g in GPU_CLASSES.values()}})
+
+
+@api_routes.get("/openapi.json")
+async def openapi():  # type: ignore[no-untyped-def]
+    return jsonify(openapi_document(services().version))
+
+
+@api_routes.websocket("/api/nodes/connect")
+async def nodes_connect() -> None:
+    await serve_worker_socket(services().coordinator)
+

@@ -1,0 +1,239 @@
+# Request validation: JSON bodies and query strings in, checked attrs values out.
+#
+# Rules:
+# - Every check names the field and says why it failed; the first failure is
+#   raised as `InvalidRequest(details)` and becomes a 400 with the reference's
+#   error object. Nothing is written before a request has passed all checks.
+# - Types are strict: a string is a `str`, an integer is an `int` that is not a
+#   `bool`, a number is an `int` or `float` that is finite and not a `bool`.
+# - Unknown fields are refused (a misspelt `max_token` should not be silently
+#   ignored), as OpenAI-style APIs do.
+# - Limits: bodies up to MAX_BODY_BYTES (64 KiB), prompts up to MAX_PROMPT_CHARS.
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Mapping
+
+import attrs
+
+from engine.core import CatalogError, Priority, TaskState, resolve_model
+from engine.core.catalog import IMAGE_GENERATION, SPEECH_TO_TEXT, TEXT_GENERATION
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_PROMPT_CHARS = 32_000
+MAX_OUTPUT_TOKENS = 4096
+MAX_STEPS = 150
+MAX_AUDIO_SECONDS = 3600.0
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+
+SIGNUP_TYPES = ("developer", "node-operator", "researcher", "startup")
+SOURCE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+# Pragmatic address check (RFC 5321 lengths, one @, a dot in the domain, no spaces).
+EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+                           r"(?=.{4,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                           r"[A-Za-z]{2,63}$")
+
+
+class InvalidRequest(ValueError):
+    """400: `details` says which field is wrong and why."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self.details = details
+
+
+@attrs.frozen
+class TaskRequest:
+    prompt: str
+    model: str  # canonical name
+    priority: Priority
+    max_tokens: int  # text generation: tokens to generate at most
+    temperature: float
+    top_p: float
+    seed: int | None
+    steps: int  # image generation
+    audio_seconds: float  # speech-to-text: the length of the audio
+
+    def params(self) -> dict[str, Any]:
+        """What the worker needs beside the prompt (the `assign` frame's params)."""
+        params: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
+                                  "top_p": self.top_p}
+        if self.seed is not None:
+            params["seed"] = self.seed
+        if self.steps:
+            params["steps"] = self.steps
+        if self.audio_seconds:
+            params["audio_seconds"] = self.audio_seconds
+        return params
+
+
+@attrs.frozen
+class SignupRequest:
+    email: str  # lower-cased
+    type: str
+    source: str
+
+
+@attrs.frozen
+class Page:
+    limit: int
+    cursor: int | None
+    status: str | None
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    if not body.strip():
+        raise InvalidRequest("the body is empty; send a JSON object")
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {json_type(value)}")
+    return value
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _string(body: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
+    if name not in body or (body[name] is None and default is not None):
+        return default
+    value = body[name]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"The '{name}' field must be a string, not {json_type(value)}")
+    return value
+
+
+def _integer(body: Mapping[str, Any], name: str, default: int | None, low: int,
+             high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"The '{name}' field must be an integer, not {json_type(value)}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"The '{name}' field must be between {low} and {high}, not {value}")
+    return value
+
+
+def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float,
+            low_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"The '{name}' field must be a number, not {json_type(value)}")
+    if value > high or value < low or (low_open and value == low):
+        lower = f"above {low:g}" if low_open else f"at least {low:g}"
+        raise InvalidRequest(f"The '{name}' field must be {lower} and at most {high:g}, "
+                             f"not {value:g}")
+    return float(value)
+
+
+def _refuse_unknown(body: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise InvalidRequest(f"unknown field '{unknown[0][:100]}' (known: {', '.join(known)})")
+
+
+TASK_FIELDS = ("prompt", "model", "priority", "max_tokens", "temperature", "top_p", "seed",
+               "steps", "audio_seconds")
+
+
+def parse_task(body: Mapping[str, Any]) -> TaskRequest:
+    if "prompt" not in body or body["prompt"] is None:
+        raise InvalidRequest("The 'prompt' field is required")
+    prompt = _string(body, "prompt")
+    assert prompt is not None
+    if not prompt.strip():
+        raise InvalidRequest("The 'prompt' field must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The 'prompt' field is {len(prompt)} characters; "
+                             f"the limit is {MAX_PROMPT_CHARS}")
+    model_name = _string(body, "model", "llama2:7b")
+    try:
+        model = resolve_model(model_name or "")
+    except CatalogError as exc:
+        raise InvalidRequest(f"The 'model' field is wrong: {exc}") from None
+    priority_name = _string(body, "priority", "standard")
+    try:
+        priority = Priority.parse(priority_name or "")
+    except ValueError as exc:
+        raise InvalidRequest(f"The 'priority' field is wrong: {exc}") from None
+    _refuse_unknown(body, TASK_FIELDS)
+    text = model.task_type == TEXT_GENERATION
+    max_tokens = _integer(body, "max_tokens", model.default_output_tokens if text else 0,
+                          1, MAX_OUTPUT_TOKENS)
+    steps = _integer(body, "steps", model.default_steps, 1, MAX_STEPS)
+    seed = _integer(body, "seed", None, 0, 2**63 - 1)
+    temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+    audio_seconds = _number(body, "audio_seconds", model.default_audio_seconds, 0.0,
+                            MAX_AUDIO_SECONDS, low_open=True)
+    return TaskRequest(
+        prompt, model.name, priority, max_tokens or 0, temperature, top_p, seed,
+        (steps or 0) if model.task_type == IMAGE_GENERATION else 0,
+        audio_seconds if model.task_type == SPEECH_TO_TEXT else 0.0,
+    )
+
+
+SIGNUP_FIELDS = ("email", "type", "source")
+
+
+def parse_signup(body: Mapping[str, Any]) -> SignupRequest:
+    if "email" not in body or body["email"] is None:
+        raise InvalidRequest("The 'email' field is required")
+    email = (_string(body, "email") or "").strip()
+    if len(email) > 254 or not EMAIL_PATTERN.match(email):
+        raise InvalidRequest("The 'email' field must be a valid email address")
+    kind = _string(body, "type", "developer") or ""
+    if kind not in SIGNUP_TYPES:
+        raise InvalidRequest(f"The 'type' field must be one of: {', '.join(SIGNUP_TYPES)}")
+    source = (_string(body, "source", "direct") or "").strip().lower()
+    if not SOURCE_PATTERN.match(source):
+        raise InvalidRequest("The 'source' field must be a short name such as website, "
+                             "product-hunt or reddit (letters, digits, '.', '_', '-'; "
+                             "at most 40)")
+    _refuse_unknown(body, SIGNUP_FIELDS)
+    return SignupRequest(email.lower(), kind, source)
+
+
+TASK_STATES = tuple(s.value for s in TaskState)
+DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def parse_page(args: Mapping[str, str]) -> Page:
+    limit_text = args.get("limit", str(DEFAULT_PAGE))
+    if not DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
+        raise InvalidRequest(f"The 'limit' parameter must be an integer from 1 to {MAX_PAGE}")
+    cursor_text = args.get("cursor")
+    if cursor_text is not None and not DIGITS.fullmatch(cursor_text):
+        raise InvalidRequest("The 'cursor' parameter must be a 'next_cursor' from an "
+                             "earlier page")
+    status = args.get("status")
+    if status is not None and status not in TASK_STATES:
+        raise InvalidRequest(f"The 'status' parameter must be one of: {', '.join(TASK_STATES)}")
+    return Page(int(limit_text), int(cursor_text) if cursor_text is not None else None, status)
+
+
+__all__ = [
+    "InvalidRequest", "MAX_BODY_BYTES", "MAX_PROMPT_CHARS", "Page", "SignupRequest",
+    "TaskRequest", "parse_json_object", "parse_page", "parse_signup", "parse_task",
+]

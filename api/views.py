@@ -1,0 +1,190 @@
+# The JSON shapes of the API reference (shared/seed/neurogrid-api-reference.txt),
+# built from stored rows and coordinator snapshots.
+#
+# Rules:
+# - The reference is a contract: every field it shows is here with the same name
+#   and JSON type (money and durations that it writes as strings stay strings:
+#   "$0.001", "3s", "98.3%"). Fields beyond it are additions, never replacements.
+# - Values whose time has not come are null where the reference shows a string
+#   (`result`, `completed_at`), 0 where it shows a number (`cost`, `tokens_used`,
+#   `processing_time`), so a typed client never meets a changed type.
+# - Pure functions of their arguments: time comes in as unix seconds.
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping
+
+from engine.core import NetworkSnapshot
+
+from .store import NodeRecord, Stats, TaskRow
+
+SIGNUP_BONUSES = {
+    "free_tasks": 1000,
+    "lifetime_discount": 15,
+    "priority_support": True,
+    "early_access": True,
+}
+SIGNUP_NEXT_STEPS = [
+    "You will receive beta access email within 24 hours",
+    "Follow us on social media for updates",
+    "Join our Discord community for early discussions",
+]
+
+
+def iso(unix: float | None) -> str | None:
+    """ISO-8601 UTC to the second, as the reference writes it: 2024-10-25T15:30:00Z."""
+    if unix is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def dollars(amount: float) -> str:
+    """"$0.001", "$0.060", "$934.67": cents above a dollar; below, three decimals, or
+    as many more as it takes to show two significant digits of a tiny amount."""
+    if amount >= 1 or amount == 0:
+        return f"${amount:,.2f}" if amount >= 1 else "$0.000"
+    decimals = 3
+    while amount < 10 ** (1 - decimals) and decimals < 10:
+        decimals += 1
+    return f"${amount:.{decimals}f}"
+
+
+def estimated_seconds_text(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+def percent(value: float) -> str:
+    return f"{value:.1f}%"
+
+
+def error_body(error: str, details: str, now: float) -> dict[str, Any]:
+    return {"success": False, "error": error, "details": details, "timestamp": iso(now)}
+
+
+def task_created(row: TaskRow, node_id: str | None, node_location: str | None, gpu: str,
+                 savings_pct: float) -> dict[str, Any]:
+    """The answer to POST /api/tasks."""
+    return {
+        "success": True,
+        "task_id": row.id,
+        "status": row.status,
+        "estimated_time": estimated_seconds_text(row.estimated_seconds),
+        "node": {"id": node_id, "location": node_location, "gpu": gpu},
+        "cost": {
+            "estimated": dollars(row.estimated_cost),
+            "comparison": {"openai": dollars(row.openai_cost), "savings": percent(savings_pct)},
+            "estimated_usd": row.estimated_cost,
+        },
+        "message": "Task queued for processing",
+        "model": row.model,
+        "priority": row.priority,
+        "created_at": iso(row.created_at),
+    }
+
+
+def task_view(row: TaskRow) -> dict[str, Any]:
+    """One task, as GET /api/tasks/<id> shows it."""
+    node = None
+    if row.node_id is not None:
+        node = {"id": row.node_id, "location": row.node_location or "", "gpu": row.node_gpu or ""}
+    return {
+        "id": row.id,
+        "status": row.status,
+        "result": row.result,
+        "created_at": iso(row.created_at),
+        "completed_at": iso(row.completed_at),
+        "processing_time": round(row.processing_time, 3),
+        "cost": row.cost,
+        "tokens_used": row.tokens_used,
+        "node": node,
+        "model": row.model,
+        "priority": row.priority,
+        "started_at": iso(row.started_at),
+        "estimated_cost": row.estimated_cost,
+        "error": row.error,
+        "params": row.params,
+    }
+
+
+def network_status(snapshot: NetworkSnapshot, stats: Stats, known_nodes: Mapping[str, NodeRecord],
+                   availability: float, now: float) -> dict[str, Any]:
+    ended = stats.completed_tasks + stats.failed_tasks
+    success_rate = round(100.0 * stats.completed_tasks / ended, 1) if ended else 100.0
+    avg_response = stats.turnaround_seconds / stats.completed_tasks if stats.completed_tasks else 0.0
+    savings = (100.0 * (1 - stats.cost / stats.openai_cost)) if stats.openai_cost > 0 else 0.0
+    nodes = []
+    for node in snapshot.nodes:
+        record = known_nodes.get(node.node_id)
+        nodes.append({
+            "id": node.node_id,
+            "location": node.location or node.region,
+            "status": "draining" if node.draining else "online",
+            "gpu": node.gpu,
+            "tasks_processed": max(node.tasks_done, record.tasks_processed if record else 0),
+            "name": node.name,
+            "models": list(node.models),
+            "slots": node.slots,
+            "running": node.running,
+            "price_per_hour": node.price_per_hour,
+        })
+    return {
+        "success": True,
+        "timestamp": iso(now),
+        "network": {
+            "nodes_online": len(snapshot.nodes),
+            "total_tasks": stats.total_tasks,
+            "completed_tasks": stats.completed_tasks,
+            "queued_tasks": snapshot.queued,
+            "success_rate": success_rate,
+            "avg_response_time": f"{avg_response:.1f}s",
+            "cost_savings_vs_openai": percent(savings),
+            "uptime": percent(100.0 * availability),
+            "running_tasks": snapshot.running,
+            "failed_tasks": stats.failed_tasks,
+            "cancelled_tasks": stats.cancelled_tasks,
+            "utilization": round(snapshot.utilization, 3),
+        },
+        "nodes": nodes,
+        "stats": {
+            "beta_signups": stats.beta_signups,
+            "total_compute_time": f"{stats.compute_seconds:.0f}s",
+            "total_savings": dollars(max(0.0, stats.openai_cost - stats.cost)),
+        },
+    }
+
+
+def uptime_human(seconds: float) -> str:
+    """"24h 0m" as the reference writes a day."""
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h {minutes % 60}m"
+
+
+def megabytes(n_bytes: int) -> str:
+    return f"{round(n_bytes / 2**20)}MB"
+
+
+def health(version: str, environment: str, uptime: float, rss_bytes: int, total_bytes: int,
+           snapshot: NetworkSnapshot, stats: Stats, now: float) -> dict[str, Any]:
+    return {
+        "status": "OK",
+        "service": "NeuroGrid",
+        "version": version,
+        "environment": environment,
+        "timestamp": iso(now),
+        "uptime": int(uptime),
+        "uptime_human": uptime_human(uptime),
+        "memory": {"used": megabytes(rss_bytes), "total": megabytes(total_bytes),
+                   "used_bytes": rss_bytes, "total_bytes": total_bytes},
+        "network": {
+            "nodes_online": len(snapshot.nodes),
+            "total_tasks": stats.total_tasks,
+            "beta_signups": stats.beta_signups,
+            "queued_tasks": snapshot.queued,
+            "running_tasks": snapshot.running,
+        },
+    }
+
+
+__all__ = ["SIGNUP_BONUSES", "SIGNUP_NEXT_STEPS", "dollars", "error_body", "health", "iso",
+           "network_status", "percent", "task_created", "task_view"]

@@ -1,0 +1,27 @@
+"""The live network's coordinator side: trio actors around the pure core.
+
+``open_coordinator`` runs the Coordinator actor (single writer of the Scheduler);
+``serve_websocket`` (or the API's websocket adapter) hands each worker connection
+to ``Coordinator.serve_connection``. ``codec`` is the worker protocol, version 1.
+"""
+from __future__ import annotations
+
+from .codec import MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode
+from .connection import (
+    WORKER_PATH, Connection, ConnectionClosed, MemoryConnection, WebSocketConnection,
+    memory_connection_pair, serve_websocket,
+)
+from .coordinator import (
+    Coordinator, CoordinatorClosed, CoordinatorConfig, SubmitOutcome, TaskUpdate,
+    TokenVerifier, UpdateSink, open_coordinator,
+)
+from .session import NodeIdentity, NodeSession, gpu_class_name
+
+__all__ = [
+    "MAX_FRAME_BYTES", "PROTOCOL_VERSION", "ProtocolError", "decode", "encode",
+    "WORKER_PATH", "Connection", "ConnectionClosed", "MemoryConnection",
+    "WebSocketConnection", "memory_connection_pair", "serve_websocket",
+    "Coordinator", "CoordinatorClosed", "CoordinatorConfig", "SubmitOutcome", "TaskUpdate",
+    "TokenVerifier", "UpdateSink", "open_coordinator",
+    "NodeIdentity", "NodeSession", "gpu_class_name",
+]

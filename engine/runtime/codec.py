@@ -1,0 +1,362 @@
+# The worker protocol, version 1: JSON text frames <-> typed messages.
+#
+#     message = decode(text)          # raises ProtocolError(reason)
+#     text = encode(message)
+#
+# Rules:
+# - Pure (h11-style): no I/O, no clocks, no state. A driver (engine/runtime's
+#   NodeSession, engine/worker's agent) reads frames, decodes them, and encodes
+#   what it sends. Nothing here knows who sends what; `WORKER_MESSAGES` and
+#   `COORDINATOR_MESSAGES` say which side may send each type.
+# - Every frame is one JSON object with a string `"type"`. Each message type has a
+#   schema (SCHEMAS, data not ifs): field name -> (kind, required?). A kind is a
+#   checker from KINDS that validates and converts one JSON value. Unknown fields
+#   are ignored (a newer peer may add fields; fields are never renamed), except in
+#   `progress`, whose extra fields are the partial output and are kept as is.
+# - decode never raises anything but ProtocolError, whatever the input: malformed
+#   JSON, NaN/Infinity, a non-object, an unknown type, a missing or wrong-typed
+#   field, or a frame over `max_bytes` (UTF-8) all say what was wrong, briefly.
+# - Times on the wire are durations in seconds, never absolute: the two sides
+#   share no clock. `assign.deadline` is the seconds the worker has left, or null.
+#
+# Frames (DESIGN.md, "Worker protocol"; fields beyond it are marked +):
+#   worker -> coordinator
+#     hello      {protocol, token, name, location, gpu{name, vram_gb}, models[], slots,
+#                 price_per_hour?, +region, +loaded[]}
+#     heartbeat  {running[], load, +loaded[]?}
+#     accepted   {task_id}
+#     progress   {task_id, ...partial output, e.g. tokens[], index}
+#     result     {task_id, output, usage{tokens|steps|audio_seconds, seconds,
+#                 +prompt_tokens}, +finish_reason}
+#     failed     {task_id, error, retryable}
+#     +draining  {}   the worker takes no new work and will leave when done
+#   coordinator -> worker
+#     welcome    {node_id, heartbeat_interval, +heartbeat_timeout, +protocol}
+#     assign     {task_id, model, input, params, deadline, +attempt}
+#     cancel     {task_id, +reason}
+#     error      {message, +retry}   (then, when fatal, the coordinator closes;
+#                 retry false: a refusal that reconnecting cannot fix, e.g. a bad token)
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping
+
+import attrs
+
+from engine.core import Usage
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1 << 20  # 1 MiB: a long prompt fits; a runaway frame does not
+MAX_ID_CHARS = 256
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid protocol v1 message; str(exc) says why."""
+
+
+# ---- messages -----------------------------------------------------------------
+
+
+@attrs.frozen
+class Gpu:
+    name: str
+    vram_gb: float
+
+
+@attrs.frozen
+class Hello:
+    token: str
+    gpu: Gpu
+    models: tuple[str, ...]
+    slots: int
+    name: str = ""
+    location: str = ""
+    price_per_hour: float | None = None
+    region: str = ""
+    loaded: tuple[str, ...] = ()
+    protocol: int = PROTOCOL_VERSION
+
+
+@attrs.frozen
+class Heartbeat:
+    running: tuple[str, ...] = ()
+    load: float = 0.0
+    loaded: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class Accepted:
+    task_id: str
+
+
+@attrs.frozen
+class Progress:
+    task_id: str
+    partial: Mapping[str, Any] = attrs.field(factory=dict)  # flattened into the frame
+
+
+@attrs.frozen
+class Result:
+    task_id: str
+    output: Any
+    usage: Usage
+    finish_reason: str = ""
+
+
+@attrs.frozen
+class Failed:
+    task_id: str
+    error: str
+    retryable: bool = True
+
+
+@attrs.frozen
+class Draining:
+    pass
+
+
+@attrs.frozen
+class Welcome:
+    node_id: str
+    heartbeat_interval: float
+    heartbeat_timeout: float | None = None  # None: the coordinator never times out
+    protocol: int = PROTOCOL_VERSION
+
+
+@attrs.frozen
+class AssignTask:
+    task_id: str
+    model: str
+    input: Mapping[str, Any]
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    deadline: float | None = None  # seconds left, from receipt; None: no deadline
+    attempt: int = 1
+
+
+@attrs.frozen
+class CancelTask:
+    task_id: str
+    reason: str = ""
+
+
+@attrs.frozen
+class Error:
+    message: str
+    retry: bool = True  # False: reconnecting as the same worker cannot help
+
+
+Message = (Hello | Heartbeat | Accepted | Progress | Result | Failed | Draining
+           | Welcome | AssignTask | CancelTask | Error)
+
+# wire type <-> class
+TYPES: dict[str, type] = {
+    "hello": Hello, "heartbeat": Heartbeat, "accepted": Accepted, "progress": Progress,
+    "result": Result, "failed": Failed, "draining": Draining,
+    "welcome": Welcome, "assign": AssignTask, "cancel": CancelTask, "error": Error,
+}
+TYPE_NAMES: dict[type, str] = {cls: name for name, cls in TYPES.items()}
+WORKER_MESSAGES = frozenset({Hello, Heartbeat, Accepted, Progress, Result, Failed, Draining})
+COORDINATOR_MESSAGES = frozenset({Welcome, AssignTask, CancelTask, Error})
+
+
+# ---- field kinds: validate + convert one JSON value ---------------------------
+
+
+def _fail(expected: str, value: Any) -> ProtocolError:
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return ProtocolError(f"expected {expected}, got {shown}")
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail("a string", value)
+    return value
+
+
+def _id(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        raise _fail(f"a non-empty string of at most {MAX_ID_CHARS} characters", value)
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail("an integer", value)
+    return value
+
+
+def _number(value: Any) -> float:
+    # json.loads rejects NaN/Infinity (see decode), so any float here is finite.
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise _fail("a non-negative number", value)
+    return float(value)
+
+
+def _optional_number(value: Any) -> float | None:
+    return None if value is None else _number(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("true or false", value)
+    return value
+
+
+def _ids(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail("a list of strings", value)
+    return tuple(_id(item) for item in value)
+
+
+def _optional_ids(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else _ids(value)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail("an object", value)
+    return value
+
+
+def _any(value: Any) -> Any:
+    return value
+
+
+def _gpu(value: Any) -> Gpu:
+    fields = _object(value)
+    return Gpu(_checked(fields, "gpu.name", "name", _str), _checked(fields, "gpu.vram_gb",
+                                                                    "vram_gb", _number))
+
+
+_USAGE_FIELDS = {"tokens": _int, "prompt_tokens": _int, "steps": _int,
+                 "audio_seconds": _number}
+
+
+def _usage(value: Any) -> Usage:
+    fields = _object(value)
+    seconds = _checked(fields, "usage.seconds", "seconds", _number)
+    extra = {key: _checked(fields, f"usage.{key}", key, kind)
+             for key, kind in _USAGE_FIELDS.items() if key in fields}
+    if any(v < 0 for v in extra.values()):
+        raise ProtocolError("usage counts must be non-negative")
+    return Usage(seconds=seconds, **extra)
+
+
+def _checked(fields: Mapping[str, Any], label: str, key: str,
+             kind: Callable[[Any], Any]) -> Any:
+    if key not in fields:
+        raise ProtocolError(f"missing field {label!r}")
+    try:
+        return kind(fields[key])
+    except ProtocolError as exc:
+        raise ProtocolError(f"field {label!r}: {exc}") from None
+
+
+Kind = Callable[[Any], Any]
+REQUIRED, OPTIONAL = True, False
+
+# type -> field -> (kind, required). Optional fields absent from a frame take the
+# class default; `progress` keeps every other field as its partial output.
+SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
+    Hello: {
+        "protocol": (_int, REQUIRED), "token": (_str, REQUIRED), "name": (_str, OPTIONAL),
+        "location": (_str, OPTIONAL), "gpu": (_gpu, REQUIRED), "models": (_ids, REQUIRED),
+        "slots": (_int, REQUIRED), "price_per_hour": (_optional_number, OPTIONAL),
+        "region": (_str, OPTIONAL), "loaded": (_ids, OPTIONAL),
+    },
+    Heartbeat: {"running": (_ids, REQUIRED), "load": (_number, OPTIONAL),
+                "loaded": (_optional_ids, OPTIONAL)},
+    Accepted: {"task_id": (_id, REQUIRED)},
+    Progress: {"task_id": (_id, REQUIRED)},
+    Result: {"task_id": (_id, REQUIRED), "output": (_any, REQUIRED),
+             "usage": (_usage, REQUIRED), "finish_reason": (_str, OPTIONAL)},
+    Failed: {"task_id": (_id, REQUIRED), "error": (_str, REQUIRED),
+             "retryable": (_bool, OPTIONAL)},
+    Draining: {},
+    Welcome: {"node_id": (_id, REQUIRED), "heartbeat_interval": (_number, REQUIRED),
+              "heartbeat_timeout": (_optional_number, OPTIONAL), "protocol": (_int, OPTIONAL)},
+    AssignTask: {"task_id": (_id, REQUIRED), "model": (_id, REQUIRED),
+                 "input": (_object, REQUIRED), "params": (_object, OPTIONAL),
+                 "deadline": (_optional_number, OPTIONAL), "attempt": (_int, OPTIONAL)},
+    CancelTask: {"task_id": (_id, REQUIRED), "reason": (_str, OPTIONAL)},
+    Error: {"message": (_str, REQUIRED), "retry": (_bool, OPTIONAL)},
+}
+
+
+# ---- decode / encode ----------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not valid JSON")
+
+
+def decode(text: str, max_bytes: int = MAX_FRAME_BYTES) -> Message:
+    """The message in one text frame; ProtocolError saying why when it is not one."""
+    if not isinstance(text, str):
+        raise ProtocolError("frames must be text")
+    # Cheap bound first: a UTF-8 encoding is 1-4 bytes a character.
+    if len(text) > max_bytes or (len(text) * 4 > max_bytes
+                                 and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
+        raise ProtocolError(f"frame too large (limit {max_bytes} bytes)")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("a frame must be a JSON object")
+    type_name = data.get("type")
+    if not isinstance(type_name, str):
+        raise ProtocolError("missing field 'type'")
+    cls = TYPES.get(type_name)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {type_name[:40]!r}")
+    schema = SCHEMAS[cls]
+    fields: dict[str, Any] = {}
+    for key, (kind, required) in schema.items():
+        if key in data:
+            try:
+                fields[key] = kind(data[key])
+            except ProtocolError as exc:
+                raise ProtocolError(f"{type_name}: field {key!r}: {exc}") from None
+        elif required:
+            raise ProtocolError(f"{type_name}: missing field {key!r}")
+    if cls is Progress:
+        fields["partial"] = {k: v for k, v in data.items() if k not in ("type", "task_id")}
+    return cls(**fields)
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, Gpu):
+        return {"name": value.name, "vram_gb": value.vram_gb}
+    if isinstance(value, Usage):
+        usage: dict[str, Any] = {"seconds": value.seconds}
+        usage.update((k, getattr(value, k)) for k in _USAGE_FIELDS if getattr(value, k))
+        return usage
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def encode(message: Message) -> str:
+    """The text frame for a message (compact JSON, `type` first)."""
+    cls = type(message)
+    frame: dict[str, Any] = {"type": TYPE_NAMES[cls]}
+    if cls is Progress:
+        frame["task_id"] = message.task_id
+        frame.update((k, v) for k, v in message.partial.items() if k not in frame)
+    else:
+        for key in SCHEMAS[cls]:
+            frame[key] = _wire(getattr(message, key))
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+__all__ = [
+    "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "ProtocolError", "Message", "TYPES",
+    "WORKER_MESSAGES", "COORDINATOR_MESSAGES", "SCHEMAS",
+    "Gpu", "Hello", "Heartbeat", "Accepted", "Progress", "Result", "Failed", "Draining",
+    "Welcome", "AssignTask", "CancelTask", "Error", "decode", "encode",
+]

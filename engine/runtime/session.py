@@ -1,0 +1,276 @@
+# NodeSession: the coordinator's actor for one worker connection.
+#
+# Theory of operation. A session lives as long as its connection:
+#   1. handshake - the first frame must be a valid `hello` of protocol 1, within
+#      `hello_timeout`, whose token the verifier accepts; anything else is refused:
+#      an `error` frame saying why, then a close with the same reason.
+#   2. join - the session hands the node to the Coordinator actor (`_Join`); the
+#      actor queues `welcome` on the session's outbox before any `assign`.
+#   3. serve - two tasks: the writer drains the outbox onto the connection; the
+#      reader decodes frames and forwards them to the actor. `progress` frames are
+#      and `accepted` are the hot path and do not go through the actor: the reader
+#      checks the task is this node's (`known`; for progress, a read of the
+#      scheduler that it still runs here) and publishes the update / marks it
+#      accepted itself; frame order on one connection keeps progress before result.
+#   4. leave - however the session ends (peer closed, heartbeat timeout, protocol
+#      errors, coordinator shutdown), the actor hears `_Left` exactly once and the
+#      node is lost to the scheduler, which re-queues its tasks.
+#
+# Rules:
+# - The actor owns the scheduler; a session never changes it. The actor reaches a
+#   session only through `deliver` / `close` (non-blocking), so a slow or dead
+#   socket can never stall the actor: a full outbox closes the session instead.
+# - A bad frame after the handshake gets an `error` frame and the session goes on;
+#   after `max_protocol_errors` of them the session closes. Before the handshake,
+#   any error closes.
+# - `known`: tasks assigned to this session that the worker has not yet reported
+#   on (result/failed) - frames about any other task id are protocol errors;
+#   written by the actor only. `accepted`: those the worker confirmed; added by
+#   the reader, removed by the actor.
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from engine.core import CatalogError, GPU_CLASSES, NodeSpec, resolve_model
+
+from .codec import (
+    PROTOCOL_VERSION, WORKER_MESSAGES, Accepted, Error, Hello, Message, Progress,
+    ProtocolError, decode, encode,
+)
+from .connection import Connection, ConnectionClosed
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SIZE = 1024  # frames queued to one worker before it counts as stuck
+CLOSE_GRACE = 5.0  # seconds a closing session may take to say goodbye
+
+
+@attrs.frozen
+class NodeIdentity:
+    """Who a worker token belongs to, as the token store knows it."""
+
+    node_id: str
+    name: str = ""
+
+
+@attrs.frozen
+class _Close:
+    reason: str
+
+
+def gpu_class_name(reported: str) -> str:
+    """The catalog's GPU class for a reported device name ('NVIDIA GeForce RTX 4090'
+    -> 'RTX 4090'); an unlisted device keeps its own name (the core treats it as the
+    slowest listed class)."""
+    text = reported.upper()
+    for name in sorted(GPU_CLASSES, key=len, reverse=True):
+        if name.upper() in text:
+            return name
+    return reported.strip() or "cpu"
+
+
+def _model_name(name: str) -> str:
+    try:
+        return resolve_model(name).name
+    except CatalogError:
+        return name  # the core ignores models it does not know
+
+
+class NodeSession:
+    def __init__(self, coordinator: Coordinator, conn: Connection) -> None:
+        self.coordinator = coordinator
+        self.conn = conn
+        self.config = coordinator.config
+        self.node_id = ""
+        self.known: set[str] = set()
+        self.accepted: set[str] = set()
+        self.protocol_errors = 0
+        self.close_reason = ""
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | _Close](OUTBOX_SIZE)
+        self._scope = trio.CancelScope()
+
+    # ---- called by the actor (never blocks) ------------------------------------
+
+    def deliver(self, message: Message) -> bool:
+        """Queue a frame for the worker; False when the session cannot take it."""
+        try:
+            self._outbox_send.send_nowait(encode(message))
+        except trio.WouldBlock:
+            self.close(f"worker is not reading its frames ({OUTBOX_SIZE} queued)")
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def close(self, reason: str) -> None:
+        """Send `error {reason}` and close; the session then ends (within
+        CLOSE_GRACE seconds even if the worker stopped reading)."""
+        if not self.close_reason:
+            self.close_reason = reason
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
+            try:
+                self._outbox_send.send_nowait(_Close(reason))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self._scope.cancel()  # no room for a goodbye: just hang up
+            self._outbox_send.close()
+
+    # ---- the session's own tasks ---------------------------------------------
+
+    async def run(self) -> None:
+        joined = False
+        try:
+            with self._scope:
+                spec = await self._handshake()
+                if spec is None:
+                    return
+                self.node_id = spec.node_id
+                if not await self.coordinator._to_actor(("join", self, spec)):
+                    await self._refuse("the coordinator is shutting down", retry=True)
+                    return
+                joined = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, nursery.cancel_scope)
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if joined:
+                    await self.coordinator._to_actor(("left", self, self.close_reason or
+                                                      "disconnected"))
+                with trio.move_on_after(CLOSE_GRACE):
+                    await self.conn.aclose(self.close_reason)
+
+    async def _refuse(self, reason: str, retry: bool = False) -> None:
+        log.info("refused worker %s: %s", self.conn.remote, reason)
+        self.close_reason = reason
+        with trio.move_on_after(CLOSE_GRACE):
+            try:
+                await self.conn.send(encode(Error(reason, retry)))
+            except ConnectionClosed:
+                pass
+
+    async def _handshake(self) -> NodeSpec | None:
+        config = self.config
+        try:
+            with trio.fail_after(config.hello_timeout):
+                text = await self.conn.receive()
+        except trio.TooSlowError:
+            await self._refuse(f"no hello within {config.hello_timeout:g} s", retry=True)
+            return None
+        except ConnectionClosed:
+            return None
+        try:
+            hello = decode(text, config.max_frame_bytes)
+        except ProtocolError as exc:
+            await self._refuse(f"bad hello: {exc}")
+            return None
+        if not isinstance(hello, Hello):
+            await self._refuse("the first frame must be hello")
+            return None
+        problem = self._check_hello(hello)
+        if problem:
+            await self._refuse(problem)
+            return None
+        try:
+            identity = await self._identify(hello.token)
+        except Exception:
+            log.exception("the token verifier failed; refusing the worker for now")
+            await self._refuse("the coordinator could not check the token; try again later",
+                               retry=True)
+            return None
+        if identity is None:
+            await self._refuse("token refused: unknown or revoked node token")
+            return None
+        return NodeSpec(
+            node_id=identity.node_id, gpu="RTX 3090",
+            vram_gb=hello.gpu.vram_gb, models=tuple(_model_name(m) for m in hello.models),
+            slots=hello.slots, price_per_hour=hello.price_per_hour, region=hello.region,
+            loaded=tuple(_model_name(m) for m in hello.loaded),
+            name=hello.name or identity.name, location=hello.location,
+        )
+
+    def _check_hello(self, hello: Hello) -> str:
+        if hello.protocol != PROTOCOL_VERSION:
+            return (f"protocol version {hello.protocol} is not supported "
+                    f"(this coordinator speaks {PROTOCOL_VERSION})")
+        if not 1 <= hello.slots <= self.config.max_slots:
+            return f"slots must be between 1 and {self.config.max_slots}, got {hello.slots}"
+        if not hello.models:
+            return "a worker must serve at least one model"
+        return ""
+
+    async def _identify(self, token: str) -> NodeIdentity | None:
+        verify = self.coordinator.verify_token
+        if verify is None:  # dev mode: any token; a fresh node id per connection
+            return NodeIdentity(self.coordinator._dev_node_id(), "")
+        return await verify(token)
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        async with self._outbox_receive:
+            async for item in self._outbox_receive:
+                try:
+                    if isinstance(item, _Close):
+                        await self.conn.send(encode(Error(item.reason)))
+                        break
+                    await self.conn.send(item)
+                except ConnectionClosed as exc:
+                    self.close_reason = self.close_reason or exc.reason or "connection lost"
+                    break
+        scope.cancel()
+
+    async def _reader(self) -> None:
+        coordinator, max_bytes = self.coordinator, self.config.max_frame_bytes
+        while True:
+            try:
+                text = await self.conn.receive()
+            except ConnectionClosed as exc:
+                self.close_reason = self.close_reason or exc.reason or "disconnected"
+                return
+            try:
+                message = decode(text, max_bytes)
+            except ProtocolError as exc:
+                self.protocol_error(str(exc))
+                continue
+            if type(message) not in WORKER_MESSAGES or isinstance(message, Hello):
+                self.protocol_error(f"unexpected {type(message).__name__.lower()} frame "
+                                    "(already welcomed, or not a worker's message)")
+                continue
+            if isinstance(message, Progress):
+                self._progress(message)
+            elif isinstance(message, Accepted):
+                self._accepted(message)
+            elif not await coordinator._to_actor(("frame", self, message)):
+                self.close("the coordinator is shutting down")
+                return
+
+    def _progress(self, message: Progress) -> None:
+        if message.task_id not in self.known:
+            self.protocol_error(f"progress for task {message.task_id!r}, "
+                                "which is not assigned to this node")
+        else:
+            self.coordinator._publish_progress(message, self.node_id)
+
+    def _accepted(self, message: Accepted) -> None:
+        if message.task_id not in self.known:
+            self.protocol_error(f"task {message.task_id!r} is not assigned to this node")
+        else:
+            self.accepted.add(message.task_id)
+
+    def protocol_error(self, reason: str) -> None:
+        """Answer a bad frame with `error`; close after too many (actor or reader)."""
+        self.protocol_errors += 1
+        if self.protocol_errors > self.config.max_protocol_errors:
+            self.close(f"too many protocol errors (last: {reason})")
+        else:
+            self.deliver(Error(reason))
+        log.debug("protocol error from %s (%s): %s", self.node_id, self.conn.remote, reason)
+
+
+__all__ = ["NodeIdentity", "NodeSession", "gpu_class_name"]

@@ -1,0 +1,31 @@
+"""The discrete-event simulator: scenarios run through the real scheduling core.
+
+    from sim import load_scenario, run_scenario, compare
+    result = run_scenario(load_scenario("mmc"), "balanced", seed=1, record=True)
+    result.summary["latency"]["p99"], result.log[0]
+
+See sim/README.md for the scenario format and the JSON fields.
+"""
+from __future__ import annotations
+
+from .loop import LogEntry, RunResult, make_scheduler, run_scenario, task_stream
+from .metrics import confidence_interval, erlang_c, mmc_mean_wait
+from .report import (
+    ConfigResult, PlotUnavailable, compare, format_markdown, format_table, plot, to_json,
+    write_json,
+)
+from .scenario import (
+    NodeGroup, Scenario, ScenarioError, Workload, bundled_scenarios, load_scenario,
+    parse_scenario,
+)
+from .workload import Diurnal, Distribution, Mmpp, Poisson, Trace, TraceReplay, load_trace
+
+__all__ = [
+    "LogEntry", "RunResult", "make_scheduler", "run_scenario", "task_stream",
+    "confidence_interval", "erlang_c", "mmc_mean_wait",
+    "ConfigResult", "PlotUnavailable", "compare", "format_markdown", "format_table", "plot",
+    "to_json", "write_json",
+    "NodeGroup", "Scenario", "ScenarioError", "Workload", "bundled_scenarios",
+    "load_scenario", "parse_scenario",
+    "Diurnal", "Distribution", "Mmpp", "Poisson", "Trace", "TraceReplay", "load_trace",
+]

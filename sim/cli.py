@@ -1,0 +1,140 @@
+# The command line: python -m sim [SCENARIO] [--policy A,B] [--seed N] [--json FILE] ...
+#
+# Rules:
+# - Bad input (a scenario error, an unknown policy on the command line, a plot without
+#   matplotlib) prints one line `python -m sim: error: ...` on stderr and exits 2; no
+#   traceback ever reaches the user for an input mistake.
+# - The table goes to stdout; the progress bar goes to stderr, and only when stderr
+#   is a terminal and the comparison has already taken a couple of seconds.
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TextIO
+
+from engine.core import POLICIES, PRICING
+
+from .report import PlotUnavailable, compare, format_markdown, format_table, plot, write_json
+from .scenario import DEFAULT_SCENARIO, ScenarioError, bundled_scenarios, load_scenario
+
+PROG = "python -m sim"
+PROGRESS_AFTER = 2.0  # seconds before a progress bar appears
+
+
+class ProgressBar:
+    """`[#####.....]  45%  run 2/7` on one rewritten stderr line."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, run: int, runs: int, fraction: float) -> None:
+        if not self.shown and time.monotonic() - self.started < PROGRESS_AFTER:
+            return
+        self.shown = True
+        done = (run + fraction) / runs
+        filled = int(done * self.width)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{100 * done:3.0f}%  run {run + 1}/{runs}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * (self.width + 24) + "\r")
+            self.stream.flush()
+
+
+def _names(text: str | None, known: dict, option: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    if text == "all":
+        return tuple(known)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name not in known:
+            raise ScenarioError("command line", option, f"one of: {', '.join(known)}, or all",
+                                name)
+    return names or None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Discrete-event simulation of a NeuroGrid network on the "
+        "real scheduling core. See sim/README.md for the scenario format.")
+    p.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO,
+                   help="a scenario .toml file or a bundled scenario name "
+                        f"(default: {DEFAULT_SCENARIO}; see --list)")
+    p.add_argument("--list", action="store_true", help="list the bundled scenarios")
+    p.add_argument("--policy", help="placement policies to compare, comma-separated, or "
+                                    "'all' (default: the scenario's)")
+    p.add_argument("--pricing", help="pricing policies, comma-separated, or 'all'")
+    p.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    p.add_argument("--replications", type=int, metavar="N",
+                   help="runs per configuration (seeds seed..seed+N-1); N > 1 adds 95%% "
+                        "confidence intervals")
+    p.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="override the scenario's duration (seconds of arrivals)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="latency CDFs and utilization over time (needs matplotlib)")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    return p
+
+
+def list_scenarios(out: TextIO) -> None:
+    for name, path in bundled_scenarios().items():
+        try:
+            scenario = load_scenario(path)
+            about = scenario.description.strip().splitlines()[0] if scenario.description else ""
+        except ScenarioError as exc:
+            about = f"(invalid: {exc})"
+        out.write(f"{name:<20} {about}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.list:
+        list_scenarios(sys.stdout)
+        return 0
+    try:
+        if args.replications is not None and args.replications < 1:
+            raise ScenarioError("command line", "--replications", "an integer >= 1",
+                                args.replications)
+        if args.seed is not None and args.seed < 0:
+            raise ScenarioError("command line", "--seed", "an integer >= 0", args.seed)
+        scenario = load_scenario(args.scenario)
+        if args.duration is not None:
+            if not scenario.warmup < args.duration:
+                raise ScenarioError("command line", "--duration",
+                                    f"a number > warmup ({scenario.warmup:g})", args.duration)
+            scenario = scenario.evolve(duration=args.duration)
+        policies = _names(args.policy, POLICIES, "--policy")
+        pricings = _names(args.pricing, PRICING, "--pricing")
+        if args.plot:  # fail before a long run, not after it
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise PlotUnavailable(
+                    "--plot needs matplotlib: pip install 'neurogrid[plot]'") from None
+    except (ScenarioError, PlotUnavailable) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        configs = compare(scenario, policies, pricings, args.seed, args.replications, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    title = scenario.name + (f": {scenario.description.strip().splitlines()[0]}"
+                             if scenario.description else "")
+    print(title)
+    print(format_markdown(configs) if args.markdown else format_table(configs))
+    if args.json:
+        write_json(configs, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(configs, args.plot, scenario.name)
+        print(f"wrote {args.plot}")
+    return 0
