@@ -46,6 +46,9 @@ class TaskState(enum.Enum):
     EXPIRED = "expired"
     REJECTED = "rejected"
 
+    # Members are singletons: hash by identity (C speed; Enum's own hash is Python).
+    __hash__ = object.__hash__
+
     @property
     def is_final(self) -> bool:
         return self not in (TaskState.QUEUED, TaskState.RUNNING)

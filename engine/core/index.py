@@ -9,9 +9,10 @@
 # number of nodes, which is what keeps placement O(classes) at 100,000 nodes.
 #
 # Per model the index keeps:
-# - `free`: an IndexedSet of the nodes with a free slot (O(1) add, remove, random);
-# - `classes`: key -> NodeClass with its own `free` and `online` sets;
-# - optionally a lazy heap of (load ratio, ordinal, node id) for least-loaded.
+# - `classes`: key -> NodeClass with its own `free` and `online` node sets;
+# - `free_count`: how many nodes could take one of its tasks now;
+# - only where the policy needs them: `free_list`, an IndexedSet of those nodes
+#   (O(1) uniform random pick), and a lazy heap of (load, ordinal, node id).
 # A node is *accepting* when it is online, not draining and has a free slot; it is
 # in a model's free sets exactly when it is accepting and eligible for the model
 # (serves it and has the VRAM). `NodeIndex.refresh(node)` restores that invariant
@@ -81,10 +82,9 @@ class NodeState:
     draining: bool = False
     tasks_done: int = 0
     busy_since: float = 0.0
-    # model -> the NodeClass whose free set holds this node now (absent: none)
-    member_of: dict[str, "NodeClass"] = attrs.field(factory=dict)
     classes: dict[str, "NodeClass"] = attrs.field(factory=dict)  # current class per model
-    eligible_models: tuple[str, ...] | None = None  # cached by NodeIndex.refresh
+    in_free: bool = False  # whether the node is in its classes' free sets now
+    eligible_models: tuple[str, ...] = ()  # set by NodeIndex.add
 
     @property
     def node_id(self) -> str:
@@ -126,7 +126,9 @@ class NodeState:
 @attrs.define(eq=False)
 class NodeClass:
     """Nodes of one model that are equal for placement: same GPU, region, warmth and
-    price. `rate` is work units per second; `cold_seconds` the load time if cold."""
+    price. `rate` is work units per second; `cold_seconds` the load time if cold.
+    `free` and `online` are dicts used as insertion-ordered sets (node id -> None):
+    C-speed add and remove, and `next(reversed(free))` takes the newest in O(1)."""
 
     key: tuple[str, str, bool, float]
     model: str
@@ -134,8 +136,9 @@ class NodeClass:
     price_per_hour: float
     latency: float
     cold_seconds: float
-    free: IndexedSet[str] = attrs.field(factory=IndexedSet)
-    online: IndexedSet[str] = attrs.field(factory=IndexedSet)
+    warm: bool
+    free: dict[str, None] = attrs.field(factory=dict)
+    online: dict[str, None] = attrs.field(factory=dict)
 
     @property
     def gpu(self) -> str:
@@ -145,9 +148,8 @@ class NodeClass:
     def region(self) -> str:
         return self.key[1]
 
-    @property
-    def warm(self) -> bool:
-        return self.key[2]
+    def any_free(self) -> str:
+        return next(reversed(self.free))
 
     def service_seconds(self, work: float) -> float:
         return work / self.rate
@@ -163,107 +165,132 @@ class NodeClass:
 
 @attrs.define(eq=False)
 class ModelIndex:
+    """Per model: its node classes, how many nodes can take one of its tasks now
+    (`free_count`), and - only for the policies that need them - every such node in
+    one IndexedSet (`free_list`, for uniform picks) and a lazy heap by load."""
+
     model: str
-    free: IndexedSet[str] = attrs.field(factory=IndexedSet)
     classes: dict[tuple[str, str, bool, float], NodeClass] = attrs.field(factory=dict)
+    free_count: int = 0
     online_slots: int = 0  # slots of online, non-draining eligible nodes
     generation: int = 0  # bumped when a class appears: cached class orders go stale
-    track_load: bool = False
-    load_heap: list[tuple[float, int, str]] = attrs.field(factory=list)
+    free_list: IndexedSet[str] | None = None
+    load_heap: list[tuple[float, int, str]] | None = None
 
     def push_load(self, node: NodeState) -> None:
-        heapq.heappush(self.load_heap, (node.load, node.ordinal, node.node_id))
-        if len(self.load_heap) > 64 + 4 * len(self.free):
-            self.load_heap = [e for e in self.load_heap if e[2] in self.free]
+        """Record the node's current load (stale entries are skipped on read and
+        compacted here; the load heap always comes with a free_list)."""
+        heap = self.load_heap
+        heapq.heappush(heap, (node.load, node.ordinal, node.node_id))
+        if len(heap) > 64 + 4 * self.free_count:
+            members = self.free_list
+            self.load_heap = [e for e in heap if e[2] in members]
             heapq.heapify(self.load_heap)
 
 
 class NodeIndex:
     """All online nodes, and per model the free-slot structures described above."""
 
-    def __init__(self, track_load: bool = False) -> None:
+    def __init__(self, free_list: bool = False, load_heap: bool = False) -> None:
         self.nodes: dict[str, NodeState] = {}
         self.models: dict[str, ModelIndex] = {
-            m: ModelIndex(m, track_load=track_load) for m in MODELS
+            m: ModelIndex(m, free_list=IndexedSet() if free_list else None,
+                          load_heap=[] if load_heap else None)
+            for m in MODELS
         }
 
-    def eligible(self, spec: NodeSpec, model: str) -> bool:
+    @staticmethod
+    def eligible(spec: NodeSpec, model: str) -> bool:
         return model in spec.models and spec.vram_gb >= MODELS[model].vram_gb
 
     def add(self, node: NodeState) -> None:
         self.nodes[node.node_id] = node
-        for model in node.spec.models:
-            if self.eligible(node.spec, model):
-                self.models[model].online_slots += node.slots
+        node.eligible_models = tuple(m for m in node.spec.models if self.eligible(node.spec, m))
+        for model in node.eligible_models:
+            self.models[model].online_slots += node.slots
         self.refresh(node)
 
     def remove(self, node: NodeState) -> None:
-        for model, cls in list(node.classes.items()):
-            cls.online.discard(node.node_id)
-            cls.free.discard(node.node_id)
+        node_id = node.node_id
+        for model, cls in node.classes.items():
+            del cls.online[node_id]
             mi = self.models[model]
-            mi.free.discard(node.node_id)
+            if node.in_free:
+                del cls.free[node_id]
+                self._left_free(mi, node_id)
             if not node.draining:
                 mi.online_slots -= node.slots
         node.classes.clear()
-        node.member_of.clear()
-        del self.nodes[node.node_id]
+        node.in_free = False
+        del self.nodes[node_id]
 
     def set_draining(self, node: NodeState) -> None:
         if not node.draining:
             node.draining = True
             for model in node.classes:
                 self.models[model].online_slots -= node.slots
-            self.refresh(node)
+            self.refresh(node, warmth_changed=False)
 
-    def _class_for(self, node: NodeState, model: str) -> NodeClass:
+    def _class_for(self, node: NodeState, model: str, warm: bool) -> NodeClass:
         mi = self.models[model]
-        key = (node.spec.gpu, node.spec.region, model in node.loaded, node.price_per_hour)
+        key = (node.spec.gpu, node.spec.region, warm, node.price_per_hour)
         cls = mi.classes.get(key)
         if cls is None:
             cls = NodeClass(
                 key, model, rate=gpu_rate(node.spec.gpu, model),
                 price_per_hour=node.price_per_hour, latency=node.latency,
-                cold_seconds=MODELS[model].load_seconds,
+                cold_seconds=MODELS[model].load_seconds, warm=warm,
             )
             mi.classes[key] = cls
             mi.generation += 1
         return cls
 
-    def refresh(self, node: NodeState) -> None:
-        """Put the node in exactly the sets its current state calls for."""
-        node_id = node.node_id
-        accepting = node.accepting
-        models = node.eligible_models
-        if models is None:
-            models = node.eligible_models = tuple(
-                m for m in node.spec.models if self.eligible(node.spec, m))
-        loaded = node.loaded
-        for model in models:
-            mi = self.models[model]
-            old_cls = node.classes.get(model)
-            # A node's GPU, region and price never change: only warmth can move it.
-            if old_cls is not None and old_cls.key[2] == (model in loaded):
-                cls = old_cls
-            else:
-                cls = self._class_for(node, model)
-            if old_cls is not cls:
-                if old_cls is not None:
-                    old_cls.online.discard(node_id)
-                    old_cls.free.discard(node_id)
-                node.classes[model] = cls
-                cls.online.add(node_id)
-            current = node.member_of.get(model)
-            if accepting:
-                if current is not cls:
-                    if current is not None:
-                        current.free.discard(node_id)
-                    cls.free.add(node_id)
-                    node.member_of[model] = cls
-                    mi.free.add(node_id)
-                if mi.track_load:
+    @staticmethod
+    def _left_free(mi: ModelIndex, node_id: str) -> None:
+        mi.free_count -= 1
+        if mi.free_list is not None:
+            mi.free_list.discard(node_id)
+
+    def _reclass(self, node: NodeState) -> None:
+        """Move the node to the class that matches its warmth, per model. A node's
+        GPU, region and price never change: only warmth moves it."""
+        node_id, loaded, classes, in_free = node.node_id, node.loaded, node.classes, node.in_free
+        for model in node.eligible_models:
+            cls = classes.get(model)
+            warm = model in loaded
+            if cls is not None and cls.warm is warm:
+                continue
+            if cls is not None:
+                del cls.online[node_id]
+                if in_free:
+                    del cls.free[node_id]
+            cls = classes[model] = self._class_for(node, model, warm)
+            cls.online[node_id] = None
+            if in_free:
+                cls.free[node_id] = None
+
+    def refresh(self, node: NodeState, warmth_changed: bool = True) -> None:
+        """Put the node in exactly the sets its current state calls for. Hot path:
+        assignments and finishes call it with `warmth_changed=False` when the node's
+        warm models did not change, which leaves only the free-slot flip."""
+        if warmth_changed:
+            self._reclass(node)
+        accepting = not node.draining and len(node.running) < node.spec.slots
+        if accepting is not node.in_free:
+            node.in_free = accepting
+            node_id, models = node.node_id, self.models
+            for model, cls in node.classes.items():
+                mi = models[model]
+                if accepting:
+                    cls.free[node_id] = None
+                    mi.free_count += 1
+                    if mi.free_list is not None:
+                        mi.free_list.add(node_id)
+                else:
+                    del cls.free[node_id]
+                    self._left_free(mi, node_id)
+        if accepting:
+            for model in node.classes:
+                mi = self.models[model]
+                if mi.load_heap is not None:
                     mi.push_load(node)
-            elif current is not None:
-                current.free.discard(node_id)
-                del node.member_of[model]
-                mi.free.discard(node_id)

@@ -1,8 +1,11 @@
 # Placement policies: given a task and the node index of its model, pick the node.
 #
 # Rules:
-# - A policy only ever picks from `ModelIndex.free` (nodes that serve the model, have
-#   the VRAM and a free slot, and are not draining); returning None means "wait".
+# - A policy only ever picks a node with a free slot for the model (one that serves
+#   the model, has the VRAM and a free slot, and is not draining): from a class's
+#   `free` set or the model's `free_list`. Returning None means "wait".
+# - A policy says which optional index structures it reads (`needs_free_list`,
+#   `needs_load_heap`), so the others cost nothing on the hot path.
 # - A policy may keep small state (a cursor) but no I/O; randomness only from the
 #   `rng` argument, so the same events and seed give the same choices.
 # - Every policy is listed in POLICIES under its name; the simulator's `--policy` and
@@ -41,6 +44,7 @@ class Placement:
 
 class PlacementPolicy(Protocol):
     name: str
+    needs_free_list: bool
     needs_load_heap: bool
 
     def choose(self, task: Placement, mi: ModelIndex, index: NodeIndex,
@@ -52,11 +56,12 @@ class RoundRobin:
     """Rotate through the nodes that have a free slot."""
 
     name: str = "round_robin"
+    needs_free_list: bool = True
     needs_load_heap: bool = False
     _cursor: dict[str, int] = attrs.field(factory=dict)
 
     def choose(self, task, mi, index, rng):
-        free = mi.free.items
+        free = mi.free_list.items
         if not free:
             return None
         cursor = self._cursor.get(mi.model, 0)
@@ -69,10 +74,11 @@ class RandomChoice:
     """Uniformly random among the nodes that have a free slot."""
 
     name: str = "random"
+    needs_free_list: bool = True
     needs_load_heap: bool = False
 
     def choose(self, task, mi, index, rng):
-        free = mi.free.items
+        free = mi.free_list.items
         if not free:
             return None
         return index.nodes[free[rng.randrange(len(free))]]
@@ -83,10 +89,11 @@ class LeastLoaded:
     """The free node with the lowest share of busy slots (ties: earliest joined)."""
 
     name: str = "least_loaded"
+    needs_free_list: bool = True
     needs_load_heap: bool = True
 
     def choose(self, task, mi, index, rng):
-        heap, free, nodes = mi.load_heap, mi.free, index.nodes
+        heap, free, nodes = mi.load_heap, mi.free_list, index.nodes
         while heap:
             load, _, node_id = heap[0]
             node = nodes.get(node_id) if node_id in free else None
@@ -101,10 +108,11 @@ class PowerOfTwo:
     """Sparrow-style: sample two free nodes, take the less loaded (warm breaks ties)."""
 
     name: str = "power_of_two"
+    needs_free_list: bool = True
     needs_load_heap: bool = False
 
     def choose(self, task, mi, index, rng):
-        free = mi.free.items
+        free = mi.free_list.items
         if not free:
             return None
         n = len(free)
@@ -125,6 +133,7 @@ class ScoredPolicy:
 
     name: str
     score: ClassScore
+    needs_free_list: bool = False
     needs_load_heap: bool = False
     _cache: dict[tuple[str, int, int, Priority], list[NodeClass]] = attrs.field(factory=dict)
 
@@ -142,11 +151,11 @@ class ScoredPolicy:
         return ranked
 
     def choose(self, task, mi, index, rng):
-        if not mi.free:
+        if not mi.free_count:
             return None
         for cls in self.ranking(mi, task.work, task.priority):
             if cls.free:
-                return index.nodes[cls.free.items[-1]]
+                return index.nodes[next(reversed(cls.free))]
         return None
 
 

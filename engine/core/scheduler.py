@@ -113,6 +113,7 @@ class NetworkSnapshot:
     utilization: float
 
 
+_COUNTER_OF = {state: state.value for state in TaskState}
 COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelled",
             "rejected", "requeued", "nodes_joined", "nodes_lost")
 
@@ -128,7 +129,8 @@ class Scheduler:
         self.config = config
         self.tasks: dict[str, TaskRecord] = {}
         self.queues: dict[str, ModelQueue] = {m: ModelQueue() for m in MODELS}
-        self.index = NodeIndex(track_load=self.policy.needs_load_heap)
+        self.index = NodeIndex(free_list=self.policy.needs_free_list,
+                               load_heap=self.policy.needs_load_heap)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._seq = 0
         self._ordinal = 0
@@ -239,7 +241,7 @@ class Scheduler:
             cost = charge(default_price(REFERENCE_GPU), work / rate, multiplier)
             return Quote(cost, seconds, reference, savings_pct(cost, reference),
                          REFERENCE_GPU, None)
-        node = self.index.nodes[(cls.free or cls.online).items[-1]]
+        node = self.index.nodes[next(reversed(cls.free or cls.online))]
         cost = charge(cls.price_per_hour, cls.service_seconds(work), multiplier)
         return Quote(cost, waiting + cls.completion_seconds(work), reference,
                      savings_pct(cost, reference), cls.gpu, node.node_id,
@@ -381,7 +383,7 @@ class Scheduler:
             node.running.discard(record.spec.task_id)
             if not node.draining:
                 self._busy_slots -= 1
-            self.index.refresh(node)
+            self.index.refresh(node, warmth_changed=False)
         return node
 
     def _end(self, record: TaskRecord, to: TaskState, now: float) -> None:
@@ -392,7 +394,7 @@ class Scheduler:
             self._queued -= 1
         self._move(record, to)
         record.ended_at = now
-        self.counters[to.value] += 1
+        self.counters[_COUNTER_OF[to]] += 1
         if not self.config.keep_finished:
             del self.tasks[record.spec.task_id]
 
@@ -426,11 +428,12 @@ class Scheduler:
                 out: list[Decision]) -> None:
         model = record.spec.model
         cold = not node.is_warm(model)
-        node.touch_model(model)
+        evicted = node.touch_model(model)
         node.running.add(record.spec.task_id)
         self._busy_slots += 1
-        record.multiplier = self.pricing.multiplier(record.spec.priority, self.utilization)
-        self.index.refresh(node)
+        record.multiplier = self.pricing.multiplier(
+            record.spec.priority, self._busy_slots / self._total_slots)
+        self.index.refresh(node, warmth_changed=cold or bool(evicted))
         self._move(record, R)
         record.node_id = node.node_id
         record.attempts += 1
@@ -448,7 +451,7 @@ class Scheduler:
             if not queue:
                 continue
             mi = nodes.models[model]
-            while queue and mi.free:
+            while queue and mi.free_count:
                 record = self.tasks[queue.peek()]
                 spec = record.spec
                 node = policy.choose(Placement(model, record.work, spec.priority), mi, nodes, rng)
