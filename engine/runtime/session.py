@@ -93,7 +93,8 @@ class NodeSession:
         self.accepted: set[str] = set()
         self.protocol_errors = 0
         self.close_reason = ""
-        self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | _Close](OUTBOX_SIZE)
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | _Close](
+            OUTBOX_SIZE)
         self._scope = trio.CancelScope()
 
     # ---- called by the actor (never blocks) ------------------------------------
@@ -189,7 +190,7 @@ class NodeSession:
             await self._refuse("token refused: unknown or revoked node token")
             return None
         return NodeSpec(
-            node_id=identity.node_id, gpu="RTX 3090",
+            node_id=identity.node_id, gpu=gpu_class_name(hello.gpu.name),
             vram_gb=hello.gpu.vram_gb, models=tuple(_model_name(m) for m in hello.models),
             slots=hello.slots, price_per_hour=hello.price_per_hour, region=hello.region,
             loaded=tuple(_model_name(m) for m in hello.loaded),

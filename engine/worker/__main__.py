@@ -19,11 +19,14 @@ from pathlib import Path
 
 import trio
 
+from engine.core import GPU_CLASSES
+from engine.runtime import gpu_class_name
 from engine.worker.agent import (
     CoordinatorUnreachable, Worker, WorkerConfig, WorkerRefused, websocket_connector,
 )
 from engine.worker.node import (
-    DEMO_MODEL, Hardware, ModelSource, ThreadedExecutor, detect_gpu, load_models, usable_gpu,
+    DEMO_MODEL, Hardware, ModelSource, ThreadedExecutor, detect_gpu, host_memory_gb, load_models,
+    usable_gpu,
 )
 from engine.worker.runners.base import ModelLoadError
 
@@ -129,9 +132,14 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[ModelSo
 
 
 def _hardware(args: argparse.Namespace, sources: list[ModelSource]) -> Hardware:
-    detected = Hardware(args.gpu, 0.0) if args.gpu else detect_gpu()
-    if not args.gpu:
-        detected = usable_gpu(detected, any(s.kind != "noop" for s in sources))
+    onnx = any(s.kind != "noop" for s in sources)
+    if args.gpu:  # the catalog's memory for a known class, e.g. --gpu "RTX 4090"
+        known = GPU_CLASSES.get(gpu_class_name(args.gpu))
+        detected = Hardware(args.gpu, known.vram_gb if known else host_memory_gb())
+    elif onnx and args.provider == "cpu":  # models will run on the CPU, whatever is here
+        detected = Hardware("cpu", host_memory_gb())
+    else:
+        detected = usable_gpu(detect_gpu(), onnx)
     vram = args.vram_gb if args.vram_gb is not None else detected.vram_gb
     return Hardware(detected.gpu, vram)
 

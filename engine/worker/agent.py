@@ -189,8 +189,8 @@ class Worker:
                 return
             if self.config.max_retries is not None and failures > self.config.max_retries:
                 raise CoordinatorUnreachable(reason)
-            delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** max(0, failures - 1))
-            delay = self.rng.uniform(delay / 2, delay)
+            ceiling = self.config.backoff_initial * 2 ** max(0, failures - 1)
+            delay = self.rng.uniform(0.5, 1.0) * min(self.config.backoff_max, ceiling)
             log.warning("coordinator: %s; reconnecting in %.1f s", reason, delay)
             with trio.move_on_after(delay):
                 await self._drain.wait()

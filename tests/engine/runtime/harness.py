@@ -130,7 +130,8 @@ class Net:
                                    {"seconds": seconds, "steps": steps, **params})
 
     def of(self, task_id: str, kind: str | None = None) -> list[TaskUpdate]:
-        return [u for u in self.updates if u.task_id == task_id and (kind is None or u.kind == kind)]
+        return [u for u in self.updates
+                if u.task_id == task_id and (kind is None or u.kind == kind)]
 
     def states(self, task_id: str) -> list[TaskState]:
         return [u.state for u in self.of(task_id, "state")]

@@ -318,9 +318,12 @@ async def test_submit_rejections(autojump_clock):
         assert ok.accepted
         again = await net.submit("dup")
         assert not again.accepted and "duplicate" in again.reason
+        await net.until(lambda: net.states("dup"))
         assert net.states("dup") == [Q]  # the original task is untouched
         huge = await net.c.submit(TaskSpec("huge", MODEL), {"prompt": "x" * 5000})
         assert not huge.accepted and "too large" in huge.reason
         unknown = await net.c.submit(TaskSpec("u", "gpt-9"), {"prompt": "x"})
         assert not unknown.accepted and "unknown model" in unknown.reason
+        # Updates reach on_update asynchronously: wait for the rejection's.
+        await net.until(lambda: net.states("u"))
         assert net.states("u") == [TaskState.REJECTED]

@@ -48,8 +48,8 @@ def comparable(decisions) -> list[tuple]:
 
 
 async def play(scenario, policy: str, log) -> list:
-    """Feed the simulated run's outside world to a live coordinator, in virtual time;
-    returns the coordinator's decisions."""
+    """Feed the simulated run's outside world to a live coordinator, in virtual time,
+    checking each step's decisions against the simulator's; returns them all."""
     async def verify(token: str) -> NodeIdentity:
         return NodeIdentity(token)
 
@@ -84,8 +84,15 @@ async def play(scenario, policy: str, log) -> list:
                     await workers.pop(event.node_id).aclose("node failed")
                 else:
                     raise AssertionError(f"the simulator fed {event!r}")
-                while len(c.journal) == seen:  # until the runtime has handled it
+                for _ in range(1000):  # until the runtime has handled it
+                    if len(c.journal) > seen:
+                        break
                     await trio.sleep(0)
+                else:
+                    raise AssertionError(f"at {entry.time}: the runtime ignored {event!r}; "
+                                         "its earlier decisions must have diverged")
+                live = [d for _, _, decisions in c.journal[seen:] for d in decisions]
+                assert comparable(live) == comparable(entry.decisions), (entry.time, event)
             nursery.cancel_scope.cancel()
         return [d for _, _, decisions in c.journal for d in decisions]
 
