@@ -177,15 +177,16 @@ class ModelIndex:
     free_list: IndexedSet[str] | None = None
     load_heap: list[tuple[float, int, str]] | None = None
 
-    def push_load(self, node: NodeState) -> None:
-        """Record the node's current load (stale entries are skipped on read and
-        compacted here; the load heap always comes with a free_list)."""
+    def push_load(self, node: NodeState, nodes: dict[str, NodeState]) -> None:
+        """Record the node's current load. Entries go stale when a node's load
+        changes; readers skip them, and when stale ones outnumber the live ones 3 to 1
+        the heap is rebuilt from the live ones alone (amortised O(log n) a push)."""
         heap = self.load_heap
         heapq.heappush(heap, (node.load, node.ordinal, node.node_id))
         if len(heap) > 64 + 4 * self.free_count:
             members = self.free_list
-            self.load_heap = [e for e in heap if e[2] in members]
-            heapq.heapify(self.load_heap)
+            live = {e for e in heap if e[2] in members and nodes[e[2]].load == e[0]}
+            self.load_heap = sorted(live)
 
 
 class NodeIndex:
@@ -293,4 +294,4 @@ class NodeIndex:
             for model in node.classes:
                 mi = self.models[model]
                 if mi.load_heap is not None:
-                    mi.push_load(node)
+                    mi.push_load(node, self.nodes)
