@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("engine.worker.__main__", "run a node operator's worker (python -m engine.worker)"),
     "keys": ("api.admin", "manage API keys: neurogrid keys create --tier beta|premium"),
     "nodes": ("api.admin", "manage worker tokens: neurogrid nodes create --name NAME"),
-    "sim": ("sim.__main__", "run a simulation scenario (python -m sim)"),
+    "sim": ("sim.cli", "run a simulation scenario (python -m sim)"),
 }
 
 
