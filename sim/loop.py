@@ -307,9 +307,11 @@ class Simulation:
                 task = tasks[d.task_id]
                 node = task.node
                 if node is not None:  # it was running: the node is done with it
-                    start = task.busy_start
+                    start, end = task.busy_start, task.busy_end
                     busy_starts(start)
-                    busy_ends(max(start, min(now, task.busy_end)))
+                    if now < end:  # interrupted: max(start, min(now, end)), inlined
+                        end = now if now > start else start
+                    busy_ends(end)
                     busy_gpus(node.gpu_index)
                     busy_weights(1)
                     node.running -= 1
@@ -324,7 +326,8 @@ class Simulation:
                 del tasks[d.task_id]
                 in_system -= 1
                 if now >= warmup:
-                    little_sojourn += now - max(task.submitted, warmup)
+                    since = task.submitted
+                    little_sojourn += now - (warmup if warmup > since else since)
                 if kind_d is Complete:
                     completed += 1
                     if task.measured:

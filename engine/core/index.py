@@ -30,6 +30,7 @@ from .catalog import MODELS, gpu_rate
 from .events import NodeSpec
 
 T = TypeVar("T", bound=Hashable)
+VRAM_GB = {name: model.vram_gb for name, model in MODELS.items()}
 
 
 class IndexedSet(Generic[T]):
@@ -118,7 +119,7 @@ class NodeState:
                 loaded.remove(model)
             loaded.append(model)
         evicted: list[str] = []
-        while len(loaded) > 1 and sum(MODELS[m].vram_gb for m in loaded) > self.spec.vram_gb:
+        while len(loaded) > 1 and sum(map(VRAM_GB.__getitem__, loaded)) > self.spec.vram_gb:
             evicted.append(loaded.pop(0))
         return evicted
 
@@ -137,6 +138,7 @@ class NodeClass:
     latency: float
     cold_seconds: float
     warm: bool
+    model_index: "ModelIndex" = attrs.field(repr=False)  # its model's (free_count)
     free: dict[str, None] = attrs.field(factory=dict)
     online: dict[str, None] = attrs.field(factory=dict)
 
@@ -194,6 +196,8 @@ class NodeIndex:
 
     def __init__(self, free_list: bool = False, load_heap: bool = False) -> None:
         self.nodes: dict[str, NodeState] = {}
+        self.free_lists = free_list  # every model has a free_list, or none has
+        self.load_heaps = load_heap  # the same for the load heaps
         self.models: dict[str, ModelIndex] = {
             m: ModelIndex(m, free_list=IndexedSet() if free_list else None,
                           load_heap=[] if load_heap else None)
@@ -240,7 +244,7 @@ class NodeIndex:
             cls = NodeClass(
                 key, model, rate=gpu_rate(node.spec.gpu, model),
                 price_per_hour=node.price_per_hour, latency=node.latency,
-                cold_seconds=MODELS[model].load_seconds, warm=warm,
+                cold_seconds=MODELS[model].load_seconds, warm=warm, model_index=mi,
             )
             mi.classes[key] = cls
             mi.generation += 1
@@ -279,19 +283,22 @@ class NodeIndex:
         accepting = not node.draining and len(node.running) < node.spec.slots
         if accepting is not node.in_free:
             node.in_free = accepting
-            node_id, models = node.node_id, self.models
-            for model, cls in node.classes.items():
-                mi = models[model]
-                if accepting:
+            node_id = node.spec.node_id
+            if accepting:
+                for cls in node.classes.values():
                     cls.free[node_id] = None
-                    mi.free_count += 1
-                    if mi.free_list is not None:
-                        mi.free_list.add(node_id)
-                else:
+                    cls.model_index.free_count += 1
+            else:
+                for cls in node.classes.values():
                     del cls.free[node_id]
-                    self._left_free(mi, node_id)
-        if accepting:
+                    cls.model_index.free_count -= 1
+            if self.free_lists:
+                for cls in node.classes.values():
+                    free_list = cls.model_index.free_list
+                    if accepting:
+                        free_list.add(node_id)
+                    else:
+                        free_list.discard(node_id)
+        if accepting and self.load_heaps:
             for model in node.classes:
-                mi = self.models[model]
-                if mi.load_heap is not None:
-                    mi.push_load(node, self.nodes)
+                self.models[model].push_load(node, self.nodes)

@@ -33,9 +33,24 @@ from .events import Priority
 from .index import ModelIndex, NodeClass, NodeIndex, NodeState
 
 
+class PlacementTask(Protocol):
+    """What a policy sees of the task it places: its model, size and priority. The
+    scheduler hands over its TaskRecord, which has these attributes (no object is
+    built per placement); `Placement` is the same as a standalone value."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def work(self) -> float: ...  # work units (see catalog)
+
+    @property
+    def priority(self) -> Priority: ...
+
+
 @attrs.frozen
 class Placement:
-    """What a policy sees of the task it places."""
+    """A PlacementTask as a value (for callers that have no TaskRecord)."""
 
     model: str
     work: float  # work units (see catalog)
@@ -47,7 +62,7 @@ class PlacementPolicy(Protocol):
     needs_free_list: bool
     needs_load_heap: bool
 
-    def choose(self, task: Placement, mi: ModelIndex, index: NodeIndex,
+    def choose(self, task: PlacementTask, mi: ModelIndex, index: NodeIndex,
                rng: random.Random) -> NodeState | None: ...
 
 
@@ -154,8 +169,9 @@ class ScoredPolicy:
         if not mi.free_count:
             return None
         for cls in self.ranking(mi, task.work, task.priority):
-            if cls.free:
-                return index.nodes[next(reversed(cls.free))]
+            free = cls.free
+            if free:
+                return index.nodes[next(reversed(free))]
         return None
 
 

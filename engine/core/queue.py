@@ -62,8 +62,13 @@ class ModelQueue:
             heapq.heappop(heap)
 
     def peek(self) -> str | None:
-        self._settle()
-        return self._heap[0][2] if self._heap else None
+        heap, live = self._heap, self._live
+        while heap:  # _settle, inlined: peek is on the scheduler's hot path
+            key, seq, task_id = heap[0]
+            if live.get(task_id) == (key, seq):
+                return task_id
+            heapq.heappop(heap)
+        return None
 
     def peek_key(self) -> float | None:
         self._settle()
@@ -71,6 +76,11 @@ class ModelQueue:
 
     def pop(self) -> str:
         self._settle()
+        return self.pop_peeked()
+
+    def pop_peeked(self) -> str:
+        """Pop the head that `peek()` has just returned (peek settled it: no stale
+        entry can be on top, so this skips the settling pass)."""
         _, _, task_id = heapq.heappop(self._heap)
         del self._live[task_id]
         return task_id

@@ -8,9 +8,12 @@
 # pricing policy (pricing.py). `handle` first fires every timer that is due at
 # `now` (task deadlines, node heartbeat timeouts), then applies the event through a
 # table of handlers (one per event type), then places queued tasks on free nodes
-# until a model's queue or its free nodes run out. It returns the decisions in the
-# order they were taken. A driver carries them out; what it cannot carry out it
-# reports back as an event (DeliveryFailed, NodeLost) - the core never sees I/O.
+# until a model's queue or its free nodes run out. (A submission that finds every
+# queue empty is placed by its handler directly: the same policy call, and so the
+# same decision, as the queue would give it, without the queue round trip.) It
+# returns the decisions in the order they were taken. A driver carries them out;
+# what it cannot carry out it reports back as an event (DeliveryFailed, NodeLost) -
+# the core never sees I/O.
 #
 # Task lifecycle (a table, not nested ifs - see TRANSITIONS):
 #   queued -> running -> completed | failed | expired | cancelled | queued (requeue)
@@ -42,12 +45,13 @@ from .events import (
 )
 from .index import NodeIndex, NodeState
 from .placement import (
-    DEFAULT_POLICY, Placement, PlacementPolicy, ScoredPolicy, balanced_score, make_policy,
+    DEFAULT_POLICY, PlacementPolicy, ScoredPolicy, balanced_score, make_policy,
 )
 from .pricing import PricingPolicy, Quote, charge, make_pricing, savings_pct
 from .queue import DEFAULT_HEAD_START, ModelQueue
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
+_LIVE = frozenset({Q, R})  # the states that are not final (TaskState.is_final, C speed)
 # (from, to) pairs the scheduler may take; anything else is a bug (asserted).
 TRANSITIONS = frozenset({
     (None, Q), (None, TaskState.REJECTED),
@@ -69,11 +73,16 @@ class SchedulerConfig:
 
 @attrs.define(eq=False)
 class TaskRecord:
+    """The core's mutable record of one task. It carries `model`, `work` and
+    `priority` itself, so it is what a placement policy is handed (a PlacementTask)."""
+
     spec: TaskSpec
     work: float
     key: float  # queue key: virtual arrival time
     seq: int
     submitted_at: float
+    model: str  # = spec.model
+    priority: Priority  # = spec.priority
     state: TaskState = TaskState.QUEUED
     node_id: str | None = None
     attempts: int = 0
@@ -164,8 +173,10 @@ class Scheduler:
         if handler is None:
             raise TypeError(f"not a scheduler event: {event!r}")
         handler(event, now, out)
-        self._place(now, out)
-        wake = self.next_deadline()
+        if self._queued:
+            self._place(now, out)
+        # Without timers next_deadline() is inf: skip the call on the hot path.
+        wake = self.next_deadline() if self._deadlines or self._node_timers else math.inf
         if wake != self._announced_wake:
             self._announced_wake = wake
             if wake < math.inf:
@@ -251,22 +262,32 @@ class Scheduler:
 
     def _on_submitted(self, event: TaskSubmitted, now: float, out: list[Decision]) -> None:
         spec = event.task
+        task_id, model, priority = spec.task_id, spec.model, spec.priority
         reason = self._rejection(spec, now)
         if reason:
             self.counters["rejected"] += 1
-            out.append(Reject(spec.task_id, reason))
+            out.append(Reject(task_id, reason))
             return
         self._seq += 1
-        record = TaskRecord(
-            spec, self._work(spec), now - self.config.head_start[spec.priority],
-            self._seq, now,
-        )
-        self.tasks[spec.task_id] = record
+        seq = self._seq
+        key = now - self.config.head_start[priority]
+        work = work_units(model, spec.prompt_tokens, spec.output_tokens, spec.steps,
+                          spec.audio_seconds)
+        self.tasks[task_id] = record = TaskRecord(spec, work, key, seq, now, model, priority)
         self.counters["submitted"] += 1
-        self.queues[spec.model].push(spec.task_id, record.key, record.seq)
-        self._queued += 1
         if spec.deadline < math.inf:
-            heapq.heappush(self._deadlines, (spec.deadline, record.seq, spec.task_id))
+            heapq.heappush(self._deadlines, (spec.deadline, seq, task_id))
+        if not self._queued:
+            # Nobody waits, so _place would consider this task alone: place it here
+            # (the same policy call and the same decision, without the queue round trip).
+            mi = self.index.models[model]
+            if mi.free_count:
+                node = self.policy.choose(record, mi, self.index, self.rng)
+                if node is not None:
+                    self._assign(record, node, now, out)
+                    return
+        self.queues[model].push(task_id, key, seq)
+        self._queued += 1
 
     def _rejection(self, spec: TaskSpec, now: float) -> str:
         if spec.task_id in self.tasks:
@@ -298,15 +319,17 @@ class Scheduler:
         return record
 
     def _on_finished(self, event: TaskFinished, now: float, out: list[Decision]) -> None:
-        record = self._running_on(event.task_id, event.node_id)
-        if record is None:
+        task_id, node_id = event.task_id, event.node_id
+        record = self.tasks.get(task_id)  # _running_on, inlined: the hottest handler
+        if record is None or record.state is not R or record.node_id != node_id:
             return
-        node = self.index.nodes[event.node_id]
-        node.last_seen = max(node.last_seen, now)
+        node = self.index.nodes[node_id]
+        if now > node.last_seen:
+            node.last_seen = now
         node.tasks_done += 1
-        record.cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
+        record.cost = cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
         self._end(record, TaskState.COMPLETED, now)
-        out.append(Complete(event.task_id, event.node_id, record.cost, event.usage))
+        out.append(Complete(task_id, node_id, cost, event.usage))
 
     def _on_failed(self, event: TaskFailed, now: float, out: list[Decision]) -> None:
         record = self._running_on(event.task_id, event.node_id)
@@ -336,7 +359,8 @@ class Scheduler:
         if old is not None:  # it reconnected before we noticed it was gone
             self._lose(old, "rejoined", now, out)
         models = tuple(m for m in spec.models if m in MODELS)
-        spec = attrs.evolve(spec, models=models)
+        if models != spec.models:
+            spec = attrs.evolve(spec, models=models)
         self._ordinal += 1
         price = spec.price_per_hour if spec.price_per_hour is not None else default_price(spec.gpu)
         node = NodeState(spec, self._ordinal, price,
@@ -378,19 +402,23 @@ class Scheduler:
 
     def _detach(self, record: TaskRecord) -> NodeState | None:
         """Take a running task off its node, freeing the slot."""
-        node = self.index.nodes.get(record.node_id) if record.node_id else None
-        if node is not None and record.spec.task_id in node.running:
-            node.running.discard(record.spec.task_id)
-            if not node.draining:
-                self._busy_slots -= 1
-            self.index.refresh(node, warmth_changed=False)
+        node_id = record.node_id
+        node = self.index.nodes.get(node_id) if node_id else None
+        if node is not None:
+            running, task_id = node.running, record.spec.task_id
+            if task_id in running:
+                running.remove(task_id)
+                if not node.draining:
+                    self._busy_slots -= 1
+                self.index.refresh(node, False)  # warmth did not change
         return node
 
     def _end(self, record: TaskRecord, to: TaskState, now: float) -> None:
-        if record.state is R:
+        state = record.state
+        if state is R:
             self._detach(record)
-        elif record.state is Q:
-            self.queues[record.spec.model].remove(record.spec.task_id)
+        elif state is Q:
+            self.queues[record.model].remove(record.spec.task_id)
             self._queued -= 1
         self._move(record, to)
         record.ended_at = now
@@ -404,7 +432,7 @@ class Scheduler:
         self._move(record, Q)
         record.node_id = None
         self.counters["requeued"] += 1
-        self.queues[record.spec.model].push(record.spec.task_id, record.key, record.seq)
+        self.queues[record.model].push(record.spec.task_id, record.key, record.seq)
         self._queued += 1
         out.append(Requeue(record.spec.task_id, node_id, reason))
 
@@ -426,38 +454,42 @@ class Scheduler:
 
     def _assign(self, record: TaskRecord, node: NodeState, now: float,
                 out: list[Decision]) -> None:
-        model = record.spec.model
-        cold = not node.is_warm(model)
+        spec, model = record.spec, record.model
+        task_id, node_id = spec.task_id, node.spec.node_id
+        cold = model not in node.loaded
         evicted = node.touch_model(model)
-        node.running.add(record.spec.task_id)
+        node.running.add(task_id)
         self._busy_slots += 1
         record.multiplier = self.pricing.multiplier(
-            record.spec.priority, self._busy_slots / self._total_slots)
+            record.priority, self._busy_slots / self._total_slots)
         self.index.refresh(node, warmth_changed=cold or bool(evicted))
         self._move(record, R)
-        record.node_id = node.node_id
-        record.attempts += 1
+        record.node_id = node_id
+        record.attempts = attempt = record.attempts + 1
         if record.started_at is None:
             record.started_at = now
         self.counters["assigned"] += 1
-        out.append(Assign(record.spec.task_id, node.node_id, model, record.attempts,
-                          record.spec.deadline, cold))
+        out.append(Assign(task_id, node_id, model, attempt, spec.deadline, cold))
 
     def _place(self, now: float, out: list[Decision]) -> None:
-        if not self._queued:
-            return
-        policy, rng, nodes = self.policy, self.rng, self.index
+        """Per model (in catalog order), place the head of its queue while the model
+        has free nodes and the policy finds one. The TaskRecord itself is what the
+        policy sees (it has the PlacementTask attributes)."""
+        policy, rng, index, tasks = self.policy, self.rng, self.index, self.tasks
+        models = index.models
         for model, queue in self.queues.items():
             if not queue:
                 continue
-            mi = nodes.models[model]
-            while queue and mi.free_count:
-                record = self.tasks[queue.peek()]
-                spec = record.spec
-                node = policy.choose(Placement(model, record.work, spec.priority), mi, nodes, rng)
+            mi = models[model]
+            while mi.free_count:
+                task_id = queue.peek()
+                if task_id is None:
+                    break
+                record = tasks[task_id]
+                node = policy.choose(record, mi, index, rng)
                 if node is None:
                     break
-                queue.pop()
+                queue.pop_peeked()
                 self._queued -= 1
                 self._assign(record, node, now, out)
 
@@ -468,7 +500,7 @@ class Scheduler:
         while heap:
             deadline, seq, task_id = heap[0]
             record = tasks.get(task_id)
-            if record is not None and record.seq == seq and not record.state.is_final:
+            if record is not None and record.seq == seq and record.state in _LIVE:
                 return
             heapq.heappop(heap)
 
