@@ -78,7 +78,14 @@ class Dispatcher:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         task_status.started()
-        async for row in self._receive:
+        while True:
+            try:  # what is queued already needs no trip through the scheduler
+                try:
+                    row = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    row = await self._receive.receive()
+            except trio.EndOfChannel:
+                return
             if row.id not in self._waiting:
                 continue  # withdrawn: cancelled before it got here
             self._waiting.discard(row.id)

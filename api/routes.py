@@ -59,6 +59,15 @@ def new_id(prefix: str, now: float) -> str:
     return f"{prefix}_{int(now)}_{''.join(chars)}"
 
 
+# What `jsonify` writes (compact separators, ASCII, keys in order, a final newline),
+# for the hot path: one encoder, no provider lookups through the app proxy.
+_ENCODE_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    return Response(_ENCODE_JSON(body) + "\n", mimetype="application/json")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, error: str, details: str,
                  headers: dict[str, str] | None = None) -> None:
@@ -180,7 +189,7 @@ async def submit_task():  # type: ignore[no-untyped-def]
     s.dispatcher.hand_over(row)
     body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
-    return jsonify(body)
+    return json_response(body)
 
 
 @api_routes.get("/api/tasks/<task_id>")

@@ -7,8 +7,9 @@
 # load generator: 32 keep-alive HTTP/1.1 connections over raw trio sockets (a
 # real client library would cost more CPU than the server it measures), each
 # sending its next request as soon as the answer to the last one is in. Rounds
-# alternate /health, POST /api/tasks and GET /api/tasks/<id>, so drift on the
-# shared machine hits all of them alike; the figures are medians over rounds.
+# alternate /health, POST /api/tasks and GET /api/tasks/<id> (in the reverse order
+# every other round), so drift on the shared machine hits all of them alike; the
+# figures are medians over rounds.
 #
 # Durability: every accepted task is committed (SQLite WAL, synchronous=NORMAL:
 # durable against a crash of the process, not of the machine's power) before the
@@ -111,6 +112,21 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settled_cpu_seconds(pid: int, limit: float = 5.0) -> float:
+    """The server's CPU time once it has gone idle (no CPU tick in two 50 ms looks
+    in a row, or `limit` seconds): work a round left behind (the dispatcher hands
+    tasks to the coordinator after the answers) is charged to that round, not to
+    the next case."""
+    give_up = time.perf_counter() + limit
+    cpu, quiet = server_cpu_seconds(pid), 0
+    while quiet < 2 and time.perf_counter() < give_up:
+        time.sleep(0.05)
+        now = server_cpu_seconds(pid)
+        quiet = quiet + 1 if now == cpu else 0
+        cpu = now
+    return cpu
+
+
 def run(quick: bool) -> list[Row]:
     rounds, seconds = (2, 4.0) if quick else (3, 10.0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,11 +150,14 @@ def measure(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[
     cases: dict[str, bytes] = {"GET /health (trivial)": health, "POST /api/tasks": submit,
                                "GET /api/tasks/<id>": read}
     results: dict[str, list[tuple[float, list[float], int, float]]] = {c: [] for c in cases}
-    for _ in range(rounds):
-        for case, request in cases.items():
-            cpu_before = server_cpu_seconds(pid)
+    for round_ in range(rounds):
+        # ABC, CBA, ...: a drift of the shared machine's load within a pair of rounds
+        # weighs on every case alike, whatever its place in the order
+        order = list(cases.items()) if round_ % 2 == 0 else list(cases.items())[::-1]
+        for case, request in order:
+            cpu_before = settled_cpu_seconds(pid)
             latencies, failures, _ = trio.run(load, port, request, seconds)
-            cpu = server_cpu_seconds(pid) - cpu_before
+            cpu = settled_cpu_seconds(pid) - cpu_before
             results[case].append((len(latencies) / seconds, latencies, failures,
                                   cpu / max(1, len(latencies) + failures)))
 
@@ -149,8 +168,9 @@ def measure(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[
             "req_per_s": statistics.median(r[0] for r in per_round),
             "p50_ms": percentile(latencies, 50) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000,
-            # CPU the server spent per request: unlike req/s, barely moved by other
-            # processes on a shared machine
+            # CPU the server spent per request, including what it finished after the
+            # round's last answer: unlike req/s, barely moved by other processes on a
+            # shared machine
             "server_cpu_ms": statistics.median(r[3] for r in per_round) * 1000,
             "failed": sum(r[2] for r in per_round),
         }
