@@ -8,8 +8,9 @@
 # Theory (in): a submission is accepted once its row is committed (the API's
 # promise: an id returned is a task that survives a crash). Handing it to the
 # coordinator need not hold the client's connection: the request queues the row
-# with the dispatcher and answers; the dispatcher submits rows one by one, in the
-# order they were committed. On a restart the store's open tasks come through the
+# with the dispatcher and answers; the dispatcher submits rows in the order they
+# were committed, everything already queued in one batch (one trip to the
+# coordinator's actor, up to DISPATCH_BATCH rows). On a restart the store's open tasks come through the
 # same queue, so both paths are one.
 #
 # Rules:
@@ -55,6 +56,9 @@ def task_payload(row: TaskRow) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"prompt": row.prompt}, row.params
 
 
+DISPATCH_BATCH = 256  # rows handed to the coordinator in one trip, at most
+
+
 class Dispatcher:
     def __init__(self, coordinator: Any, store: Store, limiter: RateLimiter,
                  clock: Callable[[], float]) -> None:
@@ -79,21 +83,29 @@ class Dispatcher:
                     ) -> None:
         task_status.started()
         while True:
-            try:  # what is queued already needs no trip through the scheduler
-                try:
-                    row = self._receive.receive_nowait()
-                except trio.WouldBlock:
-                    row = await self._receive.receive()
+            try:
+                rows = [await self._receive.receive()]
             except trio.EndOfChannel:
                 return
-            if row.id not in self._waiting:
-                continue  # withdrawn: cancelled before it got here
-            self._waiting.discard(row.id)
-            outcome = await self.coordinator.submit(task_spec(row), *task_payload(row))
-            if not outcome.accepted:
-                self.limiter.task_closed(row.id)
-                await self.store.change_task(TaskChange(
-                    row.id, TaskState.REJECTED.value, self.clock(), error=outcome.reason))
+            # Whatever else is queued already goes along: one trip to the coordinator
+            # for the whole batch.
+            while len(rows) < DISPATCH_BATCH:
+                try:
+                    rows.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            rows = [row for row in rows if row.id in self._waiting]  # not withdrawn
+            if not rows:
+                continue
+            for row in rows:
+                self._waiting.discard(row.id)
+            outcomes = await self.coordinator.submit_many(
+                [(task_spec(row), *task_payload(row)) for row in rows])
+            for row, outcome in zip(rows, outcomes):
+                if not outcome.accepted:
+                    self.limiter.task_closed(row.id)
+                    await self.store.change_task(TaskChange(
+                        row.id, TaskState.REJECTED.value, self.clock(), error=outcome.reason))
 
 
 # ---- out: the coordinator's updates -----------------------------------------

@@ -35,7 +35,7 @@ import logging
 import math
 import random
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -179,17 +179,34 @@ class Coordinator:
         generation: {"prompt": str}); `params` its run parameters (max_tokens,
         temperature, top_p, seed). Both must be JSON-able; they reach the worker as
         the `assign` frame's `input` and `params`."""
-        params = dict(params or {})
-        size = len(json.dumps(payload, ensure_ascii=False)) + len(json.dumps(params))
-        if size > self.config.max_frame_bytes - _FRAME_OVERHEAD:
-            return SubmitOutcome(spec.task_id, False, TaskState.REJECTED,
-                                 f"input too large ({size} bytes; limit "
-                                 f"{self.config.max_frame_bytes - _FRAME_OVERHEAD})")
-        reply = _Reply()
-        if not await self._to_actor(("submit", spec, (payload, params), reply)):
-            raise CoordinatorClosed("the coordinator has shut down")
-        await reply.event.wait()
-        return reply.value
+        return (await self.submit_many([(spec, payload, params)]))[0]
+
+    async def submit_many(self, tasks: Sequence[tuple[TaskSpec, Mapping[str, Any],
+                                                      Mapping[str, Any] | None]]
+                          ) -> list[SubmitOutcome]:
+        """Queue several tasks in one trip to the actor, in order; the outcomes come
+        back in the same order. A caller with a backlog (the API's dispatcher) pays
+        the round trip once per batch instead of once per task."""
+        outcomes: list[SubmitOutcome | None] = []
+        batch: list[tuple[TaskSpec, tuple[Mapping[str, Any], dict[str, Any]]]] = []
+        limit = self.config.max_frame_bytes - _FRAME_OVERHEAD
+        for spec, payload, params in tasks:
+            params = dict(params or {})
+            size = len(json.dumps(payload, ensure_ascii=False)) + len(json.dumps(params))
+            if size > limit:
+                outcomes.append(SubmitOutcome(spec.task_id, False, TaskState.REJECTED,
+                                              f"input too large ({size} bytes; limit {limit})"))
+            else:
+                outcomes.append(None)
+                batch.append((spec, (payload, params)))
+        if batch:
+            reply = _Reply()
+            if not await self._to_actor(("submit", batch, reply)):
+                raise CoordinatorClosed("the coordinator has shut down")
+            await reply.event.wait()
+            placed = iter(reply.value)
+            outcomes = [o if o is not None else next(placed) for o in outcomes]
+        return outcomes  # type: ignore[return-value]
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task; True when the cancellation took effect
@@ -288,7 +305,10 @@ class Coordinator:
 
     # ---- messages to the actor ---------------------------------------------------
 
-    def _on_submit(self, spec: TaskSpec, payload: tuple, reply: _Reply) -> None:
+    def _on_submit(self, batch: list[tuple[TaskSpec, tuple]], reply: _Reply) -> None:
+        reply.set([self._submit_one(spec, payload) for spec, payload in batch])
+
+    def _submit_one(self, spec: TaskSpec, payload: tuple) -> SubmitOutcome:
         task_id = spec.task_id
         known = task_id in self.scheduler.tasks
         if not known:
@@ -298,13 +318,12 @@ class Coordinator:
         reject = next((d for d in decisions if isinstance(d, Reject) and d.task_id == task_id),
                       None)
         if reject is not None:
-            reply.set(SubmitOutcome(task_id, False, TaskState.REJECTED, reject.reason))
-            return
+            return SubmitOutcome(task_id, False, TaskState.REJECTED, reject.reason)
         self._pending.insert(mark, TaskUpdate(task_id, "state", TaskState.QUEUED))
         node = next((d.node_id for d in decisions if isinstance(d, Assign)
                      and d.task_id == task_id), None)
         state = TaskState.QUEUED if node is None else TaskState.RUNNING
-        reply.set(SubmitOutcome(task_id, True, state, node_id=node))
+        return SubmitOutcome(task_id, True, state, node_id=node)
 
     def _on_cancel(self, task_id: str, reply: _Reply) -> None:
         decisions = self._apply(TaskCancelled(task_id))

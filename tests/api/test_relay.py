@@ -19,11 +19,16 @@ class RecordingCoordinator:
     refuse: set[str]
     submitted: list[tuple[str, dict, dict]] = attrs.field(factory=list)
 
-    async def submit(self, spec, payload, params) -> SubmitOutcome:  # type: ignore[no-untyped-def]
-        self.submitted.append((spec.task_id, payload, params))
-        if spec.task_id in self.refuse:
-            return SubmitOutcome(spec.task_id, False, TaskState.REJECTED, "queue full")
-        return SubmitOutcome(spec.task_id, True, TaskState.QUEUED)
+    async def submit_many(self, tasks) -> list[SubmitOutcome]:  # type: ignore[no-untyped-def]
+        outcomes = []
+        for spec, payload, params in tasks:
+            self.submitted.append((spec.task_id, payload, params))
+            if spec.task_id in self.refuse:
+                outcomes.append(SubmitOutcome(spec.task_id, False, TaskState.REJECTED,
+                                              "queue full"))
+            else:
+                outcomes.append(SubmitOutcome(spec.task_id, True, TaskState.QUEUED))
+        return outcomes
 
 
 def row(task_id: str) -> TaskRow:

@@ -327,3 +327,17 @@ async def test_submit_rejections(autojump_clock):
         # Updates reach on_update asynchronously: wait for the rejection's.
         await net.until(lambda: net.states("u"))
         assert net.states("u") == [TaskState.REJECTED]
+
+
+async def test_submit_many_keeps_order_and_rejects_one_by_one(autojump_clock):
+    async with open_net(CoordinatorConfig(max_frame_bytes=2048)) as net:
+        outcomes = await net.c.submit_many([
+            (TaskSpec("m1", MODEL), {"prompt": "a"}, None),
+            (TaskSpec("m2", MODEL), {"prompt": "x" * 5000}, None),  # too large
+            (TaskSpec("m1", MODEL), {"prompt": "b"}, None),  # duplicate of the first
+            (TaskSpec("m3", MODEL), {"prompt": "c"}, {"max_tokens": 2}),
+        ])
+        assert [o.task_id for o in outcomes] == ["m1", "m2", "m1", "m3"]
+        assert [o.accepted for o in outcomes] == [True, False, False, True]
+        assert "too large" in outcomes[1].reason and "duplicate" in outcomes[2].reason
+        assert net.c.task("m3") is not None and net.c.task("m2") is None
