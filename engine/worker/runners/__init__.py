@@ -5,6 +5,7 @@
 # model pack (demo_pack). Only base's names are imported eagerly here.
 from __future__ import annotations
 
+from engine.worker.runners import base
 from engine.worker.runners.base import (
     MODEL_KINDS,
     RUNNER_KINDS,
@@ -20,17 +21,4 @@ from engine.worker.runners.base import (
     load_runner,
 )
 
-__all__ = [
-    "MODEL_KINDS",
-    "RUNNER_KINDS",
-    "FinishReason",
-    "InvalidTaskInput",
-    "ModelLoadError",
-    "ModelRunner",
-    "NoopRunner",
-    "ProgressCallback",
-    "RunResult",
-    "RunnerFactory",
-    "StopCheck",
-    "load_runner",
-]
+__all__ = list(base.__all__)
