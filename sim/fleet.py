@@ -54,21 +54,24 @@ class SimNode:
         """After a restart every model is cold."""
         return attrs.evolve(self.spec, loaded=())
 
+    def _exponential(self, mean: float) -> float:
+        """An exponential draw of `mean` seconds; never (inf) without a stream or an
+        infinite mean."""
+        return self.rng.expovariate(1.0 / mean) if self.rng and mean < math.inf else math.inf
+
     def time_to_failure(self) -> float:
-        mtbf = self.group.mtbf
-        return self.rng.expovariate(1.0 / mtbf) if self.rng and mtbf < math.inf else math.inf
+        return self._exponential(self.group.mtbf)
 
     def time_to_repair(self) -> float:
         assert self.rng is not None
-        return self.rng.expovariate(1.0 / self.group.mttr)
+        return self._exponential(self.group.mttr)
 
     def time_to_leave(self) -> float:
-        mean = self.group.session_mean
-        return self.rng.expovariate(1.0 / mean) if self.rng and mean < math.inf else math.inf
+        return self._exponential(self.group.session_mean)
 
     def time_away(self) -> float:
         assert self.rng is not None
-        return self.rng.expovariate(1.0 / self.group.away_mean)
+        return self._exponential(self.group.away_mean)
 
 
 @attrs.define(eq=False)

@@ -150,9 +150,6 @@ class NodeClass:
     def region(self) -> str:
         return self.key[1]
 
-    def any_free(self) -> str:
-        return next(reversed(self.free))
-
     def service_seconds(self, work: float) -> float:
         return work / self.rate
 

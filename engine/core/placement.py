@@ -36,7 +36,7 @@ from .index import ModelIndex, NodeClass, NodeIndex, NodeState
 class PlacementTask(Protocol):
     """What a policy sees of the task it places: its model, size and priority. The
     scheduler hands over its TaskRecord, which has these attributes (no object is
-    built per placement); `Placement` is the same as a standalone value."""
+    built per placement)."""
 
     @property
     def model(self) -> str: ...
@@ -46,15 +46,6 @@ class PlacementTask(Protocol):
 
     @property
     def priority(self) -> Priority: ...
-
-
-@attrs.frozen
-class Placement:
-    """A PlacementTask as a value (for callers that have no TaskRecord)."""
-
-    model: str
-    work: float  # work units (see catalog)
-    priority: Priority
 
 
 class PlacementPolicy(Protocol):

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import heapq
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import attrs
 
@@ -40,9 +40,6 @@ class ModelQueue:
     def __len__(self) -> int:
         return len(self._live)
 
-    def __contains__(self, task_id: str) -> bool:
-        return task_id in self._live
-
     def push(self, task_id: str, key: float, seq: int) -> None:
         self._live[task_id] = (key, seq)
         heapq.heappush(self._heap, (key, seq, task_id))
@@ -53,30 +50,14 @@ class ModelQueue:
             self._heap = [(k, s, t) for t, (k, s) in self._live.items()]
             heapq.heapify(self._heap)
 
-    def _settle(self) -> None:
-        heap, live = self._heap, self._live
-        while heap:
-            key, seq, task_id = heap[0]
-            if live.get(task_id) == (key, seq):
-                return
-            heapq.heappop(heap)
-
     def peek(self) -> str | None:
         heap, live = self._heap, self._live
-        while heap:  # _settle, inlined: peek is on the scheduler's hot path
+        while heap:  # drop stale entries (removed tasks) from the top
             key, seq, task_id = heap[0]
             if live.get(task_id) == (key, seq):
                 return task_id
             heapq.heappop(heap)
         return None
-
-    def peek_key(self) -> float | None:
-        self._settle()
-        return self._heap[0][0] if self._heap else None
-
-    def pop(self) -> str:
-        self._settle()
-        return self.pop_peeked()
 
     def pop_peeked(self) -> str:
         """Pop the head that `peek()` has just returned (peek settled it: no stale
@@ -85,13 +66,3 @@ class ModelQueue:
         del self._live[task_id]
         return task_id
 
-    def key_of(self, task_id: str) -> float:
-        return self._live[task_id][0]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._live)
-
-
-def virtual_arrival(arrival: float, priority: Priority,
-                    head_start: Mapping[Priority, float] = DEFAULT_HEAD_START) -> float:
-    return arrival - head_start[priority]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import attrs
 
@@ -183,12 +183,6 @@ class Scheduler:
                 out.append(WakeAt(wake))
         return out
 
-    def handle_all(self, events: Iterable[tuple[float, Event]]) -> list[Decision]:
-        out: list[Decision] = []
-        for now, event in events:
-            out.extend(self.handle(event, now))
-        return out
-
     def next_deadline(self) -> float:
         if not self._deadlines and not self._node_timers:
             return math.inf
@@ -271,9 +265,8 @@ class Scheduler:
         self._seq += 1
         seq = self._seq
         key = now - self.config.head_start[priority]
-        work = work_units(model, spec.prompt_tokens, spec.output_tokens, spec.steps,
-                          spec.audio_seconds)
-        self.tasks[task_id] = record = TaskRecord(spec, work, key, seq, now, model, priority)
+        self.tasks[task_id] = record = TaskRecord(spec, self._work(spec), key, seq, now,
+                                                  model, priority)
         self.counters["submitted"] += 1
         if spec.deadline < math.inf:
             heapq.heappush(self._deadlines, (spec.deadline, seq, task_id))

@@ -78,14 +78,19 @@ def test_least_loaded_prefers_the_lowest_share_of_busy_slots():
 
 
 def test_power_of_two_takes_the_less_loaded_of_its_two_samples():
-    # One node nearly full, one empty: whenever both are sampled the empty one wins,
-    # so over many draws the empty node gets most of the work.
-    sched = fleet("power_of_two", node("busy", slots=10), node("idle", slots=10), seed=3)
-    for i in range(8):
-        sched.handle(TaskSubmitted(TaskSpec(f"pre{i}", LLAMA, output_tokens=10)), 0.0)
-    loads = {n.node_id: len(n.running) for n in sched.index.nodes.values()}
-    assert sum(loads.values()) == 8
-    assert max(loads.values()) - min(loads.values()) <= 2  # balanced, unlike random
+    # 400 tasks onto 20 nodes of 100 slots, nothing finishing. Taking the less loaded
+    # of two samples keeps the loads within a couple of tasks of each other; one
+    # uniform sample (random) spreads them far wider, with the same seed.
+    def spread(policy: str) -> int:
+        sched = fleet(policy, *(node(f"n{i}", slots=100) for i in range(20)), seed=3)
+        for i in range(400):
+            submit(sched, f"t{i}")
+        loads = [len(n.running) for n in sched.index.nodes.values()]
+        assert sum(loads) == 400
+        return max(loads) - min(loads)
+
+    assert spread("power_of_two") <= 3
+    assert spread("random") > 3 * spread("power_of_two")
 
 
 def test_cheapest_takes_the_lowest_cost_for_the_work():
