@@ -9,6 +9,8 @@
 # - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
 #   replaced at every start; the token reaches the worker in its environment
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
+# - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
+#   to PATH; a path that cannot be opened stops `serve` before anything starts.
 # - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
 #   shuts the coordinator down and the store commits what is queued; local workers
 #   get SIGTERM, and SIGKILL if they have not left after a few seconds.
@@ -26,7 +28,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH
+from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH, CoordinatorConfig
 
 from .app import ApiConfig, create_app
 from .store import open_store
@@ -48,7 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--journal", metavar="PATH",
+                        help="append the scheduler's journal (every event and decision) "
+                             "to PATH, for `python -m sim --replay PATH`")
     return parser
+
+
+def api_config(args: argparse.Namespace) -> ApiConfig:
+    """The app's configuration from the command line."""
+    return ApiConfig(db=args.db, auth_required=args.auth == "required",
+                     environment=args.environment,
+                     coordinator=CoordinatorConfig(journal_path=args.journal))
 
 
 def hypercorn_config(host: str, port: int, access_log: bool) -> HypercornConfig:
@@ -93,8 +105,7 @@ async def shutdown_signal() -> None:
 
 async def serve_all(args: argparse.Namespace) -> None:
     tokens = await local_worker_tokens(args.db, args.local_workers)
-    app = create_app(ApiConfig(db=args.db, auth_required=args.auth == "required",
-                               environment=args.environment))
+    app = create_app(api_config(args))
     config = hypercorn_config(args.host, args.port, args.access_log)
     async with trio.open_nursery() as nursery:
 
@@ -129,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_workers < 0:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
         return 2
+    if args.journal is not None:  # fail here, in one line, not in the app's lifespan
+        try:
+            open(args.journal, "a", encoding="utf-8").close()
+        except OSError as e:
+            print(f"neurogrid serve: cannot open the journal file {args.journal!r}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     trio.run(serve_all, args)
     return 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from engine.core import POLICIES, PRICING
 
+from .replay import Session, check_session, load_sessions, pick_session, scenario_from_session
 from .report import PlotUnavailable, compare, format_markdown, format_table, plot, write_json
 from .scenario import DEFAULT_SCENARIO, ScenarioError, bundled_scenarios, load_scenario
 
@@ -63,9 +65,19 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Discrete-event simulation of a NeuroGrid network on the "
         "real scheduling core. See sim/README.md for the scenario format.")
-    p.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO,
+    p.add_argument("scenario", nargs="?",
                    help="a scenario .toml file or a bundled scenario name "
                         f"(default: {DEFAULT_SCENARIO}; see --list)")
+    p.add_argument("--replay", metavar="JOURNAL",
+                   help="instead of a scenario, a live coordinator's journal "
+                        "(neurogrid serve --journal): its traffic and fleet, run under the "
+                        "policies given (default: the one it ran)")
+    p.add_argument("--session", type=int, metavar="N",
+                   help="with --replay: which session of the journal (1-based; default: "
+                        "the last)")
+    p.add_argument("--check", action="store_true",
+                   help="with --replay: feed the recorded events to a fresh scheduler and "
+                        "check that it decides exactly as recorded (exit 1 if not)")
     p.add_argument("--list", action="store_true", help="list the bundled scenarios")
     p.add_argument("--policy", help="placement policies to compare, comma-separated, or "
                                     "'all' (default: the scenario's)")
@@ -93,6 +105,28 @@ def list_scenarios(out: TextIO) -> None:
         out.write(f"{name:<20} {about}\n")
 
 
+def check_journal(sessions: list[Session], number: int | None, source: str,
+                  out: TextIO) -> int:
+    """`--replay FILE --check`: 0 when every checked session decides as recorded."""
+    chosen = (range(1, len(sessions) + 1) if number is None
+              else [sessions.index(pick_session(sessions, number, source)) + 1])
+    status = 0
+    for n in chosen:
+        header, steps = sessions[n - 1]
+        about = f"session {n} ({header.policy}, {header.pricing}, seed {header.seed!r})"
+        divergence = check_session(header, steps)
+        if divergence is None:
+            out.write(f"{about}: {len(steps):,} steps, every decision as recorded\n")
+            continue
+        status = 1
+        entry = divergence.entry
+        out.write(f"{about}: step {divergence.step} at t={entry.time:.6f} "
+                  f"({type(entry.event).__name__}) decides otherwise\n"
+                  f"  recorded: {list(entry.decisions)}\n"
+                  f"  replayed: {list(divergence.replayed)}\n")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.list:
@@ -104,7 +138,27 @@ def main(argv: list[str] | None = None) -> int:
                                 args.replications)
         if args.seed is not None and args.seed < 0:
             raise ScenarioError("command line", "--seed", "an integer >= 0", args.seed)
-        scenario = load_scenario(args.scenario)
+        if args.replay is not None:
+            if args.scenario is not None:
+                raise ScenarioError("command line", "--replay",
+                                    "either a scenario or --replay, not both", args.scenario)
+            if args.duration is not None:
+                raise ScenarioError("command line", "--duration",
+                                    "no --duration with --replay (the journal's length rules)",
+                                    args.duration)
+            sessions = load_sessions(args.replay)
+            if args.check:
+                return check_journal(sessions, args.session, args.replay, sys.stdout)
+            header, steps = pick_session(sessions, args.session, args.replay)
+            number = args.session or len(sessions)
+            scenario = scenario_from_session(header, steps,
+                                             f"{Path(args.replay).name}#{number}",
+                                             f"{args.replay} session {number}")
+        elif args.check or args.session is not None:
+            raise ScenarioError("command line", "--check" if args.check else "--session",
+                                "--replay JOURNAL with it")
+        else:
+            scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
         if args.duration is not None:
             if not scenario.warmup < args.duration:
                 raise ScenarioError("command line", "--duration",

@@ -31,7 +31,6 @@ from engine.core import GPU_CLASSES, MODELS, NodeSpec, TaskSpec, gpu_rate
 from .scenario import NodeGroup, Scenario
 
 GPU_NAMES = tuple(GPU_CLASSES)
-GPU_INDEX = {name: i for i, name in enumerate(GPU_NAMES)}
 LOAD_SECONDS = {name: spec.load_seconds for name, spec in MODELS.items()}
 
 
@@ -44,6 +43,8 @@ class SimNode:
     latency: float  # seconds, round trip to its region
     rates: dict[str, float]  # model -> work units per second
     rng: random.Random | None  # its failure and churn timers (None: it has none)
+    join_at: float = 0.0  # when it first joins
+    script: tuple[tuple[float, str], ...] = ()  # recorded (time, "lost" | "drain")
     online: bool = False
     leaving: bool = False
     running: int = 0
@@ -63,14 +64,12 @@ class SimNode:
         return self._exponential(self.group.mtbf)
 
     def time_to_repair(self) -> float:
-        assert self.rng is not None
         return self._exponential(self.group.mttr)
 
     def time_to_leave(self) -> float:
         return self._exponential(self.group.session_mean)
 
     def time_away(self) -> float:
-        assert self.rng is not None
         return self._exponential(self.group.away_mean)
 
 
@@ -93,8 +92,19 @@ class SimTask:
     service_seconds: float = 0.0  # of the current run, without the cold load
 
 
+def gpu_names(scenario: Scenario) -> tuple[str, ...]:
+    """The GPU names a run reports utilization by (`SimNode.gpu_index` indexes it):
+    the catalog's classes, then any other name a replayed journal's nodes announced
+    (e.g. "cpu"; the catalog treats those as its slowest class)."""
+    others = {n.spec.gpu for n in scenario.scripted_nodes} - set(GPU_NAMES)
+    return GPU_NAMES + tuple(sorted(others))
+
+
 def build_fleet(scenario: Scenario, seed: int) -> list[SimNode]:
-    """Every node of every group, in file order; ids are `g{group}n{index}`."""
+    """Every node of every group, in file order; ids are `g{group}n{index}`. Then the
+    scripted nodes of a journal replay, each session its own node (a node that came
+    back is `{id}~{k}` from its second session on), with no random timers."""
+    index = {name: i for i, name in enumerate(gpu_names(scenario))}
     nodes = []
     for g, group in enumerate(scenario.nodes):
         price = group.price_per_hour
@@ -110,7 +120,21 @@ def build_fleet(scenario: Scenario, seed: int) -> list[SimNode]:
                 loaded=warm, name=node_id,
             )
             rng = random.Random(f"{seed}/node/{node_id}") if timed else None
-            nodes.append(SimNode(node_id, spec, group, GPU_INDEX[group.gpu], latency, rates, rng))
+            nodes.append(SimNode(node_id, spec, group, index[group.gpu], latency, rates, rng))
+    sessions: dict[str, int] = {}
+    for scripted in scenario.scripted_nodes:
+        spec = scripted.spec
+        k = sessions[spec.node_id] = sessions.get(spec.node_id, 0) + 1
+        if k > 1:
+            spec = attrs.evolve(spec, node_id=f"{spec.node_id}~{k}")
+        group = NodeGroup(1, spec.gpu, spec.region, spec.slots, spec.price_per_hour,
+                          spec.vram_gb, spec.models)
+        script = tuple(sorted((t, what) for t, what in (
+            (scripted.lost, "lost"), (scripted.drain, "drain")) if t < math.inf))
+        nodes.append(SimNode(
+            spec.node_id, spec, group, index[spec.gpu],
+            scenario.region_latency.get(spec.region, 0.0),
+            {m: gpu_rate(spec.gpu, m) for m in spec.models}, None, scripted.join, script))
     return nodes
 
 

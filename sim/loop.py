@@ -35,7 +35,6 @@ import gc
 import heapq
 import itertools
 import math
-import random
 import time
 from array import array
 from typing import Callable, Iterator
@@ -44,31 +43,27 @@ import attrs
 import numpy as np
 
 from engine.core import (
-    MODELS, Assign, Complete, Decision, Event, Expire, Fail, NodeDraining, NodeJoined,
-    NodeLost, Reject, Requeue, Scheduler, SchedulerConfig, TaskFinished, TaskSpec,
-    TaskSubmitted, Tick, Usage, WakeAt, openai_cost, work_units,
+    MODELS, Assign, Cancel, Cancelled, Complete, Event, Expire, Fail,
+    NodeDraining, NodeJoined, NodeLost, Reject, Requeue, Scheduler, SchedulerConfig,
+    TaskCancelled, TaskFinished, TaskSpec, TaskSubmitted, Tick, Usage, WakeAt, openai_cost,
+    work_units,
 )
+from engine.core.journal import JournalEntry, JournalHeader
 
-from .fleet import GPU_NAMES, LOAD_SECONDS, SimNode, SimTask, build_fleet
+from .fleet import LOAD_SECONDS, SimNode, SimTask, build_fleet, gpu_names
 from .metrics import PRIORITY_LABELS, Intervals, little_check, summary
 from .scenario import Scenario, Workload
-from .workload import Distribution, TraceReplay, lognormal_noise
+from .workload import Distribution, Recorded, TraceReplay, lognormal_noise
 
 # Item kinds, most frequent first.
-FINISH, ARRIVAL, TICK, JOIN, FAIL, LEAVE, GONE, MARK = range(8)
+FINISH, ARRIVAL, TICK, JOIN, FAIL, LEAVE, GONE, MARK, CANCEL = range(9)
 UTILIZATION_BINS = 200
 PROGRESS_EVERY = 1 << 14
 
 Progress = Callable[[float], None]  # called with the fraction of `duration` done
 
 
-@attrs.frozen
-class LogEntry:
-    """One step of a recorded run: the event fed to the core and what it decided."""
-
-    time: float
-    event: Event
-    decisions: tuple[Decision, ...]
+LogEntry = JournalEntry  # one step of a recorded run: (time, event, decisions)
 
 
 @attrs.frozen(eq=False)
@@ -88,6 +83,10 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
     """(arrival time, spec, work, service override or -1, noise) of each task of one
     workload, in time order. Arrival times and sizes use separate streams, so a
     change of size distribution leaves the arrival times alone."""
+    if isinstance(workload.arrival, Recorded):  # a journal's tasks, as they came
+        for t, spec, work in workload.arrival.tasks:
+            yield t, spec, work, -1.0, 1.0
+        return
     times_gen = np.random.default_rng([seed, index, 0])
     size_gen = np.random.default_rng([seed, index, 1])
     model = MODELS[workload.model]
@@ -127,15 +126,19 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
         yield t, spec, work, service, draw_noise()
 
 
+def journal_header(scenario: Scenario, policy: str, pricing: str, seed: int) -> JournalHeader:
+    """How a run's Scheduler is made: no heartbeats (failures arrive as NodeLost), ended
+    tasks forgotten, the scenario's region latencies and queue limit. With a run's
+    `.log` it is that run's journal (engine/core/journal.py)."""
+    return JournalHeader(policy, pricing, f"{seed}/scheduler", SchedulerConfig(
+        heartbeat_timeout=math.inf, keep_finished=False,
+        region_latency=dict(scenario.region_latency), max_queued=scenario.max_queued))
+
+
 def make_scheduler(scenario: Scenario, policy: str, pricing: str, seed: int) -> Scheduler:
-    """The Scheduler a run drives: no heartbeats (failures arrive as NodeLost), ended
-    tasks forgotten, the scenario's region latencies and queue limit. A recorded
-    `.log` replayed into a fresh one of these gives the same decisions."""
-    return Scheduler(
-        policy=policy, pricing=pricing, rng=random.Random(f"{seed}/scheduler"),
-        config=SchedulerConfig(heartbeat_timeout=math.inf, keep_finished=False,
-                               region_latency=dict(scenario.region_latency),
-                               max_queued=scenario.max_queued))
+    """The Scheduler a run drives. A recorded `.log` replayed into a fresh one of these
+    gives the same decisions."""
+    return journal_header(scenario, policy, pricing, seed).make_scheduler()
 
 
 def run_scenario(scenario: Scenario, policy: str | None = None, seed: int | None = None,
@@ -182,7 +185,13 @@ class Simulation:
         started = time.perf_counter()
         scenario = self.scenario
         for node in self.nodes:
-            self.push(0.0, JOIN, node, node.epoch)
+            self.push(node.join_at, JOIN, node, node.epoch)
+            for when, what in node.script:  # a journal's node: lost or drained then
+                self.push(when, FAIL if what == "lost" else LEAVE, node, node.epoch)
+        for workload in scenario.workloads:
+            if isinstance(workload.arrival, Recorded):
+                for when, task_id in workload.arrival.cancellations:
+                    self.push(when, CANCEL, task_id)
         streams = [task_stream(w, i, scenario, self.seed)
                    for i, w in enumerate(scenario.workloads)]
         arrivals = []  # (time, workload index, stream, task), one per open stream
@@ -211,7 +220,7 @@ class Simulation:
         latency, wait, priority_of = array("d"), array("d"), array("B")
         load_seconds, tick = LOAD_SECONDS, Tick()
         counts = dict.fromkeys(("submitted", "completed", "failed", "expired", "requeued",
-                                "rejected"), 0)
+                                "rejected", "cancelled"), 0)
         submitted = completed = requeued = events = 0
         cost = openai = 0.0
         in_system, area, area_since = 0, 0.0, 0.0
@@ -261,6 +270,10 @@ class Simulation:
                 area, area_since = 0.0, now
                 little_arrivals = in_system
                 continue
+            elif kind == CANCEL:  # a replayed client's cancellation
+                if a not in tasks:
+                    continue  # it has ended already in this run
+                event = TaskCancelled(a)
             else:
                 event = self._node_event(kind, a, b, now)
                 if event is None:
@@ -296,6 +309,8 @@ class Simulation:
                 if kind_d is WakeAt:
                     heappush(heap, (d.time, next_seq(), TICK, None, None))
                     continue
+                if kind_d is Cancel:
+                    continue  # the Cancelled that follows ends the task
                 if kind_d is Reject:
                     del tasks[d.task_id]
                     counts["rejected"] += 1
@@ -343,6 +358,8 @@ class Simulation:
                     counts["expired"] += 1
                 elif kind_d is Fail:
                     counts["failed"] += 1
+                elif kind_d is Cancelled:
+                    counts["cancelled"] += 1
             if in_system == 0 and not arrivals:
                 break
             if progress is not None and events % PROGRESS_EVERY == 0:
@@ -413,7 +430,8 @@ class Simulation:
         latencies = np.frombuffer(latency, dtype=np.float64)
         waits = np.frombuffer(wait, dtype=np.float64)
         priorities = np.frombuffer(priority_of, dtype=np.uint8)
-        present = sorted({int(w.priority) for w in self.scenario.workloads})
+        present = sorted({int(spec.priority) for w in self.scenario.workloads
+                          for spec in self._specs(w)})
         out = {}
         for level in present:
             mask = priorities == level
@@ -424,6 +442,14 @@ class Simulation:
             }
         return out
 
+    @staticmethod
+    def _specs(workload: Workload) -> Iterator[TaskSpec | Workload]:
+        """What says a workload's priorities: its recorded tasks, or itself."""
+        if isinstance(workload.arrival, Recorded):
+            yield from (spec for _, spec, _ in workload.arrival.tasks)
+        else:
+            yield workload
+
     def _gpus(self) -> list[int]:
         return sorted({node.gpu_index for node in self.nodes})
 
@@ -432,12 +458,14 @@ class Simulation:
         window = np.array([self.scenario.warmup, max(self.scenario.warmup,
                                                     min(self.scenario.duration, end))])
 
+        names = gpu_names(self.scenario)
+
         def ratio(category: int | None) -> float:
             online = float(self.online.integral(window, category)[-1])
             return float(self.busy.integral(window, category)[-1]) / online if online else 0.0
 
         return {"overall": ratio(None),
-                "by_gpu": {GPU_NAMES[g]: ratio(g) for g in self._gpus()}}
+                "by_gpu": {names[g]: ratio(g) for g in self._gpus()}}
 
     def _utilization_series(self, end: float) -> tuple[np.ndarray, np.ndarray]:
         edges = np.linspace(0.0, max(end, 1e-9), UTILIZATION_BINS + 1)

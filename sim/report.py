@@ -93,8 +93,9 @@ Row = tuple[str, tuple[str, ...], int]  # label, path into a run, decimals (-1: 
 
 def _rows(configs: list[ConfigResult]) -> Iterator[Row]:
     for name in ("submitted", "completed", "failed", "expired", "requeued", "rejected",
-                 "unfinished"):
-        yield f"tasks {name}", ("tasks", name), -1
+                 "cancelled", "unfinished"):
+        if name != "cancelled" or any(c.summary["tasks"][name] for c in configs):
+            yield f"tasks {name}", ("tasks", name), -1
     for section, title in (("queue_wait", "queue wait"), ("latency", "latency")):
         for stat in ("mean", "p50", "p95", "p99"):
             yield f"{title} {stat} (s)", (section, stat), 3

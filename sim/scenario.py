@@ -19,7 +19,9 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from engine.core import GPU_CLASSES, MODELS, POLICIES, PRICING, Priority, resolve_model
+from engine.core import (
+    GPU_CLASSES, MODELS, POLICIES, PRICING, NodeSpec, Priority, resolve_model,
+)
 
 from .workload import (
     DISTRIBUTIONS, Arrival, Diurnal, Distribution, Mmpp, Poisson, Trace, TraceError,
@@ -58,6 +60,17 @@ class NodeGroup:
 
 
 @attrs.frozen
+class ScriptedNode:
+    """One recorded session of a node (a journal replay, see replay.py): it joins at
+    `join` and is lost at `lost` or starts draining at `drain` (inf: never)."""
+
+    spec: NodeSpec
+    join: float
+    lost: float = math.inf
+    drain: float = math.inf
+
+
+@attrs.frozen
 class Workload:
     model: str
     arrival: Arrival
@@ -89,6 +102,7 @@ class Scenario:
     region_latency: Mapping[str, float] = attrs.field(factory=dict)
     replications: int = 1
     source: str = "<scenario>"
+    scripted_nodes: tuple[ScriptedNode, ...] = ()  # a journal's fleet (replay.py)
 
     def evolve(self, **changes: Any) -> "Scenario":
         return attrs.evolve(self, **changes)

@@ -18,6 +18,7 @@
 #   rate * (1 + amplitude * cos(2 pi (t - peak) / period)), drawn by thinning
 #   (Lewis & Shedler 1979): candidates at the peak rate, kept with probability
 #   rate(t) / peak rate.
+# - Recorded: the submissions of a live coordinator's journal, exactly as they came.
 # - TraceReplay: the rows of a CSV trace (Azure LLM inference format,
 #   `TIMESTAMP,ContextTokens,GeneratedTokens`) replayed as they are: offsets from the
 #   first row, times `time_scale`, starting `start` seconds into the trace; the
@@ -39,6 +40,8 @@ from typing import Callable, Iterator
 
 import attrs
 import numpy as np
+
+from engine.core import TaskSpec
 
 BLOCK = 4096
 Draws = Iterator[float]
@@ -204,7 +207,19 @@ class TraceReplay:
             yield t, prompt, output
 
 
-Arrival = Poisson | Mmpp | Diurnal | TraceReplay
+@attrs.frozen(eq=False)
+class Recorded:
+    """Tasks as a live coordinator received them (a journal replay, see replay.py):
+    (arrival time, spec, work) in time order, where `work` is what the task measured
+    on its node, in the work units of its model (so its service time on another GPU
+    class scales with that class's rate), and the clients' cancellations as
+    (time, task id)."""
+
+    tasks: tuple[tuple[float, TaskSpec, float], ...]
+    cancellations: tuple[tuple[float, str], ...] = ()
+
+
+Arrival = Poisson | Mmpp | Diurnal | TraceReplay | Recorded
 
 
 def _timestamp(text: str) -> tuple[int, float]:

@@ -39,9 +39,9 @@ from .catalog import (
 )
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
-    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject,
+    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Priority, Reject,
     Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
-    Tick, Usage, WakeAt,
+    Tick, WakeAt,
 )
 from .index import NodeIndex, NodeState
 from .placement import (

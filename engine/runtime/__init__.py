@@ -3,6 +3,7 @@
 ``open_coordinator`` runs the Coordinator actor (single writer of the Scheduler);
 ``serve_websocket`` (or the API's websocket adapter) hands each worker connection
 to ``Coordinator.serve_connection``. ``codec`` is the worker protocol, version 1.
+``JournalFile`` appends the coordinator's steps to a file (``journal_path``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .coordinator import (
     Coordinator, CoordinatorClosed, CoordinatorConfig, SubmitOutcome, TaskUpdate,
     TokenVerifier, UpdateSink, open_coordinator,
 )
+from .journal import JournalFile, JournalFileError
 from .session import NodeIdentity, NodeSession, gpu_class_name
 
 __all__ = [
@@ -23,5 +25,6 @@ __all__ = [
     "WebSocketConnection", "memory_connection_pair", "serve_websocket",
     "Coordinator", "CoordinatorClosed", "CoordinatorConfig", "SubmitOutcome", "TaskUpdate",
     "TokenVerifier", "UpdateSink", "open_coordinator",
+    "JournalFile", "JournalFileError",
     "NodeIdentity", "NodeSession", "gpu_class_name",
 ]

@@ -28,6 +28,9 @@
 # - Updates for one task are published in the order things happened: queued,
 #   running, progress..., then one final state. Progress is lossy under backlog
 #   (beyond `max_pending_updates`); state changes never are.
+# - With `journal_path`, every step (time, event, decisions) is also appended to that
+#   file (journal.py: buffered, flushed when idle and about once a second while busy);
+#   a failing journal is logged once and dropped, never the coordinator's problem.
 from __future__ import annotations
 
 import json
@@ -47,12 +50,14 @@ from engine.core import (
     TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, Usage,
     WakeAt,
 )
+from engine.core.journal import JournalHeader
 
 from .codec import (
     MAX_FRAME_BYTES, PROTOCOL_VERSION, AssignTask, CancelTask, Draining, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
 )
 from .connection import Connection
+from .journal import JournalFile
 from .session import NodeIdentity, NodeSession, _model_name
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,7 @@ class CoordinatorConfig:
     keep_finished: bool = True  # keep ended tasks readable through `task()`
     max_pending_updates: int = 100_000  # progress updates dropped beyond this backlog
     record: bool = False  # keep a journal of (time, event, decisions) for replay
+    journal_path: str | None = None  # append every step to this file, engine.core.journal format
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(heartbeat_timeout=self.heartbeat_timeout,
@@ -84,6 +90,10 @@ class CoordinatorConfig:
     def make_scheduler(self) -> Scheduler:
         return Scheduler(self.policy, self.pricing, random.Random(self.seed),
                          self.scheduler_config())
+
+    def journal_header(self) -> JournalHeader:
+        """What a journal says of `make_scheduler()`'s scheduler (it rebuilds it)."""
+        return JournalHeader(self.policy, self.pricing, self.seed, self.scheduler_config())
 
 
 @attrs.frozen
@@ -137,17 +147,20 @@ class _Reply:
 
 class Coordinator:
     """Use through `open_coordinator`. Public: submit, cancel, quote, snapshot, task,
-    serve_connection, now; `journal` when config.record."""
+    serve_connection, now; `journal` when config.record; `journal_file` when
+    config.journal_path (open_coordinator opens and closes it)."""
 
     def __init__(self, config: CoordinatorConfig, verify_token: TokenVerifier | None,
                  inbox: trio.MemorySendChannel[tuple],
                  updates: trio.MemorySendChannel[TaskUpdate] | None,
-                 scheduler: Scheduler | None = None) -> None:
+                 scheduler: Scheduler | None = None,
+                 journal_file: JournalFile | None = None) -> None:
         self.config = config
         self.verify_token = verify_token
         self.scheduler = scheduler if scheduler is not None else config.make_scheduler()
         self.journal: list[tuple[float, Event, list[Decision]]] | None = (
             [] if config.record else None)
+        self.journal_file = journal_file
         self._inbox = inbox
         self._updates = updates
         self._pending: list[TaskUpdate] = []
@@ -265,7 +278,12 @@ class Coordinator:
         async with inbox:
             while True:
                 message = None
-                with trio.move_on_at(self.scheduler.next_deadline()):
+                deadline = self.scheduler.next_deadline()
+                if self.journal_file is not None:  # flush when idle, or ~once a second
+                    now = trio.current_time()
+                    self.journal_file.before_wait(now, idle=deadline > now and not
+                                                  inbox.statistics().tasks_waiting_send)
+                with trio.move_on_at(deadline):
                     message = await inbox.receive()
                 if message is None:
                     self._apply(Tick())
@@ -290,6 +308,8 @@ class Coordinator:
             decisions = self.scheduler.handle(event, now)
             if self.journal is not None:
                 self.journal.append((now, event, decisions))
+            if self.journal_file is not None:
+                self.journal_file.write(now, event, decisions)
             for decision in decisions:
                 self._carry_out[type(decision)](decision, queue)
             taken.extend(decisions)
@@ -478,20 +498,33 @@ async def open_coordinator(config: CoordinatorConfig = CoordinatorConfig(), *,
     it; without one, any token is accepted (dev mode). `on_update` is awaited, in
     order, for every task state change and progress update. `scheduler` replaces
     the one `config` describes (e.g. the simulator's, for a differential run); the
-    coordinator then owns it."""
-    inbox_send, inbox_receive = trio.open_memory_channel[tuple](0)
-    updates_send = updates_receive = None
-    if on_update is not None:
-        updates_send, updates_receive = trio.open_memory_channel[TaskUpdate](math.inf)
-    coordinator = Coordinator(config, verify_token, inbox_send, updates_send, scheduler)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(coordinator._run, inbox_receive, name="coordinator actor")
-        if updates_receive is not None:
-            nursery.start_soon(_notify, updates_receive, on_update, name="coordinator updates")
-        try:
-            yield coordinator
-        finally:
-            nursery.cancel_scope.cancel()
+    coordinator then owns it. With `config.journal_path`, the journal file is opened
+    (a new session appended) before the actor starts - JournalFileError naming the
+    path if it cannot be - and flushed and closed when the block exits."""
+    if config.journal_path is not None and scheduler is not None:
+        raise ValueError("journal_path and a replacement scheduler cannot be combined: "
+                         "the journal's header describes the scheduler the config makes")
+    journal_file = (JournalFile.open(config.journal_path, config.journal_header())
+                    if config.journal_path is not None else None)
+    try:
+        inbox_send, inbox_receive = trio.open_memory_channel[tuple](0)
+        updates_send = updates_receive = None
+        if on_update is not None:
+            updates_send, updates_receive = trio.open_memory_channel[TaskUpdate](math.inf)
+        coordinator = Coordinator(config, verify_token, inbox_send, updates_send, scheduler,
+                                  journal_file)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(coordinator._run, inbox_receive, name="coordinator actor")
+            if updates_receive is not None:
+                nursery.start_soon(_notify, updates_receive, on_update,
+                                   name="coordinator updates")
+            try:
+                yield coordinator
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if journal_file is not None:
+            journal_file.close()
 
 
 __all__ = ["Coordinator", "CoordinatorClosed", "CoordinatorConfig", "NodeIdentity",

@@ -14,7 +14,7 @@ from engine.core import (
     MODELS, Assign, Cancel, Cancelled, Complete, DEFAULT_HEAD_START, Drop, Expire, Fail,
     NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject, Requeue,
     Scheduler, SchedulerConfig, TaskCancelled, TaskFailed, TaskFinished, TaskSpec,
-    TaskState, TaskSubmitted, Tick, Usage, WakeAt,
+    TaskState, TaskSubmitted, Tick, Usage,
 )
 from tests.strategies import policy_names, scheduler_ops
 

@@ -1,0 +1,135 @@
+# The journal file: a live coordinator's steps appended to a text file, in the
+# format of engine.core.journal, so a run can be audited or replayed later
+# (`python -m sim --replay PATH`).
+#
+#     journal = JournalFile.open("run.jsonl", JournalHeader(policy, pricing, seed, cfg))
+#     journal.write(now, event, decisions)          # after every Scheduler.handle
+#     journal.before_wait(now, idle=...)            # the actor is about to wait
+#     journal.close()                               # the coordinator exits
+#
+# Theory of operation. Opening appends a new session: the header line, flushed at
+# once, so a path that cannot be written fails at startup with the path named
+# (JournalFileError, an OSError). Steps then go through Python's buffered file
+# object; nothing is flushed per step. The actor calls `before_wait` each time it
+# is about to wait for its next message: when nothing else is pending (`idle`) the
+# buffer is flushed, and while busy it is flushed once its oldest unflushed step is
+# `flush_every` seconds old, so a reader (or a crash) loses at most about that much.
+# There is no fsync: a journal survives the process dying, not the machine.
+#
+# Rules:
+# - The journal never stops the coordinator: after opening, no method raises. The
+#   first write or flush that fails (disk full, file gone read-only, a value the
+#   codec cannot write) logs one error line naming the path, closes the file, and
+#   journaling stops for good; every later call is a no-op.
+# - Times are whatever the caller passes (the coordinator's trio clock), the same
+#   clock the steps' times are in.
+# - `close` flushes and closes; it is idempotent and safe in a `finally` (also
+#   when the coordinator is cancelled).
+from __future__ import annotations
+
+import logging
+import math
+from typing import IO, Iterable
+
+from engine.core import Decision, Event
+from engine.core.journal import JournalHeader, entry_line, header_line
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 1.0  # seconds: the longest a step waits in the buffer while busy
+BUFFER_BYTES = 1 << 16
+
+
+class JournalFileError(OSError):
+    """The journal file cannot be opened or its header written; names the path."""
+
+
+class JournalFile:
+    """One session appended to a journal file. Make with `JournalFile.open`."""
+
+    def __init__(self, path: str, file: IO[str], flush_every: float = FLUSH_EVERY) -> None:
+        self.path = path
+        self.flush_every = flush_every
+        self._file: IO[str] | None = file
+        self._dirty_since = math.inf  # time of the oldest unflushed step
+        self.steps = 0  # steps written (to the buffer)
+
+    @classmethod
+    def open(cls, path: str, header: JournalHeader,
+             flush_every: float = FLUSH_EVERY) -> JournalFile:
+        """Open `path` for appending and write the session's header; raises
+        JournalFileError naming the path when it cannot."""
+        try:
+            file = open(path, "a", encoding="utf-8", newline="\n", buffering=BUFFER_BYTES)
+        except OSError as e:
+            raise JournalFileError(
+                f"cannot open the journal file {path!r} for appending: {e.strerror or e}"
+            ) from e
+        try:
+            file.write(header_line(header) + "\n")
+            file.flush()
+        except OSError as e:
+            _close_quietly(file)
+            raise JournalFileError(
+                f"cannot write to the journal file {path!r}: {e.strerror or e}") from e
+        return cls(path, file, flush_every)
+
+    @property
+    def active(self) -> bool:
+        """False once closed or stopped by an error."""
+        return self._file is not None
+
+    def write(self, time: float, event: Event, decisions: Iterable[Decision]) -> None:
+        """Append one step (buffered)."""
+        if self._file is None:
+            return
+        try:
+            self._file.write(entry_line(time, event, decisions) + "\n")
+        except Exception as e:  # noqa: BLE001 - the journal must never stop the actor
+            self._stop("write", e)
+            return
+        self.steps += 1
+        if self._dirty_since == math.inf:
+            self._dirty_since = time
+
+    def before_wait(self, now: float, idle: bool) -> None:
+        """The actor is about to wait for its next message: flush when nothing else
+        is pending (`idle`), or when the oldest unflushed step is `flush_every` old."""
+        if self._dirty_since != math.inf and (idle or now - self._dirty_since >= self.flush_every):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except Exception as e:  # noqa: BLE001
+            self._stop("flush", e)
+            return
+        self._dirty_since = math.inf
+
+    def close(self) -> None:
+        """Flush and close; idempotent, never raises."""
+        if self._file is None:
+            return
+        self.flush()
+        if self._file is not None:
+            _close_quietly(self._file)
+            self._file = None
+
+    def _stop(self, what: str, error: Exception) -> None:
+        log.error("journal %s: %s failed (%s); journaling stops, the coordinator goes on",
+                  self.path, what, getattr(error, "strerror", None) or error)
+        file, self._file = self._file, None
+        if file is not None:
+            _close_quietly(file)
+
+
+def _close_quietly(file: IO[str]) -> None:
+    try:
+        file.close()
+    except Exception:  # noqa: BLE001 - a failed flush at close: already reported or moot
+        pass
+
+
+__all__ = ["FLUSH_EVERY", "JournalFile", "JournalFileError"]
