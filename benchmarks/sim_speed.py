@@ -14,6 +14,11 @@
 #   SimPy model (a Resource of capacity c, one process per customer), same task count,
 #   same run, reported as a ratio. The target (>= 5x) is judged at c = 10,000, the
 #   size of the large scenario; c = 16 is shown beside it, without a target.
+# - "core alone": where a simulated task's time goes. The c = 10,000 model is run
+#   once more with its steps recorded, and the recorded events are fed to a fresh
+#   Scheduler with nothing around them: microseconds per task in the core itself,
+#   and SimPy's microseconds per task over that, the ratio a simulator whose own loop
+#   cost nothing would reach.
 #
 # Rules (harness.py): figures and baselines come from the same run; a missed target
 # is reported, never raised.
@@ -21,13 +26,14 @@ from __future__ import annotations
 
 import json
 import random
+import gc
 import resource
 import subprocess
 import sys
 import time
 
-from benchmarks.harness import Benchmark, Row
-from sim import Scenario, parse_scenario, run_scenario
+from benchmarks.harness import Benchmark, Row, median_of
+from sim import Scenario, make_scheduler, parse_scenario, run_scenario
 
 GPU_MIX = (("RTX 3090", "eu-west"), ("RTX 4090", "us-east"), ("A100", "eu-west"),
            ("H100", "ap-south"))
@@ -136,11 +142,34 @@ def versus_simpy(tasks: int, servers: int, judged: bool) -> Row:
         met=(ours / theirs >= SIMPY_RATIO_TARGET) if judged else None)
 
 
+def core_alone(tasks: int, servers: int) -> Row:
+    scenario = mmc_scenario(tasks, servers)
+    policy, pricing = scenario.policies[0], scenario.pricings[0]
+    log = run_scenario(scenario, record=True).log
+    assert log is not None
+    times = []
+    gc.disable()  # as the simulator runs (sim/loop.py): no cyclic collector passes
+    try:
+        for _ in range(3):
+            handle = make_scheduler(scenario, policy, pricing, scenario.seed).handle
+            started = time.perf_counter()
+            for entry in log:
+                handle(entry.event, entry.time)
+            times.append(time.perf_counter() - started)
+    finally:
+        gc.enable()
+    core_us = median_of(times) / tasks * 1e6
+    simpy_us = simpy_mmc(tasks, servers) / tasks * 1e6
+    return Row(f"M/M/c c={servers:,}: the core alone (recorded events replayed)",
+               {"core_us_per_task": core_us, "simpy_us_per_task": simpy_us,
+                "ceiling_ratio": simpy_us / core_us})
+
+
 def run(quick: bool) -> list[Row]:
     tasks = 100_000 if quick else 1_000_000
     versus = 50_000 if quick else 300_000
     return [*large(tasks, quick), versus_simpy(versus, 10_000, True),
-            versus_simpy(versus, 16, False)]
+            versus_simpy(versus, 16, False), core_alone(versus // 3, 10_000)]
 
 
 BENCHMARK = Benchmark(
