@@ -108,8 +108,9 @@ def list_scenarios(out: TextIO) -> None:
 def check_journal(sessions: list[Session], number: int | None, source: str,
                   out: TextIO) -> int:
     """`--replay FILE --check`: 0 when every checked session decides as recorded."""
-    chosen = (range(1, len(sessions) + 1) if number is None
-              else [sessions.index(pick_session(sessions, number, source)) + 1])
+    if number is not None:
+        pick_session(sessions, number, source)  # a number out of range: ScenarioError
+    chosen = range(1, len(sessions) + 1) if number is None else [number]
     status = 0
     for n in chosen:
         header, steps = sessions[n - 1]

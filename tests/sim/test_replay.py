@@ -159,8 +159,12 @@ def test_sessions_are_chosen_by_number(tmp_path, capsys):
     out_json = tmp_path / "s1.json"
     assert main(["--replay", str(path), "--session", "1", "--json", str(out_json)]) == 0
     assert "A100" in json.loads(out_json.read_text())["runs"][0]["utilization"]["by_gpu"]
-    assert main(["--replay", str(path), "--session", "3"]) == 2
-    assert "--session" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["--replay", str(path), "--check", "--session", "2"]) == 0
+    assert capsys.readouterr().out.startswith("session 2 (balanced, static, seed '2/scheduler')")
+    for check in ([], ["--check"]):
+        assert main(["--replay", str(path), "--session", "3", *check]) == 2
+        assert "--session" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content,words", [
