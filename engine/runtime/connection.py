@@ -13,6 +13,10 @@
 #   Transport-specific exceptions never leak out of an adapter.
 # - `aclose(reason)` is idempotent and never raises; the reason reaches the peer
 #   where the transport can carry one (websocket close reasons: <= 123 bytes).
+# - Optional: `ping()` returns once the peer has answered a websocket ping (raises
+#   ConnectionClosed when closed). WebSocketConnection has it; a worker uses it to
+#   notice a coordinator that went silent without closing (a half-open TCP
+#   connection, which TCP alone reports only after many minutes).
 # - `serve_websocket` is the coordinator's standalone websocket endpoint on
 #   WORKER_PATH; any other path is refused with HTTP 404 before the upgrade.
 from __future__ import annotations
@@ -135,6 +139,14 @@ class WebSocketConnection:
         if isinstance(message, bytes):  # the protocol is text; let the codec judge it
             return message.decode("utf-8", "replace")
         return message
+
+    async def ping(self) -> None:
+        try:
+            await self._ws.ping()
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            reason = _reason_of(exc) if isinstance(exc, trio_websocket.ConnectionClosed) else ""
+            raise ConnectionClosed(reason or "connection lost") from None
 
     async def aclose(self, reason: str = "") -> None:
         try:

@@ -26,6 +26,11 @@
 # - Drain: send `draining`, take no new work, wait up to `drain_grace` for the
 #   running tasks, then close; what is still running is handed back (the
 #   coordinator re-queues a closed node's tasks). `stop()` closes at once.
+# - Keepalive: where the connection can ping (websockets), the worker pings every
+#   `keepalive_interval`; no answer within `keepalive_timeout` means the coordinator
+#   is gone without closing (a half-open connection): the connection is dropped and
+#   the reconnect loop takes over. (The coordinator, hearing no heartbeats, has
+#   re-queued this worker's tasks by then.)
 # - Time is trio's clock only, so the agent runs in virtual time in tests.
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import logging
 import random
 import threading
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
 import attrs
 import trio
@@ -90,6 +95,8 @@ class WorkerConfig:
     backoff_max: float = 30.0
     max_retries: int | None = None  # consecutive failed connections; None: forever
     max_frame_bytes: int = MAX_FRAME_BYTES
+    keepalive_interval: float = 15.0  # seconds between pings (websockets only)
+    keepalive_timeout: float = 20.0  # no pong within this: the coordinator is gone
 
 
 class ProgressBuffer:
@@ -127,12 +134,14 @@ class _Running:
 
 
 @asynccontextmanager
-async def websocket_connector(url: str, max_frame_bytes: int = MAX_FRAME_BYTES
-                              ) -> AsyncIterator[Connection]:
-    """Connect to the coordinator's websocket endpoint."""
+async def websocket_connector(url: str, max_frame_bytes: int = MAX_FRAME_BYTES,
+                              disconnect_timeout: float = 5.0) -> AsyncIterator[Connection]:
+    """Connect to the coordinator's websocket endpoint. Closing waits at most
+    `disconnect_timeout` for the coordinator's side of the close handshake (a silent
+    coordinator never sends it)."""
     async with trio_websocket.open_websocket_url(
             url, max_message_size=4 * max_frame_bytes, connect_timeout=10.0,
-            disconnect_timeout=5.0) as ws:
+            disconnect_timeout=disconnect_timeout) as ws:
         yield WebSocketConnection(ws)
 
 
@@ -225,6 +234,9 @@ class Worker:
             nursery.start_soon(self._heartbeats, conn, welcome.heartbeat_interval)
             nursery.start_soon(self._stream, conn)
             nursery.start_soon(self._drainer, conn, nursery.cancel_scope)
+            ping = getattr(conn, "ping", None)
+            if ping is not None:
+                nursery.start_soon(self._keepalive, ping, nursery.cancel_scope)
             await self._reader(conn, nursery)
             nursery.cancel_scope.cancel()
         return True
@@ -314,6 +326,22 @@ class Worker:
             await trio.sleep(interval)
             await self._send(conn, Heartbeat(tuple(self.running), len(self.running) / slots,
                                              self.executor.loaded))
+
+    async def _keepalive(self, ping: Callable[[], Awaitable[None]],
+                         scope: trio.CancelScope) -> None:
+        config = self.config
+        while True:
+            await trio.sleep(config.keepalive_interval)
+            with trio.move_on_after(config.keepalive_timeout) as waiting:
+                try:
+                    await ping()
+                except ConnectionClosed:
+                    return  # the reader sees the close and ends the connection
+            if waiting.cancelled_caught:
+                log.warning("coordinator silent: no answer to a ping for %g s; "
+                            "dropping the connection", config.keepalive_timeout)
+                scope.cancel()
+                return
 
     async def _drainer(self, conn: Connection, scope: trio.CancelScope) -> None:
         await self._drain.wait()
