@@ -1,0 +1,162 @@
+# The store's vocabulary: the values the API passes to and gets from persistence,
+# and the `Store` protocol itself. The SQLite implementation (and every line of SQL)
+# is in store.py, which re-exports all of this.
+#
+# Rules: frozen attrs values (Stats, kept up to date by the writer, is the one
+# mutable record); wall-clock unix times; secrets only ever as `hash_secret` digests.
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, Protocol
+
+import attrs
+
+OPEN_STATES = ("queued", "running")
+FAILED_STATES = ("failed", "expired")
+
+
+class StoreError(Exception):
+    """A write the store refused; the message says why."""
+
+
+class DuplicateTaskId(StoreError):
+    pass
+
+
+@attrs.frozen
+class TaskRow:
+    id: str
+    owner: str  # "key:<key id>" or "anon:<client address>"
+    model: str
+    priority: str
+    prompt: str
+    params: dict[str, Any]
+    status: str
+    created_at: float
+    estimated_cost: float
+    estimated_seconds: float
+    openai_cost: float
+    started_at: float | None = None
+    completed_at: float | None = None
+    node_id: str | None = None
+    node_location: str | None = None
+    node_gpu: str | None = None
+    result: str | None = None
+    error: str | None = None
+    cost: float = 0.0
+    tokens_used: int = 0
+    processing_time: float = 0.0
+    seq: int = 0  # the store's insertion order; 0 before insertion
+
+
+@attrs.frozen
+class TaskChange:
+    """A forward move of one task, as the coordinator reports it. Fields left None
+    keep their stored value."""
+
+    task_id: str
+    status: str
+    at: float
+    node_id: str | None = None
+    node_location: str | None = None
+    node_gpu: str | None = None
+    result: str | None = None
+    error: str | None = None
+    cost: float | None = None
+    tokens_used: int | None = None
+    processing_time: float | None = None
+    openai_cost: float | None = None
+
+
+@attrs.frozen
+class KeyRecord:
+    id: str
+    tier: str
+    name: str
+    per_hour: int | None  # None: the tier's limit
+    in_flight: int | None
+    created_at: float
+    revoked_at: float | None
+
+
+@attrs.frozen
+class NodeTokenRecord:
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+@attrs.frozen
+class Signup:
+    id: str
+    email: str
+    type: str
+    source: str
+    created_at: float
+
+
+@attrs.frozen
+class NodeRecord:
+    id: str
+    name: str
+    gpu: str
+    location: str
+    first_seen: float
+    last_seen: float
+    tasks_processed: int
+
+
+@attrs.define
+class Stats:
+    total_tasks: int = 0
+    completed_tasks: int = 0
+    failed_tasks: int = 0  # failed or expired
+    cancelled_tasks: int = 0
+    compute_seconds: float = 0.0  # processing time of completed tasks
+    turnaround_seconds: float = 0.0  # created -> completed, summed over completed tasks
+    cost: float = 0.0  # charged, completed tasks
+    openai_cost: float = 0.0  # the same work at OpenAI prices, completed tasks
+    beta_signups: int = 0
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+class Store(Protocol):
+    """What the API needs of persistence: reads are synchronous point lookups,
+    writes durable when awaited (`post_task_change` only queues)."""
+
+    async def insert_task(self, row: TaskRow) -> None: ...
+    async def change_task(self, change: TaskChange) -> bool: ...
+    async def post_task_change(self, change: TaskChange) -> None: ...
+    async def reopen_tasks(self) -> list[TaskRow]: ...
+    async def barrier(self) -> None: ...
+    def get_task(self, task_id: str) -> TaskRow | None: ...
+    def list_tasks(self, owner: str, limit: int, after_seq: int | None,
+                   status: str | None) -> list[TaskRow]: ...
+    async def create_key(self, tier: str, name: str, per_hour: int | None,
+                         in_flight: int | None, now: float) -> tuple[str, KeyRecord]: ...
+    async def revoke_key(self, key_id: str, now: float) -> bool: ...
+    def find_key(self, secret: str) -> KeyRecord | None: ...
+    def list_keys(self) -> list[KeyRecord]: ...
+    async def create_node_token(self, name: str, now: float) -> str: ...
+    async def revoke_node_token(self, name: str, now: float) -> bool: ...
+    def find_node_token(self, token: str) -> str | None: ...
+    def list_node_tokens(self) -> list[NodeTokenRecord]: ...
+    async def add_signup(self, signup: Signup) -> tuple[Signup, bool]: ...
+    async def record_node(self, node_id: str, name: str, gpu: str, location: str,
+                          now: float) -> None: ...
+    def nodes(self) -> dict[str, NodeRecord]: ...
+    def stats(self) -> Stats: ...
+    async def start_run(self, now: float) -> int: ...
+    async def mark_alive(self, run_id: int, now: float) -> None: ...
+    def availability(self, now: float, current_run: int) -> float: ...
+
+
+__all__ = ["StoreError", "DuplicateTaskId", "TaskRow", "TaskChange", "KeyRecord", "NodeTokenRecord", "Signup", "NodeRecord", "Stats", "hash_secret", "new_secret", "Store", "OPEN_STATES", "FAILED_STATES"]
