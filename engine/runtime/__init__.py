@@ -13,11 +13,11 @@ from .connection import (
     memory_connection_pair, serve_websocket,
 )
 from .coordinator import (
-    Coordinator, CoordinatorClosed, CoordinatorConfig, SubmitOutcome, TaskUpdate,
-    TokenVerifier, UpdateSink, open_coordinator,
+    Coordinator, CoordinatorClosed, CoordinatorConfig, TokenVerifier, open_coordinator,
 )
 from .journal import JournalFile, JournalFileError
 from .session import NodeIdentity, NodeSession, gpu_class_name
+from .updates import SubmitOutcome, TaskUpdate, UpdateSink
 
 __all__ = [
     "MAX_FRAME_BYTES", "PROTOCOL_VERSION", "ProtocolError", "decode", "encode",

@@ -47,8 +47,7 @@ from engine.core import (
     DEFAULT_POLICY, Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
     Event, Expire, Fail, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
     NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, SchedulerConfig, TaskCancelled,
-    TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, Usage,
-    WakeAt,
+    TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, WakeAt,
 )
 from engine.core.journal import JournalHeader
 
@@ -59,6 +58,7 @@ from .codec import (
 from .connection import Connection
 from .journal import JournalFile
 from .session import NodeIdentity, NodeSession, _model_name
+from .updates import SubmitOutcome, TaskUpdate, UpdateSink
 
 log = logging.getLogger(__name__)
 
@@ -96,35 +96,7 @@ class CoordinatorConfig:
         return JournalHeader(self.policy, self.pricing, self.seed, self.scheduler_config())
 
 
-@attrs.frozen
-class TaskUpdate:
-    """One change of a task, for the API: a new state (kind "state") or streamed
-    partial output (kind "progress", `partial` as the worker sent it, e.g.
-    {"tokens": [...], "index": n})."""
-
-    task_id: str
-    kind: str  # "state" | "progress"
-    state: TaskState | None = None
-    node_id: str | None = None
-    result: Any = None  # completed: the output (text for text generation)
-    usage: Usage | None = None  # completed: measured work
-    cost: float | None = None  # completed: dollars charged
-    error: str = ""  # failed / rejected / expired / requeued: why
-    partial: Mapping[str, Any] | None = None  # progress
-    finish_reason: str = ""  # completed: "stop", "length", ... as the runner said
-
-
-@attrs.frozen
-class SubmitOutcome:
-    task_id: str
-    accepted: bool
-    state: TaskState  # queued or running when accepted, else rejected
-    reason: str = ""  # why it was rejected
-    node_id: str | None = None  # where it was placed at once, if it was
-
-
 TokenVerifier = Callable[[str], Awaitable[NodeIdentity | None]]
-UpdateSink = Callable[[TaskUpdate], Awaitable[None]]
 # Room left in an `assign` frame around the payload (ids, model, params framing).
 _FRAME_OVERHEAD = 1024
 
