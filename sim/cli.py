@@ -16,7 +16,10 @@ from typing import TextIO
 
 from engine.core import POLICIES, PRICING
 
-from .replay import Session, check_session, load_sessions, pick_session, scenario_from_session
+from .loop import RunResult, journal_header
+from .replay import (
+    Session, check_session, load_sessions, pick_session, scenario_from_session, write_session,
+)
 from .report import PlotUnavailable, compare, format_markdown, format_table, plot, write_json
 from .scenario import DEFAULT_SCENARIO, ScenarioError, bundled_scenarios, load_scenario
 
@@ -92,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png",
                    help="latency CDFs and utilization over time (needs matplotlib)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--journal", metavar="FILE",
+                   help="write every run's journal (each event fed to the scheduler and "
+                        "its decisions; one session per run) in the live coordinator's "
+                        "format, for --replay FILE --check")
     return p
 
 
@@ -177,11 +184,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    journal = None
     try:
-        configs = compare(scenario, policies, pricings, args.seed, args.replications, bar)
+        if args.journal:
+            try:
+                journal = open(args.journal, "w", encoding="utf-8")
+            except OSError as exc:
+                print(f"{PROG}: error: {args.journal}: cannot write the journal "
+                      f"({exc.strerror})", file=sys.stderr)
+                return 2
+
+        def record(result: RunResult, policy: str, pricing: str, seed: int) -> None:
+            assert journal is not None and result.log is not None
+            write_session(journal, journal_header(scenario, policy, pricing, seed), result.log)
+
+        configs = compare(scenario, policies, pricings, args.seed, args.replications, bar,
+                          record if journal is not None else None)
     finally:
         if bar is not None:
             bar.close()
+        if journal is not None:
+            journal.close()
     title = scenario.name + (f": {scenario.description.strip().splitlines()[0]}"
                              if scenario.description else "")
     print(title)
@@ -189,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(configs, args.json)
         print(f"wrote {args.json}")
+    if args.journal:
+        print(f"wrote {args.journal}")
     if args.plot:
         plot(configs, args.plot, scenario.name)
         print(f"wrote {args.plot}")

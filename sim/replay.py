@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable, TextIO
 
 import attrs
 
@@ -32,7 +33,9 @@ from engine.core import (
     DEFAULT_MODEL, MODELS, Complete, Decision, Drop, NodeDraining, NodeJoined, NodeLost,
     NodeSpec, TaskCancelled, TaskSpec, TaskSubmitted, gpu_rate, work_units,
 )
-from engine.core.journal import JournalEntry, JournalError, JournalHeader, read_sessions
+from engine.core.journal import (
+    JournalEntry, JournalError, JournalHeader, entry_line, header_line, read_sessions,
+)
 
 from .scenario import Scenario, ScenarioError, ScriptedNode, Workload
 from .workload import Recorded
@@ -163,5 +166,13 @@ def scenario_from_session(header: JournalHeader, steps: list[JournalEntry],
     )
 
 
+def write_session(out: TextIO, header: JournalHeader,
+                  log: Iterable[JournalEntry]) -> None:
+    """Append one session (a header, then its steps) to an open journal file."""
+    out.write(header_line(header) + "\n")
+    for entry in log:
+        out.write(entry_line(entry.time, entry.event, entry.decisions) + "\n")
+
+
 __all__ = ["Divergence", "Session", "check_session", "load_sessions", "pick_session",
-           "scenario_from_session"]
+           "scenario_from_session", "write_session"]

@@ -47,9 +47,13 @@ def configurations(scenario: Scenario, policies: tuple[str, ...] | None = None,
 def compare(scenario: Scenario, policies: tuple[str, ...] | None = None,
             pricings: tuple[str, ...] | None = None, seed: int | None = None,
             replications: int | None = None,
-            progress: Callable[[int, int, float], None] | None = None) -> list[ConfigResult]:
+            progress: Callable[[int, int, float], None] | None = None,
+            on_recorded: Callable[[RunResult, str, str, int], None] | None = None
+            ) -> list[ConfigResult]:
     """Run every configuration, `replications` times each. `progress(run, runs,
-    fraction)` is told how far the current run is."""
+    fraction)` is told how far the current run is. With `on_recorded`, each run is
+    recorded and handed over with its (policy, pricing, seed) as soon as it ends;
+    its log is not kept after that."""
     seed = scenario.seed if seed is None else seed
     n = replications or scenario.replications
     configs = configurations(scenario, policies, pricings)
@@ -59,8 +63,12 @@ def compare(scenario: Scenario, policies: tuple[str, ...] | None = None,
         for r in range(n):
             step = c * n + r
             tell = (lambda f, s=step: progress(s, len(configs) * n, f)) if progress else None
-            results.append(run_scenario(scenario, policy, seed + r, pricing=pricing,
-                                        progress=tell))
+            result = run_scenario(scenario, policy, seed + r, pricing=pricing,
+                                  record=on_recorded is not None, progress=tell)
+            if on_recorded is not None:
+                on_recorded(result, policy, pricing, seed + r)
+                result = attrs.evolve(result, log=None)
+            results.append(result)
         if n == 1:
             out.append(ConfigResult(policy, pricing, results[0].summary, None, tuple(results)))
         else:

@@ -11,19 +11,17 @@ from engine.core import (
     Assign, NodeDraining, NodeJoined, NodeLost, NodeSpec, Priority, TaskCancelled,
     TaskFinished, TaskSpec, TaskSubmitted, Usage, gpu_rate,
 )
-from engine.core.journal import JournalHeader, entry_line, header_line
+from engine.core.journal import JournalEntry, JournalHeader, header_line
 from sim import load_scenario, parse_scenario, run_scenario
 from sim.cli import main
 from sim.loop import journal_header
-from sim.replay import load_sessions, scenario_from_session
+from sim.replay import load_sessions, scenario_from_session, write_session
 
 
 def write_journal(path: Path, sessions: list[tuple[JournalHeader, list]]) -> Path:
     with open(path, "a") as f:
         for header, steps in sessions:
-            f.write(header_line(header) + "\n")
-            for time, event, decisions in steps:
-                f.write(entry_line(time, event, decisions) + "\n")
+            write_session(f, header, [JournalEntry(*step) for step in steps])
     return path
 
 
@@ -197,3 +195,16 @@ def test_a_bad_journal_is_one_line_and_exit_2(tmp_path, capsys, content, words):
 def test_replay_options_are_checked(capsys, argv, words):
     assert main(argv) == 2
     assert words in capsys.readouterr().err
+
+
+def test_simulated_runs_write_journals_that_check(tmp_path, capsys):
+    path = tmp_path / "sim.jsonl"
+    assert main(["failures", "--duration", "900", "--policy", "balanced,random",
+                 "--journal", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    sessions = load_sessions(path)
+    assert [header.policy for header, _ in sessions] == ["balanced", "random"]
+    assert main(["--replay", str(path), "--check"]) == 0
+    assert capsys.readouterr().out.count("every decision as recorded") == 2
+    assert main(["mmc", "--journal", str(tmp_path / "no" / "such" / "dir.jsonl")]) == 2
+    assert "cannot write the journal" in capsys.readouterr().err
