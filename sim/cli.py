@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replications", type=int, metavar="N",
                    help="runs per configuration (seeds seed..seed+N-1); N > 1 adds 95%% "
                         "confidence intervals")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at once, in worker processes (0: one per CPU core; "
+                        "default 1). The results do not depend on it")
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="override the scenario's duration (seconds of arrivals)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.replications is not None and args.replications < 1:
             raise ScenarioError("command line", "--replications", "an integer >= 1",
                                 args.replications)
+        if args.jobs < 0:
+            raise ScenarioError("command line", "--jobs", "an integer >= 0", args.jobs)
+        jobs = args.jobs or os.cpu_count() or 1
         if args.seed is not None and args.seed < 0:
             raise ScenarioError("command line", "--seed", "an integer >= 0", args.seed)
         if args.replay is not None:
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             write_session(journal, journal_header(scenario, policy, pricing, seed), result.log)
 
         configs = compare(scenario, policies, pricings, args.seed, args.replications, bar,
-                          record if journal is not None else None)
+                          record if journal is not None else None, jobs)
     finally:
         if bar is not None:
             bar.close()

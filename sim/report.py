@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,35 +50,58 @@ def compare(scenario: Scenario, policies: tuple[str, ...] | None = None,
             pricings: tuple[str, ...] | None = None, seed: int | None = None,
             replications: int | None = None,
             progress: Callable[[int, int, float], None] | None = None,
-            on_recorded: Callable[[RunResult, str, str, int], None] | None = None
-            ) -> list[ConfigResult]:
+            on_recorded: Callable[[RunResult, str, str, int], None] | None = None,
+            jobs: int = 1) -> list[ConfigResult]:
     """Run every configuration, `replications` times each. `progress(run, runs,
     fraction)` is told how far the current run is. With `on_recorded`, each run is
     recorded and handed over with its (policy, pricing, seed) as soon as it ends;
-    its log is not kept after that."""
+    its log is not kept after that. `jobs` > 1 runs that many at once in worker
+    processes (not with `on_recorded`); a run is a pure function of its
+    configuration and seed, so the results are the same either way."""
     seed = scenario.seed if seed is None else seed
     n = replications or scenario.replications
     configs = configurations(scenario, policies, pricings)
-    out = []
-    for c, (policy, pricing) in enumerate(configs):
+    runs = [(policy, pricing, seed + r) for policy, pricing in configs for r in range(n)]
+    if jobs > 1 and len(runs) > 1 and on_recorded is None:
+        results = _run_in_processes(scenario, runs, jobs, progress)
+    else:
         results = []
-        for r in range(n):
-            step = c * n + r
-            tell = (lambda f, s=step: progress(s, len(configs) * n, f)) if progress else None
-            result = run_scenario(scenario, policy, seed + r, pricing=pricing,
+        for step, (policy, pricing, run_seed) in enumerate(runs):
+            tell = (lambda f, s=step: progress(s, len(runs), f)) if progress else None
+            result = run_scenario(scenario, policy, run_seed, pricing=pricing,
                                   record=on_recorded is not None, progress=tell)
             if on_recorded is not None:
-                on_recorded(result, policy, pricing, seed + r)
+                on_recorded(result, policy, pricing, run_seed)
                 result = attrs.evolve(result, log=None)
             results.append(result)
+    out = []
+    for c, (policy, pricing) in enumerate(configs):
+        mine = results[c * n:(c + 1) * n]
         if n == 1:
-            out.append(ConfigResult(policy, pricing, results[0].summary, None, tuple(results)))
+            out.append(ConfigResult(policy, pricing, mine[0].summary, None, tuple(mine)))
         else:
-            means, half_widths = combine([res.summary for res in results])
+            means, half_widths = combine([res.summary for res in mine])
             means["seed"] = seed
             half_widths.pop("seed", None)
-            out.append(ConfigResult(policy, pricing, means, half_widths, tuple(results)))
+            out.append(ConfigResult(policy, pricing, means, half_widths, tuple(mine)))
     return out
+
+
+def _run_in_processes(scenario: Scenario, runs: list[tuple[str, str, int]], jobs: int,
+                      progress: Callable[[int, int, float], None] | None) -> list[RunResult]:
+    """Each (policy, pricing, seed) in a worker process; results in `runs` order.
+    Workers are spawned (no fork of this process's state) and get the parsed
+    scenario, so a trace file is read once."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context) as pool:
+        futures = [pool.submit(run_scenario, scenario, policy, run_seed, pricing=pricing)
+                   for policy, pricing, run_seed in runs]
+        done = 0
+        for _ in as_completed(futures):
+            done += 1
+            if progress is not None:
+                progress(done - 1, len(runs), 1.0)
+        return [future.result() for future in futures]
 
 
 def to_json(configs: list[ConfigResult]) -> dict[str, Any]:

@@ -89,6 +89,21 @@ def test_same_scenario_and_seed_give_identical_json(tmp_path, capsys):
     assert _json_without_wall(third) != _json_without_wall(first)
 
 
+def test_parallel_runs_give_the_same_json(tmp_path, capsys):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    args = ["hetero", "--duration", "300", "--policy", "balanced,random", "--replications",
+            "2"]
+    assert main([*args, "--json", str(one)]) == 0
+    assert main([*args, "--jobs", "2", "--json", str(two)]) == 0
+    for path in (one, two):  # with replications, ci95 has a wall_seconds too
+        data = json.loads(path.read_text())
+        for run in data["runs"]:
+            run["ci95"].pop("wall_seconds")
+        path.write_text(json.dumps(data))
+    assert _json_without_wall(one) == _json_without_wall(two)
+    assert main([*args, "--jobs", "-1"]) == 2
+
+
 def test_json_has_the_contract_fields(tmp_path, capsys):
     path = tmp_path / "out.json"
     assert main(["default", "--replications", "2", "--json", str(path)]) == 0
