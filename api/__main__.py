@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
-                             "to PATH, for `python -m sim --replay PATH`")
+                             "to PATH, for `python -m sim --replay PATH`; a PATH ending "
+                             "in .gz is written gzip-compressed")
     return parser
 
 

@@ -23,9 +23,10 @@
 # them); a file that cannot be read raises ScenarioError (one line, exit 2).
 from __future__ import annotations
 
+import gzip
 import math
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
 import attrs
 
@@ -46,15 +47,26 @@ Session = tuple[JournalHeader, list[JournalEntry]]
 def load_sessions(path: str | Path) -> list[Session]:
     """Every session of a journal file."""
     try:
-        with open(path, encoding="utf-8") as lines:
-            sessions = list(read_sessions(lines, str(path)))
+        gzipped = str(path).endswith(".gz")  # as engine/runtime/journal.py writes them
+        with (gzip.open(path, "rt", encoding="utf-8") if gzipped
+              else open(path, encoding="utf-8")) as lines:
+            sessions = list(read_sessions(_until_cut(lines), str(path)))
     except OSError as e:
         raise ScenarioError(str(path), "", f"a readable journal file ({e.strerror})") from None
-    except (JournalError, UnicodeDecodeError) as e:
+    except (JournalError, UnicodeDecodeError, gzip.BadGzipFile) as e:
         raise ScenarioError(str(path), "", f"a journal ({e})") from None
     if not sessions:
         raise ScenarioError(str(path), "", "a journal with at least one session header")
     return sessions
+
+
+def _until_cut(lines: Iterable[str]) -> Iterator[str]:
+    """The lines of a gzip journal whose writer died before closing its last member
+    (no end-of-stream marker): everything up to the cut."""
+    try:
+        yield from lines
+    except EOFError:
+        return
 
 
 def pick_session(sessions: list[Session], number: int | None, source: str) -> Session:

@@ -18,7 +18,9 @@
 # "inf" or "-inf" (strict JSON has no infinity).
 #
 # Rules: pure (text in, values out; no files here: drivers read and write them);
-# a line that cannot be read raises JournalError naming what is wrong with it.
+# a line that cannot be read raises JournalError naming what is wrong with it,
+# except an unterminated last line (a writer that crashed mid-line), which is
+# dropped.
 from __future__ import annotations
 
 import functools
@@ -217,6 +219,8 @@ def read_sessions(lines: Iterable[str], source: str = "journal"
         try:
             item = parse_line(line)
         except JournalError as e:
+            if not line.endswith("\n"):
+                break  # the last line, cut short by a crash: the steps before it hold
             raise JournalError(f"{source}: line {number}: {e}") from None
         if isinstance(item, JournalHeader):
             if header is not None:

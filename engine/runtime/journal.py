@@ -16,6 +16,12 @@
 # `flush_every` seconds old, so a reader (or a crash) loses at most about that much.
 # There is no fsync: a journal survives the process dying, not the machine.
 #
+# Size: a step is ~380 bytes of JSON and a task makes about three (submitted,
+# finished, a heartbeat or two between), so a busy coordinator writes megabytes a
+# second. A path ending in `.gz` is written gzip-compressed (about a tenth of the
+# size, ~5 us of CPU a step); each session is its own gzip member, and every flush
+# is a zlib sync flush, so what was flushed can be read while the file grows.
+#
 # Rules:
 # - The journal never stops the coordinator: after opening, no method raises. The
 #   first write or flush that fails (disk full, file gone read-only, a value the
@@ -27,6 +33,7 @@
 #   when the coordinator is cancelled).
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 from typing import IO, Iterable
@@ -60,7 +67,11 @@ class JournalFile:
         """Open `path` for appending and write the session's header; raises
         JournalFileError naming the path when it cannot."""
         try:
-            file = open(path, "a", encoding="utf-8", newline="\n", buffering=BUFFER_BYTES)
+            if path.endswith(".gz"):  # a new gzip member; members concatenate
+                file = gzip.open(path, "at", encoding="utf-8", newline="\n",
+                                 compresslevel=6)
+            else:
+                file = open(path, "a", encoding="utf-8", newline="\n", buffering=BUFFER_BYTES)
         except OSError as e:
             raise JournalFileError(
                 f"cannot open the journal file {path!r} for appending: {e.strerror or e}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import attrs
@@ -12,7 +13,7 @@ from engine.core import (
     TaskFinished, TaskSpec, TaskSubmitted, Usage, gpu_rate,
 )
 from engine.core.journal import JournalEntry, JournalHeader, header_line
-from sim import load_scenario, parse_scenario, run_scenario
+from sim import ScenarioError, load_scenario, parse_scenario, run_scenario
 from sim.cli import main
 from sim.loop import journal_header
 from sim.replay import load_sessions, scenario_from_session, write_session
@@ -208,3 +209,29 @@ def test_simulated_runs_write_journals_that_check(tmp_path, capsys):
     assert capsys.readouterr().out.count("every decision as recorded") == 2
     assert main(["mmc", "--journal", str(tmp_path / "no" / "such" / "dir.jsonl")]) == 2
     assert "cannot write the journal" in capsys.readouterr().err
+
+
+def test_a_journal_cut_short_by_a_crash_reads_up_to_the_cut(tmp_path):
+    scenario = load_scenario("mmc").evolve(duration=200.0, warmup=0.0)
+    whole = tmp_path / "whole.jsonl"
+    journal_of_run(whole, scenario)
+    text = whole.read_bytes()
+    (_, steps), = load_sessions(whole)
+    # plain: the last line stops mid-way (the writer died between two flushes)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(text[:-40])
+    (_, kept), = load_sessions(cut)
+    assert kept == steps[:-1]
+    # gzip: a member without its end-of-stream marker (never closed)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip framing
+    data = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    cut_gz = tmp_path / "cut.jsonl.gz"
+    cut_gz.write_bytes(data)
+    (_, kept), = load_sessions(cut_gz)
+    assert kept == steps
+    # a line that is broken in the middle of the file is still an error
+    broken = tmp_path / "broken.jsonl"
+    lines = text.decode().splitlines(keepends=True)
+    broken.write_text("".join(lines[:5] + ['{"t": oops\n'] + lines[5:]))
+    with pytest.raises(ScenarioError, match="line 6: not JSON"):
+        load_sessions(broken)

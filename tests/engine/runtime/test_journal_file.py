@@ -19,6 +19,7 @@ from engine.core.journal import JournalEntry, JournalHeader, read_sessions
 from engine.runtime import (
     CoordinatorConfig, JournalFile, JournalFileError, open_coordinator,
 )
+from sim.replay import load_sessions
 from tests.engine.runtime.harness import open_net
 
 CONFIG = CoordinatorConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, hello_timeout=2.0,
@@ -98,6 +99,27 @@ async def test_a_second_run_appends_a_second_session(autojump_clock, tmp_path):
                  "TaskSubmitted"]
     assert submitted == ["second"]
     assert steps[0].time >= 0 and all(a.time <= b.time for a, b in zip(steps, steps[1:]))
+
+
+async def test_a_gz_path_is_written_compressed_and_reads_back(autojump_clock, tmp_path):
+    path = tmp_path / "run.jsonl.gz"
+    for run in range(2):  # two sessions: two gzip members, one stream
+        async with open_net(_with_path(CONFIG, path)) as net:
+            net.start_worker(f"w{run}")
+            await net.until_nodes(1)
+            for i in range(3):
+                await net.submit(f"r{run}t{i}")
+            await net.until_final(*(f"r{run}t{i}" for i in range(3)))
+            await trio.testing.wait_all_tasks_blocked()
+            # flushed when idle: readable while the coordinator still runs
+            [*_, (_, steps_so_far)] = load_sessions(path)
+            assert len(steps_so_far) == len(net.c.journal)
+        live = net.c.journal
+    with open(path, "rb") as f:
+        assert f.read(2) == b"\x1f\x8b"  # gzip
+    both = load_sessions(path)
+    assert len(both) == 2
+    assert [JournalEntry(t, e, tuple(d)) for t, e, d in live] == both[1][1]
 
 
 @pytest.mark.parametrize("where", ["directory", "missing parent"])
