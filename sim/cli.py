@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import sys
 import time
@@ -102,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", metavar="FILE",
                    help="write every run's journal (each event fed to the scheduler and "
                         "its decisions; one session per run) in the live coordinator's "
-                        "format, for --replay FILE --check")
+                        "format, for --replay FILE --check (FILE.gz: compressed)")
     return p
 
 
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.journal:
             try:
-                journal = open(args.journal, "w", encoding="utf-8")
+                journal = (gzip.open(args.journal, "wt", encoding="utf-8")
+                           if args.journal.endswith(".gz")
+                           else open(args.journal, "w", encoding="utf-8"))
             except OSError as exc:
                 print(f"{PROG}: error: {args.journal}: cannot write the journal "
                       f"({exc.strerror})", file=sys.stderr)

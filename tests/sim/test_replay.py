@@ -207,6 +207,10 @@ def test_simulated_runs_write_journals_that_check(tmp_path, capsys):
     assert [header.policy for header, _ in sessions] == ["balanced", "random"]
     assert main(["--replay", str(path), "--check"]) == 0
     assert capsys.readouterr().out.count("every decision as recorded") == 2
+    packed = tmp_path / "sim.jsonl.gz"
+    assert main(["failures", "--duration", "900", "--policy", "balanced,random",
+                 "--journal", str(packed)]) == 0
+    assert load_sessions(packed) == sessions
     assert main(["mmc", "--journal", str(tmp_path / "no" / "such" / "dir.jsonl")]) == 2
     assert "cannot write the journal" in capsys.readouterr().err
 
