@@ -134,7 +134,8 @@ def build_fleet(scenario: Scenario, seed: int) -> list[SimNode]:
         nodes.append(SimNode(
             spec.node_id, spec, group, index[spec.gpu],
             scenario.region_latency.get(spec.region, 0.0),
-            {m: gpu_rate(spec.gpu, m) for m in spec.models}, None, scripted.join, script))
+            {m: gpu_rate(spec.gpu, m) for m in spec.models if m in MODELS}, None,
+            scripted.join, script))
     return nodes
 
 

@@ -111,6 +111,11 @@ def scenario_from_session(header: JournalHeader, steps: list[JournalEntry],
     if not steps:
         raise ScenarioError(source, "", "a session with at least one step")
     t0 = steps[0].time
+    for number, (before, after) in enumerate(zip(steps, steps[1:]), start=2):
+        if after.time < before.time:
+            raise ScenarioError(source, f"step {number}",
+                                f"times that never go backwards ({before.time} before it)",
+                                after.time)
     arrivals: list[tuple[float, TaskSpec]] = []
     model_of: dict[str, str] = {}  # task id -> model, of the tasks replayed
     cancellations: list[tuple[float, str]] = []

@@ -200,8 +200,8 @@ def parse_line(line: str) -> JournalHeader | JournalEntry:
     if not {"t", "event", "decisions"} <= set(raw):
         raise JournalError("expected a session header or a step with t, event, decisions")
     time = raw["t"]
-    if not isinstance(time, (int, float)) or isinstance(time, bool):
-        raise JournalError(f"t: expected seconds, got {time!r}")
+    if not isinstance(time, (int, float)) or isinstance(time, bool) or not math.isfinite(time):
+        raise JournalError(f"t: expected seconds (a finite number), got {time!r}")
     if not isinstance(raw["decisions"], list):
         raise JournalError("decisions: expected a list")
     return JournalEntry(float(time), from_json(raw["event"], _EVENTS),

@@ -113,7 +113,7 @@ def test_replay_keeps_cancellations_node_losses_drains_and_measured_sizes(tmp_pa
         steps.append((t0 + dt, event, tuple(scheduler.handle(event, t0 + dt))))
 
     feed(0.0, NodeJoined(node("a")))
-    feed(0.5, NodeJoined(node("b", gpu="cpu")))
+    feed(0.5, NodeJoined(attrs.evolve(node("b", gpu="cpu"), models=("llama2:7b", "mystery"))))
     for i in range(4):
         feed(1.0 + i / 5, TaskSubmitted(TaskSpec(f"t{i}", "llama2:7b", Priority.STANDARD, 10,
                                                  100)))
@@ -177,6 +177,12 @@ def test_sessions_are_chosen_by_number(tmp_path, capsys):
     (header_line(JournalHeader("balanced", "static", 0))
      + '\n{"t": 1.0, "event": {"type": "NodeLost", "node": 1}, "decisions": []}\n',
      "unknown field 'node'"),
+    (header_line(JournalHeader("balanced", "static", 0))
+     + '\n{"t": NaN, "event": {"type": "Tick"}, "decisions": []}\n', "a finite number"),
+    (header_line(JournalHeader("balanced", "static", 0))
+     + '\n{"t": 5.0, "event": {"type": "Tick"}, "decisions": []}'
+     + '\n{"t": 4.0, "event": {"type": "Tick"}, "decisions": []}\n',
+     "step 2: expected times that never go backwards"),
 ])
 def test_a_bad_journal_is_one_line_and_exit_2(tmp_path, capsys, content, words):
     path = tmp_path / "j.jsonl"
