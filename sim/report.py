@@ -57,7 +57,10 @@ def compare(scenario: Scenario, policies: tuple[str, ...] | None = None,
     recorded and handed over with its (policy, pricing, seed) as soon as it ends;
     its log is not kept after that. `jobs` > 1 runs that many at once in worker
     processes (not with `on_recorded`); a run is a pure function of its
-    configuration and seed, so the results are the same either way."""
+    configuration and seed, so the results are the same either way. The workers
+    are spawned: a script that passes jobs > 1 needs the `if __name__ ==
+    "__main__":` guard, and policies must be registered in an importable module,
+    not at run time in the script."""
     seed = scenario.seed if seed is None else seed
     n = replications or scenario.replications
     configs = configurations(scenario, policies, pricings)
