@@ -3,29 +3,41 @@
     from sim import load_scenario, run_scenario, compare
     result = run_scenario(load_scenario("mmc"), "balanced", seed=1, record=True)
     result.summary["latency"]["p99"], result.log[0]
+    header, steps = load_sessions("live.jsonl")[-1]      # a coordinator's journal
+    what_if = scenario_from_session(header, steps, "live", "live.jsonl")
 
 See sim/README.md for the scenario format and the JSON fields.
 """
 from __future__ import annotations
 
-from .loop import LogEntry, RunResult, make_scheduler, run_scenario, task_stream
+from .loop import LogEntry, RunResult, journal_header, make_scheduler, run_scenario, task_stream
 from .metrics import confidence_interval, erlang_c, mmc_mean_wait
 from .report import (
     ConfigResult, PlotUnavailable, compare, format_markdown, format_table, plot, to_json,
     write_json,
 )
-from .scenario import (
-    NodeGroup, Scenario, ScenarioError, Workload, bundled_scenarios, load_scenario,
-    parse_scenario,
+from .replay import (
+    Divergence, check_session, load_sessions, pick_session, scenario_from_session,
+    write_session,
 )
-from .workload import Diurnal, Distribution, Mmpp, Poisson, Trace, TraceReplay, load_trace
+from .scenario import (
+    NodeGroup, Scenario, ScenarioError, ScriptedNode, Workload, bundled_scenarios,
+    load_scenario, parse_scenario,
+)
+from .workload import (
+    Diurnal, Distribution, Mmpp, Poisson, Recorded, Trace, TraceReplay, load_trace,
+)
 
 __all__ = [
-    "LogEntry", "RunResult", "make_scheduler", "run_scenario", "task_stream",
+    "LogEntry", "RunResult", "journal_header", "make_scheduler", "run_scenario",
+    "task_stream",
+    "Divergence", "check_session", "load_sessions", "pick_session", "scenario_from_session",
+    "write_session",
     "confidence_interval", "erlang_c", "mmc_mean_wait",
     "ConfigResult", "PlotUnavailable", "compare", "format_markdown", "format_table", "plot",
     "to_json", "write_json",
-    "NodeGroup", "Scenario", "ScenarioError", "Workload", "bundled_scenarios",
-    "load_scenario", "parse_scenario",
-    "Diurnal", "Distribution", "Mmpp", "Poisson", "Trace", "TraceReplay", "load_trace",
+    "NodeGroup", "Scenario", "ScenarioError", "ScriptedNode", "Workload",
+    "bundled_scenarios", "load_scenario", "parse_scenario",
+    "Diurnal", "Distribution", "Mmpp", "Poisson", "Recorded", "Trace", "TraceReplay",
+    "load_trace",
 ]

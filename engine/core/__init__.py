@@ -15,6 +15,10 @@ from .events import (
     Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
     Tick, Usage, WakeAt,
 )
+from .journal import (
+    JournalEntry, JournalError, JournalHeader, entry_line, header_line, parse_line,
+    read_sessions,
+)
 from .placement import DEFAULT_POLICY, POLICIES, make_policy
 from .pricing import PRICING, Quote, make_pricing
 from .queue import DEFAULT_HEAD_START
@@ -29,6 +33,8 @@ __all__ = [
     "Event", "Expire", "Fail", "NodeDraining", "NodeHeartbeat", "NodeJoined", "NodeLost",
     "NodeSpec", "Priority", "Reject", "Requeue", "TaskCancelled", "TaskFailed",
     "TaskFinished", "TaskSpec", "TaskState", "TaskSubmitted", "Tick", "Usage", "WakeAt",
+    "JournalEntry", "JournalError", "JournalHeader", "entry_line", "header_line",
+    "parse_line", "read_sessions",
     "DEFAULT_POLICY", "POLICIES", "make_policy", "PRICING", "Quote", "make_pricing",
     "DEFAULT_HEAD_START", "TokenBucket", "Verdict",
     "NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig", "TaskRecord",
