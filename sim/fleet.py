@@ -16,7 +16,9 @@
 # cold. Churn is a second process: online for Exp(session_mean), then it drains
 # (NodeDraining: finishes what it runs, takes nothing new), leaves (NodeLost,
 # reason "left") and comes back after Exp(away_mean). `epoch` counts a node's
-# sessions: a timer set in an earlier session is stale and ignored.
+# sessions: a timer set in an earlier session is stale and ignored. A replayed
+# journal's node (scenario.ScriptedNode) has no random timers: it joins at
+# `join_at` and is lost or drains when its `script` says, once.
 #
 # Rules: plain mutable records (attrs define, slots); the event loop owns them.
 from __future__ import annotations

@@ -10,7 +10,8 @@
 # `Scheduler.handle(event, now)`, and carry out the decisions:
 #   Assign   -> the simulated node will report TaskFinished after latency, cold load
 #               and service (fleet.py); a FINISH item is scheduled;
-#   Complete / Expire / Fail / Reject -> the task ends; statistics are recorded;
+#   Complete / Expire / Fail / Reject / Cancelled -> the task ends; statistics are
+#               recorded (Cancel, the order to the node, needs nothing more here);
 #   Requeue  -> the task waits again; its pending FINISH becomes stale;
 #   WakeAt   -> a TICK item at that time; when it pops, a Tick is fed only if
 #               `next_deadline()` is due (later WakeAts supersede earlier ones).
@@ -19,11 +20,17 @@
 # before they reach the core, so the core only ever hears what a real network
 # would tell it.
 #
+# A replayed journal (replay.py) adds two things: its nodes join at their recorded
+# times and carry a script (lost or draining at a recorded time: FAIL / LEAVE items
+# pushed at the start), and its clients' cancellations are CANCEL items that become
+# TaskCancelled when the task has not ended yet.
+#
 # Arrivals are generated lazily and kept off the big heap: each workload's next
 # arrival waits in a small heap of its own (one entry per workload), and `step` takes
 # whichever of the two heaps is due first (the big one on a tie, so nodes joined at
-# time 0 are there for a trace's first row at time 0). The run ends when every workload is exhausted (time `duration`) and every
-# task has ended, or at `duration + drain_limit`.
+# time 0 are there for a trace's first row at time 0). The run ends when every
+# workload is exhausted (time `duration`) and every task has ended, or at
+# `duration + drain_limit`.
 #
 # Rules: one run is a pure function of (scenario, policy, pricing, seed); every random
 # stream is seeded from the seed and a fixed name, never from the policy, so every
