@@ -38,7 +38,7 @@ from engine.core import Priority, TaskSpec, TaskState, Usage, estimate_prompt_to
 from engine.runtime import TaskUpdate
 
 from .access import RateLimiter
-from .store import OPEN_STATES, Store, TaskChange, TaskRow
+from .store import OPEN_STATES, Store, TaskChange, TaskRow, receive_batch
 
 
 def task_spec(row: TaskRow) -> TaskSpec:
@@ -83,17 +83,12 @@ class Dispatcher:
                     ) -> None:
         task_status.started()
         while True:
-            try:
-                rows = [await self._receive.receive()]
-            except trio.EndOfChannel:
-                return
             # Whatever else is queued already goes along: one trip to the coordinator
             # for the whole batch.
-            while len(rows) < DISPATCH_BATCH:
-                try:
-                    rows.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            try:
+                rows = await receive_batch(self._receive, DISPATCH_BATCH)
+            except trio.EndOfChannel:
+                return
             rows = [row for row in rows if row.id in self._waiting]  # not withdrawn
             if not rows:
                 continue

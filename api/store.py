@@ -37,7 +37,7 @@ import json
 import secrets
 import sqlite3
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import attrs
 import trio
@@ -48,6 +48,7 @@ from .records import (
 )
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 MAX_BATCH = 512  # operations per group commit
 BUSY_TIMEOUT_MS = 5000  # how long a connection waits for another process's lock
 
@@ -118,6 +119,19 @@ CREATE TABLE IF NOT EXISTS service_runs (
 """
 
 
+async def receive_batch(receive: trio.MemoryReceiveChannel[T], limit: int) -> list[T]:
+    """Wait for one item, then take whatever else is queued already, up to `limit` in
+    all (the group commit here, the relay's batched dispatch). Raises
+    trio.EndOfChannel once the channel is closed and empty."""
+    batch = [await receive.receive()]
+    while len(batch) < limit:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return batch
+
+
 @attrs.define(eq=False)
 class _Pending:
     op: Callable[[sqlite3.Connection], Any]
@@ -174,14 +188,9 @@ class SqliteStore:
         task_status.started()
         while True:
             try:
-                batch = [await self._receive.receive()]
+                batch = await receive_batch(self._receive, MAX_BATCH)
             except trio.EndOfChannel:  # closed by open_store on the way out: all written
                 return
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
             if not self._commit_now(batch):  # the lock is taken, or an operation failed
                 await trio.to_thread.run_sync(self._apply_waiting, batch)
             for pending in batch:
@@ -542,4 +551,5 @@ async def open_store(location: str) -> AsyncIterator[Store]:
 __all__ = [
     "DuplicateTaskId", "KeyRecord", "NodeRecord", "NodeTokenRecord", "Signup", "Stats",
     "Store", "StoreError", "TaskChange", "TaskRow", "hash_secret", "open_store",
+    "receive_batch",
 ]

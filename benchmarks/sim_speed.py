@@ -17,22 +17,29 @@
 # - "core alone": where a simulated task's time goes. The c = 10,000 model is run
 #   once more with its steps recorded, and the recorded events are fed to a fresh
 #   Scheduler with nothing around them: microseconds per task in the core itself,
-#   and SimPy's microseconds per task over that, the ratio a simulator whose own loop
-#   cost nothing would reach.
+#   and SimPy's microseconds per task (from the row before) over that, the ratio a
+#   simulator whose own loop cost nothing would reach. Beside it, what any loop must
+#   add per task: building the task and its core events (frozen attrs values) and
+#   one push and pop on an event heap of the run's size; their sum with the core is
+#   the floor, against the budget that 5x SimPy leaves.
 #
 # Rules (harness.py): figures and baselines come from the same run; a missed target
 # is reported, never raised.
 from __future__ import annotations
 
-import json
-import random
 import gc
+import heapq
+import json
+import math
+import random
 import resource
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from benchmarks.harness import Benchmark, Row, median_of
+from engine.core import Priority, TaskFinished, TaskSpec, TaskSubmitted, Usage
 from sim import Scenario, make_scheduler, parse_scenario, run_scenario
 
 GPU_MIX = (("RTX 3090", "eu-west"), ("RTX 4090", "us-east"), ("A100", "eu-west"),
@@ -142,34 +149,61 @@ def versus_simpy(tasks: int, servers: int, judged: bool) -> Row:
         met=(ours / theirs >= SIMPY_RATIO_TARGET) if judged else None)
 
 
-def core_alone(tasks: int, servers: int) -> Row:
+def core_alone(tasks: int, servers: int, simpy_us: float) -> Row:
+    """Where a simulated task's time goes (see the module comment); `simpy_us` is
+    SimPy's seconds a task at this size, from the row measured just before."""
     scenario = mmc_scenario(tasks, servers)
     policy, pricing = scenario.policies[0], scenario.pricings[0]
     log = run_scenario(scenario, record=True).log
     assert log is not None
-    times = []
-    gc.disable()  # as the simulator runs (sim/loop.py): no cyclic collector passes
-    try:
-        for _ in range(3):
-            handle = make_scheduler(scenario, policy, pricing, scenario.seed).handle
-            started = time.perf_counter()
-            for entry in log:
-                handle(entry.event, entry.time)
-            times.append(time.perf_counter() - started)
-    finally:
-        gc.enable()
-    core_us = median_of(times) / tasks * 1e6
-    simpy_us = simpy_mmc(tasks, servers) / tasks * 1e6
+    in_flight = round(0.8 * servers)  # the event heap's size at load 0.8
+
+    def replay() -> None:
+        handle = make_scheduler(scenario, policy, pricing, scenario.seed).handle
+        for entry in log:
+            handle(entry.event, entry.time)
+
+    def build_events() -> None:  # what the loop must build for each task, at the least
+        for i in range(tasks):
+            spec = TaskSpec(f"w0.{i}", "llama2:7b", Priority.STANDARD, 0, 256, 0, 0.0,
+                            math.inf, 3)
+            TaskSubmitted(spec)
+            TaskFinished(spec.task_id, "g0n1", Usage(1.0, 256))
+
+    def heap_ops() -> None:  # one push and one pop a task on a heap of in_flight items
+        rng = random.Random(1)
+        heap = sorted((rng.random(), i, 0, "", 0) for i in range(in_flight))
+        for i in range(tasks):
+            when = heapq.heappop(heap)[0]
+            heapq.heappush(heap, (when + rng.random(), in_flight + i, 0, "", 0))
+
+    def per_task_us(fn: Callable[[], None]) -> float:
+        times = []
+        gc.disable()  # as the simulator runs (sim/loop.py): no cyclic collector passes
+        try:
+            for _ in range(3):
+                started = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - started)
+        finally:
+            gc.enable()
+        return median_of(times) / tasks * 1e6
+
+    core_us, events_us, heap_us = map(per_task_us, (replay, build_events, heap_ops))
     return Row(f"M/M/c c={servers:,}: the core alone (recorded events replayed)",
                {"core_us_per_task": core_us, "simpy_us_per_task": simpy_us,
-                "ceiling_ratio": simpy_us / core_us})
+                "ceiling_ratio": simpy_us / core_us, "events_us_per_task": events_us,
+                "heap_us_per_task": heap_us, "floor_us_per_task": core_us + events_us + heap_us,
+                "budget_us_at_target": simpy_us / SIMPY_RATIO_TARGET})
 
 
 def run(quick: bool) -> list[Row]:
     tasks = 100_000 if quick else 1_000_000
     versus = 50_000 if quick else 300_000
-    return [*large(tasks, quick), versus_simpy(versus, 10_000, True),
-            versus_simpy(versus, 16, False), core_alone(versus // 3, 10_000)]
+    judged = versus_simpy(versus, 10_000, True)
+    simpy_us = 1e6 / float(judged.figures["simpy_tasks_per_s"])
+    return [*large(tasks, quick), judged, versus_simpy(versus, 16, False),
+            core_alone(versus // 3, 10_000, simpy_us)]
 
 
 BENCHMARK = Benchmark(

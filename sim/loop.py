@@ -133,6 +133,13 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
         yield t, spec, work, service, draw_noise()
 
 
+def _priorities(workload: Workload) -> set[int]:
+    """The priorities a workload's tasks have: its own, or a journal's tasks' ones."""
+    if isinstance(workload.arrival, Recorded):
+        return {int(spec.priority) for _, spec, _ in workload.arrival.tasks}
+    return {int(workload.priority)}
+
+
 def journal_header(scenario: Scenario, policy: str, pricing: str, seed: int) -> JournalHeader:
     """How a run's Scheduler is made: no heartbeats (failures arrive as NodeLost), ended
     tasks forgotten, the scenario's region latencies and queue limit. With a run's
@@ -437,8 +444,7 @@ class Simulation:
         latencies = np.frombuffer(latency, dtype=np.float64)
         waits = np.frombuffer(wait, dtype=np.float64)
         priorities = np.frombuffer(priority_of, dtype=np.uint8)
-        present = sorted({int(spec.priority) for w in self.scenario.workloads
-                          for spec in self._specs(w)})
+        present = sorted(set().union(*map(_priorities, self.scenario.workloads)))
         out = {}
         for level in present:
             mask = priorities == level
@@ -448,14 +454,6 @@ class Simulation:
                 "latency": summary(latencies[mask]),
             }
         return out
-
-    @staticmethod
-    def _specs(workload: Workload) -> Iterator[TaskSpec | Workload]:
-        """What says a workload's priorities: its recorded tasks, or itself."""
-        if isinstance(workload.arrival, Recorded):
-            yield from (spec for _, spec, _ in workload.arrival.tasks)
-        else:
-            yield workload
 
     def _gpus(self) -> list[int]:
         return sorted({node.gpu_index for node in self.nodes})

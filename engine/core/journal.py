@@ -39,15 +39,9 @@ from .scheduler import Scheduler, SchedulerConfig
 
 FORMAT, VERSION = "neurogrid", 1
 
-_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (
-        ev.TaskSubmitted, ev.TaskCancelled, ev.TaskFinished, ev.TaskFailed,
-        ev.DeliveryFailed, ev.NodeJoined, ev.NodeHeartbeat, ev.NodeDraining, ev.NodeLost,
-        ev.Tick, ev.Assign, ev.Reject, ev.Requeue, ev.Cancel, ev.Complete, ev.Fail,
-        ev.Expire, ev.Cancelled, ev.Drop, ev.WakeAt)
-}
 _EVENTS = frozenset(typing.get_args(Event))
 _DECISIONS = frozenset(typing.get_args(Decision))
+_TYPES: dict[str, type] = {cls.__name__: cls for cls in _EVENTS | _DECISIONS}
 _NESTED = (ev.TaskSpec, ev.NodeSpec, ev.Usage)
 
 
@@ -173,17 +167,15 @@ def _header(raw: Mapping[str, Any]) -> JournalHeader:
         raise JournalError(f"journal version {raw.get('version')!r} (this reads {VERSION})")
     try:
         config = dict(raw.get("config") or {})
-        config["head_start"] = {Priority.parse(p): float(s)
-                                for p, s in config.get("head_start", {}).items()} or \
-            SchedulerConfig().head_start
-        if isinstance(config.get("heartbeat_timeout"), str):
-            config["heartbeat_timeout"] = float(config["heartbeat_timeout"])
+        if "head_start" in config:  # keyed by priority label in the file
+            config["head_start"] = {Priority.parse(p): float(s)
+                                    for p, s in config["head_start"].items()}
         seed = raw["seed"]
         if not isinstance(seed, (int, str)) or isinstance(seed, bool):
             raise ValueError(f"seed: expected an integer or a string, got {seed!r}")
         return JournalHeader(str(raw["policy"]), str(raw["pricing"]), seed,
-                             SchedulerConfig(**config))
-    except (KeyError, TypeError, ValueError) as e:
+                             _build(SchedulerConfig, config))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise JournalError(f"bad session header: {e}") from None
 
 
