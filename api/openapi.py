@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.core import MODELS
+from engine.core import MODELS, TASK_KINDS, RequestField
 
 from .access import DEFAULT_TIERS
-from .validation import (
-    MAX_AUDIO_SECONDS, MAX_BODY_BYTES, MAX_OUTPUT_TOKENS, MAX_PAGE, MAX_PROMPT_CHARS,
-    MAX_STEPS, SIGNUP_TYPES, TASK_STATES,
-)
+from .validation import MAX_BODY_BYTES, MAX_PAGE, MAX_PROMPT_CHARS, SIGNUP_TYPES, TASK_STATES
 
 
 def obj(required: list[str] | None = None, **properties: Any) -> dict[str, Any]:
@@ -69,6 +66,29 @@ NOT_FOUND = answer("No such task, or another key's task", ref("Error"))
 TIERS_TEXT = "; ".join(f"{t.name}: {t.per_hour} submissions/hour, {t.in_flight} tasks in flight"
                        for t in DEFAULT_TIERS.values())
 
+def kind_field(field: RequestField, kinds: list[str]) -> dict[str, Any]:
+    """A task-kind field's schema, from its row in the task-kind table."""
+    schema: dict[str, Any] = {"type": field.type}
+    if field.low > float("-inf"):
+        schema["exclusiveMinimum" if field.low_open else "minimum"] = field.low
+    if field.high < float("inf"):
+        schema["maximum"] = field.high
+    default = "" if field.default is None else f" (default {field.default})"
+    schema["description"] = f"{', '.join(kinds)}: {field.description}{default}"
+    return schema
+
+
+def kind_fields() -> dict[str, Any]:
+    """Every task kind's request fields (a field shared by kinds is described once)."""
+    owners: dict[str, list[str]] = {}
+    rows: dict[str, RequestField] = {}
+    for kind in TASK_KINDS.values():
+        for field in kind.fields:
+            owners.setdefault(field.name, []).append(kind.name)
+            rows.setdefault(field.name, field)
+    return {name: kind_field(rows[name], owners[name]) for name in rows}
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj(["success", "error", "details", "timestamp"],
                  success={"type": "boolean", "const": False}, error=s("what went wrong"),
@@ -81,15 +101,7 @@ SCHEMAS: dict[str, Any] = {
                 enum=sorted([*MODELS, *(a for m in MODELS.values() for a in m.aliases)])),
         priority=s("default standard; higher is served first and costs more",
                    enum=["standard", "high", "critical"]),
-        max_tokens=i("text generation: tokens to generate at most (default: the model's)",
-                     minimum=1, maximum=MAX_OUTPUT_TOKENS),
-        temperature=n("sampling temperature; 0 is greedy (default 0)", minimum=0, maximum=2),
-        top_p=n("nucleus sampling mass (default 1)", exclusiveMinimum=0, maximum=1),
-        seed=i("sampling seed: same seed, same output", minimum=0, maximum=2**63 - 1),
-        steps=i("image generation: denoising steps (default 50)", minimum=1,
-                maximum=MAX_STEPS),
-        audio_seconds=n("speech-to-text: length of the audio (default 60)",
-                        exclusiveMinimum=0, maximum=MAX_AUDIO_SECONDS),
+        **kind_fields(),
     ) | {"additionalProperties": False},
     "TaskCreated": obj(
         ["success", "task_id", "status", "estimated_time", "node", "cost", "message"],

@@ -34,7 +34,9 @@ from typing import Any, Callable, Iterator, Mapping
 
 import trio
 
-from engine.core import Priority, TaskSpec, TaskState, Usage, estimate_prompt_tokens, openai_cost
+from engine.core import (
+    MODELS, Priority, TaskSpec, TaskState, Usage, estimate_prompt_tokens, openai_cost,
+)
 from engine.runtime import TaskUpdate
 
 from .access import RateLimiter
@@ -42,12 +44,11 @@ from .store import OPEN_STATES, Store, TaskChange, TaskRow, receive_batch
 
 
 def task_spec(row: TaskRow) -> TaskSpec:
-    params = row.params
+    """What the core knows of a stored task: its size, as its task kind reads the params."""
     return TaskSpec(
         task_id=row.id, model=row.model, priority=Priority.parse(row.priority),
-        prompt_tokens=estimate_prompt_tokens(row.prompt),
-        output_tokens=params.get("max_tokens", 0), steps=params.get("steps", 0),
-        audio_seconds=params.get("audio_seconds", 0.0), owner=row.owner,
+        prompt_tokens=estimate_prompt_tokens(row.prompt), owner=row.owner,
+        **MODELS[row.model].kind.sizes(row.params),  # type: ignore[arg-type]
     )
 
 

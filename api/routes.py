@@ -306,13 +306,6 @@ async def health():  # type: ignore[no-untyped-def]
                                 s.coordinator.snapshot(), s.store.stats(), now))
 
 
-MODEL_DESCRIPTIONS = {
-    "llama2:7b": "Large Language Model for text generation",
-    "stable-diffusion": "Image generation from text prompts",
-    "whisper": "Speech-to-text transcription",
-}
-
-
 @api_routes.get("/api/models")
 async def list_models():  # type: ignore[no-untyped-def]
     snapshot = services().coordinator.snapshot()
@@ -326,7 +319,7 @@ async def list_models():  # type: ignore[no-untyped-def]
         models.append({
             "id": name,
             "aliases": list(model.aliases),
-            "description": MODEL_DESCRIPTIONS.get(name, model.task_type),
+            "description": model.description,
             "task_type": model.task_type,
             "available": bool(serving),
             "nodes_online": len(serving),

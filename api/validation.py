@@ -9,6 +9,9 @@
 # - Unknown fields are refused (a misspelt `max_token` should not be silently
 #   ignored), as OpenAI-style APIs do.
 # - Limits: bodies up to MAX_BODY_BYTES (64 KiB), prompts up to MAX_PROMPT_CHARS.
+# - A task's fields beyond prompt, model and priority, their defaults and limits,
+#   are its model's task kind's (engine/core/kinds.py); a field of another kind is
+#   refused, saying that it does not apply.
 from __future__ import annotations
 
 import json
@@ -18,14 +21,12 @@ from typing import Any, Mapping
 
 import attrs
 
-from engine.core import CatalogError, Priority, TaskState, resolve_model
-from engine.core.catalog import IMAGE_GENERATION, SPEECH_TO_TEXT, TEXT_GENERATION
+from engine.core import (
+    DEFAULT_MODEL, TASK_KINDS, CatalogError, Priority, RequestField, TaskState, resolve_model,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 32_000
-MAX_OUTPUT_TOKENS = 4096
-MAX_STEPS = 150
-MAX_AUDIO_SECONDS = 3600.0
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
@@ -50,24 +51,24 @@ class TaskRequest:
     prompt: str
     model: str  # canonical name
     priority: Priority
-    max_tokens: int  # text generation: tokens to generate at most
-    temperature: float
-    top_p: float
-    seed: int | None
-    steps: int  # image generation
-    audio_seconds: float  # speech-to-text: the length of the audio
+    fields: Mapping[str, Any]  # the model's task-kind fields, defaults filled in
 
     def params(self) -> dict[str, Any]:
         """What the worker needs beside the prompt (the `assign` frame's params)."""
-        params: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
-                                  "top_p": self.top_p}
-        if self.seed is not None:
-            params["seed"] = self.seed
-        if self.steps:
-            params["steps"] = self.steps
-        if self.audio_seconds:
-            params["audio_seconds"] = self.audio_seconds
-        return params
+        return dict(self.fields)
+
+    # The size quantities (0 where the kind has none), for callers and tests.
+    @property
+    def max_tokens(self) -> int:
+        return int(self.fields.get("max_tokens", 0))
+
+    @property
+    def steps(self) -> int:
+        return int(self.fields.get("steps", 0))
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(self.fields.get("audio_seconds", 0.0))
 
 
 @attrs.frozen
@@ -153,8 +154,19 @@ def _refuse_unknown(body: Mapping[str, Any], known: tuple[str, ...]) -> None:
         raise InvalidRequest(f"unknown field '{unknown[0][:100]}' (known: {', '.join(known)})")
 
 
-TASK_FIELDS = ("prompt", "model", "priority", "max_tokens", "temperature", "top_p", "seed",
-               "steps", "audio_seconds")
+COMMON_TASK_FIELDS = ("prompt", "model", "priority")
+
+
+def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
+    """One task-kind field, checked against its table row."""
+    if field.type == "integer":
+        return _integer(body, field.name, field.default,  # type: ignore[arg-type]
+                        int(max(field.low, -2**63)) + (1 if field.low_open else 0),
+                        int(min(field.high, 2**63 - 1)))
+    if field.type == "number":
+        return _number(body, field.name, field.default, field.low,  # type: ignore[arg-type]
+                       field.high, low_open=field.low_open)
+    return _string(body, field.name, field.default)  # type: ignore[arg-type]
 
 
 def parse_task(body: Mapping[str, Any]) -> TaskRequest:
@@ -167,7 +179,7 @@ def parse_task(body: Mapping[str, Any]) -> TaskRequest:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The 'prompt' field is {len(prompt)} characters; "
                              f"the limit is {MAX_PROMPT_CHARS}")
-    model_name = _string(body, "model", "llama2:7b")
+    model_name = _string(body, "model", DEFAULT_MODEL)
     try:
         model = resolve_model(model_name or "")
     except CatalogError as exc:
@@ -177,21 +189,17 @@ def parse_task(body: Mapping[str, Any]) -> TaskRequest:
         priority = Priority.parse(priority_name or "")
     except ValueError as exc:
         raise InvalidRequest(f"The 'priority' field is wrong: {exc}") from None
-    _refuse_unknown(body, TASK_FIELDS)
-    text = model.task_type == TEXT_GENERATION
-    max_tokens = _integer(body, "max_tokens", model.default_output_tokens if text else 0,
-                          1, MAX_OUTPUT_TOKENS)
-    steps = _integer(body, "steps", model.default_steps, 1, MAX_STEPS)
-    seed = _integer(body, "seed", None, 0, 2**63 - 1)
-    temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
-    audio_seconds = _number(body, "audio_seconds", model.default_audio_seconds, 0.0,
-                            MAX_AUDIO_SECONDS, low_open=True)
-    return TaskRequest(
-        prompt, model.name, priority, max_tokens or 0, temperature, top_p, seed,
-        (steps or 0) if model.task_type == IMAGE_GENERATION else 0,
-        audio_seconds if model.task_type == SPEECH_TO_TEXT else 0.0,
-    )
+    kind = model.kind
+    known = COMMON_TASK_FIELDS + tuple(f.name for f in kind.fields)
+    other_kinds = {f.name for other in TASK_KINDS.values() for f in other.fields}
+    for name in sorted(set(body) - set(known)):
+        if name in other_kinds:
+            raise InvalidRequest(f"The '{name}' field does not apply to {model.name} "
+                                 f"({kind.name}); its fields are: {', '.join(known)}")
+    _refuse_unknown(body, known)
+    fields = {f.name: value for f in kind.fields
+              if (value := _kind_field(body, f)) is not None}
+    return TaskRequest(prompt, model.name, priority, fields)
 
 
 SIGNUP_FIELDS = ("email", "type", "source")

@@ -9,6 +9,7 @@ from .catalog import (
     DEFAULT_MODEL, GPU_CLASSES, MODELS, CatalogError, GpuClass, ModelSpec,
     estimate_prompt_tokens, gpu_class, gpu_rate, openai_cost, resolve_model, work_units,
 )
+from .kinds import TASK_KINDS, RequestField, TaskKind, UnknownTaskKind, task_kind
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
     Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject,
@@ -28,7 +29,7 @@ from .scheduler import NetworkSnapshot, NodeSnapshot, Scheduler, SchedulerConfig
 __all__ = [
     "DEFAULT_MODEL", "GPU_CLASSES", "MODELS", "CatalogError", "GpuClass", "ModelSpec",
     "estimate_prompt_tokens", "gpu_class", "gpu_rate", "openai_cost", "resolve_model",
-    "work_units",
+    "work_units", "TASK_KINDS", "RequestField", "TaskKind", "UnknownTaskKind", "task_kind",
     "Assign", "Cancel", "Cancelled", "Complete", "Decision", "DeliveryFailed", "Drop",
     "Event", "Expire", "Fail", "NodeDraining", "NodeHeartbeat", "NodeJoined", "NodeLost",
     "NodeSpec", "Priority", "Reject", "Requeue", "TaskCancelled", "TaskFailed",

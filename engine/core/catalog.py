@@ -4,11 +4,11 @@
 # - Pure data plus lookups. Every performance and price figure carries its public
 #   source and the date it was taken; a figure we derived ourselves says "estimate"
 #   and how it was derived.
-# - Work is measured in one unit per model ("work units"): decode-equivalent tokens
-#   for text generation, denoising steps for image generation, audio seconds for
-#   speech-to-text. A GPU class runs a model at `rate` work units per second, so the
-#   service time of a task is simply work / rate. This keeps every placement score
-#   linear in the task's work, which the placement index relies on.
+# - Each model belongs to a task kind (kinds.py: the table of what a kind's requests
+#   carry, how big its work is and what the same work costs at OpenAI). Work is in
+#   the kind's unit; a GPU class runs a model at `rate` work units per second, so the
+#   service time of a task is simply work / rate.
+# - A model whose kind is not in the table is refused when the catalog is built.
 from __future__ import annotations
 
 import math
@@ -16,31 +16,50 @@ from typing import Mapping
 
 import attrs
 
-TEXT_GENERATION = "text-generation"
-IMAGE_GENERATION = "image-generation"
-SPEECH_TO_TEXT = "speech-to-text"
+from .kinds import (
+    IMAGE_GENERATION, PREFILL_SPEEDUP, SPEECH_TO_TEXT, TASK_KINDS, TEXT_GENERATION, CatalogError,
+    TaskKind, task_kind,
+)
 
-# Prompt tokens are processed in parallel (prefill), far faster than generated tokens
-# are decoded one by one. Estimate: llama.cpp pp512 vs tg128 on the same GPU differ by
-# 40-100x for 7B models (llama.cpp discussion #4167, figures of 2023-12); we count a
-# prompt token as 1/40 of a generated token, the conservative end.
-PREFILL_SPEEDUP = 40.0
+__all__ = [
+    "CatalogError", "DEFAULT_MODEL", "GPU_CLASSES", "GpuClass", "IMAGE_GENERATION", "MODELS",
+    "ModelSpec", "OPENAI_REFERENCE", "PREFILL_SPEEDUP", "REFERENCE_GPU", "SPEECH_TO_TEXT",
+    "TASK_KINDS", "TEXT_GENERATION", "TaskKind", "default_price", "estimate_prompt_tokens",
+    "gpu_class", "gpu_rate", "openai_cost", "resolve_model", "task_kind", "work_units",
+]
 
 
 @attrs.frozen
 class ModelSpec:
     name: str
-    task_type: str
+    task_type: str  # a TASK_KINDS name
     vram_gb: float  # memory needed to hold the weights and a working set
     load_seconds: float  # cold load: weights from local NVMe into GPU memory
-    work_unit: str  # what `rate` counts: "token", "step" or "audio_second"
     aliases: tuple[str, ...] = ()
-    # Defaults used when a client does not say how big its task is.
-    default_output_tokens: int = 0
-    default_steps: int = 0
-    default_audio_seconds: float = 0.0
     # OpenAI reference price for the same work, in dollars (see OPENAI_REFERENCE).
     openai_reference: str = ""
+    description: str = ""  # for people: what the model does
+    kind: TaskKind = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "kind", task_kind(self.task_type))
+
+    @property
+    def work_unit(self) -> str:
+        return self.kind.work_unit
+
+    # The kind's size defaults, used when a client does not say how big its task is.
+    @property
+    def default_output_tokens(self) -> int:
+        return int(self.kind.size_default("output_tokens"))
+
+    @property
+    def default_steps(self) -> int:
+        return int(self.kind.size_default("steps"))
+
+    @property
+    def default_audio_seconds(self) -> float:
+        return float(self.kind.size_default("audio_seconds"))
 
 
 @attrs.frozen
@@ -61,19 +80,20 @@ MODELS: dict[str, ModelSpec] = {
         # weights + KV cache. Load: 3.8 GB at ~2 GB/s NVMe read, ~2 s (estimate).
         ModelSpec(
             "llama2:7b", TEXT_GENERATION, vram_gb=4.5, load_seconds=2.0,
-            work_unit="token", aliases=("llama2",), default_output_tokens=256,
-            openai_reference="gpt-3.5-turbo",
+            aliases=("llama2",), openai_reference="gpt-3.5-turbo",
+            description="Large Language Model for text generation",
         ),
         # Stable Diffusion 1.5 FP16: ~2 GB UNet+VAE+CLIP, ~4 GB in use at 512x512.
         ModelSpec(
             "stable-diffusion", IMAGE_GENERATION, vram_gb=4.0, load_seconds=4.0,
-            work_unit="step", default_steps=50, openai_reference="dall-e-2-512",
+            openai_reference="dall-e-2-512",
+            description="Image generation from text prompts",
         ),
         # Whisper large-v2: ~10 GB VRAM (openai/whisper README, model table, 2023).
         ModelSpec(
             "whisper", SPEECH_TO_TEXT, vram_gb=10.0, load_seconds=3.0,
-            work_unit="audio_second", default_audio_seconds=60.0,
             openai_reference="whisper-1",
+            description="Speech-to-text transcription",
         ),
     )
 }
@@ -123,10 +143,6 @@ OPENAI_REFERENCE = {
 }
 
 
-class CatalogError(ValueError):
-    """An unknown model or GPU class; the message names it and lists the known ones."""
-
-
 def resolve_model(name: str) -> ModelSpec:
     """The model for a name or alias (`llama2` -> `llama2:7b`)."""
     spec = MODELS.get(_ALIASES.get(name, name))
@@ -160,25 +176,16 @@ def default_price(gpu_name: str) -> float:
 
 def work_units(model: str, prompt_tokens: int, output_tokens: int, steps: int,
                audio_seconds: float) -> float:
-    """The work of a task in its model's work unit."""
-    task_type = MODELS[model].task_type
-    if task_type == TEXT_GENERATION:
-        return output_tokens + prompt_tokens / PREFILL_SPEEDUP
-    if task_type == IMAGE_GENERATION:
-        return float(steps)
-    return float(audio_seconds)
+    """The work of a task in its model's work unit (its kind's formula)."""
+    return MODELS[model].kind.work(prompt_tokens, output_tokens, steps, audio_seconds)
 
 
 def openai_cost(model: str, prompt_tokens: int, output_tokens: int, steps: int,
                 audio_seconds: float) -> float:
-    """What the same work would cost at OpenAI's list price, dollars."""
-    ref = OPENAI_REFERENCE[MODELS[model].openai_reference]
-    task_type = MODELS[model].task_type
-    if task_type == TEXT_GENERATION:
-        return prompt_tokens * ref["input_per_token"] + output_tokens * ref["output_per_token"]
-    if task_type == IMAGE_GENERATION:
-        return ref["per_image"] if steps > 0 else 0.0
-    return audio_seconds * ref["per_audio_second"]
+    """What the same work would cost at OpenAI's list price, dollars (its kind's formula)."""
+    spec = MODELS[model]
+    return spec.kind.reference_cost(OPENAI_REFERENCE[spec.openai_reference], prompt_tokens,
+                                    output_tokens, steps, audio_seconds)
 
 
 def estimate_prompt_tokens(text: str) -> int:

@@ -17,6 +17,8 @@ import math
 
 import attrs
 
+from .catalog import MODELS
+
 
 class Priority(enum.IntEnum):
     STANDARD = 0
@@ -54,9 +56,21 @@ class TaskState(enum.Enum):
         return self not in (TaskState.QUEUED, TaskState.RUNNING)
 
 
+def _work_of(spec: "TaskSpec") -> float:
+    """The task's work in its kind's unit; 0 for a model the catalog does not know
+    (the scheduler rejects such a task, naming the model)."""
+    model = MODELS.get(spec.model)
+    if model is None:
+        return 0.0
+    return model.kind.work(spec.prompt_tokens, spec.output_tokens, spec.steps,
+                           spec.audio_seconds)
+
+
 @attrs.frozen
 class TaskSpec:
-    """What the core knows of a task: its identity, model, priority and size."""
+    """What the core knows of a task: its identity, model, priority and size, and
+    the work that size means (computed from the task kind's formula unless the
+    builder, who may have computed it already, passes it)."""
 
     task_id: str
     model: str  # canonical model name (see catalog.resolve_model)
@@ -68,6 +82,7 @@ class TaskSpec:
     deadline: float = math.inf  # absolute time; the task expires if not done by then
     max_attempts: int = 3  # runs allowed, counting retries after retryable failures
     owner: str = ""  # opaque: the API key or client that submitted it
+    work: float = attrs.field(default=attrs.Factory(_work_of, takes_self=True))
 
 
 @attrs.frozen

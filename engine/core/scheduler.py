@@ -35,7 +35,7 @@ from typing import Callable, Mapping
 import attrs
 
 from .catalog import (
-    GPU_CLASSES, MODELS, REFERENCE_GPU, default_price, gpu_rate, openai_cost, work_units,
+    GPU_CLASSES, MODELS, REFERENCE_GPU, default_price, gpu_rate, openai_cost,
 )
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
@@ -226,7 +226,7 @@ class Scheduler:
         """Estimate cost and time for `spec` as the network stands now, without
         changing anything (no randomness is drawn)."""
         model = MODELS[spec.model]
-        work = self._work(spec)
+        work = spec.work
         mi = self.index.models[spec.model]
         multiplier = self.pricing.multiplier(spec.priority, self.utilization)
         reference = openai_cost(spec.model, spec.prompt_tokens, spec.output_tokens,
@@ -265,7 +265,7 @@ class Scheduler:
         self._seq += 1
         seq = self._seq
         key = now - self.config.head_start[priority]
-        self.tasks[task_id] = record = TaskRecord(spec, self._work(spec), key, seq, now,
+        self.tasks[task_id] = record = TaskRecord(spec, spec.work, key, seq, now,
                                                   model, priority)
         self.counters["submitted"] += 1
         if spec.deadline < math.inf:
@@ -527,10 +527,6 @@ class Scheduler:
             self._lose(node, reason, now, out)
             self._settle_node_timers()
 
-    @staticmethod
-    def _work(spec: TaskSpec) -> float:
-        return work_units(spec.model, spec.prompt_tokens, spec.output_tokens, spec.steps,
-                          spec.audio_seconds)
 
 
 __all__ = ["Scheduler", "SchedulerConfig", "TaskRecord", "NetworkSnapshot", "NodeSnapshot",

@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping
 import attrs
 import trio
 
-from engine.worker.runners.base import ModelRunner, NoopRunner, RunResult, load_runner
+from engine.worker.runners.base import ModelRunner, NoopRunner, RunResult
+from engine.worker.runners.registry import load_runner
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,27 @@
 # Model runners for the worker: one synchronous interface (base.ModelRunner), a
-# registry that maps model names to runners (base.load_runner), the ONNX Runtime
+# registry that maps model names to runners (registry.load_runner), the ONNX Runtime
 # provider choice (providers), the text-generation runner (textgen, imported
 # lazily by the registry because onnxruntime is heavy) and the locally built demo
-# model pack (demo_pack). Only base's names are imported eagerly here.
+# model pack (demo_pack). Only base's and registry's names are imported eagerly here.
 from __future__ import annotations
 
-from engine.worker.runners import base
+from engine.worker.runners import base, registry
 from engine.worker.runners.base import (
-    MODEL_KINDS,
-    RUNNER_KINDS,
     FinishReason,
     InvalidTaskInput,
     ModelLoadError,
     ModelRunner,
     NoopRunner,
     ProgressCallback,
-    RunnerFactory,
     RunResult,
     StopCheck,
+)
+from engine.worker.runners.registry import (
+    RUNNER_KINDS,
+    RunnerFactory,
     load_runner,
+    runnable_models,
+    runner_kind,
 )
 
-__all__ = list(base.__all__)
+__all__ = [*base.__all__, *registry.__all__]

@@ -14,23 +14,15 @@
 #   another node will not help); `ModelLoadError` means this node cannot serve
 #   the model. Anything else is an unexpected failure of the node.
 #
-# Theory of operation: the worker maps each model name it serves to a model
-# directory, and `load_runner(name, dir)` turns that pair into a loaded runner by
-# looking the name up in two tables (data, not ifs): model name -> runner kind,
-# and runner kind -> factory. Factories import their heavy dependencies
-# (onnxruntime, tokenizers) lazily, so a worker that only serves `noop` (the
-# network-path benchmark) never pays for them.
+# The registry that turns a model name into a loaded runner is registry.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import attrs
 
 __all__ = [
-    "MODEL_KINDS",
-    "RUNNER_KINDS",
     "FinishReason",
     "InvalidTaskInput",
     "ModelLoadError",
@@ -38,9 +30,7 @@ __all__ = [
     "NoopRunner",
     "ProgressCallback",
     "RunResult",
-    "RunnerFactory",
     "StopCheck",
-    "load_runner",
 ]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -118,56 +108,3 @@ class NoopRunner:
 
     def unload(self) -> None:
         return None
-
-
-RunnerFactory = Callable[[str, Path | None, str | None], ModelRunner]
-
-
-def _make_noop(model_name: str, model_dir: Path | None, providers_preference: str | None) -> ModelRunner:
-    return NoopRunner(model_name)
-
-
-def _make_textgen(model_name: str, model_dir: Path | None, providers_preference: str | None) -> ModelRunner:
-    from engine.worker.runners.textgen import TextGenRunner  # lazy: onnxruntime is heavy
-
-    if model_dir is None:
-        raise ModelLoadError(f"model {model_name!r}: a text-generation model needs a model directory")
-    return TextGenRunner(model_name, Path(model_dir), providers_preference=providers_preference)
-
-
-# Runner kind -> factory. A factory builds an unloaded runner.
-RUNNER_KINDS: dict[str, RunnerFactory] = {
-    "noop": _make_noop,
-    "textgen": _make_textgen,
-}
-
-# Model name (as the API and the catalog spell it) -> runner kind.
-MODEL_KINDS: dict[str, str] = {
-    "noop": "noop",
-    "llama2": "textgen",
-    "llama2:7b": "textgen",
-}
-
-
-def load_runner(
-    model_name: str,
-    model_dir: Path | None,
-    *,
-    kind: str | None = None,
-    providers_preference: str | None = None,
-) -> ModelRunner:
-    """Build and load the runner for `model_name`, whose files are in `model_dir`.
-
-    `kind` overrides the MODEL_KINDS lookup (for models the table does not know);
-    `providers_preference` is "auto", "cpu" or "cuda" (None: the
-    NEUROGRID_ORT_PROVIDER environment variable, else "auto").
-    Raises ModelLoadError when no runner fits or the model cannot be loaded.
-    """
-    kind = kind or MODEL_KINDS.get(model_name)
-    factory = RUNNER_KINDS.get(kind) if kind is not None else None
-    if factory is None:
-        known = ", ".join(sorted(MODEL_KINDS))
-        raise ModelLoadError(f"no runner for model {model_name!r} (kind {kind!r}); known models: {known}")
-    runner = factory(model_name, model_dir, providers_preference)
-    runner.load()
-    return runner

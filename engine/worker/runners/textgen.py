@@ -46,6 +46,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from engine.core.kinds import TASK_KINDS, TEXT_GENERATION
 from engine.worker.runners.base import (
     FinishReason,
     InvalidTaskInput,
@@ -66,9 +67,11 @@ __all__ = [
     "pick_token",
 ]
 
-DEFAULT_MAX_TOKENS = 64
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.9
+# The generation defaults are the text-generation task kind's (one place for them).
+_TEXT = TASK_KINDS[TEXT_GENERATION]
+DEFAULT_MAX_TOKENS = int(_TEXT.size_default("output_tokens"))
+DEFAULT_TEMPERATURE = float(_TEXT.default("temperature") or 0.0)
+DEFAULT_TOP_P = float(_TEXT.default("top_p") or 1.0)
 MODEL_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}

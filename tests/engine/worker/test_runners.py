@@ -138,7 +138,9 @@ def test_greedy_is_deterministic_and_not_one_repeated_token(runner: TextGenRunne
 
 
 def test_seed_fixes_sampled_text(runner: TextGenRunner) -> None:
-    outputs = [generate(runner, seed=seed, max_tokens=20)[0].output for seed in (7, 7, 8, 9, 10)]
+    # Sampling is asked for: the default (the text kind's) is greedy, temperature 0.
+    outputs = [generate(runner, seed=seed, max_tokens=20, temperature=0.7, top_p=0.9)[0].output
+               for seed in (7, 7, 8, 9, 10)]
     assert outputs[0] == outputs[1]
     assert len(set(outputs)) > 2
 
