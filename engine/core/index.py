@@ -181,9 +181,11 @@ class ModelIndex:
         changes; readers skip them, and when stale ones outnumber the live ones 3 to 1
         the heap is rebuilt from the live ones alone (amortised O(log n) a push)."""
         heap = self.load_heap
+        assert heap is not None, "push_load on an index built without load heaps"
         heapq.heappush(heap, (node.load, node.ordinal, node.node_id))
         if len(heap) > 64 + 4 * self.free_count:
             members = self.free_list
+            assert members is not None
             live = {e for e in heap if e[2] in members and nodes[e[2]].load == e[0]}
             self.load_heap = sorted(live)
 
@@ -292,6 +294,7 @@ class NodeIndex:
             if self.free_lists:
                 for cls in node.classes.values():
                     free_list = cls.model_index.free_list
+                    assert free_list is not None
                     if accepting:
                         free_list.add(node_id)
                     else:

@@ -66,7 +66,9 @@ class RoundRobin:
     needs_load_heap: bool = False
     _cursor: dict[str, int] = attrs.field(factory=dict)
 
-    def choose(self, task, mi, index, rng):
+    def choose(self, task: PlacementTask, mi: ModelIndex, index: NodeIndex,
+               rng: random.Random) -> NodeState | None:
+        assert mi.free_list is not None  # needs_free_list
         free = mi.free_list.items
         if not free:
             return None
@@ -83,7 +85,9 @@ class RandomChoice:
     needs_free_list: bool = True
     needs_load_heap: bool = False
 
-    def choose(self, task, mi, index, rng):
+    def choose(self, task: PlacementTask, mi: ModelIndex, index: NodeIndex,
+               rng: random.Random) -> NodeState | None:
+        assert mi.free_list is not None  # needs_free_list
         free = mi.free_list.items
         if not free:
             return None
@@ -98,8 +102,10 @@ class LeastLoaded:
     needs_free_list: bool = True
     needs_load_heap: bool = True
 
-    def choose(self, task, mi, index, rng):
+    def choose(self, task: PlacementTask, mi: ModelIndex, index: NodeIndex,
+               rng: random.Random) -> NodeState | None:
         heap, free, nodes = mi.load_heap, mi.free_list, index.nodes
+        assert heap is not None and free is not None  # needs_load_heap, needs_free_list
         while heap:
             load, _, node_id = heap[0]
             node = nodes.get(node_id) if node_id in free else None
@@ -117,7 +123,9 @@ class PowerOfTwo:
     needs_free_list: bool = True
     needs_load_heap: bool = False
 
-    def choose(self, task, mi, index, rng):
+    def choose(self, task: PlacementTask, mi: ModelIndex, index: NodeIndex,
+               rng: random.Random) -> NodeState | None:
+        assert mi.free_list is not None  # needs_free_list
         free = mi.free_list.items
         if not free:
             return None
@@ -156,7 +164,8 @@ class ScoredPolicy:
             self._cache[key] = ranked
         return ranked
 
-    def choose(self, task, mi, index, rng):
+    def choose(self, task: PlacementTask, mi: ModelIndex, index: NodeIndex,
+               rng: random.Random) -> NodeState | None:
         if not mi.free_count:
             return None
         for cls in self.ranking(mi, task.work, task.priority):

@@ -25,7 +25,8 @@ PRIORITY_MULTIPLIER: Mapping[Priority, float] = {
 
 
 class PricingPolicy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def multiplier(self, priority: Priority, utilization: float) -> float: ...
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 
@@ -150,7 +150,7 @@ class Scheduler:
         self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
         self._announced_wake = math.inf
         self._quote_ranking = ScoredPolicy("quote", balanced_score)
-        self._handlers: dict[type, Callable[[object, float, list[Decision]], None]] = {
+        self._handlers: dict[type, Callable[[Any, float, list[Decision]], None]] = {
             TaskSubmitted: self._on_submitted,
             TaskCancelled: self._on_cancelled,
             TaskFinished: self._on_finished,
