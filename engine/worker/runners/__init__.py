@@ -5,7 +5,6 @@
 # model pack (demo_pack). Only base's and registry's names are imported eagerly here.
 from __future__ import annotations
 
-from engine.worker.runners import base, registry
 from engine.worker.runners.base import (
     FinishReason,
     InvalidTaskInput,
@@ -24,4 +23,8 @@ from engine.worker.runners.registry import (
     runner_kind,
 )
 
-__all__ = [*base.__all__, *registry.__all__]
+__all__ = [
+    "RUNNER_KINDS", "FinishReason", "InvalidTaskInput", "ModelLoadError", "ModelRunner",
+    "NoopRunner", "ProgressCallback", "RunResult", "RunnerFactory", "StopCheck", "load_runner",
+    "runnable_models", "runner_kind",
+]
