@@ -81,7 +81,7 @@ async def keys_create(store: Store, args: argparse.Namespace) -> int:
 
 
 async def keys_list(store: Store, args: argparse.Namespace) -> int:
-    for key in store.list_keys():
+    for key in await store.list_keys():
         state = f"revoked {iso(key.revoked_at)}" if key.revoked_at else "active"
         limits = f"{key.per_hour or DEFAULT_TIERS[key.tier].per_hour}/h"
         print(f"{key.id}  {key.tier:<8} {limits:<8} {state:<28} {iso(key.created_at)}  {key.name}")
@@ -106,7 +106,7 @@ async def nodes_create(store: Store, args: argparse.Namespace) -> int:
 
 
 async def nodes_list(store: Store, args: argparse.Namespace) -> int:
-    for token in store.list_node_tokens():
+    for token in await store.list_node_tokens():
         state = f"revoked {iso(token.revoked_at)}" if token.revoked_at else "active"
         print(f"node_{token.name:<30} {state:<28} created {iso(token.created_at)}")
     return 0
