@@ -143,7 +143,9 @@ async def json_body() -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidRequest(f"the body is {request.content_length} bytes; "
                              f"the limit is {MAX_BODY_BYTES}")
-    return parse_json_object(await request.get_data(cache=False, as_text=False))
+    body = await request.get_data(cache=False, as_text=False)
+    assert isinstance(body, bytes)  # as_text=False
+    return parse_json_object(body)
 
 
 async def visible_task(caller: Caller, task_id: str) -> TaskRow:
