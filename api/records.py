@@ -162,4 +162,8 @@ class Store(Protocol):
     async def availability(self, now: float, current_run: int) -> float: ...
 
 
-__all__ = ["StoreError", "DuplicateTaskId", "TaskRow", "TaskChange", "KeyRecord", "NodeTokenRecord", "Signup", "NodeRecord", "Stats", "hash_secret", "new_secret", "Store", "OPEN_STATES", "FAILED_STATES"]
+__all__ = [
+    "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "NodeRecord", "NodeTokenRecord",
+    "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "TaskChange", "TaskRow",
+    "hash_secret", "new_secret",
+]

@@ -26,11 +26,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def task(task_id: str, owner: str = "key:k1", created: float = 100.0, **values: object) -> TaskRow:
-    fields: dict[str, object] = dict(
-        id=task_id, owner=owner, model="llama2:7b", priority="standard", prompt=f"p {task_id}",
-        params={"max_tokens": 8, "temperature": 0.5}, status="queued", created_at=created,
-        estimated_cost=0.001, estimated_seconds=3.0, openai_cost=0.06)
-    fields.update(values)
+    fields: dict[str, object] = {
+        "id": task_id, "owner": owner, "model": "llama2:7b", "priority": "standard",
+        "prompt": f"p {task_id}", "params": {"max_tokens": 8, "temperature": 0.5},
+        "status": "queued", "created_at": created, "estimated_cost": 0.001,
+        "estimated_seconds": 3.0, "openai_cost": 0.06, **values}
     return TaskRow(**fields)  # type: ignore[arg-type]
 
 
