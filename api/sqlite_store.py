@@ -71,7 +71,9 @@ class SqliteStore:
         On the loop, not in a thread, because it is cheaper: measured with 32
         concurrent readers doing get_task on a 5,000-task file (WAL), a direct read
         costs 17 us of CPU (30,000-39,000 reads/s on one core), one through
-        trio.to_thread.run_sync 71 us (9,000-10,000 reads/s) with 4x the latency."""
+        trio.to_thread.run_sync 71 us (9,000-10,000 reads/s) with 4x the latency.
+        So a read that finds no lock is not a trio checkpoint (as the synchronous
+        reads it replaces were not)."""
         try:
             return query(self._reader)
         except sqlite3.OperationalError:  # locked (or a failing query: it fails again)
