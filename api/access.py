@@ -59,7 +59,7 @@ class Caller:
         return self.key_id is None
 
 
-def identify(authorization: str | None, client_address: str, store: Store,
+async def identify(authorization: str | None, client_address: str, store: Store,
              auth_required: bool, tiers: dict[str, Tier]) -> Caller:
     """The caller behind a request's Authorization header, or AuthError."""
     if not authorization:
@@ -71,7 +71,7 @@ def identify(authorization: str | None, client_address: str, store: Store,
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise AuthError("the Authorization header must be 'Bearer <key>'")
-    record = store.find_key(secret)
+    record = await store.find_key(secret)
     if record is None:
         raise AuthError("unknown or revoked API key")
     return caller_for_key(record, tiers)

@@ -41,7 +41,8 @@ def positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurogrid", description="API keys and worker tokens")
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"database file (default {DEFAULT_DB})")
+    parser.add_argument("--db", default=DEFAULT_DB,
+                        help=f"a SQLite file path or store URL (default {DEFAULT_DB})")
     groups = parser.add_subparsers(dest="group", required=True)
 
     keys = groups.add_parser("keys", help="API keys for clients").add_subparsers(
@@ -81,7 +82,7 @@ async def keys_create(store: Store, args: argparse.Namespace) -> int:
 
 
 async def keys_list(store: Store, args: argparse.Namespace) -> int:
-    for key in store.list_keys():
+    for key in await store.list_keys():
         state = f"revoked {iso(key.revoked_at)}" if key.revoked_at else "active"
         limits = f"{key.per_hour or DEFAULT_TIERS[key.tier].per_hour}/h"
         print(f"{key.id}  {key.tier:<8} {limits:<8} {state:<28} {iso(key.created_at)}  {key.name}")
@@ -106,7 +107,7 @@ async def nodes_create(store: Store, args: argparse.Namespace) -> int:
 
 
 async def nodes_list(store: Store, args: argparse.Namespace) -> int:
-    for token in store.list_node_tokens():
+    for token in await store.list_node_tokens():
         state = f"revoked {iso(token.revoked_at)}" if token.revoked_at else "active"
         print(f"node_{token.name:<30} {state:<28} created {iso(token.created_at)}")
     return 0

@@ -1,4 +1,6 @@
-# The app factory and the services the routes share.
+# The app factory and the lifespan that runs the services the routes share (their
+# record, `Services`, and the configuration are in services.py, so that routes.py
+# needs nothing of this module: app -> routes, never back).
 #
 # Theory of operation: `create_app(config)` builds a QuartTrio app whose lifespan
 # runs `serve_services` in the app's nursery: it opens the store, opens the
@@ -17,51 +19,22 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import resource
-import time
-from typing import Any, Callable, Mapping
 
-import attrs
 import trio
 from quart_trio import QuartTrio
 
-from engine.runtime import CoordinatorConfig, NodeIdentity, TaskUpdate, open_coordinator
+from engine.runtime import NodeIdentity, TaskUpdate, open_coordinator
 
-from .access import DEFAULT_TIERS, RateLimiter, Tier
+from .access import RateLimiter
 from .nodes_ws import EndingWebsocketConnection
 from .relay import Dispatcher, TaskFeed, UpdateWriter
-from .store import Store, open_store
+from .routes import api_routes
+from .services import ApiConfig, Services, process_memory
+from .store import open_store
 from .validation import MAX_BODY_BYTES
 
 HOUSEKEEPING_SECONDS = 60.0  # how often the service records that it is alive
 SHUTDOWN_GRACE_SECONDS = 10.0
-
-
-@attrs.frozen
-class ApiConfig:
-    db: str = "neurogrid.db"
-    auth_required: bool = False
-    tiers: Mapping[str, Tier] = attrs.field(factory=lambda: dict(DEFAULT_TIERS))
-    environment: str = "development"
-    coordinator: CoordinatorConfig = attrs.field(factory=CoordinatorConfig)
-    clock: Callable[[], float] = time.time
-
-
-@attrs.define
-class Services:
-    config: ApiConfig
-    store: Store
-    coordinator: Any  # engine.runtime.Coordinator
-    limiter: RateLimiter
-    feed: TaskFeed
-    dispatcher: Dispatcher
-    started_at: float  # wall clock
-    version: str
-    run_id: int = 0  # this run in the store's service history
-
-    def now(self) -> float:
-        return self.config.clock()
 
 
 def package_version() -> str:
@@ -69,22 +42,6 @@ def package_version() -> str:
         return importlib.metadata.version("neurogrid")
     except importlib.metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-def process_memory() -> tuple[int, int]:
-    """(resident bytes of this process, memory of the machine), from /proc where
-    there is one, else from `resource` (peak resident) and sysconf."""
-    rss = total = 0
-    try:
-        with open("/proc/self/status") as status:
-            rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-        with open("/proc/meminfo") as meminfo:
-            total = next(int(line.split()[1]) * 1024 for line in meminfo
-                         if line.startswith("MemTotal:"))
-    except (OSError, StopIteration, ValueError):
-        rss = rss or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        total = total or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return rss, total
 
 
 def node_identity(token_name: str) -> NodeIdentity:
@@ -97,7 +54,7 @@ async def serve_services(config: ApiConfig, stop: trio.Event, *,
                          ) -> None:
     async with open_store(config.db) as store:
         async def verify_token(token: str) -> NodeIdentity | None:
-            name = store.find_node_token(token)
+            name = await store.find_node_token(token)
             return node_identity(name) if name is not None else None
 
         async def on_update(update: TaskUpdate) -> None:
@@ -131,8 +88,6 @@ async def housekeeping(services: Services) -> None:
 
 
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
-    from .routes import api_routes
-
     app = QuartTrio("neurogrid")
     app.asgi_websocket_class = EndingWebsocketConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

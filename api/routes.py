@@ -30,10 +30,10 @@ from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_r
 
 from . import views
 from .access import Admission, AuthError, Caller, identify
-from .app import Services, process_memory
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
+from .services import Services, process_memory
 from .store import DuplicateTaskId, OPEN_STATES, Signup, TaskChange, TaskRow
 from .validation import (
     MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
@@ -131,9 +131,9 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def current_caller() -> Caller:
+async def current_caller() -> Caller:
     s = services()
-    caller = identify(request.headers.get("Authorization"), client_address(), s.store,
+    caller = await identify(request.headers.get("Authorization"), client_address(), s.store,
                       s.config.auth_required, dict(s.config.tiers))
     g.admission = s.limiter.peek(caller, s.now())
     return caller
@@ -143,11 +143,13 @@ async def json_body() -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidRequest(f"the body is {request.content_length} bytes; "
                              f"the limit is {MAX_BODY_BYTES}")
-    return parse_json_object(await request.get_data(cache=False, as_text=False))
+    body = await request.get_data(cache=False, as_text=False)
+    assert isinstance(body, bytes)  # as_text=False
+    return parse_json_object(body)
 
 
-def visible_task(caller: Caller, task_id: str) -> TaskRow:
-    row = services().store.get_task(task_id)
+async def visible_task(caller: Caller, task_id: str) -> TaskRow:
+    row = await services().store.get_task(task_id)
     if row is None or not (row.owner.startswith("anon:") or row.owner == caller.owner):
         raise ApiError(404, "Not found", f"no task {task_id[:100]!r}")
     return row
@@ -159,7 +161,7 @@ def visible_task(caller: Caller, task_id: str) -> TaskRow:
 @api_routes.post("/api/tasks")
 async def submit_task():  # type: ignore[no-untyped-def]
     s = services()
-    caller = current_caller()
+    caller = await current_caller()
     task = parse_task(await json_body())
     now = s.now()
     admission = s.limiter.admit(caller, now)
@@ -194,25 +196,25 @@ async def submit_task():  # type: ignore[no-untyped-def]
 
 @api_routes.get("/api/tasks/<task_id>")
 async def get_task(task_id: str):  # type: ignore[no-untyped-def]
-    row = visible_task(current_caller(), task_id)
+    row = await visible_task(await current_caller(), task_id)
     return jsonify({"success": True, "task": views.task_view(row)})
 
 
 @api_routes.delete("/api/tasks/<task_id>")
 async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
     s = services()
-    row = visible_task(current_caller(), task_id)
+    row = await visible_task(await current_caller(), task_id)
     if row.status in OPEN_STATES:
         if s.dispatcher.withdraw(task_id) or await s.coordinator.cancel(task_id):
             # The coordinator's own `cancelled` update may land first; either way the
             # task ends cancelled exactly once.
             await s.store.change_task(TaskChange(task_id, TaskState.CANCELLED.value, s.now()))
             s.limiter.task_closed(task_id)
-            row = s.store.get_task(task_id) or row
+            row = await s.store.get_task(task_id) or row
             return jsonify({"success": True, "message": "Task cancelled",
                             "task": views.task_view(row)})
         await s.store.barrier()  # it ended meanwhile: its final update is on its way
-        row = s.store.get_task(task_id) or row
+        row = await s.store.get_task(task_id) or row
     raise ApiError(409, "Task already finished",
                    f"task {task_id} is {row.status} and can no longer be cancelled")
 
@@ -220,9 +222,9 @@ async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
 @api_routes.get("/api/tasks")
 async def list_tasks():  # type: ignore[no-untyped-def]
     s = services()
-    caller = current_caller()
+    caller = await current_caller()
     page = parse_page(request.args)
-    rows = s.store.list_tasks(caller.owner, page.limit + 1, page.cursor, page.status)
+    rows = await s.store.list_tasks(caller.owner, page.limit + 1, page.cursor, page.status)
     more = len(rows) > page.limit
     rows = rows[:page.limit]
     return jsonify({
@@ -240,11 +242,11 @@ def sse(kind: str, data: dict[str, Any]) -> bytes:
 @api_routes.get("/api/tasks/<task_id>/stream")
 async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
     s = services()
-    visible_task(current_caller(), task_id)
+    await visible_task(await current_caller(), task_id)
 
     async def events() -> AsyncIterator[bytes]:
         with s.feed.subscribe(task_id) as receive:
-            row = s.store.get_task(task_id)
+            row = await s.store.get_task(task_id)
             assert row is not None
             yield sse("status", {"status": row.status})
             if row.status in OPEN_STATES:
@@ -257,7 +259,7 @@ async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
                             break
                     yield sse(*event) if event is not None else b": keep-alive\n\n"
         await s.store.barrier()  # the final change is committed: read it
-        final = s.store.get_task(task_id)
+        final = await s.store.get_task(task_id)
         assert final is not None
         yield sse("done", views.task_view(final))
 
@@ -293,8 +295,9 @@ async def beta_signup():  # type: ignore[no-untyped-def]
 async def network_status():  # type: ignore[no-untyped-def]
     s = services()
     now = s.now()
-    return jsonify(views.network_status(s.coordinator.snapshot(), s.store.stats(),
-                                        s.store.nodes(), s.store.availability(now, s.run_id), now))
+    return jsonify(views.network_status(s.coordinator.snapshot(), await s.store.stats(),
+                                        await s.store.nodes(),
+                                        await s.store.availability(now, s.run_id), now))
 
 
 @api_routes.get("/health")
@@ -303,7 +306,7 @@ async def health():  # type: ignore[no-untyped-def]
     now = s.now()
     rss, total = process_memory()
     return jsonify(views.health(s.version, s.config.environment, now - s.started_at, rss, total,
-                                s.coordinator.snapshot(), s.store.stats(), now))
+                                s.coordinator.snapshot(), await s.store.stats(), now))
 
 
 @api_routes.get("/api/models")

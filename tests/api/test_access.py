@@ -11,7 +11,7 @@ class Keys:
     def __init__(self, **records: KeyRecord) -> None:
         self.records = records
 
-    def find_key(self, secret: str) -> KeyRecord | None:
+    async def find_key(self, secret: str) -> KeyRecord | None:
         return self.records.get(secret)
 
 
@@ -19,18 +19,18 @@ PREMIUM = KeyRecord("key_1", "premium", "p", None, None, 0.0, None)
 CUSTOM = KeyRecord("key_2", "beta", "c", 5, 1, 0.0, None)
 
 
-def test_identify_by_key_or_address() -> None:
+async def test_identify_by_key_or_address() -> None:
     keys = Keys(good=PREMIUM, custom=CUSTOM)
-    anonymous = identify(None, "10.0.0.1", keys, False, DEFAULT_TIERS)
+    anonymous = await identify(None, "10.0.0.1", keys, False, DEFAULT_TIERS)
     assert (anonymous.owner, anonymous.per_hour, anonymous.in_flight) == ("anon:10.0.0.1", 100, 10)
-    assert identify("Bearer good", "x", keys, True, DEFAULT_TIERS) == Caller(
+    assert await identify("Bearer good", "x", keys, True, DEFAULT_TIERS) == Caller(
         "key:key_1", "premium", 1000, 50, "key_1")
-    assert identify("bearer  custom ", "x", keys, False, DEFAULT_TIERS).per_hour == 5
+    assert (await identify("bearer  custom ", "x", keys, False, DEFAULT_TIERS)).per_hour == 5
     for header in ("Bearer bad", "Token good", "Bearer "):
         with pytest.raises(AuthError):
-            identify(header, "x", keys, False, DEFAULT_TIERS)
+            await identify(header, "x", keys, False, DEFAULT_TIERS)
     with pytest.raises(AuthError):
-        identify(None, "x", keys, True, DEFAULT_TIERS)
+        await identify(None, "x", keys, True, DEFAULT_TIERS)
 
 
 def test_the_hourly_budget_is_a_bucket_of_the_tier_size() -> None:

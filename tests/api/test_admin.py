@@ -13,7 +13,7 @@ from api.store import open_store
 def lookup(db: str, key: str, token: str) -> tuple[object, object]:
     async def find() -> tuple[object, object]:
         async with open_store(db) as store:
-            return store.find_key(key), store.find_node_token(token)
+            return await store.find_key(key), await store.find_node_token(token)
 
     return trio.run(find)
 

@@ -19,7 +19,7 @@ async def test_a_restart_finds_every_accepted_task_and_runs_it(tmp_path: Path) -
             await api.client.delete(f"/api/tasks/{finished}")
             # the app stops with the worker still holding `running`
     async with running_app(db, clock=clock) as api:
-        rows = {task_id: api.services.store.get_task(task_id) for task_id in ids}
+        rows = {task_id: await api.services.store.get_task(task_id) for task_id in ids}
         assert all(row is not None for row in rows.values())
         assert rows[finished].status == "cancelled"
         open_ids = [task_id for task_id in ids if task_id != finished]
@@ -35,7 +35,7 @@ async def test_a_restart_finds_every_accepted_task_and_runs_it(tmp_path: Path) -
             for task_id in open_ids:
                 task = await wait_for_status(api, task_id, "completed")
                 assert task["result"] == f"done {task_id}"
-        stats = api.services.store.stats()
+        stats = await api.services.store.stats()
         assert (stats.total_tasks, stats.completed_tasks, stats.cancelled_tasks) == (4, 3, 1)
         # in-flight counts were rebuilt from the store and have drained again
         assert api.services.limiter.in_flight == {}

@@ -35,7 +35,7 @@ async def test_a_duplicate_email_gets_its_earlier_signup(api: Harness) -> None:
     assert again.status_code == 200
     body = await again.get_json()
     assert body["signup_id"] == first["signup_id"] and body["already_registered"] is True
-    assert api.services.store.stats().beta_signups == 1
+    assert (await api.services.store.stats()).beta_signups == 1
 
 
 @pytest.mark.parametrize(("body", "details"), [
@@ -52,7 +52,7 @@ async def test_bad_signups_are_400(api: Harness, body: dict, details: str) -> No
     response = await api.client.post("/api/beta/signup", json=body)
     assert response.status_code == 400
     assert details in (await response.get_json())["details"]
-    assert api.services.store.stats().beta_signups == 0
+    assert (await api.services.store.stats()).beta_signups == 0
 
 
 async def test_network_status_is_live(api: Harness) -> None:

@@ -55,7 +55,7 @@ async def test_dispatch_in_order_withdraw_and_reject(tmp_path: Path) -> None:
         assert [s[0] for s in coordinator.submitted] == ["a", "c", "d"]
         assert coordinator.submitted[0][1:] == ({"prompt": "prompt a"}, {"max_tokens": 4})
         assert not dispatcher.withdraw("a")  # handed over: the coordinator cancels it now
-        rejected = store.get_task("c")
+        rejected = await store.get_task("c")
         assert (rejected.status, rejected.error) == ("rejected", "queue full")
         assert limiter.in_flight == {"anon:x": 3}  # c left; b is closed by the cancel route
 

@@ -27,12 +27,12 @@ async def test_tasks_survive_reopening_and_move_only_forward(tmp_path: Path) -> 
         assert not await store.change_task(TaskChange("t1", "failed", 104.0, error="late"))
         assert not await store.change_task(TaskChange("nope", "running", 104.0))
     async with open_store(db) as store:
-        stored = store.get_task("t1")
+        stored = await store.get_task("t1")
         assert stored is not None
         assert (stored.status, stored.result, stored.started_at, stored.completed_at) == (
             "completed", "ok", 101.0, 103.0)
         assert stored.params == {"max_tokens": 8} and stored.error is None
-        stats = store.stats()  # recomputed from the rows at open
+        stats = await store.stats()  # recomputed from the rows at open
         assert (stats.total_tasks, stats.completed_tasks, stats.failed_tasks) == (1, 1, 0)
         assert stats.cost == 0.002 and stats.openai_cost == 0.01 and stats.turnaround_seconds == 3.0
 
@@ -53,11 +53,12 @@ async def test_secrets_are_never_stored_in_clear(tmp_path: Path) -> None:
     async with open_store(str(db)) as store:
         key, record = await store.create_key("beta", "me", None, None, 1.0)
         token = await store.create_node_token("de", 1.0)
-        assert store.find_key(key) == record and store.find_key(key + "x") is None
-        assert store.find_node_token(token) == "de"
+        assert await store.find_key(key) == record and await store.find_key(key + "x") is None
+        assert await store.find_node_token(token) == "de"
         replaced = await store.create_node_token("de", 2.0)
-        assert store.find_node_token(token) is None and store.find_node_token(replaced) == "de"
-        assert await store.revoke_key(record.id, 3.0) and store.find_key(key) is None
+        assert await store.find_node_token(token) is None
+        assert await store.find_node_token(replaced) == "de"
+        assert await store.revoke_key(record.id, 3.0) and await store.find_key(key) is None
     data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     for secret in (key, token, replaced):
         assert secret.encode() not in data
@@ -77,8 +78,8 @@ async def test_concurrent_writes_commit_together_and_fail_alone(tmp_path: Path) 
                 nursery.start_soon(signup, n)
             for n in range(200):
                 nursery.start_soon(store.insert_task, row(f"task_{n}"))
-        assert sum(results.values()) == 50 and store.stats().beta_signups == 50
-        assert store.stats().total_tasks == 200
+        assert sum(results.values()) == 50 and (await store.stats()).beta_signups == 50
+        assert (await store.stats()).total_tasks == 200
 
 
 async def test_queued_changes_are_written_before_close(tmp_path: Path) -> None:
@@ -88,7 +89,7 @@ async def test_queued_changes_are_written_before_close(tmp_path: Path) -> None:
         await store.post_task_change(TaskChange("t", "running", 1.0))
         await store.post_task_change(TaskChange("t", "completed", 2.0, result="r"))
     async with open_store(db) as store:
-        assert store.get_task("t").status == "completed"
+        assert (await store.get_task("t")).status == "completed"
 
 
 async def test_availability_counts_past_runs_to_their_last_sign_of_life(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ async def test_availability_counts_past_runs_to_their_last_sign_of_life(tmp_path
         first = await store.start_run(0.0)
         await store.mark_alive(first, 60.0)
         second = await store.start_run(100.0)
-        assert store.availability(200.0, second) == pytest.approx(160 / 200)
+        assert await store.availability(200.0, second) == pytest.approx(160 / 200)
 
 
 async def test_only_sqlite_files_are_accepted() -> None:

@@ -38,7 +38,7 @@ async def test_submit_answers_with_the_reference_shape(api: Harness) -> None:
     assert response.headers["X-RateLimit-Remaining"] == "99"
     assert int(response.headers["X-RateLimit-Reset"]) > api.clock.now
     # committed before the id was returned
-    assert api.services.store.get_task(body["task_id"]) is not None
+    assert await api.services.store.get_task(body["task_id"]) is not None
 
 
 async def test_submit_names_the_expected_node_when_one_is_online(api: Harness) -> None:
@@ -81,7 +81,7 @@ async def test_a_bad_key_is_401_even_when_keys_are_optional(api: Harness) -> Non
                                          headers={"Authorization": header})
         assert response.status_code == 401
         assert (await response.get_json())["success"] is False
-    assert api.services.store.stats().total_tasks == 0
+    assert (await api.services.store.stats()).total_tasks == 0
 
 
 async def test_required_auth_refuses_anonymous_callers_and_admits_keys(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ async def test_the_hourly_budget_answers_429_then_refills(tmp_path: Path) -> Non
         assert body["success"] is False and "3 task submissions per hour" in body["details"]
         assert int(response.headers["Retry-After"]) == 1200  # one submission per 20 minutes
         assert response.headers["X-RateLimit-Remaining"] == "0"
-        assert api.services.store.stats().total_tasks == 3
+        assert (await api.services.store.stats()).total_tasks == 3
         # reads are free and still report the budget
         listed = await api.client.get("/api/tasks")
         assert listed.status_code == 200 and listed.headers["X-RateLimit-Remaining"] == "0"
@@ -187,8 +187,8 @@ async def test_bad_task_bodies_are_400_and_write_nothing(api: Harness, body: byt
     assert answer["success"] is False and answer["error"] == "Invalid request parameters"
     assert details in answer["details"] and ISO.match(answer["timestamp"])
     assert "X-RateLimit-Limit" in response.headers
-    assert api.services.store.stats().total_tasks == 0
-    assert api.services.store.list_tasks("anon:127.0.0.1", 10, None, None) == []
+    assert (await api.services.store.stats()).total_tasks == 0
+    assert await api.services.store.list_tasks("anon:127.0.0.1", 10, None, None) == []
 
 
 async def test_an_oversized_body_is_400(api: Harness) -> None:
@@ -217,7 +217,7 @@ async def test_cancel_a_queued_task_then_again(api: Harness) -> None:
     assert api.services.coordinator.task(task_id).state.value == "cancelled"
     again = await api.client.delete(f"/api/tasks/{task_id}")
     assert again.status_code == 409 and "cancelled" in (await again.get_json())["details"]
-    assert api.services.store.stats().cancelled_tasks == 1
+    assert (await api.services.store.stats()).cancelled_tasks == 1
 
 
 async def test_cancel_a_running_task_tells_its_worker(api: Harness) -> None:
@@ -296,4 +296,4 @@ async def test_concurrent_submissions_respect_the_in_flight_limit(tmp_path: Path
             for _ in range(10):
                 nursery.start_soon(submit)
         assert sorted(statuses) == [200, 200] + [429] * 8
-        assert api.services.store.stats().total_tasks == 2
+        assert (await api.services.store.stats()).total_tasks == 2

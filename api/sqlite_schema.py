@@ -1,0 +1,227 @@
+# The SQLite store's schema: tables, the triggers that keep the task totals, the
+# connection settings, and the conversions between rows and the store's values.
+#
+# Rules:
+# - `task_totals` is one row that always equals the aggregate over `tasks` (the
+#   query in TOTALS_FROM_TASKS): triggers update it in the same transaction as
+#   the task row, so `stats()` reads one row instead of scanning every task, and
+#   every writer (another process, an operator's sqlite3 shell) keeps it right.
+#   A trigger, not an UPDATE issued by the store, because it runs inside SQLite
+#   (no extra statement through Python per write) and because no writer can
+#   forget it. `beta_signups` is kept the same way.
+# - A task's contribution to the totals depends on its status only when it has
+#   ended, so the update trigger fires only when the old or the new status is a
+#   final one: queued <-> running moves cost nothing extra.
+# - Schema changes are migrations keyed by `PRAGMA user_version`; `prepare`
+#   applies the missing ones in one write transaction, so two processes opening
+#   the same file at once cannot both apply them. Version 2 added the totals.
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import attrs
+
+from .records import KeyRecord, TaskChange, TaskRow
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 5000  # how long a connection waits for another process's lock
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    model TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    estimated_cost REAL NOT NULL,
+    estimated_seconds REAL NOT NULL,
+    openai_cost REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL,
+    node_id TEXT,
+    node_location TEXT,
+    node_gpu TEXT,
+    result TEXT,
+    error TEXT,
+    cost REAL NOT NULL DEFAULT 0,
+    tokens_used INTEGER NOT NULL DEFAULT 0,
+    processing_time REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE status IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    tier TEXT NOT NULL,
+    name TEXT NOT NULL,
+    per_hour INTEGER,
+    in_flight INTEGER,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS node_tokens (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    gpu TEXT NOT NULL,
+    location TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    tasks_processed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS signups (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS service_runs (
+    id INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    last_alive REAL NOT NULL
+);
+"""
+
+# One term per Stats field: a task row's contribution, as an SQL expression over
+# the row named by the placeholder (NEW, OLD, or the table itself).
+TOTAL_TERMS = {
+    "total_tasks": "1",
+    "completed_tasks": "({r}.status = 'completed')",
+    "failed_tasks": "({r}.status IN ('failed', 'expired'))",
+    "cancelled_tasks": "({r}.status = 'cancelled')",
+    "compute_seconds": "(CASE WHEN {r}.status = 'completed' THEN {r}.processing_time ELSE 0 END)",
+    "turnaround_seconds": "(CASE WHEN {r}.status = 'completed' "
+                          "THEN {r}.completed_at - {r}.created_at ELSE 0 END)",
+    "cost": "(CASE WHEN {r}.status = 'completed' THEN {r}.cost ELSE 0 END)",
+    "openai_cost": "(CASE WHEN {r}.status = 'completed' THEN {r}.openai_cost ELSE 0 END)",
+}
+ENDED = "{r}.status NOT IN ('queued', 'running')"
+
+
+def _adjust(sign_new: str, sign_old: str) -> str:
+    """SET clauses adding NEW's terms and/or subtracting OLD's ('' leaves one out)."""
+    clauses = []
+    for column, term in TOTAL_TERMS.items():
+        parts = [column]
+        if sign_new:
+            parts.append(f"+ {term.format(r='NEW')}")
+        if sign_old:
+            parts.append(f"- {term.format(r='OLD')}")
+        clauses.append(f"{column} = {' '.join(parts)}")
+    return ", ".join(clauses)
+
+
+TOTAL_COLUMN_TYPES = ", ".join(
+    f"{column} {'INTEGER' if column.endswith('tasks') else 'REAL'} NOT NULL DEFAULT 0"
+    for column in TOTAL_TERMS)
+TOTALS = f"""
+CREATE TABLE IF NOT EXISTS task_totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    {TOTAL_COLUMN_TYPES},
+    beta_signups INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER IF NOT EXISTS task_totals_insert AFTER INSERT ON tasks BEGIN
+    UPDATE task_totals SET {_adjust('+', '')} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS task_totals_update AFTER UPDATE ON tasks
+WHEN {ENDED.format(r='OLD')} OR {ENDED.format(r='NEW')} BEGIN
+    UPDATE task_totals SET {_adjust('+', '-')} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS task_totals_delete AFTER DELETE ON tasks BEGIN
+    UPDATE task_totals SET {_adjust('', '-')} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS signup_totals_insert AFTER INSERT ON signups BEGIN
+    UPDATE task_totals SET beta_signups = beta_signups + 1 WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS signup_totals_delete AFTER DELETE ON signups BEGIN
+    UPDATE task_totals SET beta_signups = beta_signups - 1 WHERE id = 1;
+END;
+"""
+
+# The totals recomputed from the rows: how version 2 fills `task_totals` for a
+# database that has tasks already, and what the row must always equal.
+TOTALS_FROM_TASKS = "SELECT {}, (SELECT COUNT(*) FROM signups) AS beta_signups FROM tasks".format(
+    ", ".join(f"COALESCE(SUM({term.format(r='tasks')}), 0) AS {column}"
+              for column, term in TOTAL_TERMS.items()))
+TOTAL_COLUMNS = [*TOTAL_TERMS, "beta_signups"]
+READ_TOTALS = f"SELECT {', '.join(TOTAL_COLUMNS)} FROM task_totals WHERE id = 1"
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Create or migrate the schema to SCHEMA_VERSION, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"the database is at schema version {version}; this NeuroGrid knows up "
+                f"to {SCHEMA_VERSION}: upgrade NeuroGrid")
+        for statement in split_script(TABLES + TOTALS):
+            conn.execute(statement)
+        if conn.execute("SELECT 1 FROM task_totals WHERE id = 1").fetchone() is None:
+            conn.execute(f"INSERT INTO task_totals (id, {', '.join(TOTAL_COLUMNS)}) "
+                         f"SELECT 1, * FROM ({TOTALS_FROM_TASKS})")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def split_script(script: str) -> list[str]:
+    """The statements of a script (trigger bodies kept whole)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    assert not current.strip(), f"incomplete statement: {current!r}"
+    return statements
+
+
+def task_row(row: sqlite3.Row) -> TaskRow:
+    values = dict(row)
+    values["params"] = json.loads(values["params"])
+    return TaskRow(**values)
+
+
+def key_record(row: sqlite3.Row) -> KeyRecord:
+    values = dict(row)
+    del values["hash"]
+    return KeyRecord(**values)
+
+
+TASK_COLUMNS = [f.name for f in attrs.fields(TaskRow) if f.name != "seq"]
+INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(TASK_COLUMNS))})")
+CHANGE_COLUMNS = [f.name for f in attrs.fields(TaskChange)
+                  if f.name not in ("task_id", "status", "at")]
+
+__all__ = [
+    "BUSY_TIMEOUT_MS", "CHANGE_COLUMNS", "INSERT_TASK", "READ_TOTALS", "SCHEMA_VERSION",
+    "TASK_COLUMNS", "TOTALS_FROM_TASKS", "TOTAL_COLUMNS", "connect", "key_record", "prepare",
+    "split_script", "task_row",
+]
