@@ -124,7 +124,7 @@ async def test_a_fourth_task_kind_runs_end_to_end(embedding_kind: None, tmp_path
         prompt = "the quick brown fox jumps over the lazy dog"
         created = await harness.submit({"prompt": prompt, "model": MODEL, "dimensions": 8})
         task = await wait_for_status(harness, created["task_id"], "completed")
-        row = harness.services.store.get_task(created["task_id"])
+        row = await harness.services.store.get_task(created["task_id"])
 
     assert task["params"] == {"dimensions": 8}
     assert json.loads(task["result"])["embedding"] == pytest.approx(embed(prompt, 8))
