@@ -135,10 +135,19 @@ def _make_textgen(model_name: str, model_dir: Path | None, providers_preference:
     return TextGenRunner(model_name, Path(model_dir), providers_preference=providers_preference)
 
 
+def _make_diffusion(model_name: str, model_dir: Path | None, providers_preference: str | None) -> ModelRunner:
+    from engine.worker.runners.diffusion import DiffusionRunner  # lazy: onnxruntime is heavy
+
+    if model_dir is None:
+        raise ModelLoadError(f"model {model_name!r}: a Stable Diffusion model needs a model directory")
+    return DiffusionRunner(model_name, Path(model_dir), providers_preference=providers_preference)
+
+
 # Runner kind -> factory. A factory builds an unloaded runner.
 RUNNER_KINDS: dict[str, RunnerFactory] = {
     "noop": _make_noop,
     "textgen": _make_textgen,
+    "diffusion": _make_diffusion,
 }
 
 # Model name (as the API and the catalog spell it) -> runner kind.
@@ -146,6 +155,7 @@ MODEL_KINDS: dict[str, str] = {
     "noop": "noop",
     "llama2": "textgen",
     "llama2:7b": "textgen",
+    "stable-diffusion": "diffusion",
 }
 
 
