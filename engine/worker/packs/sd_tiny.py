@@ -38,6 +38,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,7 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
     "trained_betas": None,
 }
-_WORDS = """
-a an the of and in on with at by to from photo picture painting drawing portrait
-landscape cat dog bird horse fish tree flower house city street mountain river sea
-sky sun moon star night day red green blue yellow white black orange purple small
-big old new happy beautiful dark light astronaut riding sitting standing cyberpunk
-watercolor oil digital art style detailed highly realistic cinematic lighting
-""".split()
+_WORDS = ["a", "an", "the", "of", "and", "in", "on", "with", "at", "by", "to", "from", "photo", "picture", "painting", "drawing", "portrait", "landscape", "cat", "dog", "bird", "horse", "fish", "tree", "flower", "house", "city", "street", "mountain", "river", "sea", "sky", "sun", "moon", "star", "night", "day", "red", "green", "blue", "yellow", "white", "black", "orange", "purple", "small", "big", "old", "new", "happy", "beautiful", "dark", "light", "astronaut", "riding", "sitting", "standing", "cyberpunk", "watercolor", "oil", "digital", "art", "style", "detailed", "highly", "realistic", "cinematic", "lighting"]
 README = f"""sd-tiny-random (pack version {SD_TINY_VERSION})
 
 THIS IS A RANDOM-WEIGHT STAND-IN. ITS IMAGES ARE NOT MEANINGFUL.
@@ -123,7 +118,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """BPE: merge the adjacent pair of lowest rank until none is left."""
     while len(pieces) > 1:
-        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(itertools.pairwise(pieces))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
@@ -258,8 +253,9 @@ def _vae_decoder(rng: np.random.Generator) -> onnx.ModelProto:
     g = _Graph(rng)
     h = g.conv("latent_sample", LATENT_CHANNELS, VAE_CHANNELS[0])
     c0 = VAE_CHANNELS[0]
-    h = g.silu(g.op("InstanceNormalization", [h, g.const(np.ones(c0, np.float32)), g.const(np.zeros(c0, np.float32))]))
-    for c_in, c_out in zip(VAE_CHANNELS, VAE_CHANNELS[1:]):
+    norm_scale, norm_bias = g.const(np.ones(c0, np.float32)), g.const(np.zeros(c0, np.float32))
+    h = g.silu(g.op("InstanceNormalization", [h, norm_scale, norm_bias]))
+    for c_in, c_out in itertools.pairwise(VAE_CHANNELS):
         h = g.silu(g.conv(g.upsample(h), c_in, c_out))
     out = g.op("Tanh", [g.conv(h, VAE_CHANNELS[-1], 3, gain=2.0)])
     value = helper.make_tensor_value_info
@@ -290,7 +286,7 @@ def write_sd_tiny(
     _dump(tokenizer_dir / "special_tokens_map.json", special)
     _dump(tokenizer_dir / "tokenizer_config.json",
           {**special, "model_max_length": MAX_LENGTH, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"})
-    parts = {
+    parts: dict[str, tuple[onnx.ModelProto, dict[str, Any]]] = {
         "text_encoder": (_text_encoder(rng, len(vocab), input_ids_type),
                          {"hidden_size": HIDDEN, "max_position_embeddings": MAX_LENGTH, "vocab_size": len(vocab),
                           "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS]}),

@@ -124,8 +124,9 @@ def load_clip_tokenizer(directory: Path, max_length: int | None = None) -> ClipT
         tokenizer = build_clip_tokenizer(vocab_path, merges_path, names["unk"])
     except Exception as exc:  # tokenizers raises plain Exception subclasses
         raise ModelLoadError(f"cannot build the CLIP tokenizer from {directory}: {exc}") from exc
-    ids = {role: tokenizer.token_to_id(token) for role, token in names.items()}
-    missing = [f"{role} {names[role]!r}" for role, token_id in ids.items() if token_id is None]
+    found = {role: tokenizer.token_to_id(token) for role, token in names.items()}
+    ids = {role: token_id for role, token_id in found.items() if token_id is not None}
+    missing = [f"{role} {names[role]!r}" for role in found if role not in ids]
     if missing:
         raise ModelLoadError(f"{vocab_path} lacks the special tokens {', '.join(missing)}")
     tokenizer.add_special_tokens([names["bos"], names["eos"]])

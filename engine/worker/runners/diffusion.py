@@ -68,7 +68,12 @@ from engine.worker.runners.base import (
 )
 from engine.worker.runners.clip_tokenizer import ClipTokenizer, load_clip_tokenizer
 from engine.worker.runners.providers import choose_providers, open_session
-from engine.worker.runners.schedulers import SCHEDULERS, SchedulerError, make_scheduler, scheduler_name
+from engine.worker.runners.schedulers import (
+    SCHEDULERS,
+    SchedulerError,
+    make_scheduler,
+    scheduler_name,
+)
 
 __all__ = [
     "DEFAULT_GUIDANCE",
@@ -88,7 +93,7 @@ DEFAULT_STEPS = 25
 MAX_STEPS = 150
 DEFAULT_GUIDANCE = 7.5
 MAX_GUIDANCE = 30.0
-MIN_SIDE, MAX_SIDE = 64, 1024
+MIN_SIDE, MAX_SIDE = 64, 1536
 MAX_PIXELS = 1024 * 1024
 MAX_SEED = 2**63 - 1
 DEFAULT_SCALING_FACTOR = 0.18215
@@ -274,7 +279,8 @@ class DiffusionRunner:
             raise ModelLoadError(f"{where}: vae_decoder inputs {list(vae_inputs)} lack latent_sample")
         ids_spec, sample_spec = text_inputs["input_ids"], unet_inputs["sample"]
         timestep_spec = unet_inputs["timestep"]
-        max_length = _static(list(ids_spec.shape)[1]) if len(ids_spec.shape) == 2 else None
+        ids_dims = list(ids_spec.shape)
+        max_length = _static(ids_dims[1]) if len(ids_dims) == 2 else None
         tokenizer = load_clip_tokenizer(self.model_dir / "tokenizer", max_length)
         timestep_dims = list(timestep_spec.shape)
         timestep_shape = () if not timestep_dims else (_static(timestep_dims[0]) or 1,)
@@ -300,7 +306,7 @@ class DiffusionRunner:
             timestep_type=_np_type(timestep_spec, where),
             timestep_shape=timestep_shape,
             latent_channels=channels,
-            text_batch_fixed=_static(list(ids_spec.shape)[0]) == 1,
+            text_batch_fixed=bool(ids_dims) and _static(ids_dims[0]) == 1,
             unet_batch_fixed=_static(sample_dims[0]) == 1 if sample_dims else False,
             scaling_factor=float(scaling) if isinstance(scaling, (int, float)) else DEFAULT_SCALING_FACTOR,
         )

@@ -72,8 +72,13 @@ class SchedulerError(ValueError):
 class Scheduler(Protocol):
     """One run's denoising plan; see the module comment for the calling sequence."""
 
-    timesteps: Array  # the model's timestep argument for each model call, in order
-    init_noise_sigma: float  # the initial noise is standard normal times this
+    @property
+    def timesteps(self) -> Array:
+        """The model's timestep argument for each model call, in order."""
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The initial noise is standard normal times this."""
 
     def initial_state(self) -> Any:
         """The state to pass to the first `step`."""
@@ -161,6 +166,7 @@ class NoiseSchedule:
     def spaced_timesteps(self, steps: int, *, integer: bool) -> Array:
         """The descending timesteps of `steps` inference steps (diffusers' set_timesteps)."""
         total = self.num_train_timesteps
+        values: Array
         if self.timestep_spacing == "linspace":
             values = np.linspace(0, total - 1, steps)[::-1]
             values = values.round() if integer else values

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from engine.worker.runners.schedulers import (
+    DdimScheduler,
+    EulerScheduler,
     SchedulerError,
     make_scheduler,
     scheduler_name,
@@ -99,7 +101,7 @@ def test_full_loop_matches_diffusers_published_figures(
 def test_euler_full_loop_with_noise_matches_published_figures() -> None:
     # diffusers' test_full_loop_with_noise: start 2 steps from the end of the
     # schedule from sample + noise * sigma at that step.
-    scheduler = make_scheduler("euler", EULER, 10)
+    scheduler = EulerScheduler.create(EULER, 10)
     start = 10 - 2
     sample = dummy_sample_deter() * scheduler.init_noise_sigma
     sample = sample + dummy_sample_deter(reverse=True) * float(scheduler.sigmas[start])
@@ -112,7 +114,7 @@ def test_euler_full_loop_with_noise_matches_published_figures() -> None:
 
 
 def test_ddim_full_loop_with_noise_matches_published_figures() -> None:
-    scheduler = make_scheduler("ddim", DDIM, 10)
+    scheduler = DdimScheduler.create(DDIM, 10)
     start = 8
     alpha = scheduler.noise.alphas_cumprod[int(scheduler.timesteps[start])]
     sample = alpha**0.5 * dummy_sample_deter() + (1 - alpha) ** 0.5 * dummy_sample_deter(reverse=True)
@@ -135,7 +137,7 @@ def test_published_timesteps_with_steps_offset() -> None:
 
 def test_ddim_variance_terms_match_published_values() -> None:
     # diffusers' DDIM test_variance: (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev).
-    acp = make_scheduler("ddim", DDIM, 10).noise.alphas_cumprod
+    acp = DdimScheduler.create(DDIM, 10).noise.alphas_cumprod
 
     def variance(t: int, prev: int) -> float:
         return float((1 - acp[prev]) / (1 - acp[t]) * (1 - acp[t] / acp[prev]))
@@ -146,7 +148,7 @@ def test_ddim_variance_terms_match_published_values() -> None:
 
 
 def test_stable_diffusion_15_schedule() -> None:
-    euler = make_scheduler("euler", SD15_CONFIG, 50)
+    euler = EulerScheduler.create(SD15_CONFIG, 50)
     # The SD 1.x sigma range published by ComfyUI / k-diffusion.
     train_sigmas = np.sqrt((1 - euler.noise.alphas_cumprod) / euler.noise.alphas_cumprod)
     assert abs(train_sigmas[-1] - 14.614642) < 1e-4 and abs(train_sigmas[0] - 0.0291675) < 1e-6
