@@ -28,7 +28,7 @@
 #   the same seed).
 # - Output (a JSON-able dict): image_png_base64 (the PNG file, base64), content_type
 #   "image/png", width, height, seed, steps, scheduler, guidance_scale and
-#   prompt_truncated (CLIP tokens cut off beyond its 77). A cancelled run returns
+#   prompt_tokens_dropped (prompt tokens cut off beyond CLIP's 77). A cancelled run returns
 #   the same dict with image_png_base64 None and finish_reason "cancelled".
 #   usage: steps (denoising steps run), seconds (wall time), prompt_tokens, and
 #   tokens 0 (the RunResult contract: no tokens are generated).
@@ -395,7 +395,7 @@ class DiffusionRunner:
             "steps": chosen.steps,
             "scheduler": chosen.scheduler,
             "guidance_scale": chosen.guidance_scale,
-            "prompt_truncated": truncated,
+            "prompt_tokens_dropped": truncated,
         }
         if not cancelled:
             decoded = export.vae_decoder.run(

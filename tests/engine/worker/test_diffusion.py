@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from engine.worker.packs.sd_tiny import (
 )
 from engine.worker.runners import InvalidTaskInput, ModelLoadError, load_runner
 from engine.worker.runners.diffusion import MAX_STEPS, DiffusionRunner
+from engine.worker.runners.schedulers import make_scheduler
 
 SMALL = {"width": 64, "height": 64, "steps": 3, "seed": 7}
 
@@ -88,6 +90,50 @@ def test_prompt_negative_prompt_and_guidance_change_the_image(runner: DiffusionR
     assert np.array_equal(pixels(guidance_scale=1.0), pixels(guidance_scale=1.0, negative_prompt="blue"))
 
 
+def test_guidance_with_the_prompt_as_negative_prompt_is_no_guidance(runner: DiffusionRunner) -> None:
+    # uncond == cond makes uncond + scale * (cond - uncond) == cond: the image of an
+    # unguided run (up to rounding: batch 2 vs batch 1 convolutions).
+    guided = decode(generate(runner, "a red cat", negative_prompt="a red cat", guidance_scale=9.0)[0])
+    plain = decode(generate(runner, "a red cat", guidance_scale=1.0)[0])
+    difference = np.abs(np.asarray(guided, np.int16) - np.asarray(plain, np.int16))
+    assert difference.max() <= 1
+
+
+def test_one_euler_step_matches_a_direct_reference_pipeline(runner: DiffusionRunner, pack: Path) -> None:
+    # The pipeline written out by hand with the pack's ONNX sessions (diffusers'
+    # StableDiffusion loop for one Euler step): the negative prompt is the
+    # unconditional half of the batch, noise = u + s * (c - u), and the final
+    # latents are divided by the VAE scaling factor before decoding.
+    import onnxruntime as ort
+
+    from engine.worker.runners.clip_tokenizer import load_clip_tokenizer
+    from engine.worker.runners.diffusion import encode_png, to_uint8_image
+
+    session = {part: ort.InferenceSession(str(pack / part / "model.onnx"), providers=["CPUExecutionProvider"])
+               for part in ("text_encoder", "unet", "vae_decoder")}
+    tokenizer = load_clip_tokenizer(pack / "tokenizer")
+    ids = np.stack([tokenizer.encode(text)[0] for text in ("blurry", "a red cat")]).astype(np.int32)
+    states = session["text_encoder"].run(["last_hidden_state"], {"input_ids": ids})[0]
+    scheduler = make_scheduler("euler", json.loads((pack / "scheduler" / "scheduler_config.json").read_text()), 1)
+    # One linspace step is timestep 0 (np.linspace(0, 999, 1) == [0], as in
+    # diffusers), from its sigma straight to sigma 0.
+    sigma, timestep = float(scheduler.init_noise_sigma), float(scheduler.timesteps[0])
+    latents = np.random.default_rng(5).standard_normal((1, 4, 8, 8), dtype=np.float32) * np.float32(sigma)
+    model_input = latents / np.float32((sigma**2 + 1) ** 0.5)
+    noise = session["unet"].run(None, {"sample": np.concatenate([model_input] * 2),
+                                       "timestep": np.array([timestep], np.float32),
+                                       "encoder_hidden_states": states})[0]
+    guided = noise[:1] + np.float32(6.0) * (noise[1:] - noise[:1])
+    final = latents - np.float32(sigma) * guided  # Euler to sigma 0: the predicted x0
+    image = session["vae_decoder"].run(None, {"latent_sample": final / np.float32(0.18215)})[0][0]
+    expected = np.asarray(decode({"image_png_base64": base64.b64encode(encode_png(to_uint8_image(image)))}))
+
+    output, _ = generate(runner, "a red cat", negative_prompt="blurry", guidance_scale=6.0, steps=1, seed=5,
+                         scheduler="euler")
+    difference = np.abs(np.asarray(decode(output), np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 1
+
+
 @pytest.mark.parametrize("scheduler", ["euler", "ddim", "pndm"])
 def test_every_scheduler_runs(runner: DiffusionRunner, scheduler: str) -> None:
     output, result = generate(runner, scheduler=scheduler, steps=4)
@@ -111,7 +157,7 @@ def test_cancellation_stops_between_steps(runner: DiffusionRunner) -> None:
 
 def test_a_long_prompt_is_truncated_to_clip_length_and_says_so(runner: DiffusionRunner) -> None:
     output, result = generate(runner, "cat " * 100)
-    assert output["prompt_truncated"] == 100 - 75
+    assert output["prompt_tokens_dropped"] == 100 - 75
     assert result.usage["prompt_tokens"] == 100
 
 
