@@ -12,11 +12,12 @@
 #   states float32/float16, timestep float32/float16/float64/int64/int32 of rank 0
 #   (scalar, Optimum's current export) or rank 1 (fed as [1], as diffusers' ONNX
 #   pipeline does, or [n] for a static dim n). A UNet that needs more inputs
-#   (SDXL's text_embeds/time_ids) is a load error.
+#   (SDXL's text_embeds/time_ids, LCM's timestep_cond) is a load error; one with
+#   static latent dims only serves that one image size.
 # - Params (None means the default; anything else out of range is
 #   InvalidTaskInput naming the field): width, height (multiples of 8 in
 #   [MIN_SIDE, MAX_SIDE], at most MAX_PIXELS together; default the UNet config's
-#   sample_size * 8, else 512); steps (1..MAX_STEPS, default DEFAULT_STEPS);
+#   sample_size * 8, else 512, or the only size of a static-shape export); steps (1..MAX_STEPS, default DEFAULT_STEPS);
 #   guidance_scale (0..MAX_GUIDANCE, default 7.5; <= 1 turns classifier-free
 #   guidance off, as in diffusers); seed (0..2**63-1; absent: fresh OS entropy,
 #   and the seed used is returned); negative_prompt (a string, default ""); and
@@ -142,8 +143,10 @@ class DiffusionParams:
     scheduler: str
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], default_side: int, default_scheduler: str) -> DiffusionParams:
-        width, height = _side(params, "width", default_side), _side(params, "height", default_side)
+    def from_params(
+        cls, params: Mapping[str, Any], default_size: tuple[int, int], default_scheduler: str
+    ) -> DiffusionParams:
+        width, height = _side(params, "width", default_size[0]), _side(params, "height", default_size[1])
         if width * height > MAX_PIXELS:
             raise InvalidTaskInput(f"width x height must be at most {MAX_PIXELS} pixels, got {width}x{height}")
         guidance = params.get("guidance_scale")
@@ -221,7 +224,7 @@ class _Export:
     tokenizer: ClipTokenizer
     scheduler_config: Mapping[str, Any]
     default_scheduler: str
-    default_side: int
+    default_size: tuple[int, int]  # (width, height)
     ids_type: type[np.generic]
     latent_type: type[np.generic]
     states_type: type[np.generic]
@@ -229,6 +232,7 @@ class _Export:
     timestep_type: type[np.generic]
     timestep_shape: tuple[int, ...]
     latent_channels: int
+    fixed_size: tuple[int, int] | None  # (width, height) of an export with static latent dims
     text_batch_fixed: bool
     unet_batch_fixed: bool
     scaling_factor: float
@@ -290,6 +294,8 @@ class DiffusionRunner:
         sample_size = unet_config.get("sample_size")
         default_side = sample_size * 8 if isinstance(sample_size, int) else DEFAULT_SIDE
         default_side = min(max(default_side, MIN_SIDE), MAX_SIDE)
+        latent_h, latent_w = (_static(d) for d in sample_dims[2:4]) if len(sample_dims) == 4 else (None, None)
+        fixed_size = (latent_w * 8, latent_h * 8) if latent_h and latent_w else None
         scaling = vae_config.get("scaling_factor")
         self._export = _Export(
             text_encoder=sessions["text_encoder"],
@@ -298,7 +304,7 @@ class DiffusionRunner:
             tokenizer=tokenizer,
             scheduler_config=scheduler_config,
             default_scheduler=default_scheduler,
-            default_side=default_side,
+            default_size=fixed_size or (default_side, default_side),
             ids_type=_np_type(ids_spec, where),
             latent_type=_np_type(sample_spec, where),
             states_type=_np_type(unet_inputs["encoder_hidden_states"], where),
@@ -306,12 +312,13 @@ class DiffusionRunner:
             timestep_type=_np_type(timestep_spec, where),
             timestep_shape=timestep_shape,
             latent_channels=channels,
+            fixed_size=fixed_size,
             text_batch_fixed=bool(ids_dims) and _static(ids_dims[0]) == 1,
             unet_batch_fixed=_static(sample_dims[0]) == 1 if sample_dims else False,
             scaling_factor=float(scaling) if isinstance(scaling, (int, float)) else DEFAULT_SCALING_FACTOR,
         )
         log.info("loaded %s from %s (default scheduler %s, %dx%d)", self.model_name, self.model_dir,
-                 default_scheduler, default_side, default_side)
+                 default_scheduler, *self._export.default_size)
 
     def unload(self) -> None:
         self._export = None
@@ -356,7 +363,11 @@ class DiffusionRunner:
         prompt = inputs.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidTaskInput(f"input.prompt must be a string, got {type(prompt).__name__}")
-        chosen = DiffusionParams.from_params(params, export.default_side, export.default_scheduler)
+        chosen = DiffusionParams.from_params(params, export.default_size, export.default_scheduler)
+        if export.fixed_size and (chosen.width, chosen.height) != export.fixed_size:
+            raise InvalidTaskInput(
+                "width/height: this export has a fixed size of {}x{}, got {}x{}".format(
+                    *export.fixed_size, chosen.width, chosen.height))
         try:
             scheduler = make_scheduler(chosen.scheduler, export.scheduler_config, chosen.steps)
         except SchedulerError as exc:

@@ -220,6 +220,29 @@ def test_export_dtype_variants_give_the_same_image(
     assert got["image_png_base64"] == expected["image_png_base64"]
 
 
+def test_the_default_size_comes_from_the_unet_config(runner: DiffusionRunner) -> None:
+    output, _ = generate(runner, width=None, height=None, steps=1)
+    assert decode(output).size == (256, 256)  # the pack's unet sample_size 32 * 8
+
+
+def test_a_static_shape_export_serves_only_its_size(tmp_path: Path, pack: Path) -> None:
+    import shutil
+
+    import onnx
+
+    shutil.copytree(pack, tmp_path / "static")
+    unet_path = tmp_path / "static" / "unet" / "model.onnx"
+    model = onnx.load(str(unet_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim  # sample [batch, 4, h, w]
+    dims[2].dim_value, dims[3].dim_value = 8, 12
+    onnx.save(model, str(unet_path))
+    static = load_runner("stable-diffusion", tmp_path / "static", providers_preference="cpu")
+    output = static.run({"prompt": "x"}, {"steps": 1, "seed": 1}, lambda p: None, lambda: False).output
+    assert decode(output).size == (96, 64)
+    with pytest.raises(InvalidTaskInput, match="fixed size of 96x64, got 64x64"):
+        static.run({"prompt": "x"}, SMALL, lambda p: None, lambda: False)
+
+
 def test_an_incomplete_export_is_a_load_error(tmp_path: Path, pack: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_runner("stable-diffusion", tmp_path / "nowhere")
