@@ -37,6 +37,7 @@ __all__ = [
     "ClipTokenizer",
     "build_clip_tokenizer",
     "load_clip_tokenizer",
+    "read_json_object",
 ]
 
 BOS_TOKEN = "<|startoftext|>"
@@ -88,7 +89,8 @@ class ClipTokenizer:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, {} when the file is absent; ModelLoadError when unreadable."""
     if not path.is_file():
         return {}
     try:
@@ -113,7 +115,8 @@ def load_clip_tokenizer(directory: Path, max_length: int | None = None) -> ClipT
     for path in (vocab_path, merges_path):
         if not path.is_file():
             raise ModelLoadError(f"missing CLIP tokenizer file {path}")
-    settings = {**_read_json(directory / "special_tokens_map.json"), **_read_json(directory / "tokenizer_config.json")}
+    settings = {**read_json_object(directory / "special_tokens_map.json"),
+                **read_json_object(directory / "tokenizer_config.json")}
     names = {
         "bos": _token(settings, "bos_token", BOS_TOKEN),
         "eos": _token(settings, "eos_token", EOS_TOKEN),

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import math
 import secrets
@@ -67,7 +66,11 @@ from engine.worker.runners.base import (
     RunResult,
     StopCheck,
 )
-from engine.worker.runners.clip_tokenizer import ClipTokenizer, load_clip_tokenizer
+from engine.worker.runners.clip_tokenizer import (
+    ClipTokenizer,
+    load_clip_tokenizer,
+    read_json_object,
+)
 from engine.worker.runners.providers import choose_providers, open_session
 from engine.worker.runners.schedulers import (
     SCHEDULERS,
@@ -191,18 +194,6 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return value
-
-
 def _np_type(spec: Any, where: str) -> type[np.generic]:
     dtype = _NP_TYPES.get(spec.type)
     if dtype is None:
@@ -236,6 +227,8 @@ class _Export:
     text_batch_fixed: bool
     unet_batch_fixed: bool
     scaling_factor: float
+    text_output: str  # last_hidden_state, else the text encoder's first output
+    unet_output: str  # out_sample, else the UNet's first output
 
 
 @attrs.define
@@ -258,14 +251,14 @@ class DiffusionRunner:
             missing.append(str(scheduler_path))
         if missing:
             raise ModelLoadError(f"{where}: not a Stable Diffusion ONNX export; missing {', '.join(missing)}")
-        scheduler_config = _read_json(scheduler_path)
+        scheduler_config = read_json_object(scheduler_path)
         default_scheduler = scheduler_name(scheduler_config)
         try:
             make_scheduler(default_scheduler, scheduler_config, 1)
         except SchedulerError as exc:
             raise ModelLoadError(f"{where}: {scheduler_path}: {exc}") from exc
-        unet_config = _read_json(self.model_dir / "unet" / "config.json")
-        vae_config = _read_json(self.model_dir / "vae_decoder" / "config.json")
+        unet_config = read_json_object(self.model_dir / "unet" / "config.json")
+        vae_config = read_json_object(self.model_dir / "vae_decoder" / "config.json")
         providers = choose_providers(self.providers_preference)
         sessions = {part: open_session(path, providers) for part, path in paths.items()}
         text_inputs = {spec.name: spec for spec in sessions["text_encoder"].get_inputs()}
@@ -297,6 +290,8 @@ class DiffusionRunner:
         latent_h, latent_w = (_static(d) for d in sample_dims[2:4]) if len(sample_dims) == 4 else (None, None)
         fixed_size = (latent_w * 8, latent_h * 8) if latent_h and latent_w else None
         scaling = vae_config.get("scaling_factor")
+        text_outputs = [spec.name for spec in sessions["text_encoder"].get_outputs()]
+        unet_outputs = [spec.name for spec in sessions["unet"].get_outputs()]
         self._export = _Export(
             text_encoder=sessions["text_encoder"],
             unet=sessions["unet"],
@@ -316,6 +311,8 @@ class DiffusionRunner:
             text_batch_fixed=bool(ids_dims) and _static(ids_dims[0]) == 1,
             unet_batch_fixed=_static(sample_dims[0]) == 1 if sample_dims else False,
             scaling_factor=float(scaling) if isinstance(scaling, (int, float)) else DEFAULT_SCALING_FACTOR,
+            text_output="last_hidden_state" if "last_hidden_state" in text_outputs else text_outputs[0],
+            unet_output="out_sample" if "out_sample" in unet_outputs else unet_outputs[0],
         )
         log.info("loaded %s from %s (default scheduler %s, %dx%d)", self.model_name, self.model_dir,
                  default_scheduler, *self._export.default_size)
@@ -327,8 +324,7 @@ class DiffusionRunner:
         """(text states [len(texts), seq, hidden], prompt tokens of texts[-1], tokens cut off)."""
         encoded = [export.tokenizer.encode(text) for text in texts]
         ids = np.stack([row for row, _ in encoded]).astype(export.ids_type)
-        names = [spec.name for spec in export.text_encoder.get_outputs()]
-        output = "last_hidden_state" if "last_hidden_state" in names else names[0]
+        output = export.text_output
         if export.text_batch_fixed:
             states = np.concatenate([export.text_encoder.run([output], {"input_ids": ids[i : i + 1]})[0]
                                      for i in range(len(texts))])
@@ -344,7 +340,7 @@ class DiffusionRunner:
             return np.concatenate([self._unet(export, latents[i : i + 1], timestep, states[i : i + 1])
                                    for i in range(len(latents))])
         out: np.ndarray = export.unet.run(
-            ["out_sample"] if "out_sample" in {o.name for o in export.unet.get_outputs()} else None,
+            [export.unet_output],
             {"sample": latents.astype(export.latent_type), "timestep": feed_t, "encoder_hidden_states": states},
         )[0]
         return out.astype(np.float32)
