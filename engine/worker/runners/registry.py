@@ -36,10 +36,19 @@ def make_textgen(model_name: str, model_dir: Path | None, providers_preference: 
     return TextGenRunner(model_name, Path(model_dir), providers_preference=providers_preference)
 
 
+def make_diffusion(model_name: str, model_dir: Path | None, providers_preference: str | None) -> ModelRunner:
+    from .diffusion import DiffusionRunner  # lazy: onnxruntime is heavy
+
+    if model_dir is None:
+        raise ModelLoadError(f"model {model_name!r}: a Stable Diffusion model needs a model directory")
+    return DiffusionRunner(model_name, Path(model_dir), providers_preference=providers_preference)
+
+
 # Runner kind -> factory. A factory builds an unloaded runner.
 RUNNER_KINDS: dict[str, RunnerFactory] = {
     "noop": make_noop,
     "textgen": make_textgen,
+    "diffusion": make_diffusion,
 }
 
 def runner_kind(model_name: str) -> str | None:
