@@ -17,6 +17,9 @@
 # to stderr. The captured text is mined for the reason (e.g. which .so is missing)
 # so the one log line can say why, and the spam never reaches the terminal.
 # Sessions are then created with log severity ERROR, so they stay quiet too.
+# The CUDA runtime libraries come from the `gpu` install extra
+# (`pip install ".[gpu]"`: onnxruntime-gpu[cuda,cudnn], NVIDIA's wheels), which the
+# probe preloads; a system CUDA install works too.
 from __future__ import annotations
 
 import contextlib
@@ -117,6 +120,11 @@ def cuda_problem() -> str | None:
     ort.set_default_logger_severity(_ORT_ERROR)
     with _stderr_captured() as captured:
         try:
+            # The CUDA and cuDNN libraries of the `gpu` extra (nvidia-* wheels) are
+            # not on the loader's path: onnxruntime >= 1.21 loads them from there.
+            preload = getattr(ort, "preload_dlls", None)
+            if preload is not None:
+                preload()
             used = ort.InferenceSession(_probe_model(), session_options(), providers=[CUDA, CPU]).get_providers()
         except Exception as exc:  # onnxruntime raises its own exception types
             used, captured_error = [], f"creating a CUDA session failed: {exc}"
