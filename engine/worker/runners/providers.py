@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -122,8 +123,10 @@ def cuda_problem() -> str | None:
         try:
             # The CUDA and cuDNN libraries of the `gpu` extra (nvidia-* wheels) are
             # not on the loader's path: onnxruntime >= 1.21 loads them from there.
+            # Only where those wheels are installed: elsewhere it prints a warning
+            # per missing library.
             preload = getattr(ort, "preload_dlls", None)
-            if preload is not None:
+            if preload is not None and importlib.util.find_spec("nvidia") is not None:
                 preload()
             used = ort.InferenceSession(_probe_model(), session_options(), providers=[CUDA, CPU]).get_providers()
         except Exception as exc:  # onnxruntime raises its own exception types
