@@ -50,12 +50,11 @@ from engine.core import (
     TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, WakeAt,
 )
 from engine.core.journal import JournalHeader
-
-from .codec import (
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, AssignTask, CancelTask, Draining, Failed,
+from engine.protocol import (
+    MAX_FRAME_BYTES, PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
 )
-from .connection import Connection
+
 from .journal import JournalFile
 from .session import NodeIdentity, NodeSession, _model_name
 from .updates import SubmitOutcome, TaskUpdate, UpdateSink

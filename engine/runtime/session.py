@@ -35,13 +35,11 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from engine.core import CatalogError, GPU_CLASSES, NodeSpec, resolve_model
-
-from .codec import (
-    PROTOCOL_VERSION, WORKER_MESSAGES, Accepted, Error, Hello, Message, Progress,
-    ProtocolError, decode, encode,
+from engine.core import CatalogError, NodeSpec, gpu_class_name, resolve_model
+from engine.protocol import (
+    PROTOCOL_VERSION, WORKER_MESSAGES, Accepted, Connection, ConnectionClosed, Error, Hello,
+    Message, Progress, ProtocolError, decode, encode,
 )
-from .connection import Connection, ConnectionClosed
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -63,17 +61,6 @@ class NodeIdentity:
 @attrs.frozen
 class _Close:
     reason: str
-
-
-def gpu_class_name(reported: str) -> str:
-    """The catalog's GPU class for a reported device name ('NVIDIA GeForce RTX 4090'
-    -> 'RTX 4090'); an unlisted device keeps its own name (the core treats it as the
-    slowest listed class)."""
-    text = reported.upper()
-    for name in sorted(GPU_CLASSES, key=len, reverse=True):
-        if name.upper() in text:
-            return name
-    return reported.strip() or "cpu"
 
 
 def _model_name(name: str) -> str:
@@ -274,4 +261,4 @@ class NodeSession:
         log.debug("protocol error from %s (%s): %s", self.node_id, self.conn.remote, reason)
 
 
-__all__ = ["NodeIdentity", "NodeSession", "gpu_class_name"]
+__all__ = ["NodeIdentity", "NodeSession"]

@@ -11,7 +11,7 @@ import trio
 
 from api.access import Tier
 from api.validation import MAX_BODY_BYTES
-from engine.runtime.codec import Progress, encode
+from engine.protocol import Progress, encode
 
 from .conftest import Harness, fake_worker, running_app, wait_for_status
 
