@@ -2,22 +2,40 @@
 
 ``open_coordinator`` runs the Coordinator actor (single writer of the Scheduler);
 ``engine.protocol.serve_websocket`` (or the API's websocket adapter) hands each
-worker connection to ``Coordinator.serve_connection``. The worker protocol itself
-(codec, connections) is ``engine.protocol``. ``JournalFile`` appends the
-coordinator's steps to a file (``journal_path``).
+worker connection to ``Coordinator.serve_connection``, which runs a
+``NodeSession`` for it. The worker protocol itself (codec, connections) is
+``engine.protocol``. The coordinator tells its runner about tasks with
+``TaskUpdate``s (a union of precise types, ``updates``) and ``SubmitOutcome``s;
+its steps go to journal sinks (``ListJournal``, ``FileJournal`` around a
+``JournalFile``).
 """
 from __future__ import annotations
 
 from .coordinator import (
     Coordinator, CoordinatorClosed, CoordinatorConfig, TokenVerifier, open_coordinator,
 )
-from .journal import JournalFile, JournalFileError
-from .session import NodeIdentity, NodeSession
-from .updates import SubmitOutcome, TaskUpdate, UpdateSink
+from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
+from .messages import (
+    ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
+    SubmitRequest, Submission,
+)
+from .node_tasks import NodeTasks
+from .session import NodeIdentity, NodeReport, NodeSession, SessionHost, SessionLimits
+from .updates import (
+    FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
+    FinalUpdate, ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
+    StateUpdate, SubmitOutcome, TaskUpdate, UpdateSink,
+)
 
 __all__ = [
-    "Coordinator", "CoordinatorClosed", "CoordinatorConfig", "SubmitOutcome", "TaskUpdate",
-    "TokenVerifier", "UpdateSink", "open_coordinator",
-    "JournalFile", "JournalFileError",
-    "NodeIdentity", "NodeSession",
+    "Coordinator", "CoordinatorClosed", "CoordinatorConfig", "TokenVerifier",
+    "open_coordinator",
+    "FileJournal", "JournalFile", "JournalFileError", "JournalSink", "ListJournal",
+    "ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
+    "SessionReported", "SubmitRequest", "Submission",
+    "NodeTasks",
+    "NodeIdentity", "NodeReport", "NodeSession", "SessionHost", "SessionLimits",
+    "FINAL_UPDATES", "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FailedUpdate",
+    "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
+    "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink",
 ]

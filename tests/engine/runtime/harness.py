@@ -19,7 +19,9 @@ from engine.worker import Worker, WorkerConfig
 from engine.worker.runners import InvalidTaskInput, RunResult
 
 MODEL = "llama2:7b"
-FAST = CoordinatorConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, hello_timeout=2.0)
+# keep_finished: the tests read ended tasks' records (attempts) through `task()`.
+FAST = CoordinatorConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, hello_timeout=2.0,
+                         keep_finished=True)
 
 
 class SimExecutor:
