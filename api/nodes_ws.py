@@ -19,7 +19,7 @@ from quart import websocket
 from quart.signals import websocket_received
 from quart_trio.asgi import TrioASGIWebsocketConnection
 
-from engine.protocol import ConnectionClosed
+from engine.protocol import ConnectionClosed, ConnectionServer
 
 # RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.
 CLOSE_REASON_BYTES = 123
@@ -75,7 +75,7 @@ class QuartWebsocketConnection:
             pass
 
 
-async def serve_worker_socket(coordinator) -> None:  # type: ignore[no-untyped-def]
+async def serve_worker_socket(coordinator: ConnectionServer) -> None:
     """The body of the websocket route: accept, then let the coordinator talk."""
     await websocket.accept()
     await coordinator.serve_connection(QuartWebsocketConnection())
