@@ -11,9 +11,8 @@ its steps go to journal sinks (``ListJournal``, ``FileJournal`` around a
 """
 from __future__ import annotations
 
-from .coordinator import (
-    Coordinator, CoordinatorClosed, CoordinatorConfig, TokenVerifier, open_coordinator,
-)
+from .config import CoordinatorConfig
+from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier, open_coordinator
 from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,

@@ -34,11 +34,9 @@
 #   lossy under backlog (beyond `max_pending_updates`); state changes never are.
 # - Ended tasks are forgotten (`keep_finished=False`, the default): a long-running
 #   coordinator's memory stays flat; `task()` then answers only for open tasks.
-# - Every step (time, event, decisions) goes to the journal sinks (journal.py):
-#   in memory with `record`, and with `journal_path` to a file, written by a writer
-#   task off the actor (buffered, flushed when idle and about once a second while
-#   busy); a failing journal is logged once and dropped, never the coordinator's
-#   problem.
+# - Every step (time, event, decisions) goes to the journal sinks (journal.py): in
+#   memory with `record`; with `journal_path` to a file, by a writer task off the
+#   actor. A failing journal is logged once and dropped, never the actor's problem.
 # - A worker's bookkeeping (which tasks its connection holds, heartbeat
 #   reconciliation) is node_tasks.NodeTasks, pure; the actor reaches a session only
 #   through `deliver`, `close`, `protocol_error`, `spec` and `tasks`.
@@ -47,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
@@ -55,24 +52,24 @@ import attrs
 import trio
 
 from engine.core import (
-    DEFAULT_POLICY, Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
+    Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
     Event, Expire, Fail, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
-    NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, SchedulerConfig, TaskCancelled,
+    NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, TaskCancelled,
     TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, WakeAt,
     openai_cost,
 )
-from engine.core.journal import JournalHeader
 from engine.protocol import (
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
+    PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
 )
 
+from .config import CoordinatorConfig
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
     SubmitRequest, Submission,
 )
-from .session import NodeIdentity, NodeReport, NodeSession, SessionLimits
+from .session import NodeIdentity, NodeReport, NodeSession
 from .updates import (
     CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate, ProgressUpdate,
     QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate, SubmitOutcome, TaskUpdate,
@@ -80,44 +77,6 @@ from .updates import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@attrs.frozen
-class CoordinatorConfig:
-    policy: str = DEFAULT_POLICY  # placement policy name (engine.core.POLICIES)
-    pricing: str = "static"  # pricing policy name (engine.core.PRICING)
-    seed: int = 0  # seeds the scheduler's rng: same events + seed => same decisions
-    heartbeat_interval: float = 5.0  # told to workers in `welcome`
-    heartbeat_timeout: float = 20.0  # a worker silent this long is lost
-    hello_timeout: float = 10.0  # a connection must say hello within this
-    max_frame_bytes: int = MAX_FRAME_BYTES
-    max_protocol_errors: int = 10  # bad frames tolerated per connection, then close
-    max_slots: int = 256  # a hello announcing more slots is refused
-    max_queued: int = 1_000_000
-    max_node_losses: int = 5  # a task whose node dies this often fails
-    keep_finished: bool = False  # keep ended tasks readable through `task()` (memory grows)
-    publish_accepted: bool = True  # a QueuedUpdate for each accepted submission
-    max_pending_updates: int = 100_000  # progress updates dropped beyond this backlog
-    record: bool = False  # keep a journal of (time, event, decisions) for replay
-    journal_path: str | None = None  # append every step to this file, engine.core.journal format
-
-    def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(heartbeat_timeout=self.heartbeat_timeout,
-                               max_queued=self.max_queued,
-                               max_node_losses=self.max_node_losses,
-                               keep_finished=self.keep_finished)
-
-    def make_scheduler(self) -> Scheduler:
-        return Scheduler(self.policy, self.pricing, random.Random(self.seed),
-                         self.scheduler_config())
-
-    def journal_header(self) -> JournalHeader:
-        """What a journal says of `make_scheduler()`'s scheduler (it rebuilds it)."""
-        return JournalHeader(self.policy, self.pricing, self.seed, self.scheduler_config())
-
-    def session_limits(self) -> SessionLimits:
-        return SessionLimits(self.hello_timeout, self.max_frame_bytes,
-                             self.max_protocol_errors, self.max_slots)
 
 
 TokenVerifier = Callable[[str], Awaitable[NodeIdentity | None]]
@@ -140,10 +99,8 @@ class _Input:
 
 class Coordinator:
     """Use through `open_coordinator`. Public: submit, submit_many, cancel, quote,
-    snapshot, task, serve_connection, now; `journal` (the steps) when config.record;
-    `journal_file` when config.journal_path (open_coordinator opens and closes it).
-    A NodeSession's host (session.SessionHost): identify, join, report, leave,
-    progress."""
+    snapshot, task, serve_connection, now, journal, journal_file; as a NodeSession's
+    host (session.SessionHost): identify, join, report, leave, progress."""
 
     def __init__(self, config: CoordinatorConfig, verify_token: TokenVerifier | None,
                  inbox: trio.MemorySendChannel[ActorMessage],
