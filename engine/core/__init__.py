@@ -48,13 +48,14 @@ _LAZY = {
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY_MODULE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # once loaded, a plain module attribute
-    return value
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+    def __getattr__(name: str) -> Any:
+        module = _LAZY_MODULE.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # once loaded, a plain module attribute
+        return value
 
 __all__ = [
     "DEFAULT_MODEL", "GPU_CLASSES", "MODELS", "CatalogError", "GpuClass", "ModelSpec",
