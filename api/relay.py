@@ -10,8 +10,8 @@
 # coordinator need not hold the client's connection: the request queues the row
 # with the dispatcher and answers; the dispatcher submits rows in the order they
 # were committed, everything already queued in one batch (one trip to the
-# coordinator's actor, up to DISPATCH_BATCH rows). On a restart the store's open tasks come through the
-# same queue, so both paths are one.
+# coordinator's actor, up to DISPATCH_BATCH rows). On a restart the store's open
+# tasks come through the same queue, so both paths are one.
 #
 # Rules:
 # - One writer per fact: the UpdateWriter is the only code that writes a task's

@@ -35,7 +35,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Protocol
+from typing import Protocol
 
 import attrs
 import trio
@@ -81,7 +81,7 @@ NodeReport = Heartbeat | Result | Failed | Draining
 class SessionHost(Protocol):
     """What a NodeSession needs of the coordinator that runs it."""
 
-    def identify(self, token: str) -> Awaitable[NodeIdentity | None]:
+    async def identify(self, token: str) -> NodeIdentity | None:
         """The node a worker token belongs to; None refuses it."""
         ...
 
