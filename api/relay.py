@@ -32,8 +32,8 @@
 # - The coordinator never waits for the disk: updates are queued to the store's
 #   writer (in order) without awaiting their commit. Progress (streamed tokens) is
 #   not stored; it goes to SSE subscribers only. The coordinator's updates carry
-#   what a row needs (the node's GPU and location, the reference cost): nothing
-#   here asks the coordinator.
+#   what a row needs (the node's GPU and location, the reference cost): the
+#   writer never asks the coordinator anything.
 # - Feed publishing never blocks and never fails. A subscriber that reads too
 #   slowly loses progress events (each has a bounded buffer), never the end of the
 #   stream: when a task ends, its subscribers' channels are closed and the route
