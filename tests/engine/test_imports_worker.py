@@ -21,7 +21,7 @@ def loaded_by(*modules: str) -> list[str]:
 
 
 def test_importing_the_worker_loads_no_coordinator_and_no_scheduler():
-    loaded = loaded_by("engine.worker", "engine.worker.agent")
+    loaded = loaded_by("engine.worker", "engine.worker.agent", "engine.worker.__main__")
     assert "engine.worker.agent" in loaded and "engine.protocol" in loaded  # the probe works
     assert [m for m in loaded if m == "engine.runtime" or m.startswith("engine.runtime.")] == []
     assert "engine.core.scheduler" not in loaded
