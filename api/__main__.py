@@ -28,7 +28,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH, CoordinatorConfig
+from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
+from engine.runtime import CoordinatorConfig
 
 from .app import ApiConfig, create_app
 from .store import open_store

@@ -151,6 +151,10 @@ class RateLimiter:
             self.open_tasks[task_id] = owner
             self.in_flight[owner] = self.in_flight.get(owner, 0) + 1
 
+    def is_open(self, task_id: str) -> bool:
+        """True while the task counts in flight."""
+        return task_id in self.open_tasks
+
     def task_closed(self, task_id: str) -> None:
         owner = self.open_tasks.pop(task_id, None)
         if owner is None:

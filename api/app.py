@@ -12,7 +12,8 @@
 # snapshots; they hold no scheduling logic.
 #
 # Rules:
-# - The coordinator's updates go through relay.UpdateWriter (store + SSE feed).
+# - The coordinator's updates go through relay.UpdateWriter (store + SSE feed), the
+#   single writer of task transitions and in-flight counts.
 # - Shutdown is graceful: after_serving asks `serve_services` to stop, which closes
 #   the coordinator, then lets the store's writer commit what is queued.
 # - Wall-clock time comes from `config.clock` (unix seconds), so tests can move it.
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import importlib.metadata
 
+import attrs
+
 import trio
 from quart_trio import QuartTrio
 
-from engine.runtime import NodeIdentity, TaskUpdate, open_coordinator
+from engine.runtime import NodeIdentity, open_coordinator
 
 from .access import RateLimiter
 from .nodes_ws import EndingWebsocketConnection
@@ -57,16 +60,15 @@ async def serve_services(config: ApiConfig, stop: trio.Event, *,
             name = await store.find_node_token(token)
             return node_identity(name) if name is not None else None
 
-        async def on_update(update: TaskUpdate) -> None:
-            await sink(update)
-
-        async with open_coordinator(config.coordinator, verify_token=verify_token,
-                                    on_update=on_update) as coordinator:
-            limiter = RateLimiter()
-            services = Services(config, store, coordinator, limiter, TaskFeed(),
-                                Dispatcher(coordinator, store, limiter, config.clock),
+        limiter, feed = RateLimiter(), TaskFeed()
+        writer = UpdateWriter(store, limiter, feed, config.clock)
+        # The store row of a new task says queued already: no update for that.
+        coordinator_config = attrs.evolve(config.coordinator, publish_accepted=False)
+        async with open_coordinator(coordinator_config, verify_token=verify_token,
+                                    on_update=writer) as coordinator:
+            services = Services(config, store, coordinator, limiter, feed,
+                                Dispatcher(coordinator, store, limiter, config.clock, writer),
                                 config.clock(), package_version())
-            sink = UpdateWriter(coordinator, store, limiter, services.feed, config.clock)
             for row in await store.reopen_tasks():  # accepted before a restart: again
                 services.dispatcher.hand_over(row)
             services.run_id = await store.start_run(services.now())

@@ -3,7 +3,7 @@
 # Rules:
 # - Workers speak the worker protocol (DESIGN.md) to the coordinator; this module
 #   only adapts a Quart/hypercorn websocket to the runtime's `Connection` protocol
-#   (engine/runtime/connection.py) and hands it to `coordinator.serve_connection`.
+#   (engine/protocol/connection.py) and hands it to `coordinator.serve_connection`.
 #   Tokens are checked by the coordinator, through the verifier the app gives it.
 # - `receive` raises ConnectionClosed when the worker goes away, and `send` after
 #   that raises it too (hypercorn silently drops frames sent on a closed socket).
@@ -19,7 +19,7 @@ from quart import websocket
 from quart.signals import websocket_received
 from quart_trio.asgi import TrioASGIWebsocketConnection
 
-from engine.runtime.connection import ConnectionClosed
+from engine.protocol import ConnectionClosed, ConnectionServer
 
 # RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.
 CLOSE_REASON_BYTES = 123
@@ -75,7 +75,7 @@ class QuartWebsocketConnection:
             pass
 
 
-async def serve_worker_socket(coordinator) -> None:  # type: ignore[no-untyped-def]
+async def serve_worker_socket(coordinator: ConnectionServer) -> None:
     """The body of the websocket route: accept, then let the coordinator talk."""
     await websocket.accept()
     await coordinator.serve_connection(QuartWebsocketConnection())

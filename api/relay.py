@@ -10,17 +10,30 @@
 # coordinator need not hold the client's connection: the request queues the row
 # with the dispatcher and answers; the dispatcher submits rows in the order they
 # were committed, everything already queued in one batch (one trip to the
-# coordinator's actor, up to DISPATCH_BATCH rows). On a restart the store's open tasks come through the
-# same queue, so both paths are one.
+# coordinator's actor, up to DISPATCH_BATCH rows). On a restart the store's open
+# tasks come through the same queue, so both paths are one.
 #
 # Rules:
+# - One writer per fact: the UpdateWriter is the only code that writes a task's
+#   transitions to the store, and the only keeper of the in-flight accounting (the
+#   rate limiter's count of a caller's open tasks): `open` when a task is
+#   submitted (before its row is inserted, so that concurrent submissions cannot
+#   all pass the in-flight check) or handed back after a restart, and closed when
+#   the writer writes the task's final state (or `release`, for a row that could
+#   not be stored). Whatever ends a task - the coordinator's updates, a refusal at
+#   hand-over, a cancellation - reaches the store as a TaskUpdate through it. An
+#   update for a task that is not open (its end is written already) is dropped:
+#   it could only repeat that end.
 # - A task cancelled before it was handed over is withdrawn from the dispatcher
 #   (the coordinator never hears of it); after that, cancellation goes through the
-#   coordinator. A task the coordinator refuses (queue full) ends `rejected` in the
-#   store with the coordinator's reason, and leaves its owner's in-flight count.
+#   coordinator. Either way the dispatcher writes the cancellation through the
+#   writer once it took effect. A task the coordinator refuses (queue full) ends
+#   `rejected` in the store with the coordinator's reason.
 # - The coordinator never waits for the disk: updates are queued to the store's
 #   writer (in order) without awaiting their commit. Progress (streamed tokens) is
-#   not stored; it goes to SSE subscribers only.
+#   not stored; it goes to SSE subscribers only. The coordinator's updates carry
+#   what a row needs (the node's GPU and location, the reference cost): the
+#   writer never asks the coordinator anything.
 # - Feed publishing never blocks and never fails. A subscriber that reads too
 #   slowly loses progress events (each has a bounded buffer), never the end of the
 #   stream: when a task ends, its subscribers' channels are closed and the route
@@ -30,17 +43,20 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+import attrs
 import trio
 
-from engine.core import (
-    MODELS, Priority, TaskSpec, TaskState, Usage, estimate_prompt_tokens, openai_cost,
+from engine.core import MODELS, Priority, TaskSpec, estimate_prompt_tokens
+from engine.runtime import (
+    FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
+    ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
+    SubmitOutcome, TaskUpdate,
 )
-from engine.runtime import TaskUpdate
 
 from .access import RateLimiter
-from .store import OPEN_STATES, Store, TaskChange, TaskRow, receive_batch
+from .store import OPEN_STATES, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
 
 
 def task_spec(row: TaskRow) -> TaskSpec:
@@ -60,16 +76,51 @@ def task_payload(row: TaskRow) -> tuple[dict[str, Any], dict[str, Any]]:
 DISPATCH_BATCH = 256  # rows handed to the coordinator in one trip, at most
 
 
+class TaskCoordinator(Protocol):
+    """What the relay needs of the coordinator (engine.runtime.Coordinator)."""
+
+    async def submit_many(self, tasks: Sequence[tuple[TaskSpec, Mapping[str, Any],
+                                                      Mapping[str, Any] | None]]
+                          ) -> list[SubmitOutcome]: ...
+
+    async def cancel(self, task_id: str) -> bool: ...
+
+
 class Dispatcher:
-    def __init__(self, coordinator: Any, store: Store, limiter: RateLimiter,
-                 clock: Callable[[], float]) -> None:
-        self.coordinator, self.store, self.limiter, self.clock = coordinator, store, limiter, clock
+    def __init__(self, coordinator: TaskCoordinator, store: Store, limiter: RateLimiter,
+                 clock: Callable[[], float], writer: UpdateWriter | None = None) -> None:
+        self.coordinator, self.store, self.clock = coordinator, store, clock
+        self.writer = writer if writer is not None else UpdateWriter(store, limiter,
+                                                                     TaskFeed(), clock)
         self._send, self._receive = trio.open_memory_channel[TaskRow](math.inf)
         self._waiting: set[str] = set()
 
+    async def submit(self, row: TaskRow, fresh_id: Callable[[], str]) -> TaskRow:
+        """Store a new task and queue it for the coordinator; returns the row as
+        stored (with a `fresh_id()` should its id be taken, which is astronomically
+        rare). It counts in flight from before the insert."""
+        self.writer.open(row)
+        try:
+            try:
+                await self.store.insert_task(row)
+            except DuplicateTaskId:  # a second draw settles it
+                self.writer.release(row.id)
+                row = attrs.evolve(row, id=fresh_id())
+                self.writer.open(row)
+                await self.store.insert_task(row)
+        except BaseException:
+            self.writer.release(row.id)
+            raise
+        self._queue(row)
+        return row
+
     def hand_over(self, row: TaskRow) -> None:
-        """Queue a committed task for the coordinator (never blocks)."""
-        self.limiter.task_opened(row.id, row.owner)
+        """Queue a stored task for the coordinator (never blocks): a task accepted
+        before a restart."""
+        self.writer.open(row)
+        self._queue(row)
+
+    def _queue(self, row: TaskRow) -> None:
         self._waiting.add(row.id)
         self._send.send_nowait(row)
 
@@ -79,6 +130,15 @@ class Dispatcher:
             return False
         self._waiting.discard(task_id)
         return True
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel an open task: withdrawn when not yet handed over, else by the
+        coordinator. True when the cancellation took effect; it is then written
+        (queued to the store; `store.barrier()` waits for it)."""
+        if self.withdraw(task_id) or await self.coordinator.cancel(task_id):
+            await self.writer(CancelledUpdate(task_id))
+            return True
+        return False
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -99,9 +159,7 @@ class Dispatcher:
                 [(task_spec(row), *task_payload(row)) for row in rows])
             for row, outcome in zip(rows, outcomes):
                 if not outcome.accepted:
-                    self.limiter.task_closed(row.id)
-                    await self.store.change_task(TaskChange(
-                        row.id, TaskState.REJECTED.value, self.clock(), error=outcome.reason))
+                    await self.writer(RejectedUpdate(row.id, outcome.reason))
 
 
 # ---- out: the coordinator's updates -----------------------------------------
@@ -161,55 +219,65 @@ def result_text(output: Any) -> str | None:
     return json.dumps(output)
 
 
+def _final_change(update: FailedUpdate | RejectedUpdate | ExpiredUpdate, now: float
+                  ) -> TaskChange:
+    return TaskChange(update.task_id, update.state.value, now, error=update.error or None)
+
+
 class UpdateWriter:
-    """The coordinator's `on_update`: TaskUpdates become stored changes (queued to
-    the store's writer, not awaited) and feed events."""
+    """The coordinator's `on_update`, and the single writer of task transitions and
+    in-flight accounting (see the rules above): TaskUpdates become stored changes
+    (queued to the store's writer, not awaited) and feed events."""
 
-    def __init__(self, coordinator: Any, store: Store, limiter: RateLimiter, feed: TaskFeed,
+    def __init__(self, store: Store, limiter: RateLimiter, feed: TaskFeed,
                  clock: Callable[[], float]) -> None:
-        self.coordinator, self.store, self.limiter, self.feed = coordinator, store, limiter, feed
-        self.clock = clock
-        self._places: dict[str, tuple[str, str]] = {}  # node id -> (location, gpu)
+        self.store, self.limiter, self.feed, self.clock = store, limiter, feed, clock
+        # update type -> the stored change it makes (None: nothing to store)
+        self._changes: dict[type, Callable[[Any, float], TaskChange | None]] = {
+            QueuedUpdate: lambda update, now: None,  # the row says queued already
+            RequeuedUpdate: lambda update, now: TaskChange(update.task_id, "queued", now),
+            RunningUpdate: self._running_change,
+            CompletedUpdate: self._completed_change,
+            FailedUpdate: _final_change, RejectedUpdate: _final_change,
+            ExpiredUpdate: _final_change,
+            CancelledUpdate: lambda update, now: TaskChange(update.task_id, "cancelled", now),
+        }
 
-    def _place(self, node_id: str) -> tuple[str, str]:
-        if node_id not in self._places:
-            for node in self.coordinator.snapshot().nodes:
-                self._places[node.node_id] = (node.location or node.region, node.gpu)
-        return self._places.get(node_id, ("", ""))
+    def open(self, row: TaskRow) -> None:
+        """Count a task in its owner's in-flight tasks (idempotent)."""
+        self.limiter.task_opened(row.id, row.owner)
+
+    def release(self, task_id: str) -> None:
+        """The task left flight: it ended, or its row was never stored."""
+        self.limiter.task_closed(task_id)
 
     async def __call__(self, update: TaskUpdate) -> None:
-        if update.state is None:  # progress: streamed output, not stored
-            self.feed.publish_progress(update.task_id, dict(update.partial or {}))
+        task_id = update.task_id
+        if not self.limiter.is_open(task_id):
+            return  # its end is written already
+        if isinstance(update, ProgressUpdate):  # streamed output, not stored
+            self.feed.publish_progress(task_id, dict(update.partial))
             return
-        if update.state is TaskState.QUEUED and not update.error:
-            return  # the echo of an accepted submission: the row says queued already
-        change = self.change(update)
+        change = self._changes[type(update)](update, self.clock())
+        if change is None:
+            return
         await self.store.post_task_change(change)
-        if update.state.is_final:
-            self.limiter.task_closed(update.task_id)
-        self.feed.publish_state(update.task_id, change)
+        if type(update) in FINAL_UPDATES:
+            self.release(task_id)
+        self.feed.publish_state(task_id, change)
 
-    def change(self, update: TaskUpdate) -> TaskChange:
-        now = self.clock()
-        status = update.state.value
-        values: dict[str, Any] = {}
-        if update.node_id is not None and status == TaskState.RUNNING.value:
-            location, gpu = self._place(update.node_id)
-            values.update(node_id=update.node_id, node_location=location, node_gpu=gpu)
-        if status == TaskState.COMPLETED.value:
-            values.update(result=result_text(update.result), cost=update.cost or 0.0)
-            usage: Usage | None = update.usage
-            if usage is not None:
-                values.update(tokens_used=usage.tokens + usage.prompt_tokens,
-                              processing_time=usage.seconds)
-                record = self.coordinator.task(update.task_id)
-                if record is not None:
-                    values["openai_cost"] = openai_cost(
-                        record.spec.model, usage.prompt_tokens, usage.tokens, usage.steps,
-                        usage.audio_seconds)
-        if update.error and update.state.is_final and status != TaskState.COMPLETED.value:
-            values["error"] = update.error
-        return TaskChange(update.task_id, status, now, **values)
+    @staticmethod
+    def _running_change(update: RunningUpdate, now: float) -> TaskChange:
+        return TaskChange(update.task_id, "running", now, node_id=update.node_id,
+                          node_location=update.node_location, node_gpu=update.node_gpu)
+
+    @staticmethod
+    def _completed_change(update: CompletedUpdate, now: float) -> TaskChange:
+        usage = update.usage
+        return TaskChange(update.task_id, "completed", now, result=result_text(update.result),
+                          cost=update.cost or 0.0, tokens_used=usage.tokens + usage.prompt_tokens,
+                          processing_time=usage.seconds, openai_cost=update.reference_cost)
 
 
-__all__ = ["Dispatcher", "TaskFeed", "UpdateWriter", "result_text", "task_payload", "task_spec"]
+__all__ = ["Dispatcher", "TaskCoordinator", "TaskFeed", "UpdateWriter", "result_text",
+           "task_payload", "task_spec"]

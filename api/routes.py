@@ -34,7 +34,7 @@ from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
 from .services import Services, process_memory
-from .store import DuplicateTaskId, OPEN_STATES, Signup, TaskChange, TaskRow
+from .store import OPEN_STATES, Signup, TaskRow
 from .validation import (
     MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
 )
@@ -175,20 +175,9 @@ async def submit_task():  # type: ignore[no-untyped-def]
     quote = s.coordinator.quote(task_spec(row))
     row = attrs.evolve(row, estimated_cost=quote.estimated_cost,
                        estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
-    # Counted in flight from here: concurrent submissions cannot all pass the check.
-    s.limiter.task_opened(row.id, row.owner)
-    try:
-        try:
-            await s.store.insert_task(row)
-        except DuplicateTaskId:  # astronomically rare; a second draw settles it
-            s.limiter.task_closed(row.id)
-            row = attrs.evolve(row, id=new_id("task", now))
-            s.limiter.task_opened(row.id, row.owner)
-            await s.store.insert_task(row)
-    except BaseException:
-        s.limiter.task_closed(row.id)
-        raise
-    s.dispatcher.hand_over(row)
+    # Counted in flight from before the insert: concurrent submissions cannot all
+    # pass the check.
+    row = await s.dispatcher.submit(row, lambda: new_id("task", now))
     body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
     return json_response(body)
@@ -205,11 +194,8 @@ async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
     s = services()
     row = await visible_task(await current_caller(), task_id)
     if row.status in OPEN_STATES:
-        if s.dispatcher.withdraw(task_id) or await s.coordinator.cancel(task_id):
-            # The coordinator's own `cancelled` update may land first; either way the
-            # task ends cancelled exactly once.
-            await s.store.change_task(TaskChange(task_id, TaskState.CANCELLED.value, s.now()))
-            s.limiter.task_closed(task_id)
+        if await s.dispatcher.cancel(task_id):  # written by the relay's update writer
+            await s.store.barrier()
             row = await s.store.get_task(task_id) or row
             return jsonify({"success": True, "message": "Task cancelled",
                             "task": views.task_view(row)})

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from engine.runtime import CoordinatorConfig
+from engine.runtime import Coordinator, CoordinatorConfig
 
 from .access import DEFAULT_TIERS, RateLimiter, Tier
 from .relay import Dispatcher, TaskFeed
@@ -32,7 +32,7 @@ class ApiConfig:
 class Services:
     config: ApiConfig
     store: Store
-    coordinator: Any  # engine.runtime.Coordinator
+    coordinator: Coordinator
     limiter: RateLimiter
     feed: TaskFeed
     dispatcher: Dispatcher

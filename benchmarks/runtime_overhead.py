@@ -23,10 +23,10 @@ import trio
 import trio_websocket
 
 from engine.core import TaskSpec, TaskState, Usage
-from engine.runtime import CoordinatorConfig, TaskUpdate, open_coordinator, serve_websocket
-from engine.runtime.codec import (
-    Accepted, AssignTask, Gpu, Hello, Result, decode, encode,
+from engine.protocol import (
+    Accepted, AssignTask, Gpu, Hello, Result, decode, encode, serve_websocket,
 )
+from engine.runtime import CoordinatorConfig, TaskUpdate, open_coordinator
 from engine.worker.runners import NoopRunner, load_runner
 
 from .harness import Benchmark, Row, median_of, percentile

@@ -37,13 +37,13 @@ scheduler_ops = st.tuples(
 policy_names = st.sampled_from(sorted(POLICIES))
 
 
-# ---- worker protocol frames (engine/runtime/codec) -----------------------------
+# ---- worker protocol frames (engine/protocol/codec) -----------------------------
 # Valid messages of every type; JSON values of any shape; and text frames that are
 # garbage, valid JSON of the wrong shape, or valid frames with one mutation.
 import json as _json  # noqa: E402
 
 from engine.core import Usage as _Usage  # noqa: E402
-from engine.runtime import codec as _codec  # noqa: E402
+from engine.protocol import codec as _codec  # noqa: E402
 
 TASK_IDS = ["t0", "t1", "t2", "t3", "ghost"]
 _ids = st.sampled_from(TASK_IDS)

@@ -5,9 +5,13 @@ One entry point: ``Scheduler.handle(event, now) -> list[Decision]`` plus
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .catalog import (
     DEFAULT_MODEL, GPU_CLASSES, MODELS, CatalogError, GpuClass, ModelSpec,
-    estimate_prompt_tokens, gpu_class, gpu_rate, openai_cost, resolve_model, work_units,
+    estimate_prompt_tokens, gpu_class, gpu_class_name, gpu_rate, openai_cost, resolve_model,
+    work_units,
 )
 from .kinds import TASK_KINDS, RequestField, TaskKind, UnknownTaskKind, task_kind
 from .events import (
@@ -16,20 +20,49 @@ from .events import (
     Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
     Tick, Usage, WakeAt,
 )
-from .journal import (
-    JournalEntry, JournalError, JournalHeader, entry_line, header_line, parse_line,
-    read_sessions,
-)
-from .placement import DEFAULT_POLICY, POLICIES, make_policy
-from .pricing import PRICING, Quote, make_pricing
-from .queue import DEFAULT_HEAD_START
 from .ratelimit import TokenBucket, Verdict
-from .scheduler import NetworkSnapshot, NodeSnapshot, Scheduler, SchedulerConfig, TaskRecord
+
+if TYPE_CHECKING:
+    from .journal import (
+        JournalEntry, JournalError, JournalHeader, entry_line, header_line, parse_line,
+        read_sessions,
+    )
+    from .placement import DEFAULT_POLICY, POLICIES, make_policy
+    from .pricing import PRICING, Quote, make_pricing
+    from .queue import DEFAULT_HEAD_START
+    from .scheduler import (
+        NetworkSnapshot, NodeSnapshot, Scheduler, SchedulerConfig, TaskRecord,
+    )
+
+# The scheduler and what only it needs load on first use (PEP 562), so that a
+# program that needs only the core's values (the worker: catalog, events) does not
+# load the scheduler: `from engine.core import Scheduler` works as before.
+_LAZY = {
+    "journal": ("JournalEntry", "JournalError", "JournalHeader", "entry_line", "header_line",
+                "parse_line", "read_sessions"),
+    "placement": ("DEFAULT_POLICY", "POLICIES", "make_policy"),
+    "pricing": ("PRICING", "Quote", "make_pricing"),
+    "queue": ("DEFAULT_HEAD_START",),
+    "scheduler": ("NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig",
+                  "TaskRecord"),
+}
+_LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+    def __getattr__(name: str) -> Any:
+        module = _LAZY_MODULE.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # once loaded, a plain module attribute
+        return value
 
 __all__ = [
     "DEFAULT_MODEL", "GPU_CLASSES", "MODELS", "CatalogError", "GpuClass", "ModelSpec",
-    "estimate_prompt_tokens", "gpu_class", "gpu_rate", "openai_cost", "resolve_model",
-    "work_units", "TASK_KINDS", "RequestField", "TaskKind", "UnknownTaskKind", "task_kind",
+    "estimate_prompt_tokens", "gpu_class", "gpu_class_name", "gpu_rate", "openai_cost",
+    "resolve_model", "work_units", "TASK_KINDS", "RequestField", "TaskKind", "UnknownTaskKind",
+    "task_kind",
     "Assign", "Cancel", "Cancelled", "Complete", "Decision", "DeliveryFailed", "Drop",
     "Event", "Expire", "Fail", "NodeDraining", "NodeHeartbeat", "NodeJoined", "NodeLost",
     "NodeSpec", "Priority", "Reject", "Requeue", "TaskCancelled", "TaskFailed",

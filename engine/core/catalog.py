@@ -159,6 +159,17 @@ def gpu_class(name: str) -> GpuClass:
     return gpu
 
 
+def gpu_class_name(reported: str) -> str:
+    """The catalog's GPU class for a reported device name ('NVIDIA GeForce RTX 4090'
+    -> 'RTX 4090'); an unlisted device keeps its own name (the core treats it as the
+    slowest listed class)."""
+    text = reported.upper()
+    for name in sorted(GPU_CLASSES, key=len, reverse=True):
+        if name.upper() in text:
+            return name
+    return reported.strip() or "cpu"
+
+
 def gpu_rate(gpu_name: str, model: str) -> float:
     """Work units per second of `model` on a GPU. An unlisted GPU name (a worker that
     reports e.g. 'NVIDIA L4' or 'cpu') is treated as the slowest listed class."""

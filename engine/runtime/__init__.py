@@ -1,30 +1,40 @@
 """The live network's coordinator side: trio actors around the pure core.
 
 ``open_coordinator`` runs the Coordinator actor (single writer of the Scheduler);
-``serve_websocket`` (or the API's websocket adapter) hands each worker connection
-to ``Coordinator.serve_connection``. ``codec`` is the worker protocol, version 1.
-``JournalFile`` appends the coordinator's steps to a file (``journal_path``).
+``engine.protocol.serve_websocket`` (or the API's websocket adapter) hands each
+worker connection to ``Coordinator.serve_connection``, which runs a
+``NodeSession`` for it. The worker protocol itself (codec, connections) is
+``engine.protocol``. The coordinator tells its runner about tasks with
+``TaskUpdate``s (a union of precise types, ``updates``) and ``SubmitOutcome``s;
+its steps go to journal sinks (``ListJournal``, ``FileJournal`` around a
+``JournalFile``).
 """
 from __future__ import annotations
 
-from .codec import MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode
-from .connection import (
-    WORKER_PATH, Connection, ConnectionClosed, MemoryConnection, WebSocketConnection,
-    memory_connection_pair, serve_websocket,
+from .config import CoordinatorConfig
+from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier, open_coordinator
+from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
+from .messages import (
+    ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
+    SubmitRequest, Submission,
 )
-from .coordinator import (
-    Coordinator, CoordinatorClosed, CoordinatorConfig, TokenVerifier, open_coordinator,
+from .node_tasks import NodeTasks
+from .session import NodeIdentity, NodeReport, NodeSession, SessionHost, SessionLimits
+from .updates import (
+    FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
+    FinalUpdate, ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
+    StateUpdate, SubmitOutcome, TaskUpdate, UpdateSink,
 )
-from .journal import JournalFile, JournalFileError
-from .session import NodeIdentity, NodeSession, gpu_class_name
-from .updates import SubmitOutcome, TaskUpdate, UpdateSink
 
 __all__ = [
-    "MAX_FRAME_BYTES", "PROTOCOL_VERSION", "ProtocolError", "decode", "encode",
-    "WORKER_PATH", "Connection", "ConnectionClosed", "MemoryConnection",
-    "WebSocketConnection", "memory_connection_pair", "serve_websocket",
-    "Coordinator", "CoordinatorClosed", "CoordinatorConfig", "SubmitOutcome", "TaskUpdate",
-    "TokenVerifier", "UpdateSink", "open_coordinator",
-    "JournalFile", "JournalFileError",
-    "NodeIdentity", "NodeSession", "gpu_class_name",
+    "Coordinator", "CoordinatorClosed", "CoordinatorConfig", "TokenVerifier",
+    "open_coordinator",
+    "FileJournal", "JournalFile", "JournalFileError", "JournalSink", "ListJournal",
+    "ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
+    "SessionReported", "SubmitRequest", "Submission",
+    "NodeTasks",
+    "NodeIdentity", "NodeReport", "NodeSession", "SessionHost", "SessionLimits",
+    "FINAL_UPDATES", "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FailedUpdate",
+    "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
+    "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink",
 ]

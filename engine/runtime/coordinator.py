@@ -5,14 +5,18 @@
 #         outcome = await c.submit(spec, {"prompt": "..."}, {"max_tokens": 64})
 #
 # Theory of operation. One actor task owns the Scheduler (single writer, no locks).
-# Everyone else talks to it through one unbuffered memory channel (the inbox):
-# API calls (submit, cancel) and NodeSessions (join, frames, left). The actor sleeps
-# until the scheduler's next deadline or the next message, turns each message into
-# core events, and carries out the decisions the core returns:
+# Everyone else talks to it through one unbuffered memory channel (the inbox) of
+# typed messages (messages.py): API calls (SubmitRequest, CancelRequest) and
+# NodeSessions (SessionJoined, SessionReported, SessionLeft; the Coordinator is
+# their `SessionHost`). The actor sleeps until the scheduler's next deadline or the
+# next message, dispatches the message by type, turns it into core events, and
+# carries out the decisions the core returns (a dict decision type -> handler):
 #   Assign   -> an `assign` frame on the node's session (or DeliveryFailed back in)
 #   Requeue / Cancel / Expire -> a `cancel` frame to the node that ran the task
 #   Drop     -> close the node's session with the reason
 #   Complete / Fail / Cancelled / Expire / Reject / Requeue -> a TaskUpdate
+#   (updates.py: one precise type per change, carrying what a store row needs:
+#   the node's GPU and location, the usage, cost and reference cost)
 # Carrying out never blocks: frames go to bounded session outboxes with
 # send_nowait, updates to an unbounded queue drained by a separate notifier task
 # that awaits `on_update` (so a slow database never stalls scheduling).
@@ -25,18 +29,22 @@
 #   task id until the task ends.
 # - Reads (`quote`, `snapshot`, `task`) look at the scheduler directly: trio runs
 #   one task at a time and the actor never awaits in the middle of a change.
-# - Updates for one task are published in the order things happened: queued,
-#   running, progress..., then one final state. Progress is lossy under backlog
-#   (beyond `max_pending_updates`); state changes never are.
-# - With `journal_path`, every step (time, event, decisions) is also appended to that
-#   file (journal.py: buffered, flushed when idle and about once a second while busy);
-#   a failing journal is logged once and dropped, never the coordinator's problem.
+# - Updates for one task are published in the order things happened: queued (with
+#   `publish_accepted`), running, progress..., then one final state. Progress is
+#   lossy under backlog (beyond `max_pending_updates`); state changes never are.
+# - Ended tasks are forgotten (`keep_finished=False`, the default): a long-running
+#   coordinator's memory stays flat; `task()` then answers only for open tasks.
+# - Every step (time, event, decisions) goes to the journal sinks (journal.py): in
+#   memory with `record`; with `journal_path` to a file, by a writer task off the
+#   actor. A failing journal is logged once and dropped, never the actor's problem.
+# - A worker's bookkeeping (which tasks its connection holds, heartbeat
+#   reconciliation) is node_tasks.NodeTasks, pure; the actor reaches a session only
+#   through `deliver`, `close`, `protocol_error`, `spec` and `tasks`.
 from __future__ import annotations
 
 import json
 import logging
 import math
-import random
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
@@ -44,56 +52,31 @@ import attrs
 import trio
 
 from engine.core import (
-    DEFAULT_POLICY, Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
+    Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
     Event, Expire, Fail, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
-    NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, SchedulerConfig, TaskCancelled,
+    NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, TaskCancelled,
     TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, WakeAt,
+    openai_cost,
 )
-from engine.core.journal import JournalHeader
-
-from .codec import (
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, AssignTask, CancelTask, Draining, Failed,
+from engine.protocol import (
+    PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
 )
-from .connection import Connection
-from .journal import JournalFile
-from .session import NodeIdentity, NodeSession, _model_name
-from .updates import SubmitOutcome, TaskUpdate, UpdateSink
+
+from .config import CoordinatorConfig
+from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
+from .messages import (
+    ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
+    SubmitRequest, Submission,
+)
+from .session import NodeIdentity, NodeReport, NodeSession
+from .updates import (
+    CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate, ProgressUpdate,
+    QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate, SubmitOutcome, TaskUpdate,
+    UpdateSink,
+)
 
 log = logging.getLogger(__name__)
-
-
-@attrs.frozen
-class CoordinatorConfig:
-    policy: str = DEFAULT_POLICY  # placement policy name (engine.core.POLICIES)
-    pricing: str = "static"  # pricing policy name (engine.core.PRICING)
-    seed: int = 0  # seeds the scheduler's rng: same events + seed => same decisions
-    heartbeat_interval: float = 5.0  # told to workers in `welcome`
-    heartbeat_timeout: float = 20.0  # a worker silent this long is lost
-    hello_timeout: float = 10.0  # a connection must say hello within this
-    max_frame_bytes: int = MAX_FRAME_BYTES
-    max_protocol_errors: int = 10  # bad frames tolerated per connection, then close
-    max_slots: int = 256  # a hello announcing more slots is refused
-    max_queued: int = 1_000_000
-    max_node_losses: int = 5  # a task whose node dies this often fails
-    keep_finished: bool = True  # keep ended tasks readable through `task()`
-    max_pending_updates: int = 100_000  # progress updates dropped beyond this backlog
-    record: bool = False  # keep a journal of (time, event, decisions) for replay
-    journal_path: str | None = None  # append every step to this file, engine.core.journal format
-
-    def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(heartbeat_timeout=self.heartbeat_timeout,
-                               max_queued=self.max_queued,
-                               max_node_losses=self.max_node_losses,
-                               keep_finished=self.keep_finished)
-
-    def make_scheduler(self) -> Scheduler:
-        return Scheduler(self.policy, self.pricing, random.Random(self.seed),
-                         self.scheduler_config())
-
-    def journal_header(self) -> JournalHeader:
-        """What a journal says of `make_scheduler()`'s scheduler (it rebuilds it)."""
-        return JournalHeader(self.policy, self.pricing, self.seed, self.scheduler_config())
 
 
 TokenVerifier = Callable[[str], Awaitable[NodeIdentity | None]]
@@ -105,51 +88,49 @@ class CoordinatorClosed(RuntimeError):
     """The coordinator has shut down."""
 
 
-class _Reply:
-    __slots__ = ("event", "value")
+@attrs.frozen
+class _Input:
+    """What the actor keeps of an open task besides its spec (the core never sees it)."""
 
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.value: Any = None
-
-    def set(self, value: Any) -> None:
-        self.value = value
-        self.event.set()
+    model: str
+    payload: Mapping[str, Any]
+    params: Mapping[str, Any]
 
 
 class Coordinator:
-    """Use through `open_coordinator`. Public: submit, cancel, quote, snapshot, task,
-    serve_connection, now; `journal` when config.record; `journal_file` when
-    config.journal_path (open_coordinator opens and closes it)."""
+    """Use through `open_coordinator`. Public: submit, submit_many, cancel, quote,
+    snapshot, task, serve_connection, now, journal, journal_file; as a NodeSession's
+    host (session.SessionHost): identify, join, report, leave, progress."""
 
     def __init__(self, config: CoordinatorConfig, verify_token: TokenVerifier | None,
-                 inbox: trio.MemorySendChannel[tuple],
+                 inbox: trio.MemorySendChannel[ActorMessage],
                  updates: trio.MemorySendChannel[TaskUpdate] | None,
                  scheduler: Scheduler | None = None,
-                 journal_file: JournalFile | None = None) -> None:
+                 journals: Sequence[JournalSink] = ()) -> None:
         self.config = config
         self.verify_token = verify_token
         self.scheduler = scheduler if scheduler is not None else config.make_scheduler()
-        self.journal: list[tuple[float, Event, list[Decision]]] | None = (
-            [] if config.record else None)
-        self.journal_file = journal_file
+        self.journals = tuple(journals)
+        self._limits = config.session_limits()
         self._inbox = inbox
         self._updates = updates
         self._pending: list[TaskUpdate] = []
         self._sessions: dict[str, NodeSession] = {}
-        self._payloads: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+        self._inputs: dict[str, _Input] = {}
         self._outputs: dict[str, tuple[Any, str]] = {}
         self._dev_nodes = 0
-        self._on_message = {"submit": self._on_submit, "cancel": self._on_cancel,
-                            "join": self._on_join, "left": self._on_left,
-                            "frame": self._on_frame}
-        self._on_frame_type = {Heartbeat: self._on_heartbeat, Result: self._on_result,
-                               Failed: self._on_failed, Draining: self._on_draining}
-        self._carry_out = {Assign: self._do_assign, Reject: self._do_reject,
-                           Requeue: self._do_requeue, Cancel: self._do_cancel,
-                           Cancelled: self._do_cancelled, Complete: self._do_complete,
-                           Fail: self._do_fail, Expire: self._do_expire, Drop: self._do_drop,
-                           WakeAt: lambda decision, queue: None}
+        self._on_message: dict[type, Callable[[Any], None]] = {
+            SubmitRequest: self._on_submit, CancelRequest: self._on_cancel,
+            SessionJoined: self._on_join, SessionLeft: self._on_left,
+            SessionReported: self._on_report}
+        self._on_report_type: dict[type, Callable[[NodeSession, Any], None]] = {
+            Heartbeat: self._on_heartbeat, Result: self._on_result, Failed: self._on_failed,
+            Draining: self._on_draining}
+        self._carry_out: dict[type, Callable[[Any, list[Event]], None]] = {
+            Assign: self._do_assign, Reject: self._do_reject, Requeue: self._do_requeue,
+            Cancel: self._do_cancel, Cancelled: self._do_cancelled,
+            Complete: self._do_complete, Fail: self._do_fail, Expire: self._do_expire,
+            Drop: self._do_drop, WakeAt: lambda decision, queue: None}
 
     # ---- the public interface ---------------------------------------------------
 
@@ -157,6 +138,16 @@ class Coordinator:
     def now() -> float:
         """The coordinator's clock (trio's), for TaskSpec.deadline."""
         return trio.current_time()
+
+    @property
+    def journal(self) -> list[Step] | None:
+        """The steps so far, (time, event, decisions), when config.record."""
+        return next((s.steps for s in self.journals if isinstance(s, ListJournal)), None)
+
+    @property
+    def journal_file(self) -> JournalFile | None:
+        """The journal file, when config.journal_path."""
+        return next((s.file for s in self.journals if isinstance(s, FileJournal)), None)
 
     async def submit(self, spec: TaskSpec, payload: Mapping[str, Any],
                      params: Mapping[str, Any] | None = None) -> SubmitOutcome:
@@ -173,7 +164,7 @@ class Coordinator:
         back in the same order. A caller with a backlog (the API's dispatcher) pays
         the round trip once per batch instead of once per task."""
         outcomes: list[SubmitOutcome | None] = []
-        batch: list[tuple[TaskSpec, tuple[Mapping[str, Any], dict[str, Any]]]] = []
+        batch: list[Submission] = []
         limit = self.config.max_frame_bytes - _FRAME_OVERHEAD
         for spec, payload, params in tasks:
             params = dict(params or {})
@@ -183,24 +174,22 @@ class Coordinator:
                                               f"input too large ({size} bytes; limit {limit})"))
             else:
                 outcomes.append(None)
-                batch.append((spec, (payload, params)))
-        if batch:
-            reply = _Reply()
-            if not await self._to_actor(("submit", batch, reply)):
-                raise CoordinatorClosed("the coordinator has shut down")
-            await reply.event.wait()
-            placed = iter(reply.value)
-            outcomes = [o if o is not None else next(placed) for o in outcomes]
-        return outcomes  # type: ignore[return-value]
+                batch.append(Submission(spec, payload, params))
+        if not batch:
+            return [o for o in outcomes if o is not None]
+        reply: Reply[list[SubmitOutcome]] = Reply()
+        if not await self._post(SubmitRequest(tuple(batch), reply)):
+            raise CoordinatorClosed("the coordinator has shut down")
+        placed = iter(await reply.wait())
+        return [o if o is not None else next(placed) for o in outcomes]
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task; True when the cancellation took effect
         (False: unknown or already ended). A running task's worker is told to stop."""
-        reply = _Reply()
-        if not await self._to_actor(("cancel", task_id, reply)):
+        reply: Reply[bool] = Reply()
+        if not await self._post(CancelRequest(task_id, reply)):
             raise CoordinatorClosed("the coordinator has shut down")
-        await reply.event.wait()
-        return reply.value
+        return await reply.wait()
 
     def quote(self, spec: TaskSpec) -> Quote:
         return self.scheduler.quote(spec)
@@ -209,36 +198,52 @@ class Coordinator:
         return self.scheduler.snapshot()
 
     def task(self, task_id: str) -> TaskRecord | None:
+        """An open task's record (and an ended one's, with keep_finished)."""
         return self.scheduler.task(task_id)
 
     async def serve_connection(self, conn: Connection) -> None:
         """Serve one worker connection until it ends (see session.py); never raises
         for anything the worker does."""
-        await NodeSession(self, conn).run()
+        await NodeSession(self, conn, self._limits).run()
 
-    # ---- plumbing used by sessions -----------------------------------------------
+    # ---- the SessionHost interface (session.py) ------------------------------------
 
-    async def _to_actor(self, message: tuple) -> bool:
+    async def identify(self, token: str) -> NodeIdentity | None:
+        if self.verify_token is None:  # dev mode: any token; a fresh node id per connection
+            self._dev_nodes += 1
+            return NodeIdentity(f"node_{self._dev_nodes}", "")
+        return await self.verify_token(token)
+
+    async def join(self, session: NodeSession, spec: NodeSpec) -> bool:
+        return await self._post(SessionJoined(session, spec))
+
+    async def report(self, session: NodeSession, message: NodeReport) -> bool:
+        return await self._post(SessionReported(session, message))
+
+    async def leave(self, session: NodeSession, reason: str) -> None:
+        await self._post(SessionLeft(session, reason))
+
+    def progress(self, session: NodeSession, message: Progress) -> None:
+        record = self.scheduler.tasks.get(message.task_id)
+        node_id = session.node_id
+        if (self._updates is None or record is None or record.node_id != node_id
+                or record.state is not TaskState.RUNNING):
+            return  # stale: the task moved on
+        if self._updates.statistics().current_buffer_used < self.config.max_pending_updates:
+            self._publish(ProgressUpdate(message.task_id, node_id, message.partial))
+
+    # ---- plumbing ----------------------------------------------------------------
+
+    async def _post(self, message: ActorMessage) -> bool:
         try:
             await self._inbox.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
 
-    def _dev_node_id(self) -> str:
-        self._dev_nodes += 1
-        return f"node_{self._dev_nodes}"
-
-    def _publish_progress(self, message: Progress, node_id: str) -> None:
-        record = self.scheduler.tasks.get(message.task_id)
-        if (self._updates is None or record is None or record.node_id != node_id
-                or record.state is not TaskState.RUNNING):
-            return  # stale: the task moved on
-        if self._updates.statistics().current_buffer_used < self.config.max_pending_updates:
-            self._publish(TaskUpdate(message.task_id, "progress", node_id=node_id,
-                                     partial=message.partial))
-
     def _publish(self, update: TaskUpdate) -> None:
+        if self._updates is None:
+            return
         try:
             self._updates.send_nowait(update)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -246,28 +251,29 @@ class Coordinator:
 
     # ---- the actor ---------------------------------------------------------------
 
-    async def _run(self, inbox: trio.MemoryReceiveChannel[tuple]) -> None:
+    async def _run(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
+        journals = self.journals
         async with inbox:
             while True:
                 message = None
                 deadline = self.scheduler.next_deadline()
-                if self.journal_file is not None:  # flush when idle, or ~once a second
+                if journals:  # the file flushes when idle, or ~once a second
                     now = trio.current_time()
-                    self.journal_file.before_wait(now, idle=deadline > now and not
-                                                  inbox.statistics().tasks_waiting_send)
+                    idle = deadline > now and not inbox.statistics().tasks_waiting_send
+                    for journal in journals:
+                        journal.before_wait(now, idle)
                 with trio.move_on_at(deadline):
                     message = await inbox.receive()
                 if message is None:
                     self._apply(Tick())
                 else:
-                    self._on_message[message[0]](*message[1:])
+                    self._on_message[type(message)](message)
                 self._flush()
 
     def _flush(self) -> None:
         if self._pending:
-            if self._updates is not None:
-                for update in self._pending:
-                    self._publish(update)
+            for update in self._pending:
+                self._publish(update)
             self._pending.clear()
 
     def _apply(self, event: Event) -> list[Decision]:
@@ -278,50 +284,55 @@ class Coordinator:
             event = queue.pop(0)
             now = trio.current_time()
             decisions = self.scheduler.handle(event, now)
-            if self.journal is not None:
-                self.journal.append((now, event, decisions))
-            if self.journal_file is not None:
-                self.journal_file.write(now, event, decisions)
+            for journal in self.journals:
+                journal.write(now, event, decisions)
             for decision in decisions:
                 self._carry_out[type(decision)](decision, queue)
             taken.extend(decisions)
         return taken
-
-    def _update(self, task_id: str, state: TaskState, **fields: Any) -> None:
-        self._pending.append(TaskUpdate(task_id, "state", state, **fields))
 
     def _tell(self, node_id: str | None, message: Message) -> None:
         session = self._sessions.get(node_id) if node_id else None
         if session is not None:
             session.deliver(message)
 
+    def _place(self, node_id: str) -> tuple[str, str]:
+        """(GPU class, location) of a connected node, as a row shows them."""
+        session = self._sessions.get(node_id)
+        spec = session.spec if session is not None else None
+        return ("", "") if spec is None else (spec.gpu, spec.location or spec.region)
+
     # ---- messages to the actor ---------------------------------------------------
 
-    def _on_submit(self, batch: list[tuple[TaskSpec, tuple]], reply: _Reply) -> None:
-        reply.set([self._submit_one(spec, payload) for spec, payload in batch])
+    def _on_submit(self, request: SubmitRequest) -> None:
+        request.reply.set([self._submit_one(s) for s in request.submissions])
 
-    def _submit_one(self, spec: TaskSpec, payload: tuple) -> SubmitOutcome:
+    def _submit_one(self, submission: Submission) -> SubmitOutcome:
+        spec = submission.spec
         task_id = spec.task_id
-        known = task_id in self.scheduler.tasks
-        if not known:
-            self._payloads[task_id] = payload
+        if task_id not in self.scheduler.tasks:
+            self._inputs[task_id] = _Input(spec.model, submission.payload, submission.params)
         mark = len(self._pending)
         decisions = self._apply(TaskSubmitted(spec))
         reject = next((d for d in decisions if isinstance(d, Reject) and d.task_id == task_id),
                       None)
         if reject is not None:
             return SubmitOutcome(task_id, False, TaskState.REJECTED, reject.reason)
-        self._pending.insert(mark, TaskUpdate(task_id, "state", TaskState.QUEUED))
+        if self.config.publish_accepted:
+            self._pending.insert(mark, QueuedUpdate(task_id))
         node = next((d.node_id for d in decisions if isinstance(d, Assign)
                      and d.task_id == task_id), None)
         state = TaskState.QUEUED if node is None else TaskState.RUNNING
         return SubmitOutcome(task_id, True, state, node_id=node)
 
-    def _on_cancel(self, task_id: str, reply: _Reply) -> None:
+    def _on_cancel(self, request: CancelRequest) -> None:
+        task_id = request.task_id
         decisions = self._apply(TaskCancelled(task_id))
-        reply.set(any(isinstance(d, Cancelled) and d.task_id == task_id for d in decisions))
+        request.reply.set(any(isinstance(d, Cancelled) and d.task_id == task_id
+                              for d in decisions))
 
-    def _on_join(self, session: NodeSession, spec: NodeSpec) -> None:
+    def _on_join(self, message: SessionJoined) -> None:
+        session, spec = message.session, message.spec
         old = self._sessions.get(spec.node_id)
         if old is not None:
             old.close("replaced by a newer connection of the same node")
@@ -332,45 +343,38 @@ class Coordinator:
                  session.conn.remote, spec.gpu, spec.slots, ", ".join(spec.models))
         self._apply(NodeJoined(spec))
 
-    def _on_left(self, session: NodeSession, reason: str) -> None:
+    def _on_left(self, message: SessionLeft) -> None:
+        session = message.session
         if self._sessions.get(session.node_id) is session:
             del self._sessions[session.node_id]
-            log.info("node %s left: %s", session.node_id, reason)
-            self._apply(NodeLost(session.node_id, reason))
+            log.info("node %s left: %s", session.node_id, message.reason)
+            self._apply(NodeLost(session.node_id, message.reason))
 
-    def _on_frame(self, session: NodeSession, message: Message) -> None:
+    def _on_report(self, message: SessionReported) -> None:
+        session = message.session
         if self._sessions.get(session.node_id) is session:  # else: a replaced session
-            self._on_frame_type[type(message)](session, message)
+            self._on_report_type[type(message.message)](session, message.message)
 
     # ---- frames from workers -----------------------------------------------------
 
     def _on_heartbeat(self, session: NodeSession, beat: Heartbeat) -> None:
         node_id = session.node_id
-        loaded = None if beat.loaded is None else tuple(_model_name(m) for m in beat.loaded)
-        self._apply(NodeHeartbeat(node_id, loaded))
-        # Reconcile: frames on one connection arrive in order, so a task the worker
-        # accepted, did not report on, and no longer lists was dropped by it.
-        running = set(beat.running)
-        for task_id in sorted(session.known - running):
+        self._apply(NodeHeartbeat(node_id, beat.loaded))
+
+        def still_here(task_id: str) -> bool:
             record = self.scheduler.tasks.get(task_id)
-            still_here = (record is not None and record.node_id == node_id
-                          and record.state is TaskState.RUNNING)
-            if not still_here:
-                session.known.discard(task_id)
-                session.accepted.discard(task_id)
-            elif task_id in session.accepted:
-                session.known.discard(task_id)
-                session.accepted.discard(task_id)
-                self._apply(TaskFailed(task_id, node_id, "the node dropped the task", True))
-        for task_id in sorted(running - session.known):
+            return (record is not None and record.node_id == node_id
+                    and record.state is TaskState.RUNNING)
+
+        for task_id in session.tasks.lost(beat.running, still_here):
+            self._apply(TaskFailed(task_id, node_id, "the node dropped the task", True))
+        for task_id in session.tasks.strangers(beat.running):
             session.deliver(CancelTask(task_id, "not assigned to this node"))
 
     def _reported(self, session: NodeSession, task_id: str) -> bool:
-        if task_id not in session.known:
+        if not session.tasks.report(task_id):
             session.protocol_error(f"task {task_id!r} is not assigned to this node")
             return False
-        session.known.discard(task_id)
-        session.accepted.discard(task_id)
         return True
 
     def _on_result(self, session: NodeSession, message: Result) -> None:
@@ -396,51 +400,56 @@ class Coordinator:
 
     def _do_assign(self, d: Assign, queue: list[Event]) -> None:
         session = self._sessions.get(d.node_id)
-        payload, params = self._payloads[d.task_id]
-        frame = AssignTask(d.task_id, d.model, payload, params,
+        task = self._inputs[d.task_id]
+        frame = AssignTask(d.task_id, d.model, task.payload, task.params,
                            self._finite(d.deadline - trio.current_time()), d.attempt)
         if session is None or not session.deliver(frame):
             queue.append(DeliveryFailed(d.task_id, d.node_id))
             return
-        session.known.add(d.task_id)
-        self._update(d.task_id, TaskState.RUNNING, node_id=d.node_id)
+        session.tasks.assigned(d.task_id)
+        gpu, location = self._place(d.node_id)
+        self._pending.append(RunningUpdate(d.task_id, d.node_id, gpu, location))
 
-    def _forget(self, task_id: str) -> None:
-        self._payloads.pop(task_id, None)
+    def _forget(self, task_id: str) -> _Input | None:
+        return self._inputs.pop(task_id, None)
 
     def _do_reject(self, d: Reject, queue: list[Event]) -> None:
         # A duplicate id is rejected without touching the original task.
         if self.scheduler.tasks.get(d.task_id) is None:
             self._forget(d.task_id)
-            self._update(d.task_id, TaskState.REJECTED, error=d.reason)
+            self._pending.append(RejectedUpdate(d.task_id, d.reason))
 
     def _do_requeue(self, d: Requeue, queue: list[Event]) -> None:
         session = self._sessions.get(d.node_id)
-        if session is not None and d.task_id in session.known:
+        if session is not None and session.tasks.holds(d.task_id):
             session.deliver(CancelTask(d.task_id, d.reason))
-        self._update(d.task_id, TaskState.QUEUED, error=d.reason)
+        self._pending.append(RequeuedUpdate(d.task_id, d.reason))
 
     def _do_cancel(self, d: Cancel, queue: list[Event]) -> None:
         self._tell(d.node_id, CancelTask(d.task_id, "cancelled"))
 
     def _do_cancelled(self, d: Cancelled, queue: list[Event]) -> None:
         self._forget(d.task_id)
-        self._update(d.task_id, TaskState.CANCELLED)
+        self._pending.append(CancelledUpdate(d.task_id))
 
     def _do_complete(self, d: Complete, queue: list[Event]) -> None:
-        self._forget(d.task_id)
+        task = self._forget(d.task_id)
         output, finish_reason = self._outputs.pop(d.task_id, (None, ""))
-        self._update(d.task_id, TaskState.COMPLETED, node_id=d.node_id, result=output,
-                     usage=d.usage, cost=d.cost, finish_reason=finish_reason)
+        usage = d.usage
+        reference = 0.0 if task is None else openai_cost(
+            task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
+        gpu, location = self._place(d.node_id)
+        self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
+                                             reference, finish_reason, gpu, location))
 
     def _do_fail(self, d: Fail, queue: list[Event]) -> None:
         self._forget(d.task_id)
-        self._update(d.task_id, TaskState.FAILED, node_id=d.node_id, error=d.error)
+        self._pending.append(FailedUpdate(d.task_id, d.error, d.node_id))
 
     def _do_expire(self, d: Expire, queue: list[Event]) -> None:
         self._forget(d.task_id)
         self._tell(d.node_id, CancelTask(d.task_id, "deadline passed"))
-        self._update(d.task_id, TaskState.EXPIRED, node_id=d.node_id, error="deadline passed")
+        self._pending.append(ExpiredUpdate(d.task_id, d.node_id))
 
     def _do_drop(self, d: Drop, queue: list[Event]) -> None:
         session = self._sessions.pop(d.node_id, None)
@@ -456,7 +465,7 @@ async def _notify(updates: trio.MemoryReceiveChannel[TaskUpdate], sink: UpdateSi
                 await sink(update)
             except Exception:
                 log.exception("on_update failed for %s (%s); going on", update.task_id,
-                              update.kind)
+                              type(update).__name__)
 
 
 @asynccontextmanager
@@ -465,29 +474,36 @@ async def open_coordinator(config: CoordinatorConfig = CoordinatorConfig(), *,
                            on_update: UpdateSink | None = None,
                            scheduler: Scheduler | None = None
                            ) -> AsyncIterator[Coordinator]:
-    """Run a Coordinator (its actor and update notifier) for the duration of the
-    block. `verify_token(token)` returns the worker's NodeIdentity, or None to refuse
-    it; without one, any token is accepted (dev mode). `on_update` is awaited, in
-    order, for every task state change and progress update. `scheduler` replaces
-    the one `config` describes (e.g. the simulator's, for a differential run); the
-    coordinator then owns it. With `config.journal_path`, the journal file is opened
-    (a new session appended) before the actor starts - JournalFileError naming the
-    path if it cannot be - and flushed and closed when the block exits."""
+    """Run a Coordinator (its actor, update notifier and journal writer) for the
+    duration of the block. `verify_token(token)` returns the worker's NodeIdentity,
+    or None to refuse it; without one, any token is accepted (dev mode).
+    `on_update` is awaited, in order, for every task state change and progress
+    update. `scheduler` replaces the one `config` describes (e.g. the simulator's,
+    for a differential run); the coordinator then owns it. With
+    `config.journal_path`, the journal file is opened (a new session appended)
+    before the actor starts - JournalFileError naming the path if it cannot be -
+    and written out, flushed and closed when the block exits."""
     if config.journal_path is not None and scheduler is not None:
         raise ValueError("journal_path and a replacement scheduler cannot be combined: "
                          "the journal's header describes the scheduler the config makes")
-    journal_file = (JournalFile.open(config.journal_path, config.journal_header())
-                    if config.journal_path is not None else None)
+    journals: list[JournalSink] = [ListJournal()] if config.record else []
+    file_journal = None
+    if config.journal_path is not None:
+        file_journal = FileJournal(JournalFile.open(config.journal_path,
+                                                    config.journal_header()))
+        journals.append(file_journal)
     try:
-        inbox_send, inbox_receive = trio.open_memory_channel[tuple](0)
+        inbox_send, inbox_receive = trio.open_memory_channel[ActorMessage](0)
         updates_send = updates_receive = None
         if on_update is not None:
             updates_send, updates_receive = trio.open_memory_channel[TaskUpdate](math.inf)
         coordinator = Coordinator(config, verify_token, inbox_send, updates_send, scheduler,
-                                  journal_file)
+                                  journals)
         async with trio.open_nursery() as nursery:
+            if file_journal is not None:
+                await nursery.start(file_journal.serve)
             nursery.start_soon(coordinator._run, inbox_receive, name="coordinator actor")
-            if updates_receive is not None:
+            if updates_receive is not None and on_update is not None:
                 nursery.start_soon(_notify, updates_receive, on_update,
                                    name="coordinator updates")
             try:
@@ -495,8 +511,8 @@ async def open_coordinator(config: CoordinatorConfig = CoordinatorConfig(), *,
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        if journal_file is not None:
-            journal_file.close()
+        if file_journal is not None:
+            file_journal.close()
 
 
 __all__ = ["Coordinator", "CoordinatorClosed", "CoordinatorConfig", "NodeIdentity",

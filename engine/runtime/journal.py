@@ -1,6 +1,24 @@
-# The journal file: a live coordinator's steps appended to a text file, in the
-# format of engine.core.journal, so a run can be audited or replayed later
-# (`python -m sim --replay PATH`).
+# The journal: a live coordinator's steps (time, event, decisions), kept for an
+# audit or a replay (`python -m sim --replay PATH`). The coordinator's actor hands
+# every step to its journal sinks (`JournalSink`: `write` per step, `before_wait`
+# when it is about to wait for its next message); two sinks exist:
+#   ListJournal  keeps the steps in memory (`steps`), for tests and differential
+#                runs (CoordinatorConfig.record);
+#   FileJournal  appends them to a JournalFile (CoordinatorConfig.journal_path).
+#                `write` only queues the step on a channel; a writer task
+#                (`FileJournal.serve`, in the coordinator's nursery) encodes and
+#                writes what is queued, so encoding, file writes and gzip leave
+#                the actor. The actor sends an "idle" mark when it is about to wait
+#                with nothing pending; the writer flushes on it, and while busy
+#                once the oldest unflushed step is `flush_every` seconds older
+#                than the newest. `close` (the coordinator exits) writes whatever
+#                is still queued, flushes and closes.
+# The writer task runs on the actor's own event loop (not a thread): the channel
+# is unbounded, and the writer drains all of it each time it runs, which it does
+# whenever the actor waits; and a test that waits until every task is blocked
+# finds the file flushed.
+#
+# The file itself (JournalFile), in the format of engine.core.journal:
 #
 #     journal = JournalFile.open("run.jsonl", JournalHeader(policy, pricing, seed, cfg))
 #     journal.write(now, event, decisions)          # after every Scheduler.handle
@@ -36,7 +54,10 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-from typing import IO, Iterable
+from typing import IO, Iterable, Protocol, Sequence
+
+import attrs
+import trio
 
 from engine.core import Decision, Event
 from engine.core.journal import JournalHeader, entry_line, header_line
@@ -143,4 +164,102 @@ def _close_quietly(file: IO[str]) -> None:
         pass
 
 
-__all__ = ["FLUSH_EVERY", "JournalFile", "JournalFileError"]
+# ---- the sinks the coordinator writes to -----------------------------------------
+
+Step = tuple[float, Event, list[Decision]]
+
+
+class JournalSink(Protocol):
+    """Where the coordinator's actor hands its steps. Neither method blocks or
+    raises."""
+
+    def write(self, time: float, event: Event, decisions: list[Decision]) -> None: ...
+
+    def before_wait(self, now: float, idle: bool) -> None: ...
+
+
+class ListJournal:
+    """The steps in memory, in order: `steps[i] == (time, event, decisions)`."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def write(self, time: float, event: Event, decisions: list[Decision]) -> None:
+        self.steps.append((time, event, decisions))
+
+    def before_wait(self, now: float, idle: bool) -> None:
+        pass
+
+
+@attrs.frozen
+class _Idle:
+    now: float
+
+
+class FileJournal:
+    """A JournalFile written by a writer task; see the top of this module."""
+
+    def __init__(self, file: JournalFile) -> None:
+        self.file = file
+        self._send, self._receive = trio.open_memory_channel[Step | _Idle](math.inf)
+        self._dirty = False  # steps sent since the last idle mark
+
+    # ---- the actor's side (never blocks) ------------------------------------------
+
+    def write(self, time: float, event: Event, decisions: list[Decision]) -> None:
+        try:
+            self._send.send_nowait((time, event, decisions))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # closed: the coordinator is gone
+        self._dirty = True
+
+    def before_wait(self, now: float, idle: bool) -> None:
+        if idle and self._dirty:
+            self._dirty = False
+            try:
+                self._send.send_nowait(_Idle(now))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    # ---- the writer's side --------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Write what is queued until cancelled (or closed)."""
+        task_status.started()
+        while True:
+            try:
+                first = await self._receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            self._write_queued([first])
+
+    def _write_queued(self, items: list[Step | _Idle]) -> None:
+        while True:  # everything queued now, in one go
+            try:
+                items.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._write(items)
+
+    def _write(self, items: Sequence[Step | _Idle]) -> None:
+        file, newest = self.file, -math.inf
+        for item in items:
+            if isinstance(item, _Idle):
+                file.before_wait(item.now, idle=True)
+            else:
+                newest = item[0]
+                file.write(*item)
+        if newest > -math.inf:
+            file.before_wait(newest, idle=False)
+
+    def close(self) -> None:
+        """Write what is still queued, flush and close; idempotent, never raises."""
+        self._send.close()
+        self._write_queued([])
+        self._receive.close()
+        self.file.close()
+
+
+__all__ = ["FLUSH_EVERY", "FileJournal", "JournalFile", "JournalFileError", "JournalSink",
+           "ListJournal", "Step"]

@@ -4,47 +4,50 @@
 #   1. handshake - the first frame must be a valid `hello` of protocol 1, within
 #      `hello_timeout`, whose token the verifier accepts; anything else is refused:
 #      an `error` frame saying why, then a close with the same reason.
-#   2. join - the session hands the node to the Coordinator actor (`_Join`); the
-#      actor queues `welcome` on the session's outbox before any `assign`.
+#   2. join - the session hands the node to its host, the Coordinator
+#      (`SessionHost.join`); the host's actor queues `welcome` on the session's
+#      outbox before any `assign`.
 #   3. serve - two tasks: the writer drains the outbox onto the connection; the
-#      reader decodes frames and forwards them to the actor. `progress` frames are
-#      and `accepted` are the hot path and do not go through the actor: the reader
-#      checks the task is this node's (`known`; for progress, a read of the
-#      scheduler that it still runs here) and publishes the update / marks it
-#      accepted itself; frame order on one connection keeps progress before result.
+#      reader decodes frames and hands them to the host (`report`). `progress`
+#      and `accepted` frames are the hot path and do not go through the actor: the
+#      reader checks the task is this node's (`tasks`, a NodeTasks) and hands
+#      progress to `SessionHost.progress` (which checks the scheduler still runs
+#      it here) / marks it accepted itself; frame order on one connection keeps
+#      progress before result. Model names a worker reports are turned into the
+#      catalog's here, before the host sees them.
 #   4. leave - however the session ends (peer closed, heartbeat timeout, protocol
-#      errors, coordinator shutdown), the actor hears `_Left` exactly once and the
+#      errors, coordinator shutdown), the host hears `leave` exactly once and the
 #      node is lost to the scheduler, which re-queues its tasks.
 #
 # Rules:
 # - The actor owns the scheduler; a session never changes it. The actor reaches a
-#   session only through `deliver` / `close` (non-blocking), so a slow or dead
-#   socket can never stall the actor: a full outbox closes the session instead.
+#   session only through `deliver` / `close` (non-blocking) and its `tasks`, so a
+#   slow or dead socket can never stall the actor: a full outbox closes the
+#   session instead. The session reaches the coordinator only through the
+#   `SessionHost` protocol below; it does not import the coordinator.
 # - A bad frame after the handshake gets an `error` frame and the session goes on;
 #   after `max_protocol_errors` of them the session closes. Before the handshake,
 #   any error closes.
-# - `known`: tasks assigned to this session that the worker has not yet reported
-#   on (result/failed) - frames about any other task id are protocol errors;
-#   written by the actor only. `accepted`: those the worker confirmed; added by
-#   the reader, removed by the actor.
+# - `tasks` (node_tasks.NodeTasks): the tasks assigned to this session that the
+#   worker has not yet reported on (result/failed) - frames about any other task
+#   id are protocol errors - and which of them the worker accepted. The actor
+#   assigns, reports and reconciles; the reader only marks tasks accepted.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
-from engine.core import CatalogError, GPU_CLASSES, NodeSpec, resolve_model
-
-from .codec import (
-    PROTOCOL_VERSION, WORKER_MESSAGES, Accepted, Error, Hello, Message, Progress,
-    ProtocolError, decode, encode,
+from engine.core import CatalogError, NodeSpec, gpu_class_name, resolve_model
+from engine.protocol import (
+    MAX_FRAME_BYTES, PROTOCOL_VERSION, WORKER_MESSAGES, Accepted, Connection,
+    ConnectionClosed, Draining, Error, Failed, Heartbeat, Hello, Message, Progress,
+    ProtocolError, Result, decode, encode,
 )
-from .connection import Connection, ConnectionClosed
 
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
+from .node_tasks import NodeTasks
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +64,47 @@ class NodeIdentity:
 
 
 @attrs.frozen
+class SessionLimits:
+    """What a session enforces on its worker (CoordinatorConfig.session_limits())."""
+
+    hello_timeout: float = 10.0  # a connection must say hello within this
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_protocol_errors: int = 10  # bad frames tolerated per connection, then close
+    max_slots: int = 256  # a hello announcing more slots is refused
+
+
+# The frames a session hands to its host's actor (progress and accepted it handles
+# itself, see above; hello is the handshake's).
+NodeReport = Heartbeat | Result | Failed | Draining
+
+
+class SessionHost(Protocol):
+    """What a NodeSession needs of the coordinator that runs it."""
+
+    async def identify(self, token: str) -> NodeIdentity | None:
+        """The node a worker token belongs to; None refuses it."""
+        ...
+
+    async def join(self, session: NodeSession, spec: NodeSpec) -> bool:
+        """The handshake succeeded; False when the host is shutting down."""
+        ...
+
+    async def report(self, session: NodeSession, message: NodeReport) -> bool:
+        """A frame for the actor; False when the host is shutting down."""
+        ...
+
+    async def leave(self, session: NodeSession, reason: str) -> None:
+        """The session ended (called once, after a successful join)."""
+        ...
+
+    def progress(self, session: NodeSession, message: Progress) -> None:
+        """Streamed output for a task this session holds (never blocks)."""
+        ...
+
+
+@attrs.frozen
 class _Close:
     reason: str
-
-
-def gpu_class_name(reported: str) -> str:
-    """The catalog's GPU class for a reported device name ('NVIDIA GeForce RTX 4090'
-    -> 'RTX 4090'); an unlisted device keeps its own name (the core treats it as the
-    slowest listed class)."""
-    text = reported.upper()
-    for name in sorted(GPU_CLASSES, key=len, reverse=True):
-        if name.upper() in text:
-            return name
-    return reported.strip() or "cpu"
 
 
 def _model_name(name: str) -> str:
@@ -84,13 +115,16 @@ def _model_name(name: str) -> str:
 
 
 class NodeSession:
-    def __init__(self, coordinator: Coordinator, conn: Connection) -> None:
-        self.coordinator = coordinator
+    """One worker connection, on the coordinator's side. Run with `run()`."""
+
+    def __init__(self, host: SessionHost, conn: Connection,
+                 limits: SessionLimits = SessionLimits()) -> None:
+        self.host = host
         self.conn = conn
-        self.config = coordinator.config
+        self.config = limits
         self.node_id = ""
-        self.known: set[str] = set()
-        self.accepted: set[str] = set()
+        self.spec: NodeSpec | None = None  # after the handshake
+        self.tasks = NodeTasks()
         self.protocol_errors = 0
         self.close_reason = ""
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | _Close](
@@ -131,8 +165,8 @@ class NodeSession:
                 spec = await self._handshake()
                 if spec is None:
                     return
-                self.node_id = spec.node_id
-                if not await self.coordinator._to_actor(("join", self, spec)):
+                self.node_id, self.spec = spec.node_id, spec
+                if not await self.host.join(self, spec):
                     await self._refuse("the coordinator is shutting down", retry=True)
                     return
                 joined = True
@@ -143,8 +177,7 @@ class NodeSession:
         finally:
             with trio.CancelScope(shield=True):
                 if joined:
-                    await self.coordinator._to_actor(("left", self, self.close_reason or
-                                                      "disconnected"))
+                    await self.host.leave(self, self.close_reason or "disconnected")
                 with trio.move_on_after(CLOSE_GRACE):
                     await self.conn.aclose(self.close_reason)
 
@@ -208,10 +241,7 @@ class NodeSession:
         return ""
 
     async def _identify(self, token: str) -> NodeIdentity | None:
-        verify = self.coordinator.verify_token
-        if verify is None:  # dev mode: any token; a fresh node id per connection
-            return NodeIdentity(self.coordinator._dev_node_id(), "")
-        return await verify(token)
+        return await self.host.identify(token)
 
     async def _writer(self, scope: trio.CancelScope) -> None:
         async with self._outbox_receive:
@@ -227,7 +257,7 @@ class NodeSession:
         scope.cancel()
 
     async def _reader(self) -> None:
-        coordinator, max_bytes = self.coordinator, self.config.max_frame_bytes
+        host, max_bytes = self.host, self.config.max_frame_bytes
         while True:
             try:
                 text = await self.conn.receive()
@@ -247,22 +277,24 @@ class NodeSession:
                 self._progress(message)
             elif isinstance(message, Accepted):
                 self._accepted(message)
-            elif not await coordinator._to_actor(("frame", self, message)):
-                self.close("the coordinator is shutting down")
-                return
+            elif isinstance(message, (Heartbeat, Result, Failed, Draining)):
+                if isinstance(message, Heartbeat) and message.loaded is not None:
+                    message = attrs.evolve(message, loaded=tuple(
+                        _model_name(m) for m in message.loaded))
+                if not await host.report(self, message):
+                    self.close("the coordinator is shutting down")
+                    return
 
     def _progress(self, message: Progress) -> None:
-        if message.task_id not in self.known:
+        if not self.tasks.holds(message.task_id):
             self.protocol_error(f"progress for task {message.task_id!r}, "
                                 "which is not assigned to this node")
         else:
-            self.coordinator._publish_progress(message, self.node_id)
+            self.host.progress(self, message)
 
     def _accepted(self, message: Accepted) -> None:
-        if message.task_id not in self.known:
+        if not self.tasks.accept(message.task_id):
             self.protocol_error(f"task {message.task_id!r} is not assigned to this node")
-        else:
-            self.accepted.add(message.task_id)
 
     def protocol_error(self, reason: str) -> None:
         """Answer a bad frame with `error`; close after too many (actor or reader)."""
@@ -274,4 +306,4 @@ class NodeSession:
         log.debug("protocol error from %s (%s): %s", self.node_id, self.conn.remote, reason)
 
 
-__all__ = ["NodeIdentity", "NodeSession", "gpu_class_name"]
+__all__ = ["NodeIdentity", "NodeReport", "NodeSession", "SessionHost", "SessionLimits"]

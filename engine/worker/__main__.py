@@ -19,8 +19,7 @@ from pathlib import Path
 
 import trio
 
-from engine.core import GPU_CLASSES
-from engine.runtime import gpu_class_name
+from engine.core import GPU_CLASSES, gpu_class_name
 from engine.worker.agent import (
     CoordinatorUnreachable, Worker, WorkerConfig, WorkerRefused, websocket_connector,
 )

@@ -44,13 +44,12 @@ import attrs
 import trio
 import trio_websocket
 
-from engine.runtime.codec import (
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, Accepted, AssignTask, CancelTask, Draining, Error,
-    Failed, Gpu, Heartbeat, Hello, Message, Progress, ProtocolError, Result, Welcome,
-    decode, encode,
+from engine.core.events import Usage
+from engine.protocol import (
+    MAX_FRAME_BYTES, PROTOCOL_VERSION, Accepted, AssignTask, CancelTask, Connection,
+    ConnectionClosed, Draining, Error, Failed, Gpu, Heartbeat, Hello, Message, Progress,
+    ProtocolError, Result, WebSocketConnection, Welcome, decode, encode,
 )
-from engine.runtime.connection import Connection, ConnectionClosed, WebSocketConnection
-from engine.core import Usage
 from engine.worker.runners.base import InvalidTaskInput, RunResult
 
 log = logging.getLogger(__name__)

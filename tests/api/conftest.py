@@ -15,7 +15,7 @@ import trio
 from api import ApiConfig, create_app
 from api.app import Services
 from engine.core import Usage
-from engine.runtime.codec import Gpu, Hello, Result, decode, encode
+from engine.protocol import Gpu, Hello, Result, decode, encode
 
 
 @attrs.define

@@ -10,8 +10,11 @@ import trio
 from api.access import RateLimiter
 from api.relay import Dispatcher, result_text
 from api.store import TaskRow, open_store
-from engine.core import TaskState
+from engine.core import TaskState, gpu_class_name
+from engine.protocol import Gpu, Hello, decode, encode
 from engine.runtime import SubmitOutcome
+
+from .conftest import FakeWorker, running_app, wait_for_status
 
 
 @attrs.define
@@ -65,3 +68,24 @@ def test_results_are_text() -> None:
     assert result_text({"text": "hi", "tokens": [1]}) == "hi"
     assert result_text({"image": "b64"}) == '{"image": "b64"}'
     assert result_text(None) is None
+
+
+async def test_a_task_row_shows_where_its_node_is_now(tmp_path: Path) -> None:
+    # The node's place travels in the coordinator's update: a node that comes back
+    # from elsewhere, with other hardware, shows its new place (nothing is cached).
+    async with running_app(tmp_path / "moves.db") as api:
+        token = await api.services.store.create_node_token("mover", api.clock())
+        for location, gpu in (("Germany", "RTX 4090"), ("France", "NVIDIA A100-SXM4-80GB")):
+            async with api.client.websocket("/api/nodes/connect") as ws:
+                await ws.send(encode(Hello(token=token, name="mover", location=location,
+                                           gpu=Gpu(gpu, 80.0), models=("llama2:7b",),
+                                           slots=1)))
+                worker = FakeWorker(ws, decode(await ws.receive()).node_id)
+                task_id = (await api.submit())["task_id"]
+                assign = await worker.next_assign()
+                await worker.finish(assign["task_id"], f"done in {location}")
+                task = await wait_for_status(api, task_id, "completed")
+            assert task["result"] == f"done in {location}"
+            assert task["node"] == {"id": "node_mover", "location": location,
+                                    "gpu": gpu_class_name(gpu)}
+        assert api.services.limiter.in_flight == {}

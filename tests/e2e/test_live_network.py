@@ -12,7 +12,8 @@ from pathlib import Path
 import trio
 
 from engine.core import TaskSpec, TaskState
-from engine.runtime import CoordinatorConfig, TaskUpdate, open_coordinator, serve_websocket
+from engine.protocol import serve_websocket
+from engine.runtime import CoordinatorConfig, TaskUpdate, open_coordinator
 from engine.worker.runners import load_runner
 from engine.worker.runners.demo_pack import ensure_demo_pack
 

@@ -23,7 +23,7 @@ import trio
 from engine.core import catalog, kinds
 from engine.core.catalog import GPU_CLASSES, MODELS, OPENAI_REFERENCE, ModelSpec
 from engine.core.kinds import TASK_KINDS, RequestField, TaskKind
-from engine.runtime import memory_connection_pair
+from engine.protocol import memory_connection_pair
 from engine.worker import Worker, WorkerConfig
 from engine.worker.node import ThreadedExecutor
 from engine.worker.runners import RUNNER_KINDS, RunResult, load_runner

@@ -10,7 +10,8 @@ import time
 import pytest
 import trio
 
-from engine.runtime import NodeIdentity, open_coordinator, serve_websocket
+from engine.protocol import serve_websocket
+from engine.runtime import NodeIdentity, open_coordinator
 from engine.worker import ProgressBuffer, ThreadedExecutor, detect_gpu
 from engine.worker.node import Hardware
 from engine.worker.runners import NoopRunner, RunResult

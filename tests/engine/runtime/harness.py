@@ -11,16 +11,17 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import trio
 
 from engine.core import TaskSpec, TaskState
-from engine.runtime import (
-    Coordinator, CoordinatorConfig, MemoryConnection, TaskUpdate, memory_connection_pair,
-    open_coordinator,
+from engine.protocol import (
+    Gpu, Hello, MemoryConnection, Message, decode, encode, memory_connection_pair,
 )
-from engine.runtime.codec import Hello, Gpu, Message, decode, encode
+from engine.runtime import Coordinator, CoordinatorConfig, TaskUpdate, open_coordinator
 from engine.worker import Worker, WorkerConfig
 from engine.worker.runners import InvalidTaskInput, RunResult
 
 MODEL = "llama2:7b"
-FAST = CoordinatorConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, hello_timeout=2.0)
+# keep_finished: the tests read ended tasks' records (attempts) through `task()`.
+FAST = CoordinatorConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, hello_timeout=2.0,
+                         keep_finished=True)
 
 
 class SimExecutor:

@@ -8,7 +8,7 @@ import trio
 
 from engine.core import TaskSpec, TaskState
 from engine.runtime import CoordinatorConfig, NodeIdentity
-from engine.runtime.codec import (
+from engine.protocol import (
     Accepted, AssignTask, CancelTask, Error, Heartbeat, Result, Welcome,
 )
 from engine.core import Usage

@@ -17,7 +17,7 @@ from api.__main__ import api_config, build_parser
 from engine.core import TaskState, Tick
 from engine.core.journal import JournalEntry, JournalHeader, read_sessions
 from engine.runtime import (
-    CoordinatorConfig, JournalFile, JournalFileError, open_coordinator,
+    CoordinatorConfig, FileJournal, JournalFile, JournalFileError, ListJournal, open_coordinator,
 )
 from sim.replay import load_sessions
 from tests.engine.runtime.harness import open_net
@@ -209,3 +209,44 @@ def test_serve_journal_flag_reaches_the_coordinator_config():
     assert config.db == "x.db"
     assert api_config(parser.parse_args([])).coordinator.journal_path is None
     assert "python -m sim --replay PATH" in " ".join(parser.format_help().split())
+
+
+async def test_the_file_sink_writes_in_its_own_task_and_close_writes_the_rest(tmp_path):
+    path = tmp_path / "sink.jsonl"
+    sink = FileJournal(JournalFile.open(str(path), CONFIG.journal_header(), flush_every=1.0))
+    sink.write(1.0, Tick(), [])
+    sink.write(1.5, Tick(), [])
+    sink.before_wait(1.5, idle=True)
+    assert sink.file.steps == 0  # the actor only queued them
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.file.steps == 2 and step_count(path) == 2  # written, and flushed: idle
+        sink.write(2.0, Tick(), [])
+        sink.write(2.5, Tick(), [])
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.file.steps == 4 and step_count(path) == 2  # busy: buffered
+        sink.write(3.1, Tick(), [])  # a step over a second newer than the oldest unflushed
+        await trio.testing.wait_all_tasks_blocked()
+        assert step_count(path) == 5
+        sink.write(3.2, Tick(), [])
+        nursery.cancel_scope.cancel()
+    sink.write(3.3, Tick(), [])  # the writer is gone: close writes what is queued
+    sink.close()
+    sink.close()  # idempotent
+    sink.write(4.0, Tick(), [])  # after close: nothing, no error
+    assert not sink.file.active
+    [(_, steps)] = sessions(path)
+    assert [s.time for s in steps] == [1.0, 1.5, 2.0, 2.5, 3.1, 3.2, 3.3]
+
+
+async def test_the_journal_sinks_see_the_same_steps(autojump_clock, tmp_path):
+    path = tmp_path / "both.jsonl"
+    async with open_net(_with_path(CONFIG, path)) as net:
+        assert [type(s) for s in net.c.journals] == [ListJournal, FileJournal]
+        net.start_worker("a")
+        await net.until_nodes(1)
+        await net.submit("t")
+        await net.until_final("t")
+    [(_, steps)] = sessions(path)
+    assert steps == [JournalEntry(t, e, tuple(d)) for t, e, d in net.c.journal]

@@ -8,8 +8,8 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.runtime import ConnectionClosed, CoordinatorConfig
-from engine.runtime.codec import AssignTask, Error, ProtocolError, decode
+from engine.runtime import CoordinatorConfig
+from engine.protocol import AssignTask, ConnectionClosed, Error, ProtocolError, decode
 from tests.engine.runtime.harness import RawClient, open_net
 from tests.strategies import garbage_frames
 

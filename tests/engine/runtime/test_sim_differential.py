@@ -12,10 +12,8 @@ import trio
 from engine.core import (
     NodeDraining, NodeJoined, NodeLost, TaskFinished, TaskSubmitted, Tick, WakeAt,
 )
-from engine.runtime import (
-    CoordinatorConfig, NodeIdentity, memory_connection_pair, open_coordinator,
-)
-from engine.runtime.codec import Draining, Gpu, Hello, Result, encode
+from engine.protocol import Draining, Gpu, Hello, Result, encode, memory_connection_pair
+from engine.runtime import CoordinatorConfig, NodeIdentity, open_coordinator
 from sim import make_scheduler, parse_scenario, run_scenario
 
 SCENARIO = {

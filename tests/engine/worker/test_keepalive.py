@@ -13,7 +13,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, Request, TextMessage
 
-from engine.runtime.codec import Welcome, encode
+from engine.protocol import Welcome, encode
 from engine.worker.agent import Worker, WorkerConfig, websocket_connector
 from tests.engine.runtime.harness import SimExecutor
 

@@ -4,7 +4,7 @@
 #     text = encode(message)
 #
 # Rules:
-# - Pure (h11-style): no I/O, no clocks, no state. A driver (engine/runtime's
+# - Pure (h11-style): no I/O, no clocks, no state. A driver (engine.runtime's
 #   NodeSession, engine/worker's agent) reads frames, decodes them, and encodes
 #   what it sends. Nothing here knows who sends what; `WORKER_MESSAGES` and
 #   `COORDINATOR_MESSAGES` say which side may send each type.
@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from engine.core import Usage
+from engine.core.events import Usage
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1 << 20  # 1 MiB: a long prompt fits; a runaway frame does not
@@ -326,7 +326,8 @@ def decode(text: str, max_bytes: int = MAX_FRAME_BYTES) -> Message:
             raise ProtocolError(f"{type_name}: missing field {key!r}")
     if cls is Progress:
         fields["partial"] = {k: v for k, v in data.items() if k not in ("type", "task_id")}
-    return cls(**fields)
+    message: Message = cls(**fields)
+    return message
 
 
 def _wire(value: Any) -> Any:
@@ -345,7 +346,7 @@ def encode(message: Message) -> str:
     """The text frame for a message (compact JSON, `type` first)."""
     cls = type(message)
     frame: dict[str, Any] = {"type": TYPE_NAMES[cls]}
-    if cls is Progress:
+    if isinstance(message, Progress):
         frame["task_id"] = message.task_id
         frame.update((k, v) for k, v in message.partial.items() if k not in frame)
     else:
@@ -355,8 +356,8 @@ def encode(message: Message) -> str:
 
 
 __all__ = [
-    "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "ProtocolError", "Message", "TYPES",
-    "WORKER_MESSAGES", "COORDINATOR_MESSAGES", "SCHEMAS",
+    "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "MAX_ID_CHARS", "ProtocolError", "Message", "TYPES",
+    "TYPE_NAMES", "WORKER_MESSAGES", "COORDINATOR_MESSAGES", "SCHEMAS",
     "Gpu", "Hello", "Heartbeat", "Accepted", "Progress", "Result", "Failed", "Draining",
     "Welcome", "AssignTask", "CancelTask", "Error", "decode", "encode",
 ]

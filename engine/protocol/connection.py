@@ -121,7 +121,8 @@ class WebSocketConnection:
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self._ws = ws
         remote = ws.remote
-        self.remote = f"{remote.address}:{remote.port}" if hasattr(remote, "port") else str(remote)
+        self.remote = (str(remote) if isinstance(remote, str)
+                       else f"{remote.address}:{remote.port}")
 
     async def send(self, text: str) -> None:
         try:
@@ -155,11 +156,13 @@ class WebSocketConnection:
             pass  # the peer is already gone; closed either way
 
 
-class _Serves(Protocol):
+class ConnectionServer(Protocol):
+    """What `serve_websocket` hands each accepted connection to (the Coordinator)."""
+
     async def serve_connection(self, conn: Connection) -> None: ...
 
 
-async def serve_websocket(coordinator: _Serves, host: str, port: int, *,
+async def serve_websocket(coordinator: ConnectionServer, host: str, port: int, *,
                           max_frame_bytes: int = MAX_FRAME_BYTES,
                           task_status: trio.TaskStatus[trio_websocket.WebSocketServer]
                           = trio.TASK_STATUS_IGNORED) -> None:
@@ -182,5 +185,5 @@ async def serve_websocket(coordinator: _Serves, host: str, port: int, *,
     )
 
 
-__all__ = ["WORKER_PATH", "Connection", "ConnectionClosed", "MemoryConnection",
+__all__ = ["WORKER_PATH", "Connection", "ConnectionClosed", "ConnectionServer", "MemoryConnection",
            "memory_connection_pair", "WebSocketConnection", "serve_websocket"]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core import Usage
-from engine.runtime.codec import (
+from engine.protocol import (
     SCHEMAS, TYPES, Error, Gpu, Hello, Progress, ProtocolError, Result, decode, encode,
 )
 from tests.strategies import coordinator_messages, garbage_frames, worker_messages

@@ -1,0 +1,89 @@
+# What reaches the Coordinator's actor through its inbox: one frozen message class
+# per kind of request, dispatched by type (Coordinator._on_message, a dict
+# type -> handler, as the core's events are dispatched by the Scheduler).
+#
+#   from the API       SubmitRequest (a batch of tasks), CancelRequest
+#   from NodeSessions  SessionJoined, SessionReported (a heartbeat, result,
+#                      failed or draining frame), SessionLeft
+#
+# Rules: the messages are values the sender never touches again; a request that
+# wants an answer carries a `Reply`, which the actor sets (never blocks) and the
+# sender awaits. Names end in Request / start with Session so that they never
+# clash with the core's events (engine.core.NodeJoined, TaskCancelled, ...).
+from __future__ import annotations
+
+from typing import Any, Generic, Mapping, TypeVar, Union
+
+import attrs
+import trio
+
+from engine.core import NodeSpec, TaskSpec
+
+from .session import NodeReport, NodeSession
+from .updates import SubmitOutcome
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot answer from the actor."""
+
+    __slots__ = ("_event", "_value")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._value: T | None = None
+
+    def set(self, value: T) -> None:
+        self._value = value
+        self._event.set()
+
+    async def wait(self) -> T:
+        await self._event.wait()
+        return self._value  # type: ignore[return-value]  # set before the event
+
+
+@attrs.frozen
+class Submission:
+    """One task to queue: the core's spec and the worker's input and params."""
+
+    spec: TaskSpec
+    payload: Mapping[str, Any]
+    params: Mapping[str, Any]
+
+
+@attrs.frozen(eq=False)
+class SubmitRequest:
+    submissions: tuple[Submission, ...]
+    reply: Reply[list[SubmitOutcome]]
+
+
+@attrs.frozen(eq=False)
+class CancelRequest:
+    task_id: str
+    reply: Reply[bool]
+
+
+@attrs.frozen(eq=False)
+class SessionJoined:
+    session: NodeSession
+    spec: NodeSpec
+
+
+@attrs.frozen(eq=False)
+class SessionReported:
+    session: NodeSession
+    message: NodeReport
+
+
+@attrs.frozen(eq=False)
+class SessionLeft:
+    session: NodeSession
+    reason: str
+
+
+ActorMessage = Union[SubmitRequest, CancelRequest, SessionJoined, SessionReported,
+                     SessionLeft]
+
+__all__ = ["ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
+           "SessionReported", "SubmitRequest", "Submission"]
