@@ -73,6 +73,12 @@ def kind_field(field: RequestField, kinds: list[str]) -> dict[str, Any]:
         schema["exclusiveMinimum" if field.low_open else "minimum"] = field.low
     if field.high < float("inf"):
         schema["maximum"] = field.high
+    if field.multiple_of:
+        schema["multipleOf"] = field.multiple_of
+    if field.choices:
+        schema["enum"] = list(field.choices)
+    if field.max_length:
+        schema["maxLength"] = field.max_length
     default = "" if field.default is None else f" (default {field.default})"
     schema["description"] = f"{', '.join(kinds)}: {field.description}{default}"
     return schema
@@ -120,7 +126,9 @@ SCHEMAS: dict[str, Any] = {
         ["id", "status", "result", "created_at", "completed_at", "processing_time", "cost",
          "tokens_used", "node"],
         id=s(), status=s(enum=list(TASK_STATES)),
-        result=nullable(s("generated text (other outputs: their JSON); null until completed")),
+        result=nullable(s("generated text; for an image, the URL of its PNG "
+                          "(GET /api/tasks/{id}/image.png); other outputs: their JSON; "
+                          "null until completed")),
         created_at=s(format="date-time"),
         completed_at=nullable(s("when the task ended", format="date-time")),
         processing_time=n("GPU seconds measured by the node; 0 until completed"),
@@ -131,6 +139,9 @@ SCHEMAS: dict[str, Any] = {
         estimated_cost=n("dollars quoted at submission"),
         error=nullable(s("why it failed, expired, was rejected")),
         params=obj(),
+        content_type=s("what `result` is: text/plain, or image/png for the URL of an image"),
+        model_weights=nullable(s("the weights that ran the task, as its node named them; "
+                                 "a stand-in for the requested model says so")),
     ),
 }
 
@@ -176,6 +187,14 @@ PATHS: dict[str, Any] = {
                        success={"type": "boolean"}, message=s(), task=ref("Task"))),
                        "404": NOT_FOUND,
                        "409": answer("The task had already ended", ref("Error")), **ERRORS}},
+    },
+    "/api/tasks/{task_id}/image.png": {
+        "parameters": [TASK_ID],
+        "get": {"summary": "The image an image-generation task produced",
+                "responses": {"200": {"description": "The PNG",
+                                      "content": {"image/png": {"schema": {
+                                          "type": "string", "format": "binary"}}}},
+                              "404": NOT_FOUND, **ERRORS}},
     },
     "/api/tasks/{task_id}/stream": {
         "parameters": [TASK_ID],

@@ -49,6 +49,8 @@ class TaskRow:
     cost: float = 0.0
     tokens_used: int = 0
     processing_time: float = 0.0
+    content_type: str | None = None  # of the result: None for text, "image/png" for images
+    model_weights: str | None = None  # the weights that ran, as the node named them
     seq: int = 0  # the store's insertion order; 0 before insertion
 
 
@@ -69,6 +71,25 @@ class TaskChange:
     tokens_used: int | None = None
     processing_time: float | None = None
     openai_cost: float | None = None
+    content_type: str | None = None
+    model_weights: str | None = None
+
+
+MAX_BLOB_BYTES = 32 * 1024 * 1024  # one stored file of a task (an image, an audio input)
+
+
+@attrs.frozen
+class Blob:
+    """A file that belongs to a task: its input audio, its output image."""
+
+    name: str  # e.g. "image.png", "input.audio"
+    content_type: str
+    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.data) > MAX_BLOB_BYTES:
+            raise StoreError(f"{self.name} is {len(self.data)} bytes; a task's file may have "
+                             f"at most {MAX_BLOB_BYTES}")
 
 
 @attrs.frozen
@@ -139,7 +160,9 @@ class Store(Protocol):
 
     async def insert_task(self, row: TaskRow) -> None: ...
     async def change_task(self, change: TaskChange) -> bool: ...
-    async def post_task_change(self, change: TaskChange) -> None: ...
+    async def post_task_change(self, change: TaskChange, blobs: tuple[Blob, ...] = ()) -> None: ...
+    async def put_blobs(self, task_id: str, blobs: tuple[Blob, ...]) -> None: ...
+    async def get_blob(self, task_id: str, name: str) -> Blob | None: ...
     async def reopen_tasks(self) -> list[TaskRow]: ...
     async def barrier(self) -> None: ...
     async def get_task(self, task_id: str) -> TaskRow | None: ...
@@ -163,7 +186,7 @@ class Store(Protocol):
 
 
 __all__ = [
-    "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "NodeRecord", "NodeTokenRecord",
+    "Blob", "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord", "NodeTokenRecord",
     "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "TaskChange", "TaskRow",
     "hash_secret", "new_secret",
 ]

@@ -41,6 +41,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -56,7 +57,11 @@ from engine.runtime import (
 )
 
 from .access import RateLimiter
-from .store import OPEN_STATES, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
+from .media import MediaError, image_result
+from .store import OPEN_STATES, Blob, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
+
+
+log = logging.getLogger(__name__)
 
 
 def task_spec(row: TaskRow) -> TaskSpec:
@@ -237,7 +242,6 @@ class UpdateWriter:
             QueuedUpdate: lambda update, now: None,  # the row says queued already
             RequeuedUpdate: lambda update, now: TaskChange(update.task_id, "queued", now),
             RunningUpdate: self._running_change,
-            CompletedUpdate: self._completed_change,
             FailedUpdate: _final_change, RejectedUpdate: _final_change,
             ExpiredUpdate: _final_change,
             CancelledUpdate: lambda update, now: TaskChange(update.task_id, "cancelled", now),
@@ -258,10 +262,14 @@ class UpdateWriter:
         if isinstance(update, ProgressUpdate):  # streamed output, not stored
             self.feed.publish_progress(task_id, dict(update.partial))
             return
-        change = self._changes[type(update)](update, self.clock())
+        blobs: tuple[Blob, ...] = ()
+        if isinstance(update, CompletedUpdate):
+            change, blobs = self._completed_change(update, self.clock())
+        else:
+            change = self._changes[type(update)](update, self.clock())
         if change is None:
             return
-        await self.store.post_task_change(change)
+        await self.store.post_task_change(change, blobs)
         if type(update) in FINAL_UPDATES:
             self.release(task_id)
         self.feed.publish_state(task_id, change)
@@ -269,14 +277,28 @@ class UpdateWriter:
     @staticmethod
     def _running_change(update: RunningUpdate, now: float) -> TaskChange:
         return TaskChange(update.task_id, "running", now, node_id=update.node_id,
-                          node_location=update.node_location, node_gpu=update.node_gpu)
+                          node_location=update.node_location, node_gpu=update.node_gpu,
+                          model_weights=update.model_weights or None)
 
     @staticmethod
-    def _completed_change(update: CompletedUpdate, now: float) -> TaskChange:
+    def _completed_change(update: CompletedUpdate, now: float
+                          ) -> tuple[TaskChange, tuple[Blob, ...]]:
         usage = update.usage
-        return TaskChange(update.task_id, "completed", now, result=result_text(update.result),
-                          cost=update.cost or 0.0, tokens_used=usage.tokens + usage.prompt_tokens,
-                          processing_time=usage.seconds, openai_cost=update.reference_cost)
+        change = TaskChange(update.task_id, "completed", now, result=result_text(update.result),
+                            cost=update.cost or 0.0,
+                            tokens_used=usage.tokens + usage.prompt_tokens,
+                            processing_time=usage.seconds, openai_cost=update.reference_cost,
+                            model_weights=update.model_weights or None)
+        try:
+            image = image_result(update.task_id, update.result)
+        except MediaError as exc:  # the node's claimed image is not one: no result
+            log.warning("task %s: %s (node %s)", update.task_id, exc, update.node_id)
+            return attrs.evolve(change, status="failed", result=None, cost=0.0,
+                                error=f"the node's result was refused: {exc}"), ()
+        if image is None:
+            return change, ()
+        return attrs.evolve(change, result=image.path, content_type=image.content_type), (
+            image.blob,)
 
 
 __all__ = ["Dispatcher", "TaskCoordinator", "TaskFeed", "UpdateWriter", "result_text",

@@ -30,6 +30,7 @@ from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_r
 
 from . import views
 from .access import Admission, AuthError, Caller, identify
+from .media import IMAGE_BLOB
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
@@ -186,7 +187,19 @@ async def submit_task():  # type: ignore[no-untyped-def]
 @api_routes.get("/api/tasks/<task_id>")
 async def get_task(task_id: str):  # type: ignore[no-untyped-def]
     row = await visible_task(await current_caller(), task_id)
-    return jsonify({"success": True, "task": views.task_view(row)})
+    return jsonify({"success": True, "task": views.task_view(row, request.host_url)})
+
+
+@api_routes.get(f"/api/tasks/<task_id>/{IMAGE_BLOB}")
+async def get_task_image(task_id: str):  # type: ignore[no-untyped-def]
+    """The image a task produced; the same access rules as the task itself."""
+    row = await visible_task(await current_caller(), task_id)
+    blob = await services().store.get_blob(row.id, IMAGE_BLOB)
+    if blob is None:
+        raise ApiError(404, "Not found", f"task {task_id[:100]!r} has no image"
+                       + ("" if row.status == "completed" else f" (it is {row.status})"))
+    return Response(blob.data, status=200, content_type=blob.content_type,
+                    headers={"Cache-Control": "private, max-age=86400"})
 
 
 @api_routes.delete("/api/tasks/<task_id>")
@@ -198,7 +211,7 @@ async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
             await s.store.barrier()
             row = await s.store.get_task(task_id) or row
             return jsonify({"success": True, "message": "Task cancelled",
-                            "task": views.task_view(row)})
+                            "task": views.task_view(row, request.host_url)})
         await s.store.barrier()  # it ended meanwhile: its final update is on its way
         row = await s.store.get_task(task_id) or row
     raise ApiError(409, "Task already finished",
@@ -215,7 +228,7 @@ async def list_tasks():  # type: ignore[no-untyped-def]
     rows = rows[:page.limit]
     return jsonify({
         "success": True,
-        "tasks": [views.task_view(r) for r in rows],
+        "tasks": [views.task_view(r, request.host_url) for r in rows],
         "count": len(rows),
         "next_cursor": str(rows[-1].seq) if more else None,
     })
@@ -229,6 +242,7 @@ def sse(kind: str, data: dict[str, Any]) -> bytes:
 async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
     s = services()
     await visible_task(await current_caller(), task_id)
+    base_url = request.host_url  # the generator runs outside the request context
 
     async def events() -> AsyncIterator[bytes]:
         with s.feed.subscribe(task_id) as receive:
@@ -247,7 +261,7 @@ async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
         await s.store.barrier()  # the final change is committed: read it
         final = await s.store.get_task(task_id)
         assert final is not None
-        yield sse("done", views.task_view(final))
+        yield sse("done", views.task_view(final, base_url))
 
     response = Response(events(), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})

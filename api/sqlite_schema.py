@@ -14,7 +14,9 @@
 #   final one: queued <-> running moves cost nothing extra.
 # - Schema changes are migrations keyed by `PRAGMA user_version`; `prepare`
 #   applies the missing ones in one write transaction, so two processes opening
-#   the same file at once cannot both apply them. Version 2 added the totals.
+#   the same file at once cannot both apply them. Version 2 added the totals;
+#   version 3 the result's content type, the weights that ran, and task files
+#   (`task_blobs`: input audio, output images).
 from __future__ import annotations
 
 import json
@@ -24,7 +26,7 @@ import attrs
 
 from .records import KeyRecord, TaskChange, TaskRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000  # how long a connection waits for another process's lock
 
 TABLES = """
@@ -50,7 +52,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     cost REAL NOT NULL DEFAULT 0,
     tokens_used INTEGER NOT NULL DEFAULT 0,
-    processing_time REAL NOT NULL DEFAULT 0
+    processing_time REAL NOT NULL DEFAULT 0,
+    content_type TEXT,
+    model_weights TEXT
+);
+CREATE TABLE IF NOT EXISTS task_blobs (
+    task_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (task_id, name)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE status IN ('queued', 'running');
@@ -158,6 +169,9 @@ TOTAL_COLUMNS = [*TOTAL_TERMS, "beta_signups"]
 READ_TOTALS = f"SELECT {', '.join(TOTAL_COLUMNS)} FROM task_totals WHERE id = 1"
 
 
+ADDED_COLUMNS = ("content_type", "model_weights")  # by version 3
+
+
 def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -177,6 +191,10 @@ def prepare(conn: sqlite3.Connection) -> None:
             raise sqlite3.DatabaseError(
                 f"the database is at schema version {version}; this NeuroGrid knows up "
                 f"to {SCHEMA_VERSION}: upgrade NeuroGrid")
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
+        for column in ADDED_COLUMNS:  # version 3, on a database made before it
+            if columns and column not in columns:
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
         for statement in split_script(TABLES + TOTALS):
             conn.execute(statement)
         if conn.execute("SELECT 1 FROM task_totals WHERE id = 1").fetchone() is None:

@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from .records import (
-    OPEN_STATES, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
+    OPEN_STATES, Blob, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
     StoreError, TaskChange, TaskRow, hash_secret, new_secret,
 )
 from .sqlite_schema import (
@@ -135,10 +135,45 @@ class SqliteStore:
         ended (or does not exist)."""
         return await self.writer.write(self.change_op(change)) is not None
 
-    async def post_task_change(self, change: TaskChange) -> None:
-        """Queue `change` without waiting for its commit (the coordinator's updates:
-        the coordinator must not wait for the disk). Order of changes is kept."""
-        await self.writer.post(self.change_op(change))
+    async def post_task_change(self, change: TaskChange, blobs: tuple[Blob, ...] = ()) -> None:
+        """Queue `change` (and the task files it brings, in the same transaction)
+        without waiting for its commit (the coordinator's updates: the coordinator
+        must not wait for the disk). Order of changes is kept."""
+        change_op = self.change_op(change)
+        if not blobs:
+            await self.writer.post(change_op)
+            return
+        blobs_op = self.blobs_op(change.task_id, blobs)
+
+        def op(conn: sqlite3.Connection) -> TaskRow | None:
+            row = change_op(conn)
+            if row is not None:  # only files of a change that took effect
+                blobs_op(conn)
+            return row
+
+        await self.writer.post(op)
+
+    @staticmethod
+    def blobs_op(task_id: str, blobs: tuple[Blob, ...]) -> Callable[[sqlite3.Connection], None]:
+        rows = [(task_id, b.name, b.content_type, b.data) for b in blobs]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR REPLACE INTO task_blobs (task_id, name, content_type, "
+                             "data) VALUES (?, ?, ?, ?)", rows)
+
+        return op
+
+    async def put_blobs(self, task_id: str, blobs: tuple[Blob, ...]) -> None:
+        """Store a task's files and wait for the commit."""
+        await self.writer.write(self.blobs_op(task_id, blobs))
+
+    async def get_blob(self, task_id: str, name: str) -> Blob | None:
+        def query(conn: sqlite3.Connection) -> Blob | None:
+            row = conn.execute("SELECT name, content_type, data FROM task_blobs "
+                               "WHERE task_id = ? AND name = ?", (task_id, name)).fetchone()
+            return Blob(row["name"], row["content_type"], bytes(row["data"])) if row else None
+
+        return await self.read(query)
 
     async def reopen_tasks(self) -> list[TaskRow]:
         """After a restart: every task not yet ended, running ones put back to

@@ -26,7 +26,7 @@ from typing import AsyncIterator, Callable
 from urllib.parse import unquote
 
 from .records import (
-    FAILED_STATES, OPEN_STATES, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord,
+    MAX_BLOB_BYTES, Blob, FAILED_STATES, OPEN_STATES, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord,
     Signup, Stats, Store, StoreError, TaskChange, TaskRow, hash_secret,
 )
 from .sqlite_store import open_sqlite
@@ -78,7 +78,7 @@ async def open_store(url: str) -> AsyncIterator[Store]:
 
 
 __all__ = [
-    "DEFAULT_SCHEME", "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "NodeRecord",
+    "Blob", "DEFAULT_SCHEME", "DuplicateTaskId", "MAX_BLOB_BYTES", "FAILED_STATES", "KeyRecord", "NodeRecord",
     "NodeTokenRecord", "OPEN_STATES", "STORE_SCHEMES", "Signup", "Stats", "Store",
     "StoreError", "TaskChange", "TaskRow", "hash_secret", "open_store", "receive_batch",
     "split_url", "sqlite_location",

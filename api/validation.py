@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import attrs
 
 from engine.core import (
-    DEFAULT_MODEL, TASK_KINDS, CatalogError, Priority, RequestField, TaskState, resolve_model,
+    DEFAULT_MODEL, MODELS, TASK_KINDS, CatalogError, Priority, RequestField, TaskState, resolve_model,
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -54,8 +54,14 @@ class TaskRequest:
     fields: Mapping[str, Any]  # the model's task-kind fields, defaults filled in
 
     def params(self) -> dict[str, Any]:
-        """What the worker needs beside the prompt (the `assign` frame's params)."""
-        return dict(self.fields)
+        """What the worker needs beside its input (the `assign` frame's params)."""
+        inputs = {f.name for f in MODELS[self.model].kind.fields if f.input}
+        return {name: value for name, value in self.fields.items() if name not in inputs}
+
+    def inputs(self) -> dict[str, Any]:
+        """The kind's fields that are the task's input (e.g. its audio), not params."""
+        return {f.name: self.fields[f.name] for f in MODELS[self.model].kind.fields
+                if f.input and f.name in self.fields}
 
     # The size quantities (0 where the kind has none), for callers and tests.
     @property
@@ -159,14 +165,27 @@ COMMON_TASK_FIELDS = ("prompt", "model", "priority")
 
 def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
     """One task-kind field, checked against its table row."""
+    if field.required and body.get(field.name) is None:
+        raise InvalidRequest(f"The '{field.name}' field is required: {field.description}")
     if field.type == "integer":
-        return _integer(body, field.name, field.default,  # type: ignore[arg-type]
-                        int(max(field.low, -2**63)) + (1 if field.low_open else 0),
-                        int(min(field.high, 2**63 - 1)))
+        value = _integer(body, field.name, field.default,  # type: ignore[arg-type]
+                         int(max(field.low, -2**63)) + (1 if field.low_open else 0),
+                         int(min(field.high, 2**63 - 1)))
+        if value is not None and field.multiple_of and value % field.multiple_of:
+            raise InvalidRequest(f"The '{field.name}' field must be a multiple of "
+                                 f"{field.multiple_of}, not {value}")
+        return value
     if field.type == "number":
         return _number(body, field.name, field.default, field.low,  # type: ignore[arg-type]
                        field.high, low_open=field.low_open)
-    return _string(body, field.name, field.default)  # type: ignore[arg-type]
+    text = _string(body, field.name, field.default)  # type: ignore[arg-type]
+    if text is not None and field.max_length and len(text) > field.max_length:
+        raise InvalidRequest(f"The '{field.name}' field is {len(text)} characters; the limit "
+                             f"is {field.max_length}")
+    if text is not None and field.choices and text not in field.choices:
+        raise InvalidRequest(f"The '{field.name}' field must be one of: "
+                             f"{', '.join(field.choices)}")
+    return text
 
 
 def parse_task(body: Mapping[str, Any]) -> TaskRequest:

@@ -83,15 +83,19 @@ def task_created(row: TaskRow, node_id: str | None, node_location: str | None, g
     }
 
 
-def task_view(row: TaskRow) -> dict[str, Any]:
-    """One task, as GET /api/tasks/<id> shows it."""
+def task_view(row: TaskRow, base_url: str = "") -> dict[str, Any]:
+    """One task, as GET /api/tasks/<id> shows it. A result that is a file the API
+    serves (an image) is its URL: `base_url` (scheme and host of the request) + path."""
+    result = row.result
+    if row.content_type is not None and result is not None and result.startswith("/"):
+        result = base_url.rstrip("/") + result
     node = None
     if row.node_id is not None:
         node = {"id": row.node_id, "location": row.node_location or "", "gpu": row.node_gpu or ""}
     return {
         "id": row.id,
         "status": row.status,
-        "result": row.result,
+        "result": result,
         "created_at": iso(row.created_at),
         "completed_at": iso(row.completed_at),
         "processing_time": round(row.processing_time, 3),
@@ -104,6 +108,10 @@ def task_view(row: TaskRow) -> dict[str, Any]:
         "estimated_cost": row.estimated_cost,
         "error": row.error,
         "params": row.params,
+        # what `result` is: text, or the URL of a file of that type
+        "content_type": row.content_type or "text/plain",
+        # the weights that ran, as the node named them; a stand-in says so
+        "model_weights": row.model_weights,
     }
 
 

@@ -71,6 +71,11 @@ class RequestField:
     low_open: bool = False  # the low limit itself is refused
     size: str = ""  # the size quantity (SIZE_QUANTITIES) this field sets, if any
     description: str = ""
+    multiple_of: int = 0  # integers: the value must be a multiple of this (0: any)
+    choices: tuple[str, ...] = ()  # strings: the values allowed (empty: any)
+    max_length: int = 0  # strings: the most characters (0: no limit beyond the body's)
+    required: bool = False  # a request of the kind must carry it
+    input: bool = False  # goes to the worker in the assign frame's input, not its params
 
     def __attrs_post_init__(self) -> None:
         if self.type not in ("integer", "number", "string"):
@@ -173,6 +178,16 @@ TASK_KINDS: dict[str, TaskKind] = {
             fields=(
                 RequestField("steps", "integer", 50, 1, 150, size="steps",
                              description="denoising steps"),
+                RequestField("width", "integer", 512, 64, 1024, multiple_of=8,
+                             description="image width in pixels"),
+                RequestField("height", "integer", 512, 64, 1024, multiple_of=8,
+                             description="image height in pixels"),
+                RequestField("guidance_scale", "number", 7.5, 0.0, 30.0,
+                             description="classifier-free guidance; 1 or less turns it off"),
+                RequestField("negative_prompt", "string", None, max_length=2000,
+                             description="what the image should not show"),
+                RequestField("scheduler", "string", None, choices=("euler", "ddim", "pndm"),
+                             description="the sampler (default: the model's own)"),
                 _SEED,
             ),
             usage_fields=("steps",),

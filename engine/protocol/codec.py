@@ -22,7 +22,7 @@
 # Frames (DESIGN.md, "Worker protocol"; fields beyond it are marked +):
 #   worker -> coordinator
 #     hello      {protocol, token, name, location, gpu{name, vram_gb}, models[], slots,
-#                 price_per_hour?, +region, +loaded[]}
+#                 price_per_hour?, +region, +loaded[], +weights{model: words}}
 #     heartbeat  {running[], load, +loaded[]?}
 #     accepted   {task_id}
 #     progress   {task_id, ...partial output, e.g. tokens[], index}
@@ -46,7 +46,7 @@ import attrs
 from engine.core.events import Usage
 
 PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 1 << 20  # 1 MiB: a long prompt fits; a runaway frame does not
+MAX_FRAME_BYTES = 32 << 20  # 32 MiB: an audio input or an image result fits; a runaway frame does not
 MAX_ID_CHARS = 256
 
 
@@ -75,6 +75,9 @@ class Hello:
     region: str = ""
     loaded: tuple[str, ...] = ()
     protocol: int = PROTOCOL_VERSION
+    # model -> the weights that serve it, in words ("SmolLM2-135M-Instruct (stand-in
+    # for llama2:7b)"): what the API shows a client of the task it ran
+    weights: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -224,6 +227,21 @@ def _any(value: Any) -> Any:
     return value
 
 
+MAX_WEIGHTS_CHARS = 300  # a description of one model's weights
+
+
+def _weights(value: Any) -> dict[str, str]:
+    fields = _object(value)
+    out = {}
+    for model, words in fields.items():
+        text = _str(words)
+        if len(text) > MAX_WEIGHTS_CHARS:
+            raise ProtocolError(f"weights of {model[:50]!r}: at most {MAX_WEIGHTS_CHARS} "
+                                "characters")
+        out[_id(model)] = text
+    return out
+
+
 def _gpu(value: Any) -> Gpu:
     fields = _object(value)
     return Gpu(_checked(fields, "gpu.name", "name", _str), _checked(fields, "gpu.vram_gb",
@@ -265,6 +283,7 @@ SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
         "location": (_str, OPTIONAL), "gpu": (_gpu, REQUIRED), "models": (_ids, REQUIRED),
         "slots": (_int, REQUIRED), "price_per_hour": (_optional_number, OPTIONAL),
         "region": (_str, OPTIONAL), "loaded": (_ids, OPTIONAL),
+        "weights": (_weights, OPTIONAL),
     },
     Heartbeat: {"running": (_ids, REQUIRED), "load": (_number, OPTIONAL),
                 "loaded": (_optional_ids, OPTIONAL)},

@@ -296,11 +296,19 @@ class Coordinator:
         if session is not None:
             session.deliver(message)
 
-    def _place(self, node_id: str) -> tuple[str, str]:
-        """(GPU class, location) of a connected node, as a row shows them."""
+    def node_weights(self) -> dict[str, dict[str, str]]:
+        """node id -> (model -> the weights serving it, as the node announced them),
+        for the nodes connected now."""
+        return {node_id: dict(session.weights) for node_id, session in self._sessions.items()}
+
+    def _place(self, node_id: str, model: str) -> tuple[str, str, str]:
+        """(GPU class, location, the weights serving `model`) of a connected node, as
+        a row shows them."""
         session = self._sessions.get(node_id)
         spec = session.spec if session is not None else None
-        return ("", "") if spec is None else (spec.gpu, spec.location or spec.region)
+        if session is None or spec is None:
+            return ("", "", "")
+        return (spec.gpu, spec.location or spec.region, session.weights.get(model, ""))
 
     # ---- messages to the actor ---------------------------------------------------
 
@@ -407,8 +415,8 @@ class Coordinator:
             queue.append(DeliveryFailed(d.task_id, d.node_id))
             return
         session.tasks.assigned(d.task_id)
-        gpu, location = self._place(d.node_id)
-        self._pending.append(RunningUpdate(d.task_id, d.node_id, gpu, location))
+        gpu, location, weights = self._place(d.node_id, d.model)
+        self._pending.append(RunningUpdate(d.task_id, d.node_id, gpu, location, weights))
 
     def _forget(self, task_id: str) -> _Input | None:
         return self._inputs.pop(task_id, None)
@@ -438,9 +446,9 @@ class Coordinator:
         usage = d.usage
         reference = 0.0 if task is None else openai_cost(
             task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
-        gpu, location = self._place(d.node_id)
+        gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
         self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
-                                             reference, finish_reason, gpu, location))
+                                             reference, finish_reason, gpu, location, weights))
 
     def _do_fail(self, d: Fail, queue: list[Event]) -> None:
         self._forget(d.task_id)

@@ -124,6 +124,7 @@ class NodeSession:
         self.config = limits
         self.node_id = ""
         self.spec: NodeSpec | None = None  # after the handshake
+        self.weights: dict[str, str] = {}  # catalog model -> the weights serving it, in words
         self.tasks = NodeTasks()
         self.protocol_errors = 0
         self.close_reason = ""
@@ -222,6 +223,7 @@ class NodeSession:
         if identity is None:
             await self._refuse("token refused: unknown or revoked node token")
             return None
+        self.weights = {_model_name(m): words for m, words in hello.weights.items()}
         return NodeSpec(
             node_id=identity.node_id, gpu=gpu_class_name(hello.gpu.name),
             vram_gb=hello.gpu.vram_gb, models=tuple(_model_name(m) for m in hello.models),

@@ -67,6 +67,7 @@ class RunningUpdate:
     node_id: str
     node_gpu: str  # the catalog's GPU class of the node
     node_location: str  # the node's location, else its region, else ""
+    model_weights: str = ""  # the weights serving the model there, as the node says
 
 
 @attrs.frozen
@@ -96,6 +97,7 @@ class CompletedUpdate:
     finish_reason: str = ""  # "stop", "length", ... as the runner said
     node_gpu: str = ""
     node_location: str = ""
+    model_weights: str = ""
 
 
 @attrs.frozen

@@ -96,6 +96,9 @@ class WorkerConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     keepalive_interval: float = 15.0  # seconds between pings (websockets only)
     keepalive_timeout: float = 20.0  # no pong within this: the coordinator is gone
+    # model -> the weights that serve it, in words, as the hello announces them (a
+    # stand-in says what it stands in for)
+    weights: Mapping[str, str] = attrs.field(factory=dict)
 
 
 class ProgressBuffer:
@@ -209,7 +212,8 @@ class Worker:
         hello = Hello(token=config.token, gpu=Gpu(config.gpu, config.vram_gb),
                       models=executor.models, slots=config.slots, name=config.name,
                       location=config.location, price_per_hour=config.price_per_hour,
-                      region=config.region, loaded=executor.loaded, protocol=PROTOCOL_VERSION)
+                      region=config.region, loaded=executor.loaded, protocol=PROTOCOL_VERSION,
+                      weights=dict(config.weights))
         try:
             await conn.send(encode(hello))
             with trio.fail_after(config.welcome_timeout):

@@ -4,6 +4,7 @@ speaks the worker protocol over the app's own websocket endpoint."""
 from __future__ import annotations
 
 import json
+import random
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -97,3 +98,36 @@ async def wait_for_status(harness: Harness, task_id: str, status: str,
             if task["status"] == status:
                 return task
             await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def agent_worker(harness: Harness, runners: dict[str, Any], name: str = "agent",
+                       weights: dict[str, str] | None = None) -> AsyncIterator[Any]:
+    """A real worker agent (engine.worker.Worker) running `runners` in threads,
+    connected to the app's coordinator over an in-memory connection."""
+    from engine.protocol import memory_connection_pair
+    from engine.worker import Worker, WorkerConfig
+    from engine.worker.node import ThreadedExecutor
+
+    token = await harness.services.store.create_node_token(name, harness.clock())
+    executor = ThreadedExecutor(runners, max_threads=2)
+
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[Any]:
+        client, server = memory_connection_pair()
+        nursery.start_soon(harness.services.coordinator.serve_connection, server)
+        try:
+            yield client
+        finally:
+            await client.aclose("worker gone")
+
+    async with trio.open_nursery() as nursery:
+        worker = Worker(WorkerConfig(token=token, name=name, gpu="RTX 4090", vram_gb=24.0,
+                                     weights=weights or {}),
+                        executor, connect, rng=random.Random(1))
+        nursery.start_soon(worker.run)
+        with trio.fail_after(10):
+            while not harness.services.coordinator.snapshot().nodes:
+                await trio.sleep(0.01)
+        yield worker
+        nursery.cancel_scope.cancel()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from api.sqlite_schema import READ_TOTALS, TABLES, TOTALS_FROM_TASKS, connect
+from api.sqlite_schema import READ_TOTALS, SCHEMA_VERSION, TABLES, TOTALS_FROM_TASKS, connect
 from api.sqlite_store import open_sqlite
 from api.sqlite_writer import Writer
-from api.store import Stats, StoreError, TaskChange, TaskRow, open_store, split_url
+from api.store import Blob, Stats, StoreError, TaskChange, TaskRow, open_store, split_url
 
 
 def row(task_id: str, created: float = 100.0) -> TaskRow:
@@ -140,12 +140,36 @@ async def test_a_version_1_database_gets_its_totals_once_at_open(tmp_path: Path)
     async with open_store(db) as store:
         assert (await store.stats()).total_tasks == 2
     conn = connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.execute("PRAGMA user_version = 99")
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
         async with open_store(db):
             pass
+
+
+async def test_a_version_2_database_gains_the_version_3_columns_and_files(tmp_path: Path) -> None:
+    db = str(tmp_path / "v2.db")
+    conn = connect(db)
+    old_tables = TABLES.replace("    content_type TEXT,\n    model_weights TEXT\n", "")
+    old_tables = old_tables.replace("processing_time REAL NOT NULL DEFAULT 0,\n",
+                                    "processing_time REAL NOT NULL DEFAULT 0\n")
+    conn.executescript(old_tables.split("CREATE TABLE IF NOT EXISTS task_blobs")[0])
+    assert "model_weights" not in {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    async with open_store(db) as store:
+        await store.insert_task(row("t"))
+        await store.post_task_change(
+            TaskChange("t", "completed", 5.0, result="/api/tasks/t/image.png",
+                       content_type="image/png", model_weights="sd-tiny-random (stand-in)"),
+            (Blob("image.png", "image/png", b"\x89PNG..."),))
+        await store.barrier()
+        stored = await store.get_task("t")
+        assert stored is not None and stored.content_type == "image/png"
+        assert stored.model_weights == "sd-tiny-random (stand-in)"
+        assert await store.get_blob("t", "image.png") == Blob("image.png", "image/png", b"\x89PNG...")
+        assert await store.get_blob("t", "other.png") is None
 
 
 async def test_a_read_that_finds_the_file_locked_waits_off_the_loop(tmp_path: Path) -> None:

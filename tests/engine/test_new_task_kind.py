@@ -10,24 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 from collections.abc import Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import attrs
 import pytest
-import trio
 
 from engine.core import catalog, kinds
 from engine.core.catalog import GPU_CLASSES, MODELS, OPENAI_REFERENCE, ModelSpec
 from engine.core.kinds import TASK_KINDS, RequestField, TaskKind
-from engine.protocol import memory_connection_pair
-from engine.worker import Worker, WorkerConfig
-from engine.worker.node import ThreadedExecutor
 from engine.worker.runners import RUNNER_KINDS, RunResult, load_runner
-from tests.api.conftest import running_app, wait_for_status
+from tests.api.conftest import agent_worker, running_app, wait_for_status
 
 KIND, MODEL, REFERENCE = "text-embedding", "embed-mini", "text-embedding-3-small"
 PRICE_PER_TOKEN = 0.02e-6
@@ -89,33 +83,9 @@ def embedding_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     assert catalog.task_kind(KIND) is kinds.TASK_KINDS[KIND]
 
 
-@asynccontextmanager
-async def embedding_worker(harness: Any) -> AsyncIterator[None]:
-    token = await harness.services.store.create_node_token("embedder", harness.clock())
-    executor = ThreadedExecutor({MODEL: load_runner(MODEL, None)}, max_threads=1)
-
-    @asynccontextmanager
-    async def connect() -> AsyncIterator[Any]:
-        client, server = memory_connection_pair()
-        nursery.start_soon(harness.services.coordinator.serve_connection, server)
-        try:
-            yield client
-        finally:
-            await client.aclose("worker gone")
-
-    async with trio.open_nursery() as nursery:
-        worker = Worker(WorkerConfig(token=token, name="embedder", gpu="RTX 4090", vram_gb=24.0),
-                        executor, connect, rng=random.Random(1))
-        nursery.start_soon(worker.run)
-        with trio.fail_after(10):
-            while not harness.services.coordinator.snapshot().nodes:
-                await trio.sleep(0.01)
-        yield
-        nursery.cancel_scope.cancel()
-
-
 async def test_a_fourth_task_kind_runs_end_to_end(embedding_kind: None, tmp_path: Path) -> None:
-    async with running_app(tmp_path / "api.db") as harness, embedding_worker(harness):
+    async with running_app(tmp_path / "api.db") as harness, \
+            agent_worker(harness, {MODEL: load_runner(MODEL, None)}):
         refused = await harness.client.post("/api/tasks", json={
             "prompt": "hi", "model": MODEL, "max_tokens": 5})
         assert refused.status_code == 400
