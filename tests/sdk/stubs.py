@@ -10,8 +10,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Answer:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering
 
     @classmethod
     def json(cls, status: int, value: Any, **headers: str) -> Answer:
@@ -72,6 +73,7 @@ def serve_stub(script: dict[str, list[Answer]]) -> Iterator[Stub]:
             if answer is DROP:
                 self.close_connection = True
                 return
+            time.sleep(answer.delay)
             self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, value)

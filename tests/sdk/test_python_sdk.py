@@ -19,7 +19,8 @@ pytest.importorskip("neurogrid", reason="the Python SDK is not installed in this
 
 from neurogrid import (  # noqa: E402
     AsyncNeuroGrid, BadRequestError, ConflictError, IDEMPOTENCY_HEADER, NeuroGrid,
-    NeuroGridConnectionError, NotFoundError, RateLimitError, RetryPolicy, TaskFailedError,
+    NeuroGridConnectionError, NeuroGridTimeoutError, NotFoundError, RateLimitError, RetryPolicy,
+    TaskFailedError,
 )
 from neurogrid.protocol import task_body  # noqa: E402
 from neurogrid.sse import EventParser  # noqa: E402
@@ -206,6 +207,29 @@ def test_connection_errors_are_retried_then_raised() -> None:
             NeuroGrid(stub.url, retry=FAST).health()
     assert len(stub.seen) == FAST.max_retries + 1
     assert isinstance(raised.value, ConnectionError)
+
+
+def test_waiting_reopens_a_stream_that_closed_before_the_task_ended() -> None:
+    stream = "/api/tasks/task_1_s/stream"
+    first = Answer(200, sse("status", {"status": "running"}) + sse("progress", {
+        "tokens": ["Hel"], "index": 0}), {"Content-Type": "text/event-stream"})
+    second = Answer(200, sse("status", {"status": "running"}) + sse("progress", {
+        "tokens": ["lo"], "index": 1}) + sse("done", task_view("task_1_s", "Hello")),
+        {"Content-Type": "text/event-stream"})
+    with serve_stub({stream: [first, second]}) as stub:
+        task = NeuroGrid(stub.url, retry=FAST).task("task_1_s")
+        assert list(task.stream(timeout=10)) == ["Hel", "lo"]
+        assert task.get_response() == "Hello"  # seen ended: no third request
+    assert [seen.path for seen in stub.seen] == [stream, stream]
+
+
+def test_a_wait_past_its_timeout_raises_the_timeout_error() -> None:
+    silent = Answer(200, sse("done", task_view("task_1_slow", "late")),
+                    {"Content-Type": "text/event-stream"}, delay=3.0)
+    with serve_stub({"/api/tasks/task_1_slow/stream": [silent]}) as stub:
+        with pytest.raises(NeuroGridTimeoutError) as raised:
+            NeuroGrid(stub.url, retry=FAST).task("task_1_slow").wait(timeout=0.3)
+    assert isinstance(raised.value, TimeoutError)
 
 
 def test_an_image_result_is_downloaded_and_saved(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 // A scripted HTTP server on 127.0.0.1 for the retry and download tests (the
 // network boundary: a real server cannot be made to refuse or drop on cue). Each
 // path has a list of answers, used in order (the last one repeats); DROP destroys
-// the connection after reading the request. Every request is recorded.
+// the connection after reading the request; `delay` (ms) holds an answer back.
+// Every request is recorded.
 import http from 'node:http';
 
 export const DROP = Symbol('drop');
@@ -25,8 +26,13 @@ export async function serveStub(script) {
         request.socket.destroy();
         return;
       }
-      response.writeHead(answer.status, answer.headers ?? {});
-      response.end(answer.body ?? '');
+      const reply = () => {
+        if (response.destroyed) return;
+        response.writeHead(answer.status, answer.headers ?? {});
+        response.end(answer.body ?? '');
+      };
+      if (answer.delay) setTimeout(reply, answer.delay).unref();
+      else reply();
     });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));

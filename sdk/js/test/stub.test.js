@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 
 import {
-  BadRequestError, EventParser, IDEMPOTENCY_HEADER, NeuroGrid, NeuroGridConnectionError, RateLimitError,
-  RetryPolicy, taskBody,
+  BadRequestError, EventParser, IDEMPOTENCY_HEADER, NeuroGrid, NeuroGridConnectionError, NeuroGridTimeoutError,
+  RateLimitError, RetryPolicy, taskBody,
 } from '../src/index.js';
 import { DROP, json, serveStub, submission, taskView } from './stub.js';
 
@@ -22,6 +22,8 @@ async function stub(script) {
   stubs.push(server);
   return server;
 }
+
+const sse = (kind, data) => `event: ${kind}\ndata: ${JSON.stringify(data)}\n\n`;
 
 const limited = (retryAfter) => json(429, {
   success: false, error: 'Rate limit exceeded', details: '100 submissions per hour', timestamp: 'x',
@@ -83,7 +85,34 @@ test('a 400 throws BadRequestError with the details', async () => {
   assert.equal(server.seen.length, 1); // a 400 is final
 });
 
-const sse = (kind, data) => `event: ${kind}\ndata: ${JSON.stringify(data)}\n\n`;
+const eventStream = (body, more = {}) => ({ status: 200, body, headers: { 'Content-Type': 'text/event-stream' }, ...more });
+
+test('waiting reopens a stream that closed before the task ended', async () => {
+  const stream = '/api/tasks/task_1_s/stream';
+  const server = await stub({
+    [stream]: [
+      eventStream(sse('status', { status: 'running' }) + sse('progress', { tokens: ['Hel'], index: 0 })),
+      eventStream(sse('status', { status: 'running' }) + sse('progress', { tokens: ['lo'], index: 1 })
+        + sse('done', taskView('task_1_s', 'Hello'))),
+    ],
+  });
+  const task = new NeuroGrid({ baseUrl: server.url, retry: FAST }).task('task_1_s');
+  const pieces = [];
+  for await (const piece of task.stream({ timeout: 10000 })) pieces.push(piece);
+  assert.deepEqual(pieces, ['Hel', 'lo']);
+  assert.equal(await task.getResponse(), 'Hello'); // seen ended: no third request
+  assert.deepEqual(server.seen.map((seen) => seen.path), [stream, stream]);
+});
+
+test('a wait past its timeout throws NeuroGridTimeoutError', async () => {
+  const server = await stub({
+    '/api/tasks/task_1_slow/stream': [eventStream(sse('done', taskView('task_1_slow', 'late')), { delay: 3000 })],
+  });
+  const started = performance.now();
+  await assert.rejects(new NeuroGrid({ baseUrl: server.url, retry: FAST }).task('task_1_slow').wait({ timeout: 300 }),
+    NeuroGridTimeoutError);
+  assert.ok(performance.now() - started < 2500);
+});
 
 test('an image result is downloaded and saved; the key stays with its server', async () => {
   const png = Buffer.concat([Buffer.from('\x89PNG\r\n\x1a\n', 'latin1'), Buffer.from([...Array(64).keys()])]);
