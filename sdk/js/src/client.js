@@ -21,6 +21,7 @@ import { EventParser, tokensOf } from './sse.js';
 export const STREAM_READ_TIMEOUT = 45000; // ms of silence before a reconnect (keep-alives: 15 s)
 const FINAL_STATUSES = new Set(['completed', 'failed', 'cancelled', 'expired', 'rejected']);
 const IMAGE_URL = /^(https?:\/\/|\/)/;
+const NODE_FS = 'node:fs/promises';
 
 function lowercaseHeaders(headers) {
   const out = {};
@@ -64,9 +65,13 @@ export class NeuroGrid {
       init.body = JSON.stringify(json);
     }
     for (let attempt = 0; ; attempt++) {
-      let response;
+      let status, headersSeen, text;
       try {
-        response = await this.fetchImpl(url, { ...init, signal: AbortSignal.timeout(this.config.timeout) });
+        const response = await this.fetchImpl(url, { ...init, signal: AbortSignal.timeout(this.config.timeout) });
+        if (response.ok) {
+          return accept === 'bytes' ? new Uint8Array(await response.arrayBuffer()) : await readJson(response);
+        }
+        [status, headersSeen, text] = [response.status, lowercaseHeaders(response.headers), await response.text()];
       } catch (error) {
         if (!isTransportFailure(error)) throw error;
         const delay = this.retry.afterFailure(attempt, Math.random());
@@ -78,11 +83,8 @@ export class NeuroGrid {
         await sleep(delay);
         continue;
       }
-      if (response.ok) return accept === 'bytes' ? new Uint8Array(await response.arrayBuffer()) : readJson(response);
-      const headersSeen = lowercaseHeaders(response.headers);
-      const text = await response.text();
-      const delay = this.retry.afterStatus(attempt, response.status, headersSeen, Date.now(), Math.random());
-      if (delay === null) throw errorFromReply(response.status, headersSeen, text);
+      const delay = this.retry.afterStatus(attempt, status, headersSeen, Date.now(), Math.random());
+      if (delay === null) throw errorFromReply(status, headersSeen, text);
       await sleep(delay);
     }
   }
@@ -291,7 +293,7 @@ export class Task {
   /** Node only: write the image to `path`; resolves to the path. */
   async save(path, { timeout = DEFAULT_WAIT } = {}) {
     const bytes = await this.imageBytes({ timeout });
-    const { writeFile } = await import('node:fs/promises');
+    const { writeFile } = await import(NODE_FS); // a variable: bundlers leave it to Node
     await writeFile(path, bytes);
     return path;
   }

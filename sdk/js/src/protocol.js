@@ -96,7 +96,8 @@ function base64(bytes) {
 /** Base64 of audio: bytes (Uint8Array, ArrayBuffer), a Blob, or a file path (Node). */
 export async function encodeAudio(audio) {
   if (typeof audio === 'string' || audio instanceof URL) {
-    const { readFile } = await import('node:fs/promises');
+    const fs = 'node:fs/promises'; // a variable: bundlers leave it to Node
+    const { readFile } = await import(fs);
     return base64(new Uint8Array(await readFile(audio)));
   }
   if (audio instanceof ArrayBuffer) return base64(new Uint8Array(audio));

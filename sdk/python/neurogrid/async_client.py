@@ -172,7 +172,7 @@ class AsyncTask(TaskHandleCore):
                 yield token
 
     async def wait(self, timeout: float | None = DEFAULT_WAIT) -> TaskView:
-        if self.last is None or not self.done:
+        if not self.done:
             async for _ in self.events(timeout):
                 pass
         assert self.last is not None  # events() ends with `done`, or raises

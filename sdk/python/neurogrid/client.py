@@ -173,7 +173,7 @@ class Task(TaskHandleCore):
 
     def wait(self, timeout: float | None = DEFAULT_WAIT) -> TaskView:
         """The task once it has ended (any final status)."""
-        if self.last is None or not self.done:
+        if not self.done:
             for _ in self.events(timeout):
                 pass
         assert self.last is not None  # events() ends with `done`, or raises

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from typing import Any
+from typing import Any, cast
 
 from .config import ClientConfig
 from .errors import NeuroGridConnectionError, NeuroGridTimeoutError
@@ -117,7 +117,7 @@ class TaskWatch:
             self.failures = 0
         for event in events:
             if event["event"] == "done":
-                self.final = event["data"]  # type: ignore[assignment]
+                self.final = cast(TaskView, event["data"])
         return events
 
     def reconnect_delay(self, now: float, error: Exception | None, jitter: float) -> float:
