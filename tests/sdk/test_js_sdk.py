@@ -37,3 +37,13 @@ def test_the_js_sdk_against_the_live_server(live_server: str) -> None:
 
 def test_the_js_sdk_retries_downloads_and_bodies() -> None:
     node_test(JS / "test" / "stub.test.js", None)
+
+
+def test_the_reference_snippet_and_the_surface_type_check_against_index_d_ts() -> None:
+    tsc = JS / "node_modules" / "typescript" / "bin" / "tsc"
+    if not tsc.exists():
+        pytest.skip("typescript (a devDependency) is not installed: run `npm ci` in sdk/js")
+    assert NODE is not None
+    run = subprocess.run([NODE, str(tsc), "-p", "tsconfig.json"], cwd=JS, capture_output=True,
+                         text=True, timeout=NODE_SECONDS)
+    assert run.returncode == 0, run.stdout + run.stderr
