@@ -201,6 +201,19 @@ def test_a_submit_retried_after_a_dropped_connection_reuses_its_idempotency_key(
     assert json.loads(stub.seen[0].body) == json.loads(stub.seen[1].body)
 
 
+async def test_the_async_client_retries_a_dropped_submit_with_the_same_key() -> None:
+    limited = Answer.json(429, {"success": False, "error": "Rate limit exceeded",
+                                "details": "10 tasks in flight", "timestamp": "x"},
+                          **{"Retry-After": "0"})
+    script = {"/api/tasks": [DROP, limited, Answer.json(200, submission("task_1_c"))]}
+    with serve_stub(script) as stub:
+        async with AsyncNeuroGrid(stub.url, retry=FAST) as client:
+            task = await client.submit_task(prompt="Hello world")
+    assert task.task_id == "task_1_c"
+    assert len({seen.headers[IDEMPOTENCY_HEADER.lower()] for seen in stub.seen}) == 1
+    assert len(stub.seen) == 3
+
+
 def test_connection_errors_are_retried_then_raised() -> None:
     with serve_stub({"/health": [DROP]}) as stub:
         with pytest.raises(NeuroGridConnectionError) as raised:

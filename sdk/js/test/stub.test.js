@@ -10,6 +10,7 @@ import {
   BadRequestError, EventParser, IDEMPOTENCY_HEADER, NeuroGrid, NeuroGridConnectionError, NeuroGridTimeoutError,
   RateLimitError, RetryPolicy, taskBody,
 } from '../src/index.js';
+import { newIdempotencyKey } from '../src/protocol.js';
 import { DROP, json, serveStub, submission, taskView } from './stub.js';
 
 const FAST = { maxRetries: 3, backoffBase: 50, backoffMax: 200 };
@@ -64,6 +65,24 @@ test('a submit retried after a dropped connection reuses its Idempotency-Key', a
   assert.notEqual(keys[1], keys[2]); // a new submit: a new key
   assert.match(keys[0], /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.deepEqual(JSON.parse(server.seen[0].body), JSON.parse(server.seen[1].body));
+});
+
+test('an Idempotency-Key is a version 4 UUID, with or without crypto.randomUUID', () => {
+  const uuid4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const original = Object.getOwnPropertyDescriptor(globalThis, 'crypto');
+  const real = globalThis.crypto;
+  const keys = [newIdempotencyKey()];
+  try { // an insecure browser context: getRandomValues only
+    Object.defineProperty(globalThis, 'crypto', {
+      value: { getRandomValues: (array) => real.getRandomValues(array) },
+      configurable: true,
+    });
+    keys.push(newIdempotencyKey(), newIdempotencyKey());
+  } finally {
+    Object.defineProperty(globalThis, 'crypto', original);
+  }
+  for (const key of keys) assert.match(key, uuid4);
+  assert.equal(new Set(keys).size, 3);
 });
 
 test('connection errors are retried, then thrown', async () => {
