@@ -61,15 +61,15 @@ def sse(kind: str, data: object) -> bytes:
 
 
 def test_the_reference_snippet_prints_the_task_result(live_server: str) -> None:
-    client = NeuroGrid(live_server)
-    before = {t["id"] for t in client.list_tasks(limit=100)["tasks"]}
-    run = subprocess.run([sys.executable, "-c", REFERENCE_SNIPPET], capture_output=True,
-                         text=True, timeout=120, env={**os.environ,
-                                                      "NEUROGRID_BASE_URL": live_server})
-    assert run.returncode == 0, run.stderr
-    new = [t for t in client.list_tasks(limit=100)["tasks"] if t["id"] not in before]
-    assert len(new) == 1
-    stored = client.get_task(new[0]["id"])
+    with NeuroGrid(live_server) as client:
+        before = {t["id"] for t in client.list_tasks(limit=100)["tasks"]}
+        run = subprocess.run([sys.executable, "-c", REFERENCE_SNIPPET], capture_output=True,
+                             text=True, timeout=120,
+                             env={**os.environ, "NEUROGRID_BASE_URL": live_server})
+        assert run.returncode == 0, run.stderr
+        new = [t for t in client.list_tasks(limit=100)["tasks"] if t["id"] not in before]
+        assert len(new) == 1
+        stored = client.get_task(new[0]["id"])
     assert stored["status"] == "completed" and stored["model"] == "llama2:7b"
     assert stored["result"] and run.stdout == stored["result"] + "\n"
 
