@@ -36,7 +36,7 @@ model="llama2"
 )
 print(result.get_response())
 '''
-BLOCKER = {"prompt": "keep the worker busy", "max_tokens": 500}  # the one slot, for ~1 s
+BLOCKER_TOKENS = 500  # a task that holds the one slot for ~1 s
 FAST = RetryPolicy(max_retries=3, backoff_base=0.05, backoff_max=0.2)
 
 
@@ -90,7 +90,8 @@ def test_a_handle_waits_reports_cost_and_status(live_server: str) -> None:
 
 def test_stream_yields_the_tokens_that_make_up_the_result(live_server: str) -> None:
     with NeuroGrid(live_server) as client:
-        blocker = client.submit_task(**BLOCKER)  # the one slot is busy: ours queues
+        blocker = client.submit_task(prompt="keep busy", max_tokens=BLOCKER_TOKENS)
+        # the one slot is busy: ours queues, and its stream is open before it runs
         task = client.submit_task(prompt="Hello world", model="llama2", max_tokens=120)
         tokens = list(task.stream(timeout=60))
         assert blocker.done is False and blocker.status() == "completed"
@@ -102,7 +103,7 @@ def test_stream_yields_the_tokens_that_make_up_the_result(live_server: str) -> N
 
 def test_cancel_a_queued_task(live_server: str) -> None:
     with NeuroGrid(live_server) as client:
-        blocker = client.submit_task(**BLOCKER)
+        blocker = client.submit_task(prompt="keep busy", max_tokens=BLOCKER_TOKENS)
         task = client.submit_task(prompt="never run", max_tokens=50)
         assert task.cancel()["status"] == "cancelled"
         assert task.status() == "cancelled"
@@ -150,7 +151,7 @@ def test_the_other_calls(live_server: str) -> None:
 
 async def test_the_async_client_has_the_same_surface(live_server: str) -> None:
     async with AsyncNeuroGrid(live_server) as client:
-        blocker = await client.submit_task(**BLOCKER)
+        blocker = await client.submit_task(prompt="keep busy", max_tokens=BLOCKER_TOKENS)
         task = await client.submit_task(prompt="Hello world", model="llama2", max_tokens=60)
         tokens = [token async for token in task.stream(timeout=60)]
         assert await blocker.status() == "completed"
@@ -248,11 +249,13 @@ def test_a_wait_past_its_timeout_raises_the_timeout_error() -> None:
 def test_an_image_result_is_downloaded_and_saved(tmp_path: Path) -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
     with serve_stub({}) as elsewhere, serve_stub({}) as stub:
-        stub.script["/api/tasks/task_1_img/stream"] = [Answer(200, sse("status", {
-            "status": "running"}) + sse("done", task_view("task_1_img", "/files/task_1_img/image.png")),
+        image = Answer(200, png, {"Content-Type": "image/png"})
+        done = task_view("task_1_img", "/files/task_1_img/image.png")
+        stub.script["/api/tasks/task_1_img/stream"] = [Answer(
+            200, sse("status", {"status": "running"}) + sse("done", done),
             {"Content-Type": "text/event-stream"})]
-        stub.script["/files/task_1_img/image.png"] = [Answer(200, png, {"Content-Type": "image/png"})]
-        elsewhere.script["/image.png"] = [Answer(200, png, {"Content-Type": "image/png"})]
+        stub.script["/files/task_1_img/image.png"] = [image]
+        elsewhere.script["/image.png"] = [image]
         stub.script["/api/tasks/task_1_far"] = [Answer.json(200, {
             "success": True, "task": task_view("task_1_far", elsewhere.url + "/image.png")})]
         client = NeuroGrid(stub.url, api_key="ng_secret")

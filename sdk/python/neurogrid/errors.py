@@ -114,7 +114,7 @@ def error_from_reply(status_code: int, headers: Mapping[str, str], body: bytes) 
 
 
 __all__ = [
-    "APIError", "AuthenticationError", "BadRequestError", "ConflictError", "NeuroGridConnectionError",
-    "NeuroGridError", "NeuroGridTimeoutError", "NotFoundError", "RateLimitError", "STATUS_ERRORS",
+    "APIError", "AuthenticationError", "BadRequestError", "ConflictError",
+    "NeuroGridConnectionError", "NeuroGridError", "NeuroGridTimeoutError", "NotFoundError", "RateLimitError", "STATUS_ERRORS",
     "ServerError", "TaskFailedError", "error_from_reply",
 ]
