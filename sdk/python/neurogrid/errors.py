@@ -115,6 +115,6 @@ def error_from_reply(status_code: int, headers: Mapping[str, str], body: bytes) 
 
 __all__ = [
     "APIError", "AuthenticationError", "BadRequestError", "ConflictError",
-    "NeuroGridConnectionError", "NeuroGridError", "NeuroGridTimeoutError", "NotFoundError", "RateLimitError", "STATUS_ERRORS",
-    "ServerError", "TaskFailedError", "error_from_reply",
+    "NeuroGridConnectionError", "NeuroGridError", "NeuroGridTimeoutError", "NotFoundError",
+    "RateLimitError", "STATUS_ERRORS", "ServerError", "TaskFailedError", "error_from_reply",
 ]
