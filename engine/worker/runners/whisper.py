@@ -1,0 +1,354 @@
+# Speech to text with Whisper exported to ONNX (the Hugging Face Optimum layout).
+#
+# Rules of this module:
+# - A model directory is what `optimum-cli export onnx --task
+#   automatic-speech-recognition-with-past` writes, loaded unchanged (and what
+#   packs.whisper_ct2 builds): encoder_model.onnx, then either
+#   decoder_model_merged.onnx (with use_cache_branch) or decoder_model.onnx plus
+#   decoder_with_past_model.onnx (or decoder_model.onnx alone: no cache, every
+#   step feeds the whole sequence); tokenizer.json; optionally config.json,
+#   generation_config.json and preprocessor_config.json.
+# - Inputs: "audio", a base64 WAV/FLAC/MP3/OGG file (audio.py decodes it);
+#   "prompt", an optional initial prompt (text before <|startofprev|>, as in
+#   Whisper's `initial_prompt`). Params: language (a code such as "en"; absent on a
+#   multilingual model: detected from the first window), task ("transcribe" or
+#   "translate"; English-only models transcribe English only), max_tokens (cap on
+#   generated tokens over the whole file, >= 1).
+# - Decoding: log-mel features (mel.py) of consecutive 30 s windows; per window
+#   the encoder runs once, then greedy decoding with the KV cache from
+#   [<|startofprev|> prompt] <|startoftranscript|> [<|lang|> <|task|>]
+#   <|notimestamps|>, at most text_context // 2 tokens per window. Suppressed
+#   always: the config's suppress_tokens (CTranslate2 `suppress_ids`), the
+#   timestamp tokens and ids the tokenizer cannot decode; at the first token also
+#   begin_suppress_tokens (`suppress_ids_begin`). A window ends at <|endoftext|>.
+#   Each later window's prompt is the text decoded so far (Whisper's
+#   condition_on_previous_text), truncated to the last text_context // 2 - 1 ids.
+# - Results: output is the transcript text (stripped); usage has audio_seconds
+#   (measured from the decoded file), tokens (generated), prompt_tokens (of the
+#   initial prompt) and seconds (wall time). finish_reason is "length" when
+#   max_tokens cut the transcript, "cancelled" when should_stop() said so (checked
+#   before every decoder step), else "stop".
+# - Streaming as the text runner does: on_progress({"tokens": [piece], "index": n})
+#   with pieces that concatenate to the output.
+#
+# Theory of operation: `load` opens the sessions (providers.choose_providers) and
+# reads the metadata into immutable values (WhisperTokens, MelSpec, suppression
+# masks). `run` keeps all per-task state in locals, so concurrent runs are safe.
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from engine.worker.runners.audio import load_audio
+from engine.worker.runners.base import (
+    FinishReason,
+    InvalidTaskInput,
+    ModelLoadError,
+    ProgressCallback,
+    RunResult,
+    StopCheck,
+)
+from engine.worker.runners.mel import MelSpec, log_mel_spectrogram, mel_filters, windows
+from engine.worker.runners.providers import choose_providers, open_session
+from engine.worker.runners.whisper_tokens import WhisperTokens
+
+__all__ = ["TASKS", "Transcription", "WhisperRunner"]
+
+TASKS = ("transcribe", "translate")
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return value
+
+
+@attrs.frozen
+class Transcription:
+    """Validated inputs and params of one task."""
+
+    language: str | None
+    task: str
+    max_tokens: int | None
+    prompt: str | None
+
+    @classmethod
+    def from_task(cls, inputs: Mapping[str, Any], params: Mapping[str, Any], tokens: WhisperTokens) -> Transcription:
+        language = params.get("language")
+        if language is not None:
+            if not isinstance(language, str) or language.strip().lower() not in tokens.languages:
+                raise InvalidTaskInput(f"language must be a language code such as 'en' "
+                                       f"(one of {len(tokens.languages)} known), got {language!r}")
+            language = language.strip().lower()
+            if not tokens.multilingual and language != "en":
+                raise InvalidTaskInput(f"language {language!r}: this model is English-only")
+        task = params.get("task", "transcribe")
+        if task not in TASKS:
+            raise InvalidTaskInput(f"task must be one of {TASKS}, got {task!r}")
+        if task == "translate" and not tokens.multilingual:
+            raise InvalidTaskInput("task 'translate' needs a multilingual model; this one is English-only")
+        max_tokens = params.get("max_tokens")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise InvalidTaskInput(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        prompt = inputs.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise InvalidTaskInput(f"prompt must be a string, got {type(prompt).__name__}")
+        return cls(language, task, max_tokens, prompt.strip() or None if prompt else None)
+
+
+@attrs.frozen
+class _Decoder:
+    """One or two decoder sessions and how to feed them."""
+
+    first: ort.InferenceSession  # the step with no past (or every step, without a cache)
+    later: ort.InferenceSession | None  # with past; None when the model has no cache
+    merged: bool  # `first is later`, switched by use_cache_branch
+    past_names: tuple[str, ...]
+    heads: int
+    head_dim: int
+    dtype: type[np.floating[Any]]
+
+    def step(self, ids: Sequence[int], encoded: np.ndarray,
+             past: dict[str, np.ndarray] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits of the last position and the new past (empty when there is no cache)."""
+        cached = past is not None and self.later is not None
+        session = self.later if cached and self.later is not None else self.first
+        wanted = {spec.name for spec in session.get_inputs()}
+        feeds: dict[str, np.ndarray] = {"input_ids": np.asarray([ids], dtype=np.int64)}
+        if "encoder_hidden_states" in wanted:
+            feeds["encoder_hidden_states"] = encoded
+        if "use_cache_branch" in wanted:
+            feeds["use_cache_branch"] = np.array([cached])
+        for name in self.past_names:
+            if name in wanted:
+                feeds[name] = past[name] if cached and past is not None else \
+                    np.zeros((1, self.heads, 0, self.head_dim), self.dtype)
+        names = [spec.name for spec in session.get_outputs()]
+        values = session.run(names, feeds)
+        result = dict(zip(names, values))
+        new_past = dict(past or {}) if cached else {}
+        for name, value in result.items():
+            if name.startswith(PRESENT_PREFIX):
+                new_past[PAST_PREFIX + name[len(PRESENT_PREFIX):]] = value
+        return result["logits"][0, -1].astype(np.float32), new_past
+
+
+@attrs.define
+class _Stream:
+    """Streamed text pieces of a growing id sequence; leading spaces are dropped."""
+
+    tokenizer: Tokenizer
+    ids: list[int] = attrs.Factory(list)
+    sent: str = ""
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.text()
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+
+def _mel_spec(preprocessor: Mapping[str, Any], n_mels: int) -> MelSpec:
+    n_fft, hop = int(preprocessor.get("n_fft", 400)), int(preprocessor.get("hop_length", 160))
+    samples = int(preprocessor.get("n_samples", 480000))
+    given = preprocessor.get("mel_filters")
+    if given is not None:
+        filters = np.asarray(given, dtype=np.float32)
+        if filters.shape == (n_fft // 2 + 1, n_mels):  # the HF feature extractor keeps [freq, mel]
+            filters = filters.T
+        if filters.shape != (n_mels, n_fft // 2 + 1):
+            raise ModelLoadError(f"preprocessor mel_filters has shape {filters.shape}")
+    else:
+        filters = mel_filters(n_mels, int(preprocessor.get("sampling_rate", 16000)), n_fft)
+    return MelSpec(filters, n_fft, hop, samples)
+
+
+@attrs.define
+class WhisperRunner:
+    """Runs one Whisper ONNX export; see the module comment for the contract."""
+
+    model_name: str
+    model_dir: Path
+    providers_preference: str | None = None
+    _encoder: ort.InferenceSession | None = attrs.field(default=None, init=False)
+    _decoder: _Decoder | None = attrs.field(default=None, init=False)
+    _tokenizer: Tokenizer | None = attrs.field(default=None, init=False)
+    _tokens: WhisperTokens | None = attrs.field(default=None, init=False)
+    _mel: MelSpec | None = attrs.field(default=None, init=False)
+    _suppress: np.ndarray | None = attrs.field(default=None, init=False)  # bool [vocab]
+    _suppress_begin: np.ndarray | None = attrs.field(default=None, init=False)
+    _text_context: int = attrs.field(default=448, init=False)
+    _feature_dtype: type[np.floating[Any]] = attrs.field(default=np.float32, init=False)
+
+    @property
+    def tokens(self) -> WhisperTokens:
+        if self._tokens is None:
+            raise ModelLoadError(f"model {self.model_name!r} is not loaded")
+        return self._tokens
+
+    def load(self) -> None:
+        where = f"model {self.model_name!r} ({self.model_dir})"
+        directory = Path(self.model_dir)
+        if not (directory / "encoder_model.onnx").is_file():
+            raise ModelLoadError(f"{where}: no encoder_model.onnx (a Whisper ONNX export directory is expected)")
+        if not (directory / "tokenizer.json").is_file():
+            raise ModelLoadError(f"{where}: no tokenizer.json")
+        config = _read_json(directory / "config.json")
+        generation = _read_json(directory / "generation_config.json")
+        providers = choose_providers(self.providers_preference)
+        encoder = open_session(directory / "encoder_model.onnx", providers)
+        features = encoder.get_inputs()[0]
+        n_mels = features.shape[1] if isinstance(features.shape[1], int) else int(config.get("num_mel_bins", 80))
+        decoder = self._open_decoder(directory, providers, config, where)
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tokens = WhisperTokens.from_tokenizer(tokenizer)
+        vocab = decoder.first.get_outputs()[0].shape[-1]
+        vocab = vocab if isinstance(vocab, int) else int(config.get("vocab_size", tokenizer.get_vocab_size()))
+        suppress = np.zeros(vocab, dtype=bool)
+        for token in (*generation.get("suppress_tokens", config.get("suppress_tokens", [])),):
+            if 0 <= int(token) < vocab:
+                suppress[int(token)] = True
+        suppress[tokens.timestamp_begin:] = True  # timestamps: decoding is without them
+        suppress[min(vocab, tokenizer.get_vocab_size(with_added_tokens=True)):] = True
+        begin = suppress.copy()
+        for token in generation.get("begin_suppress_tokens", config.get("begin_suppress_tokens", [])):
+            if 0 <= int(token) < vocab:
+                begin[int(token)] = True
+        self._encoder, self._decoder, self._tokenizer, self._tokens = encoder, decoder, tokenizer, tokens
+        self._mel = _mel_spec(_read_json(directory / "preprocessor_config.json"), n_mels)
+        self._suppress, self._suppress_begin = suppress, begin
+        self._text_context = int(generation.get("max_length", config.get("max_target_positions", 448)))
+        self._feature_dtype = _DTYPES.get(features.type, np.float32)
+
+    @staticmethod
+    def _open_decoder(directory: Path, providers: tuple[str, ...], config: Mapping[str, Any],
+                      where: str) -> _Decoder:
+        merged, plain = directory / "decoder_model_merged.onnx", directory / "decoder_model.onnx"
+        with_past = directory / "decoder_with_past_model.onnx"
+        if merged.is_file():
+            first = later = open_session(merged, providers)
+        elif plain.is_file():
+            first = open_session(plain, providers)
+            later = open_session(with_past, providers) if with_past.is_file() else None
+        else:
+            raise ModelLoadError(f"{where}: no decoder_model_merged.onnx or decoder_model.onnx")
+        source = later if later is not None else first
+        past = [spec for spec in source.get_inputs() if spec.name.startswith(PAST_PREFIX)]
+        if later is not None and not past:
+            raise ModelLoadError(f"{where}: the with-past decoder takes no past_key_values inputs")
+        heads = int(config.get("decoder_attention_heads", 0)) or None
+        head_dim = int(config["d_model"]) // heads if heads and "d_model" in config else None
+        dtype: type[np.floating[Any]] = np.float32
+        if past:
+            shape = list(past[0].shape)
+            heads = shape[1] if isinstance(shape[1], int) else heads
+            head_dim = shape[3] if isinstance(shape[3], int) else head_dim
+            dtype = _DTYPES.get(past[0].type, np.float32)
+            if heads is None or head_dim is None:
+                raise ModelLoadError(f"{where}: {past[0].name} has symbolic dims {shape} and config.json lacks "
+                                     "decoder_attention_heads / d_model")
+        return _Decoder(first, later, first is later, tuple(spec.name for spec in past), heads or 0,
+                        head_dim or 0, dtype)
+
+    def unload(self) -> None:
+        self._encoder = self._decoder = self._tokenizer = self._tokens = self._mel = None
+        self._suppress = self._suppress_begin = None
+
+    def _prefix(self, job: Transcription, language: str | None) -> list[int]:
+        tokens = self.tokens
+        prefix = [tokens.sot]
+        if tokens.multilingual:
+            prefix += [tokens.languages[language or "en"], tokens.translate if job.task == "translate"
+                       else tokens.transcribe]
+        return prefix + [tokens.no_timestamps]
+
+    def _detect_language(self, decoder: _Decoder, encoded: np.ndarray) -> str:
+        logits, _ = decoder.step([self.tokens.sot], encoded, None)
+        codes = list(self.tokens.languages)
+        ids = np.array([self.tokens.languages[code] for code in codes])
+        return codes[int(np.argmax(logits[ids]))]
+
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, Any],
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> RunResult:
+        encoder, decoder, tokenizer, mel = self._encoder, self._decoder, self._tokenizer, self._mel
+        suppress, begin = self._suppress, self._suppress_begin
+        if encoder is None or decoder is None or tokenizer is None or mel is None or suppress is None \
+                or begin is None:
+            raise ModelLoadError(f"model {self.model_name!r} is not loaded")
+        started = time.perf_counter()
+        job = Transcription.from_task(inputs, params, self.tokens)
+        audio, seconds = load_audio(inputs.get("audio"), "audio")
+        prompt_ids = tokenizer.encode(" " + job.prompt, add_special_tokens=False).ids if job.prompt else []
+        history = list(prompt_ids)
+        stream = _Stream(tokenizer)
+        language = job.language if self.tokens.multilingual else None
+        finish: FinishReason = "stop"
+        generated = 0
+        for window in windows(audio, mel.chunk_samples):
+            if finish != "stop":
+                break
+            features = log_mel_spectrogram(window, mel)[None].astype(self._feature_dtype)
+            encoded = encoder.run(["last_hidden_state"], {encoder.get_inputs()[0].name: features})[0]
+            if self.tokens.multilingual and language is None:
+                language = self._detect_language(decoder, encoded)
+            context = [self.tokens.sot_prev] + history[-(self._text_context // 2 - 1):] if history else []
+            ids = context + self._prefix(job, language)
+            budget = min(self._text_context // 2, self._text_context - len(ids))
+            past: dict[str, np.ndarray] | None = None
+            feed: list[int] = ids
+            window_ids: list[int] = []
+            while len(window_ids) < budget:
+                if should_stop():
+                    finish = "cancelled"
+                    break
+                if job.max_tokens is not None and generated >= job.max_tokens:
+                    finish = "length"
+                    break
+                logits, new_past = decoder.step(feed, encoded, past)
+                logits[begin if not window_ids else suppress] = -np.inf
+                token = int(np.argmax(logits))
+                if token == self.tokens.eot:
+                    break
+                window_ids.append(token)
+                generated += 1
+                if decoder.later is not None:
+                    past, feed = new_past, [token]
+                else:
+                    feed = ids + window_ids
+                piece = stream.push(token)
+                if piece:
+                    on_progress({"tokens": [piece], "index": len(stream.ids) - 1})
+            history += window_ids
+        output = stream.text()
+        if len(output) > len(stream.sent):
+            on_progress({"tokens": [output[len(stream.sent):]], "index": len(stream.ids) - 1})
+        usage = {"audio_seconds": round(seconds, 3), "tokens": generated, "prompt_tokens": len(prompt_ids),
+                 "seconds": time.perf_counter() - started}
+        return RunResult(output=output, usage=usage, finish_reason=finish)
