@@ -135,10 +135,19 @@ def _make_textgen(model_name: str, model_dir: Path | None, providers_preference:
     return TextGenRunner(model_name, Path(model_dir), providers_preference=providers_preference)
 
 
+def _make_whisper(model_name: str, model_dir: Path | None, providers_preference: str | None) -> ModelRunner:
+    from engine.worker.runners.whisper import WhisperRunner  # lazy: onnxruntime is heavy
+
+    if model_dir is None:
+        raise ModelLoadError(f"model {model_name!r}: a Whisper model needs a model directory")
+    return WhisperRunner(model_name, Path(model_dir), providers_preference=providers_preference)
+
+
 # Runner kind -> factory. A factory builds an unloaded runner.
 RUNNER_KINDS: dict[str, RunnerFactory] = {
     "noop": _make_noop,
     "textgen": _make_textgen,
+    "whisper": _make_whisper,
 }
 
 # Model name (as the API and the catalog spell it) -> runner kind.
@@ -146,6 +155,7 @@ MODEL_KINDS: dict[str, str] = {
     "noop": "noop",
     "llama2": "textgen",
     "llama2:7b": "textgen",
+    "whisper": "whisper",
 }
 
 
