@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from engine.worker.packs.build import PackBuilder, PackError, cache_root, ensure_pack
 from engine.worker.packs.ct2 import Ct2Model, read_ct2_model
-from engine.worker.packs.whisper_onnx import WhisperDims, decoder_model, encoder_model
+from engine.worker.packs.whisper_onnx import DECODER_FILES, WhisperDims, decoder_model, encoder_model
 from engine.worker.runners.base import ModelLoadError
 from engine.worker.runners.whisper_tokens import WhisperTokens
 
@@ -191,8 +191,13 @@ def _configs(dims: WhisperDims, ct2_config: Mapping[str, Any], tokens: WhisperTo
     return {"config.json": config, "generation_config.json": generation, "preprocessor_config.json": preprocessor}
 
 
-def convert(source: SourceFiles, out: Path, *, label: str = "whisper", show_progress: bool = True) -> WhisperDims:
-    """Write the ONNX pack of `source` into the existing directory `out`."""
+def convert(source: SourceFiles, out: Path, *, label: str = "whisper", show_progress: bool = True,
+            split: bool = False) -> WhisperDims:
+    """Write the ONNX pack of `source` into the existing directory `out`.
+
+    `split` writes Optimum's older two-decoder layout (decoder_model.onnx +
+    decoder_with_past_model.onnx, each with its own copy of the weights) instead of
+    decoder_model_merged.onnx."""
     out = Path(out)
     stages = tqdm(total=4, desc=f"building {label}", unit="stage", file=sys.stderr,
                   disable=not show_progress, leave=True)
@@ -210,7 +215,8 @@ def convert(source: SourceFiles, out: Path, *, label: str = "whisper", show_prog
         onnx.save_model(encoder_model(model, dims), str(out / "encoder_model.onnx"))
         stages.update()
         stages.set_postfix_str("decoder")
-        onnx.save_model(decoder_model(model, dims), str(out / "decoder_model_merged.onnx"))
+        for layout in ("no_past", "with_past") if split else ("merged",):
+            onnx.save_model(decoder_model(model, dims, layout), str(out / DECODER_FILES[layout]))
         stages.update()
         stages.set_postfix_str("configs")
         for name, value in _configs(dims, _read_json(source.config), tokens).items():
@@ -247,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"tokenizer.json), or an installed source by pack name: {', '.join(sorted(SOURCES))}")
     parser.add_argument("out", nargs="?", type=Path,
                         help="output directory (default for a pack name: <cache>/packs/<name>)")
+    parser.add_argument("--split", action="store_true",
+                        help="write decoder_model.onnx + decoder_with_past_model.onnx instead of the merged decoder "
+                        "(a directory SOURCE only)")
     args = parser.parse_args(argv)
     try:
         if args.source in SOURCES:
@@ -257,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = SourceFiles.from_directory(Path(args.source))
 
         def write(directory: Path) -> None:
-            convert(files, directory, label=Path(args.source).name)
+            convert(files, directory, label=Path(args.source).name, split=args.split)
 
         print(ensure_pack(args.out, PackBuilder(f"whisper-ct2:{Path(args.source).name}", PACK_VERSION, write,
                                                 f"Whisper converted from the CTranslate2 files in {args.source}")))

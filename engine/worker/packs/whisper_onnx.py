@@ -18,6 +18,9 @@
 #   With use_cache_branch false the cross-attention keys/values are computed from
 #   encoder_hidden_states (the first step, past_seq = 0); with true they are the
 #   past encoder inputs passed through (an If node, so only one branch runs).
+#   Optimum's older split layout is built too (`decoder_model(..., layout)`):
+#   decoder_model.onnx (no past inputs, all presents out) and
+#   decoder_with_past_model.onnx (no encoder_hidden_states, decoder presents out).
 # - The architecture is OpenAI Whisper's as CTranslate2 stores it: pre-norm
 #   transformer layers, LayerNorm eps 1e-5, exact (erf) GELU, attention scaled by
 #   head_dim ** -0.5, the self-attention Q/K/V fused in one [3d, d] linear, the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -47,6 +51,7 @@ from engine.worker.packs.ct2 import Ct2Model
 
 __all__ = [
     "AUDIO_CONTEXT",
+    "DECODER_FILES",
     "OPSET",
     "TEXT_CONTEXT",
     "WhisperDims",
@@ -57,6 +62,12 @@ __all__ = [
 OPSET = 17
 AUDIO_CONTEXT = 1500  # encoder positions: 3000 mel frames after the stride-2 conv
 TEXT_CONTEXT = 448
+# decoder layout -> file name, as Optimum names them
+DECODER_FILES = {
+    "merged": "decoder_model_merged.onnx",
+    "no_past": "decoder_model.onnx",
+    "with_past": "decoder_with_past_model.onnx",
+}
 _EPS = 1e-5
 _MASKED = -1e9
 
@@ -118,13 +129,13 @@ class _Graph:
         self._counter += 1
         return f"{self.prefix}{hint}_{self._counter}"
 
-    def op(self, op_type: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, **attrs_: object) -> str:
+    def op(self, op_type: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, **attrs_: Any) -> str:
         """Add a node; returns its first output (the others are `hint_k` names)."""
         names = [self.fresh(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else list(outputs)
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type), **attrs_))
         return names[0]
 
-    def ops(self, op_type: str, inputs: Sequence[str], outputs: int, **attrs_: object) -> list[str]:
+    def ops(self, op_type: str, inputs: Sequence[str], outputs: int, **attrs_: Any) -> list[str]:
         names = [self.fresh(op_type.lower()) for _ in range(outputs)]
         self.op(op_type, inputs, names, **attrs_)
         return names
@@ -223,31 +234,31 @@ def encoder_model(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
     )
 
 
-def _cross_branches(g: _Graph, dims: WhisperDims) -> tuple[onnx.GraphProto, onnx.GraphProto]:
-    """If branches yielding every layer's cross-attention K/V: (from the past, computed)."""
-    heads, d = dims.decoder_heads, dims.d_model
-    cached = _Graph(g.model, prefix="cached/")
-    computed = _Graph(g.model, prefix="computed/")
+def _computed_cross(target: _Graph, g: _Graph, dims: WhisperDims, layer: int) -> list[str]:
+    """Layer `layer`'s cross-attention [key, value] from encoder_hidden_states, as nodes of `target`."""
+    prefix = f"decoder/layer_{layer}/attention/linear_1"
+    kv = target.op("Add", [target.op("MatMul", ["encoder_hidden_states", g.weight(prefix + "/weight", transpose=True)]),
+                           g.weight(prefix + "/bias")])
+    return [target.heads(part, dims.decoder_heads, dims.head_dim)
+            for part in target.ops("Split", [kv, g.ints(dims.d_model, dims.d_model)], 2, axis=-1)]
+
+
+def _cross_if(g: _Graph, dims: WhisperDims, outputs: list[str]) -> None:
+    """An If on use_cache_branch yielding every layer's cross K/V: the past inputs, or computed."""
+    cached, computed = _Graph(g.model, prefix="cached/"), _Graph(g.model, prefix="computed/")
     cached_out, computed_out = [], []
     for layer in range(dims.decoder_layers):
-        for part in ("key", "value"):
-            past = f"past_key_values.{layer}.encoder.{part}"
-            cached_out.append(cached.op("Identity", [past], [f"cached/{layer}.{part}"]))
-        kv = computed.op("Add", [
-            computed.op("MatMul", ["encoder_hidden_states", g.weight(f"decoder/layer_{layer}/attention/linear_1/weight",
-                                                                     transpose=True)]),
-            g.weight(f"decoder/layer_{layer}/attention/linear_1/bias")])
-        for part in computed.ops("Split", [kv, g.ints(d, d)], 2, axis=-1):
-            computed_out.append(computed.heads(part, heads, dims.head_dim))
-    shape = ["batch_size", heads, "encoder_sequence_length", dims.head_dim]
+        for part, value in zip(("key", "value"), _computed_cross(computed, g, dims, layer)):
+            cached_out.append(cached.op("Identity", [f"past_key_values.{layer}.encoder.{part}"],
+                                        [f"cached/{layer}.{part}"]))
+            computed_out.append(computed.op("Identity", [value], [f"computed/{layer}.{part}"]))
+    shape: list[int | str] = ["batch_size", dims.decoder_heads, "encoder_sequence_length", dims.head_dim]
     then = helper.make_graph(cached.nodes, "cross_kv_cached", [],
                              [_value(name, TensorProto.FLOAT, shape) for name in cached_out])
-    for i, name in enumerate(list(computed_out)):  # give the computed outputs stable names
-        computed_out[i] = computed.op("Identity", [name], [f"computed/{i // 2}.{('key', 'value')[i % 2]}"])
     other = helper.make_graph(computed.nodes, "cross_kv_computed", [],
                               [_value(name, TensorProto.FLOAT, shape) for name in computed_out],
                               computed.initializers)
-    return then, other
+    g.op("If", ["use_cache_branch"], outputs, then_branch=then, else_branch=other)
 
 
 def _causal_mask(g: _Graph, past: str, seq: str) -> str:
@@ -262,50 +273,65 @@ def _causal_mask(g: _Graph, past: str, seq: str) -> str:
     return g.op("Where", [allowed, g.scalar(0.0), g.scalar(_MASKED)])
 
 
-def decoder_model(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
-    """The merged decoder with KV cache (see module rules for its interface)."""
+def decoder_model(model: Ct2Model, dims: WhisperDims, layout: str = "merged") -> onnx.ModelProto:
+    """A decoder graph of `layout` (a key of DECODER_FILES; see module rules for the interface)."""
+    if layout not in DECODER_FILES:
+        raise PackError(f"unknown decoder layout {layout!r}; known: {', '.join(DECODER_FILES)}")
     g = _Graph(model)
     d, heads, head_dim = dims.d_model, dims.decoder_heads, dims.head_dim
+    has_past, has_states = layout != "no_past", layout != "with_past"
     # positions past_seq .. past_seq + seq of the learned position table
-    past = g.op("Slice", [g.op("Shape", ["past_key_values.0.decoder.key"]), g.ints(2), g.ints(3)])
+    past = g.op("Slice", [g.op("Shape", ["past_key_values.0.decoder.key"]), g.ints(2), g.ints(3)]) \
+        if has_past else g.ints(0)
     seq = g.op("Slice", [g.op("Shape", ["input_ids"]), g.ints(1), g.ints(2)])
     positions = g.op("Slice", [g.weight("decoder/position_encodings/encodings"), past, g.op("Add", [past, seq]),
                                g.ints(0)])
     x = g.op("Add", [g.op("Gather", [g.weight("decoder/embeddings/weight"), "input_ids"]), positions])
     mask = _causal_mask(g, past, seq)
-    then_branch, else_branch = _cross_branches(g, dims)
     cross = [f"present.{layer}.encoder.{part}" for layer in range(dims.decoder_layers) for part in ("key", "value")]
-    g.op("If", ["use_cache_branch"], cross, then_branch=then_branch, else_branch=else_branch)
+    if layout == "merged":
+        _cross_if(g, dims, cross)
+    elif layout == "no_past":
+        for layer in range(dims.decoder_layers):
+            for part, value in zip(("key", "value"), _computed_cross(g, g, dims, layer)):
+                g.op("Identity", [value], [f"present.{layer}.encoder.{part}"])
+    else:
+        cross = [name.replace("present.", "past_key_values.") for name in cross]
     outputs = [_value("logits", TensorProto.FLOAT, ["batch_size", "decoder_sequence_length", dims.vocab_size])]
-    inputs = [_value("input_ids", TensorProto.INT64, ["batch_size", "decoder_sequence_length"]),
-              _value("encoder_hidden_states", TensorProto.FLOAT, ["batch_size", "encoder_sequence_length", d])]
+    inputs = [_value("input_ids", TensorProto.INT64, ["batch_size", "decoder_sequence_length"])]
+    if has_states:
+        inputs.append(_value("encoder_hidden_states", TensorProto.FLOAT, ["batch_size", "encoder_sequence_length", d]))
     for layer in range(dims.decoder_layers):
         prefix = f"decoder/layer_{layer}"
         attn = prefix + "/self_attention"
         qkv = g.linear(g.layer_norm(x, attn + "/layer_norm"), attn + "/linear_0")
         q, k, v = (g.heads(part, heads, head_dim) for part in g.ops("Split", [qkv, g.ints(d, d, d)], 3, axis=-1))
-        keys = g.op("Concat", [f"past_key_values.{layer}.decoder.key", k], [f"present.{layer}.decoder.key"], axis=2)
-        values = g.op("Concat", [f"past_key_values.{layer}.decoder.value", v], [f"present.{layer}.decoder.value"],
-                      axis=2)
+        keys, values = (g.op("Concat", [f"past_key_values.{layer}.decoder.{part}", new],
+                             [f"present.{layer}.decoder.{part}"], axis=2) if has_past
+                        else g.op("Identity", [new], [f"present.{layer}.decoder.{part}"])
+                        for part, new in (("key", k), ("value", v)))
         x = g.op("Add", [x, g.linear(g.merge_heads(g.attention(q, keys, values, head_dim, mask), d),
                                      attn + "/linear_1")])
         cross_prefix = prefix + "/attention"
         q = g.heads(g.linear(g.layer_norm(x, cross_prefix + "/layer_norm"), cross_prefix + "/linear_0"), heads,
                     head_dim)
-        out = g.attention(q, f"present.{layer}.encoder.key", f"present.{layer}.encoder.value", head_dim)
+        out = g.attention(q, cross[2 * layer], cross[2 * layer + 1], head_dim)
         x = g.op("Add", [x, g.linear(g.merge_heads(out, d), cross_prefix + "/linear_2")])
         x = g.ffn(x, prefix + "/ffn")
         for kind, length in (("decoder", "past_decoder_sequence_length"), ("encoder", "encoder_sequence_length")):
             for part in ("key", "value"):
-                inputs.append(_value(f"past_key_values.{layer}.{kind}.{part}", TensorProto.FLOAT,
-                                     ["batch_size", heads, length, head_dim]))
-                outputs.append(_value(f"present.{layer}.{kind}.{part}", TensorProto.FLOAT,
-                                      ["batch_size", heads, length if kind == "encoder"
-                                       else "past_decoder_sequence_length + 1", head_dim]))
-    inputs.append(_value("use_cache_branch", TensorProto.BOOL, [1]))
+                if has_past:
+                    inputs.append(_value(f"past_key_values.{layer}.{kind}.{part}", TensorProto.FLOAT,
+                                         ["batch_size", heads, length, head_dim]))
+                if kind == "decoder" or layout != "with_past":
+                    outputs.append(_value(f"present.{layer}.{kind}.{part}", TensorProto.FLOAT,
+                                          ["batch_size", heads, length if kind == "encoder"
+                                           else "past_decoder_sequence_length + 1", head_dim]))
+    if layout == "merged":
+        inputs.append(_value("use_cache_branch", TensorProto.BOOL, [1]))
     x = g.layer_norm(x, "decoder/layer_norm")
     flat = g.op("Reshape", [x, g.ints(-1, d)])
     logits = g.op("Gemm", [flat, g.weight("decoder/embeddings/weight")], transB=1)
     batch_seq = g.op("Slice", [g.op("Shape", ["input_ids"]), g.ints(0), g.ints(2)])
     g.op("Reshape", [logits, g.op("Concat", [batch_seq, g.ints(dims.vocab_size)], axis=0)], ["logits"])
-    return _finish(g, "whisper_decoder_merged", inputs, outputs)
+    return _finish(g, f"whisper_decoder_{layout}", inputs, outputs)

@@ -64,7 +64,7 @@ __all__ = ["TASKS", "Transcription", "WhisperRunner"]
 
 TASKS = ("transcribe", "translate")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

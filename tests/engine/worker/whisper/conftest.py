@@ -2,8 +2,7 @@
 # from the registry packages the project depends on, and speech made with espeak-ng.
 from __future__ import annotations
 
-import shutil
-import subprocess
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import pytest
 
 from engine.worker.packs.whisper_ct2 import ensure_whisper_pack
 
-SENTENCE = "The quick brown fox jumps over the lazy dog while the farmer reads a newspaper in the garden."
-SECOND_SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
+from .helpers import espeak_available, espeak_wav
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +29,8 @@ def base_pack(pack_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def speak(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], bytes]:
-    """WAV bytes of `text` spoken by espeak-ng (the test skips when it is not installed)."""
-    if shutil.which("espeak-ng") is None:
+def speak() -> Callable[[str], bytes]:
+    """WAV bytes of a text spoken by espeak-ng (the test skips when it is not installed)."""
+    if not espeak_available():
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no test speech")
-    directory = tmp_path_factory.mktemp("speech")
-
-    def make(text: str) -> bytes:
-        path = directory / f"{abs(hash(text))}.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True, capture_output=True)
-        return path.read_bytes()
-
-    return make
+    return functools.cache(espeak_wav)

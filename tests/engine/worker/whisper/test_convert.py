@@ -43,7 +43,7 @@ def _ct2_file(variables: dict[str, np.ndarray], aliases: dict[str, str], version
 def test_the_reader_returns_every_variable_alias_and_scalar(tmp_path: Path) -> None:
     weight = np.arange(6, dtype=np.float16).reshape(2, 3)
     quantised = np.array([[2, -4], [6, 8]], dtype=np.int8)
-    variables = {"enc/weight": weight, "enc/num_heads": np.array(6, np.int16),
+    variables: dict[str, np.ndarray] = {"enc/weight": weight, "enc/num_heads": np.array(6, np.int16),
                  "q/weight": quantised, "q/weight_scale": np.array([2.0, 4.0], np.float32)}
     halves = np.array([1.5, -2.25, 3.0], np.float32)  # exact in bfloat16
     path = tmp_path / "model.bin"

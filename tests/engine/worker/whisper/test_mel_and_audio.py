@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,9 @@ def test_word_error_rate_counts_word_edits() -> None:
     assert word_error_rate("the cat sat", "The cat sat.") == 0.0
     assert word_error_rate("the cat sat on the mat", "the bat sat on mat") == pytest.approx(2 / 6)
     assert word_error_rate("a b", "a b c d") == 1.0
+
+
+def test_the_metering_module_does_not_load_onnxruntime() -> None:
+    code = ("import sys, engine.worker.runners.audio as audio; "
+            "assert callable(audio.audio_seconds); assert 'onnxruntime' not in sys.modules, 'onnxruntime loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)

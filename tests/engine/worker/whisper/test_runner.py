@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile
 
+from engine.worker.packs.whisper_ct2 import SOURCES, convert
 from engine.worker.runners import InvalidTaskInput, ModelLoadError, load_runner
 from engine.worker.runners.audio import decode_audio
 from engine.worker.runners.whisper import WhisperRunner
 
-from .conftest import SECOND_SENTENCE, SENTENCE
-from .helpers import word_error_rate
+from .helpers import SECOND_SENTENCE, SENTENCE, word_error_rate
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_params_and_prompt_are_validated_with_clear_messages(base: WhisperRunner
     silence = io.BytesIO()
     soundfile.write(silence, np.zeros(1600, np.float32), 16000, format="WAV")
     audio = {"audio": _b64(silence.getvalue())}
-    cases = [
+    cases: list[tuple[WhisperRunner, dict[str, Any], dict[str, Any], str]] = [
         (base, audio, {"language": "klingon"}, "language must be a language code"),
         (base, audio, {"task": "summarise"}, "task must be one of"),
         (base, audio, {"max_tokens": 0}, "max_tokens must be an integer >= 1"),
@@ -109,3 +109,19 @@ def test_a_directory_that_is_not_a_whisper_export_is_a_load_error(tmp_path: Path
         load_runner("whisper", tmp_path)
     with pytest.raises(ModelLoadError, match="needs a model directory"):
         load_runner("whisper", None)
+
+
+def test_the_split_and_the_cacheless_layouts_give_the_merged_transcript(
+        tiny: WhisperRunner, tmp_path: Path, speak: Callable[[str], bytes]) -> None:
+    wav = speak(SENTENCE)
+    merged, _ = _transcribe(tiny, wav, {"max_tokens": 6})
+    split = tmp_path / "split"
+    split.mkdir()
+    convert(SOURCES["whisper-tiny.en"].files(), split, show_progress=False, split=True)
+    assert not (split / "decoder_model_merged.onnx").exists()
+    runner = WhisperRunner("split", split)
+    runner.load()
+    assert _transcribe(runner, wav, {"max_tokens": 6})[0].output == merged.output
+    (split / "decoder_with_past_model.onnx").unlink()  # no cache: every step feeds the whole sequence
+    runner.load()
+    assert _transcribe(runner, wav, {"max_tokens": 6})[0].output == merged.output
