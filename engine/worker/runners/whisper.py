@@ -23,7 +23,13 @@
 #   begin_suppress_tokens (`suppress_ids_begin`). A window ends at <|endoftext|>.
 #   Each later window's prompt is the text decoded so far (Whisper's
 #   condition_on_previous_text), truncated to the last text_context // 2 - 1 ids.
-# - Results: output is the transcript text (stripped); usage has audio_seconds
+#   A window reaching its token limit (a repetition loop, usually) ends and the
+#   next one starts; only max_tokens ends the task early.
+# - Silence: Whisper's rule. When P(<|nocaptions|>) at <|startoftranscript|>
+#   exceeds 0.6, the window's tokens are held back (not streamed) until it ends;
+#   if their mean log-probability (EOT included) is below -1 the window is
+#   dropped as silence, else its text is streamed then.
+# - Results: output is the transcript text (leading spaces dropped); usage has audio_seconds
 #   (measured from the decoded file), tokens (generated), prompt_tokens (of the
 #   initial prompt) and seconds (wall time). finish_reason is "length" when
 #   max_tokens cut the transcript, "cancelled" when should_stop() said so (checked
@@ -38,7 +44,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,8 @@ from engine.worker.runners.whisper_tokens import WhisperTokens
 __all__ = ["TASKS", "Transcription", "WhisperRunner"]
 
 TASKS = ("transcribe", "translate")
+NO_SPEECH_THRESHOLD = 0.6  # Whisper's defaults: a window is silence when P(<|nocaptions|>) at
+LOGPROB_THRESHOLD = -1.0  # <|startoftranscript|> exceeds 0.6 and the mean token log-prob is below -1
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -114,12 +122,28 @@ class Transcription:
 
 
 @attrs.frozen
+class _Session:
+    """A decoder session with its input names and the outputs a step fetches."""
+
+    session: ort.InferenceSession
+    inputs: frozenset[str]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, session: ort.InferenceSession, cached: bool) -> _Session:
+        # With a cache the encoder keys/values never change after the first step, so
+        # later steps do not fetch them (a copy of every layer's 1500-position K/V).
+        outputs = tuple(spec.name for spec in session.get_outputs()
+                        if not (cached and spec.name.startswith(PRESENT_PREFIX) and ".encoder." in spec.name))
+        return cls(session, frozenset(spec.name for spec in session.get_inputs()), outputs)
+
+
+@attrs.frozen
 class _Decoder:
     """One or two decoder sessions and how to feed them."""
 
-    first: ort.InferenceSession  # the step with no past (or every step, without a cache)
-    later: ort.InferenceSession | None  # with past; None when the model has no cache
-    merged: bool  # `first is later`, switched by use_cache_branch
+    first: _Session  # the step with no past (or every step, without a cache)
+    later: _Session | None  # with past; None when the model has no cache
     past_names: tuple[str, ...]
     heads: int
     head_dim: int
@@ -127,27 +151,44 @@ class _Decoder:
 
     def step(self, ids: Sequence[int], encoded: np.ndarray,
              past: dict[str, np.ndarray] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits of the last position and the new past (empty when there is no cache)."""
+        """Logits [seq, vocab] of the fed positions and the new past (empty when there is no cache)."""
         cached = past is not None and self.later is not None
-        session = self.later if cached and self.later is not None else self.first
-        wanted = {spec.name for spec in session.get_inputs()}
+        step = self.later if cached and self.later is not None else self.first
         feeds: dict[str, np.ndarray] = {"input_ids": np.asarray([ids], dtype=np.int64)}
-        if "encoder_hidden_states" in wanted:
+        if "encoder_hidden_states" in step.inputs:
             feeds["encoder_hidden_states"] = encoded
-        if "use_cache_branch" in wanted:
+        if "use_cache_branch" in step.inputs:
             feeds["use_cache_branch"] = np.array([cached])
         for name in self.past_names:
-            if name in wanted:
+            if name in step.inputs:
                 feeds[name] = past[name] if cached and past is not None else \
                     np.zeros((1, self.heads, 0, self.head_dim), self.dtype)
-        names = [spec.name for spec in session.get_outputs()]
-        values = session.run(names, feeds)
-        result = dict(zip(names, values))
+        result = dict(zip(step.outputs, step.session.run(list(step.outputs), feeds)))
         new_past = dict(past or {}) if cached else {}
         for name, value in result.items():
             if name.startswith(PRESENT_PREFIX):
                 new_past[PAST_PREFIX + name[len(PRESENT_PREFIX):]] = value
-        return result["logits"][0, -1].astype(np.float32), new_past
+        return result["logits"][0].astype(np.float32), new_past
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = float(np.max(x))
+    return top + float(np.log(np.sum(np.exp(x - top))))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+@attrs.frozen
+class _Window:
+    """What decoding one 30 s window gave."""
+
+    ids: list[int]
+    finish: FinishReason
+    held: bool  # not streamed yet: the no-speech probability was high
+    silent: bool  # held, and the tokens were unlikely: the window is dropped as silence
 
 
 @attrs.define
@@ -224,7 +265,7 @@ class WhisperRunner:
         decoder = self._open_decoder(directory, providers, config, where)
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         tokens = WhisperTokens.from_tokenizer(tokenizer)
-        vocab = decoder.first.get_outputs()[0].shape[-1]
+        vocab = decoder.first.session.get_outputs()[0].shape[-1]
         vocab = vocab if isinstance(vocab, int) else int(config.get("vocab_size", tokenizer.get_vocab_size()))
         suppress = np.zeros(vocab, dtype=bool)
         for token in (*generation.get("suppress_tokens", config.get("suppress_tokens", [])),):
@@ -269,8 +310,8 @@ class WhisperRunner:
             if heads is None or head_dim is None:
                 raise ModelLoadError(f"{where}: {past[0].name} has symbolic dims {shape} and config.json lacks "
                                      "decoder_attention_heads / d_model")
-        return _Decoder(first, later, first is later, tuple(spec.name for spec in past), heads or 0,
-                        head_dim or 0, dtype)
+        return _Decoder(_Session.of(first, cached=False), _Session.of(later, cached=True) if later else None,
+                        tuple(spec.name for spec in past), heads or 0, head_dim or 0, dtype)
 
     def unload(self) -> None:
         self._encoder = self._decoder = self._tokenizer = self._tokens = self._mel = None
@@ -285,10 +326,51 @@ class WhisperRunner:
         return prefix + [tokens.no_timestamps]
 
     def _detect_language(self, decoder: _Decoder, encoded: np.ndarray) -> str:
-        logits, _ = decoder.step([self.tokens.sot], encoded, None)
+        logits = decoder.step([self.tokens.sot], encoded, None)[0][-1]
         codes = list(self.tokens.languages)
         ids = np.array([self.tokens.languages[code] for code in codes])
         return codes[int(np.argmax(logits[ids]))]
+
+    def _decode_window(self, decoder: _Decoder, encoded: np.ndarray, ids: list[int], sot_index: int, budget: int,
+                       should_stop: StopCheck, emit: Callable[[int], None]) -> _Window:
+        """Greedy decoding of one window from prefix `ids`, at most `budget` tokens.
+
+        Tokens go to `emit` as they come, unless the window may be silence
+        (no-speech probability above the threshold): then the caller decides."""
+        suppress, begin = self._suppress, self._suppress_begin
+        if suppress is None or begin is None:
+            raise ModelLoadError(f"model {self.model_name!r} is not loaded")
+        past: dict[str, np.ndarray] | None = None
+        feed, logprob = ids, 0.0
+        tokens: list[int] = []
+        finish: FinishReason = "stop"
+        held = False
+        while True:
+            if should_stop():
+                finish = "cancelled"
+                break
+            if len(tokens) >= budget:
+                finish = "length"
+                break
+            logits, new_past = decoder.step(feed, encoded, past)
+            if past is None and not tokens and self.tokens.no_speech is not None:
+                held = float(_softmax(logits[sot_index])[self.tokens.no_speech]) > NO_SPEECH_THRESHOLD
+            last = logits[-1]
+            last[begin if not tokens else suppress] = -np.inf
+            token = int(np.argmax(last))
+            logprob += float(last[token] - _logsumexp(last))
+            if token == self.tokens.eot:
+                break
+            tokens.append(token)
+            if not held:
+                emit(token)
+            if decoder.later is not None:
+                past, feed = new_past, [token]
+            else:
+                feed = ids + tokens
+        average = logprob / (len(tokens) + 1)
+        silent = held and average < LOGPROB_THRESHOLD
+        return _Window(tokens, finish, held, silent)
 
     def run(
         self,
@@ -308,10 +390,18 @@ class WhisperRunner:
         prompt_ids = tokenizer.encode(" " + job.prompt, add_special_tokens=False).ids if job.prompt else []
         history = list(prompt_ids)
         stream = _Stream(tokenizer)
+
+        def emit(token: int) -> None:
+            piece = stream.push(token)
+            if piece:
+                on_progress({"tokens": [piece], "index": len(stream.ids) - 1})
+
         language = job.language if self.tokens.multilingual else None
         finish: FinishReason = "stop"
         generated = 0
         for window in windows(audio, mel.chunk_samples):
+            if job.max_tokens is not None and generated >= job.max_tokens:
+                finish = "length"
             if finish != "stop":
                 break
             features = log_mel_spectrogram(window, mel)[None].astype(self._feature_dtype)
@@ -321,31 +411,19 @@ class WhisperRunner:
             context = [self.tokens.sot_prev] + history[-(self._text_context // 2 - 1):] if history else []
             ids = context + self._prefix(job, language)
             budget = min(self._text_context // 2, self._text_context - len(ids))
-            past: dict[str, np.ndarray] | None = None
-            feed: list[int] = ids
-            window_ids: list[int] = []
-            while len(window_ids) < budget:
-                if should_stop():
-                    finish = "cancelled"
-                    break
-                if job.max_tokens is not None and generated >= job.max_tokens:
-                    finish = "length"
-                    break
-                logits, new_past = decoder.step(feed, encoded, past)
-                logits[begin if not window_ids else suppress] = -np.inf
-                token = int(np.argmax(logits))
-                if token == self.tokens.eot:
-                    break
-                window_ids.append(token)
-                generated += 1
-                if decoder.later is not None:
-                    past, feed = new_past, [token]
-                else:
-                    feed = ids + window_ids
-                piece = stream.push(token)
-                if piece:
-                    on_progress({"tokens": [piece], "index": len(stream.ids) - 1})
-            history += window_ids
+            capped = job.max_tokens is not None and job.max_tokens - generated <= budget
+            if job.max_tokens is not None:
+                budget = min(budget, job.max_tokens - generated)
+            decoded = self._decode_window(decoder, encoded, ids, len(context), budget, should_stop, emit)
+            # a full window (a repetition loop, usually) moves on; only max_tokens ends the task
+            finish = "stop" if decoded.finish == "length" and not capped else decoded.finish
+            if decoded.held:  # maybe silence: streamed only if kept
+                if decoded.silent:
+                    continue
+                for token in decoded.ids:
+                    emit(token)
+            generated += len(decoded.ids)
+            history += decoded.ids
         output = stream.text()
         if len(output) > len(stream.sent):
             on_progress({"tokens": [output[len(stream.sent):]], "index": len(stream.ids) - 1})

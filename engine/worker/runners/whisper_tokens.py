@@ -35,6 +35,7 @@ class WhisperTokens:
     no_timestamps: int
     sot_prev: int  # <|startofprev|>, which introduces a prompt
     languages: Mapping[str, int]  # "en" -> id of <|en|>
+    no_speech: int | None = None  # <|nocaptions|> (<|nospeech|> in newer vocabularies)
 
     @property
     def multilingual(self) -> bool:
@@ -58,5 +59,9 @@ class WhisperTokens:
             token = tokenizer.id_to_token(token_id)
             if token and token.startswith("<|") and token.endswith("|>"):
                 languages[token[2:-2]] = token_id
+        no_speech = tokenizer.token_to_id("<|nocaptions|>")
+        if no_speech is None:
+            no_speech = tokenizer.token_to_id("<|nospeech|>")
         return cls(sot=sot, eot=need("<|endoftext|>"), transcribe=need("<|transcribe|>"), translate=translate,
-                   no_timestamps=need("<|notimestamps|>"), sot_prev=need("<|startofprev|>"), languages=languages)
+                   no_timestamps=need("<|notimestamps|>"), sot_prev=need("<|startofprev|>"), languages=languages,
+                   no_speech=no_speech)

@@ -125,3 +125,19 @@ def test_the_split_and_the_cacheless_layouts_give_the_merged_transcript(
     (split / "decoder_with_past_model.onnx").unlink()  # no cache: every step feeds the whole sequence
     runner.load()
     assert _transcribe(runner, wav, {"max_tokens": 6})[0].output == merged.output
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, 16000, format="WAV")
+    return buffer.getvalue()
+
+
+def test_a_window_of_faint_noise_is_dropped_as_silence(base: WhisperRunner) -> None:
+    noise = (0.003 * np.random.default_rng(0).standard_normal(5 * 16000)).astype(np.float32)
+    result, progress = _transcribe(base, _wav(noise), {"language": "en"})
+    assert (result.output, result.usage["tokens"], progress) == ("", 0, [])
+    assert result.usage["audio_seconds"] == 5.0
+    # digital silence: Whisper's no-speech rule holds the text back, then streams what it keeps
+    result, progress = _transcribe(base, _wav(np.zeros(5 * 16000, np.float32)), {"language": "en"})
+    assert "".join(piece for update in progress for piece in update["tokens"]) == result.output
