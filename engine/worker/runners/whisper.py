@@ -72,6 +72,7 @@ TASKS = ("transcribe", "translate")
 NO_SPEECH_THRESHOLD = 0.6  # Whisper's defaults: a window is silence when P(<|nocaptions|>) at
 LOGPROB_THRESHOLD = -1.0  # <|startoftranscript|> exceeds 0.6 and the mean token log-prob is below -1
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+_KNOWN_INPUTS = frozenset({"input_ids", "encoder_hidden_states", "use_cache_branch"})
 _DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -295,6 +296,11 @@ class WhisperRunner:
             later = open_session(with_past, providers) if with_past.is_file() else None
         else:
             raise ModelLoadError(f"{where}: no decoder_model_merged.onnx or decoder_model.onnx")
+        for session in (first, later):
+            unknown = sorted(spec.name for spec in session.get_inputs() if spec.name not in _KNOWN_INPUTS
+                             and not spec.name.startswith(PAST_PREFIX)) if session is not None else []
+            if unknown:
+                raise ModelLoadError(f"{where}: the decoder needs inputs this runner does not know: {unknown}")
         source = later if later is not None else first
         past = [spec for spec in source.get_inputs() if spec.name.startswith(PAST_PREFIX)]
         if later is not None and not past:
