@@ -4,7 +4,9 @@
 #   packages) into its ONNX pack, into a fresh temporary directory.
 # - runner: real-time factor (wall seconds / audio seconds, lower is better) of
 #   WhisperRunner.run on the test speech (two sentences made with espeak-ng, the
-#   same as the tests'), median of `runs` after one warm-up, and its word error rate.
+#   same as the tests'), median of 5 runs (1 quick) after one warm-up, and its word
+#   error rate. The engines' runs are taken in turn, so drifting load on a shared
+#   machine hits them alike.
 # - faster-whisper, in the same run, on the same CTranslate2 weights (the registry
 #   package's model directory), greedy (beam_size 1, temperature 0, no timestamps,
 #   no VAD), as float32 (our precision) and int8 (what people run on a CPU), with
@@ -23,8 +25,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -63,22 +65,15 @@ def _ct2_directory(name: str, into: Path) -> Path:
     return into
 
 
-def _ours(pack: Path, wav: bytes, runs: int) -> tuple[list[float], str]:
+def _ours(pack: Path, wav: bytes) -> Callable[[], str]:
     runner = WhisperRunner("whisper", pack, providers_preference="cpu")
     runner.load()
     inputs = {"audio": base64.b64encode(wav).decode()}
     params = {"language": "en"} if runner.tokens.multilingual else {}
-    text = runner.run(inputs, params, lambda update: None, lambda: False).output  # warm-up
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        text = runner.run(inputs, params, lambda update: None, lambda: False).output
-        samples.append(time.perf_counter() - start)
-    runner.unload()
-    return samples, text
+    return lambda: runner.run(inputs, params, lambda update: None, lambda: False).output
 
 
-def _faster_whisper(directory: Path, audio: np.ndarray, compute_type: str, runs: int) -> tuple[list[float], str]:
+def _faster_whisper(directory: Path, audio: np.ndarray, compute_type: str) -> Callable[[], str]:
     from faster_whisper import WhisperModel  # optional, see the module comment
 
     model = WhisperModel(str(directory), device="cpu", compute_type=compute_type, cpu_threads=os.cpu_count() or 0)
@@ -88,17 +83,23 @@ def _faster_whisper(directory: Path, audio: np.ndarray, compute_type: str, runs:
                                        without_timestamps=True, vad_filter=False)
         return "".join(segment.text for segment in segments).strip()
 
-    text = once()
-    samples = []
+    return once
+
+
+def _interleaved(engines: dict[str, Callable[[], str]], runs: int) -> dict[str, tuple[float, str]]:
+    """Median seconds and last text of each engine, runs taken in turn (one warm-up each)."""
+    texts = {name: engine() for name, engine in engines.items()}
+    samples: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(runs):
-        start = time.perf_counter()
-        text = once()
-        samples.append(time.perf_counter() - start)
-    return samples, text
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            texts[name] = engine()
+            samples[name].append(time.perf_counter() - start)
+    return {name: (median_of(samples[name]), texts[name]) for name in engines}
 
 
 def speech_rows(quick: bool) -> list[Row]:
-    runs = 1 if quick else 3
+    runs = 1 if quick else 5
     names = [DEFAULT_PACK] if quick else list(SOURCES)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,19 +117,22 @@ def speech_rows(quick: bool) -> list[Row]:
         seconds = len(audio) / 16000
         have_fw = importlib.util.find_spec("faster_whisper") is not None
         for name, pack in packs.items():
-            samples, text = _ours(pack, wav, runs)
-            ours = median_of(samples) / seconds
-            figures: dict[str, Any] = {"audio_s": seconds, "rtf": ours, "wer": word_error_rate(TEXT, text)}
-            rows.append(Row(f"whisper runner: {name}", figures))
+            engines = {"ours": _ours(pack, wav)}
+            if have_fw:
+                directory = _ct2_directory(name, Path(tmp) / f"{name}-ct2")
+                for compute_type in ("float32", "int8"):
+                    engines[f"faster-whisper {compute_type}"] = _faster_whisper(directory, audio, compute_type)
+            measured = _interleaved(engines, runs)
+            ours = measured["ours"][0] / seconds
+            rows.append(Row(f"whisper runner: {name}", {
+                "audio_s": seconds, "rtf": ours, "wer": word_error_rate(TEXT, measured["ours"][1])}))
             if not have_fw:
                 rows.append(Row(f"faster-whisper: {name}", {"skipped": "faster-whisper is not installed"}))
-                continue
-            directory = _ct2_directory(name, Path(tmp) / f"{name}-ct2")
-            for compute_type in ("float32", "int8"):
-                theirs_samples, theirs_text = _faster_whisper(directory, audio, compute_type, runs)
-                theirs = median_of(theirs_samples) / seconds
-                rows.append(Row(f"faster-whisper {compute_type}: {name}", {
-                    "rtf": theirs, "wer": word_error_rate(TEXT, theirs_text), "ours/theirs": ours / theirs}))
+            for engine, (median, text) in measured.items():
+                if engine != "ours":
+                    theirs = median / seconds
+                    rows.append(Row(f"{engine}: {name}", {
+                        "rtf": theirs, "wer": word_error_rate(TEXT, text), "ours/theirs": ours / theirs}))
     return rows
 
 

@@ -269,7 +269,7 @@ class WhisperRunner:
         vocab = decoder.first.session.get_outputs()[0].shape[-1]
         vocab = vocab if isinstance(vocab, int) else int(config.get("vocab_size", tokenizer.get_vocab_size()))
         suppress = np.zeros(vocab, dtype=bool)
-        for token in (*generation.get("suppress_tokens", config.get("suppress_tokens", [])),):
+        for token in generation.get("suppress_tokens", config.get("suppress_tokens", [])):
             if 0 <= int(token) < vocab:
                 suppress[int(token)] = True
         suppress[tokens.timestamp_begin:] = True  # timestamps: decoding is without them
