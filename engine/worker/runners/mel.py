@@ -11,7 +11,7 @@
 #   i.e. the Slaney mel scale (linear below 1 kHz, logarithmic above) with Slaney
 #   area normalisation (2 / bandwidth), from 0 Hz to sr / 2. It is computed here
 #   (float64, returned as float32), unless the model's preprocessor config carries
-#   its own `mel_filters`.
+#   its own `mel_filters` (MelSpec.from_preprocessor).
 # - Log compression: log10(max(mel, 1e-10)), then clamped from below at
 #   (window maximum - 8), then (x + 4) / 4.
 #
@@ -19,10 +19,13 @@
 # (no copies until the FFT), transformed with numpy's real FFT in one call.
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
+
+from engine.worker.runners.base import ModelLoadError
 
 __all__ = [
     "CHUNK_SAMPLES",
@@ -100,6 +103,26 @@ class MelSpec:
     @classmethod
     def default(cls, n_mels: int = 80) -> MelSpec:
         return cls(mel_filters(n_mels))
+
+    @classmethod
+    def from_preprocessor(cls, config: Mapping[str, Any], n_mels: int) -> MelSpec:
+        """The settings of a Hugging Face preprocessor_config.json (absent keys: Whisper's).
+
+        Its `mel_filters`, when present, are used as given (the HF feature extractor
+        keeps them [freq, mel]; either orientation is accepted)."""
+        n_fft, hop = int(config.get("n_fft", N_FFT)), int(config.get("hop_length", HOP_LENGTH))
+        samples = int(config.get("n_samples", CHUNK_SAMPLES))
+        given = config.get("mel_filters")
+        if given is None:
+            filters = mel_filters(n_mels, int(config.get("sampling_rate", SAMPLE_RATE)), n_fft)
+        else:
+            filters = np.asarray(given, dtype=np.float32)
+            if filters.shape == (n_fft // 2 + 1, n_mels):
+                filters = filters.T
+            if filters.shape != (n_mels, n_fft // 2 + 1):
+                raise ModelLoadError(f"preprocessor mel_filters has shape {filters.shape}; expected "
+                                     f"({n_mels}, {n_fft // 2 + 1}) or its transpose")
+        return cls(filters, n_fft, hop, samples)
 
 
 def windows(audio: np.ndarray, chunk_samples: int = CHUNK_SAMPLES) -> Iterator[np.ndarray]:

@@ -62,7 +62,7 @@ from engine.worker.runners.base import (
     RunResult,
     StopCheck,
 )
-from engine.worker.runners.mel import MelSpec, log_mel_spectrogram, mel_filters, windows
+from engine.worker.runners.mel import MelSpec, log_mel_spectrogram, windows
 from engine.worker.runners.providers import choose_providers, open_session
 from engine.worker.runners.whisper_tokens import WhisperTokens
 
@@ -212,21 +212,6 @@ class _Stream:
         return piece
 
 
-def _mel_spec(preprocessor: Mapping[str, Any], n_mels: int) -> MelSpec:
-    n_fft, hop = int(preprocessor.get("n_fft", 400)), int(preprocessor.get("hop_length", 160))
-    samples = int(preprocessor.get("n_samples", 480000))
-    given = preprocessor.get("mel_filters")
-    if given is not None:
-        filters = np.asarray(given, dtype=np.float32)
-        if filters.shape == (n_fft // 2 + 1, n_mels):  # the HF feature extractor keeps [freq, mel]
-            filters = filters.T
-        if filters.shape != (n_mels, n_fft // 2 + 1):
-            raise ModelLoadError(f"preprocessor mel_filters has shape {filters.shape}")
-    else:
-        filters = mel_filters(n_mels, int(preprocessor.get("sampling_rate", 16000)), n_fft)
-    return MelSpec(filters, n_fft, hop, samples)
-
-
 @attrs.define
 class WhisperRunner:
     """Runs one Whisper ONNX export; see the module comment for the contract."""
@@ -279,7 +264,7 @@ class WhisperRunner:
             if 0 <= int(token) < vocab:
                 begin[int(token)] = True
         self._encoder, self._decoder, self._tokenizer, self._tokens = encoder, decoder, tokenizer, tokens
-        self._mel = _mel_spec(_read_json(directory / "preprocessor_config.json"), n_mels)
+        self._mel = MelSpec.from_preprocessor(_read_json(directory / "preprocessor_config.json"), n_mels)
         self._suppress, self._suppress_begin = suppress, begin
         self._text_context = int(generation.get("max_length", config.get("max_target_positions", 448)))
         self._feature_dtype = _DTYPES.get(features.type, np.float32)

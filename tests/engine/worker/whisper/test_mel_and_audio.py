@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 from engine.worker.runners.audio import audio_seconds, decode_audio, decode_audio_field, load_audio
-from engine.worker.runners.base import InvalidTaskInput
+from engine.worker.runners.base import InvalidTaskInput, ModelLoadError
 from engine.worker.runners.mel import (
     CHUNK_SAMPLES,
     HOP_LENGTH,
@@ -123,3 +123,15 @@ def test_the_metering_module_does_not_load_onnxruntime() -> None:
     code = ("import sys, engine.worker.runners.audio as audio; "
             "assert callable(audio.audio_seconds); assert 'onnxruntime' not in sys.modules, 'onnxruntime loaded'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
+
+
+def test_a_preprocessor_config_sets_the_features() -> None:
+    with np.load(WHISPER_FILTERS) as published:
+        expected = published["mel_80"]
+    computed = MelSpec.from_preprocessor({"feature_size": 80, "n_fft": 400, "hop_length": 160}, 80)
+    np.testing.assert_allclose(computed.filters, expected, rtol=1e-5, atol=1e-8)
+    given = MelSpec.from_preprocessor({"mel_filters": (2 * expected).T.tolist(), "n_samples": 160000}, 80)
+    np.testing.assert_allclose(given.filters, 2 * expected)  # HF's [freq, mel] orientation, used as given
+    assert (given.n_frames, given.n_mels) == (1000, 80)
+    with pytest.raises(ModelLoadError, match="mel_filters has shape"):
+        MelSpec.from_preprocessor({"mel_filters": [[0.0] * 3]}, 80)
