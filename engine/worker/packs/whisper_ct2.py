@@ -44,7 +44,7 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import onnx
@@ -54,8 +54,9 @@ from tqdm import tqdm
 from engine.worker.packs.build import PackBuilder, PackError, cache_root, ensure_pack
 from engine.worker.packs.ct2 import Ct2Model, read_ct2_model
 from engine.worker.packs.whisper_onnx import DECODER_FILES, WhisperDims, decoder_model, encoder_model
-from engine.worker.runners.base import ModelLoadError
-from engine.worker.runners.whisper_tokens import WhisperTokens
+
+if TYPE_CHECKING:
+    from engine.worker.runners.whisper_tokens import WhisperTokens
 
 __all__ = [
     "DEFAULT_PACK",
@@ -206,6 +207,10 @@ def convert(source: SourceFiles, out: Path, *, label: str = "whisper", show_prog
         model: Ct2Model = read_ct2_model(*source.model_parts)
         dims = WhisperDims.from_ct2(model)
         tokenizer = Tokenizer.from_file(str(source.tokenizer))
+        # imported here, not at the top: the runner registry may import the packs
+        from engine.worker.runners.base import ModelLoadError
+        from engine.worker.runners.whisper_tokens import WhisperTokens
+
         try:
             tokens = WhisperTokens.from_tokenizer(tokenizer)
         except ModelLoadError as exc:
