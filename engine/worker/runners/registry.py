@@ -44,11 +44,20 @@ def make_diffusion(model_name: str, model_dir: Path | None, providers_preference
     return DiffusionRunner(model_name, Path(model_dir), providers_preference=providers_preference)
 
 
+def make_whisper(model_name: str, model_dir: Path | None, providers_preference: str | None) -> ModelRunner:
+    from .whisper import WhisperRunner  # lazy: onnxruntime is heavy
+
+    if model_dir is None:
+        raise ModelLoadError(f"model {model_name!r}: a Whisper model needs a model directory")
+    return WhisperRunner(model_name, Path(model_dir), providers_preference=providers_preference)
+
+
 # Runner kind -> factory. A factory builds an unloaded runner.
 RUNNER_KINDS: dict[str, RunnerFactory] = {
     "noop": make_noop,
     "textgen": make_textgen,
     "diffusion": make_diffusion,
+    "whisper": make_whisper,
 }
 
 def runner_kind(model_name: str) -> str | None:
