@@ -94,6 +94,10 @@ class TaskKind:
     work: WorkFormula
     reference_cost: CostFormula
     description: str = ""
+    prompt_required: bool = True  # False: the prompt is optional (speech: a decoder hint)
+    # Size quantities the API measures from the task's input (never a client's
+    # figure), stored in the params under their own name: speech's audio_seconds.
+    measured: tuple[str, ...] = ()
 
     def field(self, name: str) -> RequestField:
         for f in self.fields:
@@ -113,6 +117,10 @@ class TaskKind:
                 value = params.get(f.name, f.default)
                 if isinstance(value, (int, float)):
                     out[f.size] = value
+        for quantity in self.measured:
+            value = params.get(quantity)
+            if isinstance(value, (int, float)):
+                out[quantity] = value
         return out
 
     def size_default(self, quantity: str) -> float:
@@ -197,12 +205,19 @@ TASK_KINDS: dict[str, TaskKind] = {
         TaskKind(
             SPEECH_TO_TEXT, work_unit="audio_second", runner="whisper",
             fields=(
-                RequestField("audio_seconds", "number", 60.0, 0.0, 3600.0, low_open=True,
-                             size="audio_seconds", description="length of the audio"),
+                RequestField("audio", "string", None, required=True, input=True,
+                             description="the audio file (WAV, FLAC, MP3 or OGG), base64; or "
+                                         "a multipart/form-data upload's `file` part"),
+                RequestField("language", "string", None, max_length=16,
+                             description="the spoken language's code, e.g. en (default: "
+                                         "detected, on a multilingual model)"),
+                RequestField("max_tokens", "integer", 448, 1, 448,
+                             description="transcript tokens per 30 s window at most"),
             ),
             usage_fields=("audio_seconds",),
             work=_speech_work, reference_cost=_speech_cost,
             description="speech-to-text transcription",
+            prompt_required=False, measured=("audio_seconds",),
         ),
     )
 }
