@@ -274,8 +274,8 @@ def build_model(source: GGUFModel, *, with_past: bool = True, progress: bool = F
     g.op("Reshape", flat, logits_shape, out="logits")
 
     tensor = helper.make_tensor_value_info
-    past_shape = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
-    present_shape = ["batch_size", s.kv_heads, "total_sequence_length", s.head_dim]
+    past_shape: list[str | int] = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
+    present_shape: list[str | int] = ["batch_size", s.kv_heads, "total_sequence_length", s.head_dim]
     inputs = [
         tensor("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         tensor("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
@@ -387,10 +387,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.gguf_file.is_file():
         parser.error(f"gguf_file {args.gguf_file} does not exist")
+    def write(directory: Path) -> None:
+        convert_gguf(args.gguf_file, directory, progress=True)
+
     builder = PackBuilder(
         name=f"gguf:{_sha256(args.gguf_file)[:16]}",
         version=CONVERTER_VERSION,
-        write=lambda directory: convert_gguf(args.gguf_file, directory, progress=True),
+        write=write,
         description=f"converted from {args.gguf_file.name}",
     )
     try:

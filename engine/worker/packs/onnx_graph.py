@@ -13,6 +13,8 @@
 # ModelProto with a fixed opset and IR version (no timestamps, no random ids).
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -44,12 +46,12 @@ class GraphBuilder:
     def scalar(self, value: float, dtype: type[np.generic] = np.float32) -> str:
         return self.const(np.array(value, dtype))
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes: object) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes: Any) -> str:
         """Add one single-output node; returns the output's name."""
         return self.ops(op_type, *inputs, outs=[out] if out else None, **attributes)[0]
 
     def ops(self, op_type: str, *inputs: str, outs: list[str] | None = None, count: int = 1,
-            **attributes: object) -> list[str]:
+            **attributes: Any) -> list[str]:
         """Add one node with `count` outputs (or the named `outs`); returns their names."""
         self._count += 1
         outputs = outs or [f"{op_type.lower()}_{self._count}_{i}" for i in range(count)]

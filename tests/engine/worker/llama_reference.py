@@ -71,8 +71,8 @@ def numpy_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
         gate, up = h @ weight(b + "ffn_gate.weight").T, h @ weight(b + "ffn_up.weight").T
         x = x + (gate / (1 + np.exp(-gate)) * up) @ weight(b + "ffn_down.weight").T
     x = rms(x, weight("output_norm.weight"))
-    head = weight("output.weight") if "output.weight" in tensors else embed
-    return x @ head.T
+    lm_head = weight("output.weight") if "output.weight" in tensors else embed
+    return x @ lm_head.T
 
 
 def _byte_symbols() -> list[str]:

@@ -19,7 +19,7 @@ from engine.worker.runners.textgen import TextGenRunner
 from tests.engine.worker.llama_reference import MERGES, SPECIALS, numpy_logits, write_tiny_llama_gguf
 
 TOKENS = [1, 40, 207, 13, 260, 71, 99, 3, 150]
-TOL = {"rtol": 1e-4, "atol": 1e-4}
+RTOL = ATOL = 1e-4
 
 
 def _pack(tmp_path: Path, **kwargs: object) -> tuple[Path, Path]:
@@ -52,11 +52,11 @@ def test_logits_with_kv_cache_match_a_numpy_forward_pass(tmp_path: Path, tied: b
     past = {f"past_key_values.{i}.{kind}": np.zeros((1, 2, 0, 16), np.float32) for i in range(2) for kind in ("key", "value")}
     prefill = 4  # the prompt in one step, then one token per step from the cache
     logits, *presents = session.run(outputs, {**_feeds(TOKENS[:prefill], 0), **past})
-    np.testing.assert_allclose(logits[0], reference[:prefill], **TOL)
+    np.testing.assert_allclose(logits[0], reference[:prefill], rtol=RTOL, atol=ATOL)
     for position in range(prefill, len(TOKENS)):
         past = dict(zip(past, presents))
         logits, *presents = session.run(outputs, {**_feeds([TOKENS[position]], position), **past})
-        np.testing.assert_allclose(logits[0, -1], reference[position], **TOL)
+        np.testing.assert_allclose(logits[0, -1], reference[position], rtol=RTOL, atol=ATOL)
     assert presents[0].shape == (1, 2, len(TOKENS), 16)
 
 
@@ -65,7 +65,7 @@ def test_logits_without_kv_cache_match_too(tmp_path: Path) -> None:
     model = build_model(GGUFModel.open(gguf_path), with_past=False)
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "position_ids"]
     (logits,) = _session(model.SerializeToString()).run(["logits"], _feeds(TOKENS, 0))
-    np.testing.assert_allclose(logits[0], numpy_logits(gguf_path, TOKENS), **TOL)
+    np.testing.assert_allclose(logits[0], numpy_logits(gguf_path, TOKENS), rtol=RTOL, atol=ATOL)
 
 
 def test_unpermute_rows_inverts_llama_cpps_permutation() -> None:
@@ -79,7 +79,8 @@ def test_unpermute_rows_inverts_llama_cpps_permutation() -> None:
 def test_the_pack_has_the_hf_layout_and_rebuilds_byte_for_byte(tmp_path: Path) -> None:
     gguf_path = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
     first, second = tmp_path / "a", tmp_path / "b"
-    first.mkdir(), second.mkdir()
+    first.mkdir()
+    second.mkdir()
     convert_gguf(gguf_path, first)
     convert_gguf(gguf_path, second)
     assert sorted(p.name for p in first.iterdir()) == sorted(llama_gguf.PACK_FILES)
