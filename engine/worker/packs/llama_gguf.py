@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,20 +168,14 @@ class GGUFModel:
         return np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
 
 
-def _progress(items: Iterable[int], total: int, enabled: bool) -> Iterator[int]:
-    if not enabled:
-        yield from items
-        return
-    from tqdm import tqdm
-
-    yield from tqdm(items, total=total, desc="converting GGUF to ONNX", unit="layer", file=sys.stderr)
-
-
-def build_model(source: GGUFModel, *, with_past: bool = True, progress: bool = False) -> onnx.ModelProto:
+def build_model(source: GGUFModel, *, with_past: bool = True,
+                on_step: Callable[[str], None] | None = None) -> onnx.ModelProto:
     """The ONNX decoder for `source` (see the module comment for its interface).
 
     `with_past=False` drops the KV cache inputs and outputs (for checking the cache).
+    `on_step(label)` is called after each layer and after the LM head (layers + 1 calls).
     """
+    step = on_step or (lambda label: None)
     s = source.spec
     g = GraphBuilder()
     f32, i64 = np.float32, np.int64
@@ -232,7 +226,7 @@ def build_model(source: GGUFModel, *, with_past: bool = True, progress: bool = F
         rotated = g.op("Concat", g.op("Neg", second), first, axis=-1)
         return g.op("Add", g.op("Mul", t, cos), g.op("Mul", rotated, sin))
 
-    for layer in _progress(range(s.layers), s.layers, progress):
+    for layer in range(s.layers):
         p, b = f"model.layers.{layer}.", f"blk.{layer}."
         h = rms_norm(x, p + "input_layernorm.weight", b + "attn_norm.weight")
         qkv = np.concatenate([
@@ -265,6 +259,7 @@ def build_model(source: GGUFModel, *, with_past: bool = True, progress: bool = F
         h = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
         down = source.tensor(b + "ffn_down.weight").T.copy()
         x = g.op("Add", x, g.op("MatMul", h, g.const(down, p + "mlp.down_proj.weight")))
+        step(f"layer {layer + 1}/{s.layers}")
 
     h = rms_norm(x, "model.norm.weight", "output_norm.weight")
     head = embed if s.tied else g.const(source.tensor("output.weight"), "lm_head.weight")
@@ -272,6 +267,7 @@ def build_model(source: GGUFModel, *, with_past: bool = True, progress: bool = F
     logits_shape = g.op("Concat", g.op("Slice", g.op("Shape", "input_ids"), g.ints(0), g.ints(2)),
                         g.ints(s.vocab), axis=0)
     g.op("Reshape", flat, logits_shape, out="logits")
+    step("lm head")
 
     tensor = helper.make_tensor_value_info
     past_shape: list[str | int] = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
@@ -356,8 +352,22 @@ Rebuild with: python -m engine.worker.packs.llama_gguf GGUF_FILE OUT_DIR
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = False) -> Path:
-    """Write the pack for `gguf_path` into the existing, empty directory `out_dir`."""
+    """Write the pack for `gguf_path` into the existing, empty directory `out_dir`.
+
+    `progress` shows a bar on stderr: tokenizer, each layer, LM head, writing.
+    """
+    from tqdm import tqdm
+
+    if progress:
+        print(f"reading {Path(gguf_path).name} ...", file=sys.stderr, flush=True)
     source = GGUFModel.open(Path(gguf_path))
+    bar = tqdm(total=source.spec.layers + 3, desc="converting GGUF to ONNX", unit="step",
+               file=sys.stderr, disable=not progress)
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label, refresh=False)
+        bar.update()
+
     sha256 = _sha256(source.path)
     config, generation = _configs(source, sha256)
     out_dir = Path(out_dir)
@@ -370,8 +380,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = False) -> P
     }
     for name, text in texts.items():
         (out_dir / name).write_text(text, encoding="utf-8")
-    model = build_model(source, progress=progress)
+    step("tokenizer")
+    model = build_model(source, on_step=step)
     (out_dir / "model.onnx").write_bytes(model.SerializeToString())
+    step("written")
+    bar.close()
     return out_dir
 
 
