@@ -22,6 +22,7 @@ _LAZY = {
     "GGUFModel": "llama_gguf",
     "LlamaSpec": "llama_gguf",
     "convert_gguf": "llama_gguf",
+    "gguf_pack_builder": "llama_gguf",
     "GraphBuilder": "onnx_graph",
     "SMOLLM2": "smollm2",
     "SMOLLM2_PACK": "smollm2",

@@ -46,6 +46,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from engine.worker.packs.build import PackBuilder, PackError, ensure_pack
 from engine.worker.packs.gguf_tokenizer import GGUFError, GGUFTokenizer, dump_json
 from engine.worker.packs.onnx_graph import GraphBuilder
 
@@ -55,6 +56,7 @@ __all__ = [
     "LlamaSpec",
     "build_model",
     "convert_gguf",
+    "gguf_pack_builder",
     "main",
     "unpermute_rows",
 ]
@@ -388,30 +390,34 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = False) -> P
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    from engine.worker.packs.build import PackBuilder, ensure_pack
+def gguf_pack_builder(gguf_path: Path) -> PackBuilder:
+    """A pack builder for an operator's own GGUF file (named by its content hash)."""
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise GGUFError(f"GGUF file {gguf_path} does not exist")
 
+    def write(directory: Path) -> None:
+        convert_gguf(gguf_path, directory, progress=True)
+
+    return PackBuilder(
+        name=f"gguf:{_sha256(gguf_path)[:16]}",
+        version=CONVERTER_VERSION,
+        write=write,
+        description=f"converted from {gguf_path.name}",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m engine.worker.packs.llama_gguf",
         description="Convert a Llama-architecture GGUF file into an ONNX model pack for the NeuroGrid text runner.",
     )
     parser.add_argument("gguf_file", type=Path, help="the .gguf file to convert")
-    parser.add_argument("out_dir", type=Path, help="directory to create (an existing pack of it is rebuilt)")
+    parser.add_argument("out_dir", type=Path, help="directory to create (left as is when it already holds the current pack of this file)")
     args = parser.parse_args(argv)
-    if not args.gguf_file.is_file():
-        parser.error(f"gguf_file {args.gguf_file} does not exist")
-    def write(directory: Path) -> None:
-        convert_gguf(args.gguf_file, directory, progress=True)
-
-    builder = PackBuilder(
-        name=f"gguf:{_sha256(args.gguf_file)[:16]}",
-        version=CONVERTER_VERSION,
-        write=write,
-        description=f"converted from {args.gguf_file.name}",
-    )
     try:
-        print(ensure_pack(args.out_dir, builder))
-    except GGUFError as exc:
+        print(ensure_pack(args.out_dir, gguf_pack_builder(args.gguf_file)))
+    except (GGUFError, PackError) as exc:
         parser.exit(2, f"error: {exc}\n")
 
 
