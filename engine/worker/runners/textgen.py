@@ -4,8 +4,8 @@
 # - A model directory is what Hugging Face Optimum exports, loaded unchanged:
 #   model.onnx (or decoder_model_merged.onnx / decoder_model.onnx), tokenizer.json,
 #   and optionally config.json, generation_config.json, tokenizer_config.json and
-#   chat_template.jinja. The ONNX inputs are
-#   input_ids and attention_mask (int64 [batch, seq]), optionally position_ids and
+#   chat_template.jinja. The ONNX inputs are input_ids and attention_mask
+#   (int64 [batch, seq]), optionally position_ids and
 #   past_key_values.{i}.key/.value ([batch, kv_heads, past_seq, head_dim]), and for
 #   merged exports use_cache_branch; the outputs are logits [batch, seq, vocab] and
 #   present.{i}.key/.value. Any other required input is a load error.
@@ -23,8 +23,8 @@
 # - Chat template (HF convention): chat_template.jinja, else tokenizer_config.json
 #   "chat_template" (a string, or a list of {name, template} where "default" is
 #   used). It is compiled once at load in jinja2's immutable sandbox with HF's
-#   settings (trim_blocks, lstrip_blocks, raise_exception, strftime_now) and rendered with
-#   messages=[{"role": "user", "content": prompt}], add_generation_prompt=True
+#   settings (trim_blocks, lstrip_blocks, raise_exception, strftime_now) and
+#   rendered with messages=[{"role": "user", "content": prompt}], add_generation_prompt=True
 #   and the tokenizer_config's bos_token/eos_token; the rendered text is encoded
 #   without adding special tokens (the template places them). Param `chat`
 #   (bool, default: true when the model has a template) turns it off for raw
@@ -32,8 +32,9 @@
 # - Params: max_tokens (default 64, >= 1), temperature (default 0.7, 0..2; 0 means
 #   greedy argmax), top_p (default 0.9, nucleus sampling, 0 < top_p <= 1), seed
 #   (int; the same seed gives the same text; absent means fresh OS entropy),
-#   chat (bool, see above). Generation stops at max_tokens ("length"), at EOS ("stop"), at the context
-#   limit max_position_embeddings ("length"), or when should_stop() ("cancelled").
+#   chat (bool, see above). Generation stops at max_tokens ("length"), at EOS
+#   ("stop"), at the context limit max_position_embeddings ("length"), or when
+#   should_stop() ("cancelled").
 # - Streaming: after each token the whole generated sequence is decoded and the
 #   new suffix goes to on_progress({"tokens": [piece], "index": n}). A suffix is
 #   held back while the text ends in an incomplete UTF-8 sequence (U+FFFD) or no
