@@ -342,6 +342,13 @@ class Scheduler:
             return
         record.attempts -= 1  # it never ran
         self._requeue(record, "could not be delivered to the node", out)
+        # A node whose connection takes no frames is gone: were it kept, the task
+        # would be placed straight back on it, and fail again, in a loop.
+        node = self.index.nodes.get(event.node_id)
+        if node is not None:
+            reason = "its connection stopped taking frames"
+            out.append(Drop(event.node_id, reason))
+            self._lose(node, reason, now, out)
 
     def _on_joined(self, event: NodeJoined, now: float, out: list[Decision]) -> None:
         spec = event.node

@@ -3,8 +3,9 @@
 # Rules of this module:
 # - A model directory is what Hugging Face Optimum exports, loaded unchanged:
 #   model.onnx (or decoder_model_merged.onnx / decoder_model.onnx), tokenizer.json,
-#   and optionally config.json and generation_config.json. The ONNX inputs are
-#   input_ids and attention_mask (int64 [batch, seq]), optionally position_ids and
+#   and optionally config.json, generation_config.json, tokenizer_config.json and
+#   chat_template.jinja. The ONNX inputs are input_ids and attention_mask
+#   (int64 [batch, seq]), optionally position_ids and
 #   past_key_values.{i}.key/.value ([batch, kv_heads, past_seq, head_dim]), and for
 #   merged exports use_cache_branch; the outputs are logits [batch, seq, vocab] and
 #   present.{i}.key/.value. Any other required input is a load error.
@@ -15,13 +16,25 @@
 # - KV heads and head_dim come from the past inputs' static shapes, else from
 #   config.json (num_key_value_heads or num_attention_heads; head_dim or
 #   hidden_size // num_attention_heads).
-# - EOS ids come from generation_config.json, then config.json (`eos_token_id`,
-#   an int or a list), then well-known special tokens of the tokenizer.
+# - EOS ids: those of generation_config.json, else config.json (`eos_token_id`,
+#   an int or a list), always joined by the tokenizer's *special* tokens among
+#   the well-known end markers (_EOS_TOKENS: </s>, <|endoftext|>, <|im_end|>,
+#   <|eot_id|>, ...), so an instruct model stops at its end-of-turn token too.
+# - Chat template (HF convention): chat_template.jinja, else tokenizer_config.json
+#   "chat_template" (a string, or a list of {name, template} where "default" is
+#   used). It is compiled once at load in jinja2's immutable sandbox with HF's
+#   settings (trim_blocks, lstrip_blocks, raise_exception, strftime_now) and
+#   rendered with messages=[{"role": "user", "content": prompt}], add_generation_prompt=True
+#   and the tokenizer_config's bos_token/eos_token; the rendered text is encoded
+#   without adding special tokens (the template places them). Param `chat`
+#   (bool, default: true when the model has a template) turns it off for raw
+#   completion; chat=true on a model without a template is an InvalidTaskInput.
 # - Params: max_tokens (default 64, >= 1), temperature (default 0.7, 0..2; 0 means
 #   greedy argmax), top_p (default 0.9, nucleus sampling, 0 < top_p <= 1), seed
-#   (int; the same seed gives the same text; absent means fresh OS entropy).
-#   Generation stops at max_tokens ("length"), at EOS ("stop"), at the context
-#   limit max_position_embeddings ("length"), or when should_stop() ("cancelled").
+#   (int; the same seed gives the same text; absent means fresh OS entropy),
+#   chat (bool, see above). Generation stops at max_tokens ("length"), at EOS
+#   ("stop"), at the context limit max_position_embeddings ("length"), or when
+#   should_stop() ("cancelled").
 # - Streaming: after each token the whole generated sequence is decoded and the
 #   new suffix goes to on_progress({"tokens": [piece], "index": n}). A suffix is
 #   held back while the text ends in an incomplete UTF-8 sequence (U+FFFD) or no
@@ -33,6 +46,7 @@
 # in local variables, so concurrent runs on one runner are safe.
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -42,6 +56,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
+import jinja2
+import jinja2.sandbox
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
@@ -61,6 +77,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TOP_P",
+    "ChatTemplate",
     "KvLayout",
     "Sampling",
     "TextGenRunner",
@@ -213,14 +230,80 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _eos_ids(generation: Mapping[str, Any], config: Mapping[str, Any], tokenizer: Tokenizer) -> frozenset[int]:
+    configured: frozenset[int] = frozenset()
     for source in (generation, config):
         eos = source.get("eos_token_id")
         if isinstance(eos, int):
-            return frozenset([eos])
-        if isinstance(eos, list) and eos:
-            return frozenset(int(token) for token in eos)
-    found = (tokenizer.token_to_id(token) for token in _EOS_TOKENS)
-    return frozenset(token for token in found if token is not None)
+            configured = frozenset([eos])
+        elif isinstance(eos, list) and eos:
+            configured = frozenset(int(token) for token in eos)
+        if configured:
+            break
+    special = {added.content: index for index, added in tokenizer.get_added_tokens_decoder().items() if added.special}
+    return configured | {special[token] for token in _EOS_TOKENS if token in special}
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.datetime.now().strftime(format)
+
+
+def _token_text(value: Any) -> str:
+    """tokenizer_config token entries are strings or {"content": ...} objects."""
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) else ""
+
+
+@attrs.frozen
+class ChatTemplate:
+    """A model's chat template, compiled (see the module rules)."""
+
+    template: jinja2.Template
+    bos_token: str = ""
+    eos_token: str = ""
+
+    @classmethod
+    def load(cls, model_dir: Path, tokenizer_config: Mapping[str, Any]) -> ChatTemplate | None:
+        """The template of `model_dir`, or None when it has none."""
+        source: Any = None
+        jinja_file = model_dir / "chat_template.jinja"
+        if jinja_file.is_file():
+            source = jinja_file.read_text(encoding="utf-8")
+        else:
+            source = tokenizer_config.get("chat_template")
+            if isinstance(source, list):  # [{"name": ..., "template": ...}]
+                named = {entry.get("name"): entry.get("template") for entry in source if isinstance(entry, Mapping)}
+                source = named.get("default")
+        if source is None:
+            return None
+        if not isinstance(source, str):
+            raise ModelLoadError(f"{model_dir}: chat_template must be a string, got {type(source).__name__}")
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now  # Llama 3.x templates date their system turn
+        try:
+            template = env.from_string(source)
+        except jinja2.TemplateError as exc:
+            raise ModelLoadError(f"{model_dir}: the chat template does not compile: {exc}") from exc
+        return cls(template, _token_text(tokenizer_config.get("bos_token")), _token_text(tokenizer_config.get("eos_token")))
+
+    def render(self, prompt: str) -> str:
+        """The prompt as one user turn, followed by the assistant's generation prompt."""
+        try:
+            return self.template.render(
+                messages=[{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except jinja2.TemplateError as exc:
+            raise InvalidTaskInput(f"the model's chat template rejected the prompt: {exc}") from exc
 
 
 @attrs.define
@@ -236,6 +319,7 @@ class TextGenRunner:
     _inputs: frozenset[str] = attrs.field(default=frozenset(), init=False)
     _eos: frozenset[int] = attrs.field(default=frozenset(), init=False)
     _max_positions: int | None = attrs.field(default=None, init=False)
+    _chat: ChatTemplate | None = attrs.field(default=None, init=False)
 
     def load(self) -> None:
         where = f"model {self.model_name!r} ({self.model_dir})"
@@ -253,6 +337,7 @@ class TextGenRunner:
             raise ModelLoadError(f"{where}: cannot load {tokenizer_path}: {exc}") from exc
         config = _read_json(self.model_dir / "config.json")
         generation = _read_json(self.model_dir / "generation_config.json")
+        chat = ChatTemplate.load(self.model_dir, _read_json(self.model_dir / "tokenizer_config.json"))
         session = open_session(model_path, choose_providers(self.providers_preference))
         specs = session.get_inputs()
         names = [spec.name for spec in specs]
@@ -272,10 +357,28 @@ class TextGenRunner:
         self._inputs = frozenset(names)
         self._eos = _eos_ids(generation, config, tokenizer)
         self._max_positions = max_positions if isinstance(max_positions, int) else None
-        log.info("loaded %s from %s (%s KV cache)", self.model_name, model_path, "with" if kv else "without")
+        self._chat = chat
+        log.info("loaded %s from %s (%s KV cache, %s chat template)", self.model_name, model_path,
+                 "with" if kv else "without", "with" if chat else "without")
 
     def unload(self) -> None:
-        self._session = self._tokenizer = self._kv = None
+        self._session = self._tokenizer = self._kv = self._chat = None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._chat is not None
+
+    def prompt_ids(self, prompt: str, params: Mapping[str, Any]) -> list[int]:
+        """The prompt's token ids, through the chat template unless params say chat=false."""
+        assert self._tokenizer is not None
+        chat = params.get("chat")
+        if chat is not None and not isinstance(chat, bool):
+            raise InvalidTaskInput(f"chat must be true or false, got {chat!r}")
+        if chat and self._chat is None:
+            raise InvalidTaskInput(f"chat is true but model {self.model_name!r} has no chat template")
+        if self._chat is not None and chat is not False:
+            return list(self._tokenizer.encode(self._chat.render(prompt), add_special_tokens=False).ids)
+        return list(self._tokenizer.encode(prompt).ids)
 
     @staticmethod
     def _output_names(kv: KvLayout | None) -> list[str]:
@@ -315,7 +418,7 @@ class TextGenRunner:
         prompt = inputs.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidTaskInput(f"input.prompt must be a string, got {type(prompt).__name__}")
-        prompt_ids = self._tokenizer.encode(prompt).ids
+        prompt_ids = self.prompt_ids(prompt, params)
         if not prompt_ids:
             raise InvalidTaskInput("the prompt encodes to no tokens")
         limit = self._max_positions or math.inf
