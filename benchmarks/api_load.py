@@ -25,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import trio
 
@@ -64,7 +64,7 @@ async def receive_more(stream: trio.abc.ReceiveStream) -> bytes:
     data = await stream.receive_some(65536)
     if not data:
         raise trio.BrokenResourceError("the server closed the connection")
-    return data
+    return bytes(data)
 
 
 async def load(port: int, request: bytes, seconds: float) -> tuple[list[float], int, str]:

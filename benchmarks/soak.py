@@ -182,7 +182,7 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
         async with stream:
             while True:
                 await stream.send_all(status_request)
-                head, body, buffer = await receive_response(stream, buffer)
+                _, body, buffer = await receive_response(stream, buffer)
                 network = json.loads(body)["network"]
                 state.total, state.completed = network["total_tasks"], network["completed_tasks"]
                 state.ended = (network["completed_tasks"] + network["failed_tasks"]
