@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -67,6 +68,7 @@ POLL_SECONDS = 0.05
 START_SECONDS = 60.0  # for the workers to connect
 TASK_BODY = json.dumps({"prompt": "x", "model": MODEL, "max_tokens": 1}).encode()
 RSS_TARGET = 1.2
+CONNECTION_CLOSE = re.compile(rb"^connection:\s*close", re.IGNORECASE | re.MULTILINE)
 
 
 @attrs.frozen
@@ -82,7 +84,9 @@ class SoakConfig:
 class SoakReport:
     tasks: int
     kill_every: int
-    accepted: int
+    connections: int
+    accepted: int  # answered 2xx
+    db_rows: int  # tasks the database holds (more than accepted: some unanswered)
     completed: int  # accepted tasks whose row says completed
     lost: int  # accepted, not completed
     ran_twice: int  # tasks with more than one Complete in the journal
@@ -112,6 +116,36 @@ def rss_bytes(pid: int) -> int:
                         if line.startswith("VmRSS:"))
     except (OSError, StopIteration, ValueError):
         return 0
+
+
+class KeepAlive:
+    """One keep-alive HTTP/1.1 connection to the server, opened again when an answer
+    says `Connection: close` (hypercorn closes a connection after
+    keep_alive_max_requests answers, 1,000 by default; a soak makes more)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stream: trio.SocketStream | None = None
+        self.buffer = b""
+
+    async def request(self, data: bytes) -> tuple[bytes, bytes]:
+        """(head, body) of the answer to `data`; the status code is head[9:12]."""
+        if self.stream is None:
+            self.stream, self.buffer = await trio.open_tcp_stream("127.0.0.1", self.port), b""
+        try:
+            await self.stream.send_all(data)
+            head, body, self.buffer = await receive_response(self.stream, self.buffer)
+        except BaseException:
+            await self.aclose()
+            raise
+        if CONNECTION_CLOSE.search(head):
+            await self.aclose()
+        return head, body
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await stream.aclose()
 
 
 class Workers:
@@ -177,12 +211,15 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
     submit = request_bytes("POST", "/api/tasks", key, TASK_BODY)
 
     async def monitor() -> None:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        buffer = b""
-        async with stream:
+        connection = KeepAlive(port)
+        try:
             while True:
-                await stream.send_all(status_request)
-                _, body, buffer = await receive_response(stream, buffer)
+                try:
+                    _, body = await connection.request(status_request)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    state.errors[f"status poll: {type(exc).__name__}"] += 1
+                    await trio.sleep(POLL_SECONDS)
+                    continue
                 network = json.loads(body)["network"]
                 state.total, state.completed = network["total_tasks"], network["completed_tasks"]
                 state.ended = (network["completed_tasks"] + network["failed_tasks"]
@@ -199,30 +236,31 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
                 state.changed.set()
                 state.changed = trio.Event()
                 await trio.sleep(POLL_SECONDS)
+        finally:
+            with trio.CancelScope(shield=True):
+                await connection.aclose()
 
     async def submitter() -> None:
         nonlocal next_index
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        buffer = b""
+        connection = KeepAlive(port)
         try:
             while next_index < config.tasks:
                 while len(state.accepted) - state.ended >= config.max_outstanding:
                     await state.changed.wait()
                 next_index += 1
                 try:
-                    await stream.send_all(submit)
-                    head, body, buffer = await receive_response(stream, buffer)
+                    head, body = await connection.request(submit)
                 except (trio.BrokenResourceError, OSError) as exc:
+                    # sent, maybe accepted, never answered: the audit counts the
+                    # server's rows, so such a task is not taken for lost
                     state.errors[f"connection: {type(exc).__name__}"] += 1
-                    await stream.aclose()
-                    stream, buffer = await trio.open_tcp_stream("127.0.0.1", port), b""
                     continue
                 if head[9:10] == b"2":
                     state.accepted.append(json.loads(body)["task_id"])
                 else:
                     state.errors[f"http {head[9:12].decode()}"] += 1
         finally:
-            await stream.aclose()
+            await connection.aclose()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor)
@@ -241,10 +279,12 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
     return state
 
 
-def audit_database(db: str) -> tuple[set[str], collections.Counter[str]]:
-    """(ids of completed tasks, final states other than completed by error text)."""
+def audit_database(db: str) -> tuple[int, set[str], collections.Counter[str]]:
+    """(task rows, ids of completed tasks, final states other than completed by
+    error text)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
+        rows = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
         completed = {row[0] for row in conn.execute(
             "SELECT id FROM tasks WHERE status = 'completed'")}
         others: collections.Counter[str] = collections.Counter()
@@ -254,7 +294,7 @@ def audit_database(db: str) -> tuple[set[str], collections.Counter[str]]:
             others[f"{status}: {error}" if error else status] += count
     finally:
         conn.close()
-    return completed, others
+    return rows, completed, others
 
 
 @attrs.define
@@ -320,12 +360,14 @@ def measure(config: SoakConfig) -> SoakReport:
             workers.stop()
             process.terminate()
             process.wait(timeout=30)
-        completed, final_errors = audit_database(db)
+        db_rows, completed, final_errors = audit_database(db)
         counts = audit_journal(journal)
     errors = collections.Counter(state.errors) + final_errors
     completes = {task_id: counts.completes[task_id] for task_id in state.accepted}
     return SoakReport(
-        tasks=config.tasks, kill_every=config.kill_every, accepted=len(state.accepted),
+        tasks=config.tasks, kill_every=config.kill_every, connections=config.connections,
+        accepted=len(state.accepted),
+        db_rows=db_rows,
         completed=sum(1 for t in state.accepted if t in completed),
         lost=sum(1 for t in state.accepted if t not in completed),
         ran_twice=sum(1 for n in counts.completes.values() if n > 1),
@@ -343,7 +385,7 @@ def rows(report: SoakReport) -> list[Row]:
     errors: dict[str, Any] = dict(sorted(report.errors.items())) or {"none": 0}
     return [
         Row(f"soak: {report.tasks:,} tasks, {report.kills} worker kills",
-            {"accepted": report.accepted, "completed": report.completed, "lost": report.lost,
+            {"accepted": report.accepted, "db_rows": report.db_rows, "completed": report.completed, "lost": report.lost,
              "ran_twice": report.ran_twice, "reported_twice": report.reported_twice,
              "requeued_by_kill": report.requeued_by_kill, "crashes_seen": report.crashes},
             target="0 lost, 0 run twice",
@@ -357,7 +399,7 @@ def rows(report: SoakReport) -> list[Row]:
              "server_cpu_ms_per_task": 1000 * report.server_cpu / max(1, report.accepted),
              "seconds": report.seconds, "peak_outstanding": report.peak_outstanding,
              "journal_steps": report.journal_steps,
-             "setup": f"{WORKERS} no-op workers x {SLOTS} slots, {CONNECTIONS} connections"}),
+             "setup": f"{WORKERS} no-op workers x {SLOTS} slots, {report.connections} connections"}),
         Row("soak: errors by kind", errors),
     ]
 
