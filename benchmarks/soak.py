@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -57,7 +56,7 @@ from .api_load import (
     REPO, create_bench_key, receive_response, request_bytes, server_cpu_seconds,
     settled_cpu_seconds, start_server,
 )
-from .harness import Benchmark, Row
+from .harness import Benchmark, Figure, Row
 
 MODEL = "llama2:7b"
 WORKERS = 2
@@ -366,8 +365,7 @@ def measure(config: SoakConfig) -> SoakReport:
     completes = {task_id: counts.completes[task_id] for task_id in state.accepted}
     return SoakReport(
         tasks=config.tasks, kill_every=config.kill_every, connections=config.connections,
-        accepted=len(state.accepted),
-        db_rows=db_rows,
+        accepted=len(state.accepted), db_rows=db_rows,
         completed=sum(1 for t in state.accepted if t in completed),
         lost=sum(1 for t in state.accepted if t not in completed),
         ran_twice=sum(1 for n in counts.completes.values() if n > 1),
@@ -382,10 +380,11 @@ def measure(config: SoakConfig) -> SoakReport:
 
 def rows(report: SoakReport) -> list[Row]:
     mb = 1024 * 1024
-    errors: dict[str, Any] = dict(sorted(report.errors.items())) or {"none": 0}
+    errors: dict[str, Figure] = dict(sorted(report.errors.items())) or {"none": 0}
     return [
         Row(f"soak: {report.tasks:,} tasks, {report.kills} worker kills",
-            {"accepted": report.accepted, "db_rows": report.db_rows, "completed": report.completed, "lost": report.lost,
+            {"accepted": report.accepted, "db_rows": report.db_rows,
+             "completed": report.completed, "lost": report.lost,
              "ran_twice": report.ran_twice, "reported_twice": report.reported_twice,
              "requeued_by_kill": report.requeued_by_kill, "crashes_seen": report.crashes},
             target="0 lost, 0 run twice",
@@ -399,7 +398,8 @@ def rows(report: SoakReport) -> list[Row]:
              "server_cpu_ms_per_task": 1000 * report.server_cpu / max(1, report.accepted),
              "seconds": report.seconds, "peak_outstanding": report.peak_outstanding,
              "journal_steps": report.journal_steps,
-             "setup": f"{WORKERS} no-op workers x {SLOTS} slots, {report.connections} connections"}),
+             "setup": f"{WORKERS} no-op workers x {SLOTS} slots, "
+                      f"{report.connections} connections"}),
         Row("soak: errors by kind", errors),
     ]
 
