@@ -25,8 +25,12 @@
 #   completed is lost.
 # - the journal (engine.core's codec, streamed line by line): per task, the
 #   `Complete` decisions (more than one: run twice to completion) and the
-#   `TaskFinished` events (more than one: a result reported twice); the `Requeue`
-#   decisions taken on a `NodeLost` event are the tasks a kill sent back.
+#   `TaskFinished` events (more than one: a result reported twice). A kill shows
+#   as a `NodeLost` of a node that never drained (the workers stopped at the end
+#   drain first); the `Requeue` decisions of that step are the tasks it sent back.
+#   Any other Requeue, a `Drop` (a node silent past the heartbeat timeout) and a
+#   `DeliveryFailed` are errors, counted by kind beside the HTTP ones (non-2xx by
+#   status, connections that broke before an answer).
 # Targets: zero lost, zero run twice, RSS at the end <= 1.2 x RSS after the first
 # N/10 (issue 9's memory bullet, issue 11's soak bullet).
 from __future__ import annotations
@@ -48,8 +52,8 @@ import trio
 
 from api.__main__ import local_worker_tokens
 from engine.core import (
-    Complete, JournalEntry, JournalError, NodeDraining, NodeLost, Requeue, TaskFinished,
-    parse_line,
+    Complete, DeliveryFailed, Drop, JournalEntry, JournalError, NodeDraining, NodeLost, Requeue,
+    TaskFinished, parse_line,
 )
 
 from .api_load import (
@@ -94,7 +98,8 @@ class SoakReport:
     crashes: int  # nodes lost without draining first, in the journal (the kills)
     requeued_by_kill: int  # Requeue decisions taken on those losses
     completes: dict[str, int]  # task id -> Complete decisions (accepted ids only)
-    errors: dict[str, int]  # kind -> count (HTTP status, final state + error text)
+    errors: dict[str, int]  # kind -> count: HTTP status, final state + error text,
+    #                         drops, requeues and undelivered assignments not from a kill
     rss_first: int  # bytes, after the first kill_every completed
     rss_end: int  # bytes, after every task ended
     seconds: float  # first submission to the last task ended
@@ -303,6 +308,9 @@ class JournalCounts:
     crashes: int = 0
     requeued_by_crash: int = 0
     steps: int = 0
+    # what went wrong besides the kills, by kind: nodes dropped for silence (and
+    # the tasks that sent back), assignments that never reached their node
+    faults: collections.Counter[str] = attrs.Factory(collections.Counter)
 
 
 def audit_journal(path: str) -> JournalCounts:
@@ -328,6 +336,8 @@ def audit_journal(path: str) -> JournalCounts:
                 counts.finishes[event.task_id] += 1
             elif isinstance(event, NodeDraining):
                 draining.add(event.node_id)
+            elif isinstance(event, DeliveryFailed):
+                counts.faults["journal: assignment not delivered"] += 1
             # a worker stopped at the end drains first; a killed one just drops
             crash = isinstance(event, NodeLost) and event.node_id not in draining
             counts.crashes += crash
@@ -336,6 +346,10 @@ def audit_journal(path: str) -> JournalCounts:
                     counts.completes[decision.task_id] += 1
                 elif isinstance(decision, Requeue) and crash:
                     counts.requeued_by_crash += 1
+                elif isinstance(decision, Requeue):
+                    counts.faults[f"journal: requeued, {decision.reason}"] += 1
+                elif isinstance(decision, Drop):
+                    counts.faults[f"journal: node dropped, {decision.reason}"] += 1
     return counts
 
 
@@ -361,7 +375,7 @@ def measure(config: SoakConfig) -> SoakReport:
             process.wait(timeout=30)
         db_rows, completed, final_errors = audit_database(db)
         counts = audit_journal(journal)
-    errors = collections.Counter(state.errors) + final_errors
+    errors = collections.Counter(state.errors) + final_errors + counts.faults
     completes = {task_id: counts.completes[task_id] for task_id in state.accepted}
     return SoakReport(
         tasks=config.tasks, kill_every=config.kill_every, connections=config.connections,
