@@ -233,7 +233,9 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
                 state.peak_outstanding = max(state.peak_outstanding, outstanding)
                 if not state.rss_first and state.completed >= config.kill_every:
                     state.rss_first = rss_bytes(pid)
-                while (state.kills < kills_planned
+                # one kill at a time, and only of a connected worker: the last kill's
+                # replacement must have joined first
+                if (state.kills < kills_planned and state.nodes_online >= WORKERS
                         and state.completed >= (state.kills + 1) * config.kill_every):
                     workers.kill_and_replace(state.kills % WORKERS)
                     state.kills += 1
@@ -276,7 +278,8 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
             for _ in range(config.connections):
                 submitters.start_soon(submitter)
         with trio.move_on_after(config.drain_seconds):
-            while state.ended < max(state.total, len(state.accepted)):
+            while (state.ended < max(state.total, len(state.accepted))
+                   or state.kills < kills_planned):
                 await state.changed.wait()
         state.seconds = time.perf_counter() - started
         nursery.cancel_scope.cancel()
