@@ -250,9 +250,11 @@ async def drive(port: int, key: str, config: SoakConfig, pid: int, workers: Work
         nonlocal next_index
         connection = KeepAlive(port)
         try:
-            while next_index < config.tasks:
+            while True:
                 while len(state.accepted) - state.ended >= config.max_outstanding:
                     await state.changed.wait()
+                if next_index >= config.tasks:  # checked after the wait: no await between
+                    break                       # the check and the claim
                 next_index += 1
                 try:
                     head, body = await connection.request(submit)
