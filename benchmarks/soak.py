@@ -31,11 +31,14 @@
 #   Any other Requeue, a `Drop` (a node silent past the heartbeat timeout) and a
 #   `DeliveryFailed` are errors, counted by kind beside the HTTP ones (non-2xx by
 #   status, connections that broke before an answer).
+# `NEUROGRID_SOAK_KEEP=DIR python -m benchmarks --only soak` keeps the run's
+# database and journal in DIR (a new directory) for a post-mortem.
 # Targets: zero lost, zero run twice, RSS at the end <= 1.2 x RSS after the first
 # N/10 (issue 9's memory bullet, issue 11's soak bullet).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -71,6 +74,7 @@ POLL_SECONDS = 0.05
 START_SECONDS = 60.0  # for the workers to connect
 TASK_BODY = json.dumps({"prompt": "x", "model": MODEL, "max_tokens": 1}).encode()
 RSS_TARGET = 1.2
+KEEP_VARIABLE = "NEUROGRID_SOAK_KEEP"  # a new directory to keep a run's files in
 CONNECTION_CLOSE = re.compile(rb"^connection:\s*close", re.IGNORECASE | re.MULTILINE)
 
 
@@ -81,6 +85,7 @@ class SoakConfig:
     drain_seconds: float = 60.0  # how long the last tasks may take to end
     connections: int = CONNECTIONS
     max_outstanding: int = MAX_OUTSTANDING
+    keep_in: str | None = None  # leave the database and journal in this new directory
 
 
 @attrs.frozen
@@ -362,7 +367,12 @@ def measure(config: SoakConfig) -> SoakReport:
     """One soak run in a fresh directory: server, workers, load, kills, audit."""
     if config.tasks < 1 or config.kill_every < 1:
         raise ValueError(f"tasks and kill_every must be at least 1, got {config}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        if config.keep_in is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        else:
+            tmp = config.keep_in
+            os.makedirs(tmp)  # a new directory: never mixes with an earlier run
         db, journal = str(Path(tmp) / "soak.db"), str(Path(tmp) / "soak.jsonl")
         key = create_bench_key(db)
         tokens = trio.run(local_worker_tokens, db, WORKERS + config.tasks // config.kill_every)
@@ -425,7 +435,8 @@ def rows(report: SoakReport) -> list[Row]:
 
 def run(quick: bool) -> list[Row]:
     tasks = 10_000 if quick else 100_000
-    return rows(measure(SoakConfig(tasks=tasks, kill_every=tasks // 10)))
+    keep_in = os.environ.get(KEEP_VARIABLE) or None
+    return rows(measure(SoakConfig(tasks=tasks, kill_every=tasks // 10, keep_in=keep_in)))
 
 
 BENCHMARK = Benchmark(
