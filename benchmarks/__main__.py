@@ -13,7 +13,7 @@ MODULES = {
     "sim": "benchmarks.sim_speed",
     "runtime": "benchmarks.runtime_overhead",
     "api": "benchmarks.api_load",
-    "memory": "benchmarks.memory",
+    "soak": "benchmarks.soak",
 }
 
 

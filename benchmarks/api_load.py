@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -44,6 +45,28 @@ def request_bytes(method: str, path: str, key: str, body: bytes = b"") -> bytes:
     return head.encode() + body
 
 
+async def receive_response(stream: trio.abc.ReceiveStream, buffer: bytes
+                           ) -> tuple[bytes, bytes, bytes]:
+    """The next HTTP/1.1 answer on a keep-alive connection, given what was already
+    read from it: (head, body, the bytes that follow). The status code is
+    head[9:12]. Raises trio.BrokenResourceError if the server closes first."""
+    while b"\r\n\r\n" not in buffer:
+        buffer += await receive_more(stream)
+    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    match = CONTENT_LENGTH.search(head)
+    length = int(match.group(1)) if match else 0
+    while len(buffer) < length:
+        buffer += await receive_more(stream)
+    return head, buffer[:length], buffer[length:]
+
+
+async def receive_more(stream: trio.abc.ReceiveStream) -> bytes:
+    data = await stream.receive_some(65536)
+    if not data:
+        raise trio.BrokenResourceError("the server closed the connection")
+    return bytes(data)
+
+
 async def load(port: int, request: bytes, seconds: float) -> tuple[list[float], int, str]:
     """(latencies of 2xx answers, other answers, the first 2xx body) over `seconds`."""
     latencies: list[float] = []
@@ -59,14 +82,7 @@ async def load(port: int, request: bytes, seconds: float) -> tuple[list[float], 
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
                 await stream.send_all(request)
-                while b"\r\n\r\n" not in buffer:
-                    buffer += await stream.receive_some(65536)
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                match = CONTENT_LENGTH.search(head)
-                length = int(match.group(1)) if match else 0
-                while len(buffer) < length:
-                    buffer += await stream.receive_some(65536)
-                body, buffer = buffer[:length], buffer[length:]
+                head, body, buffer = await receive_response(stream, buffer)
                 if head[9:10] == b"2":
                     latencies.append(time.perf_counter() - started)
                     sample = sample or body.decode()
@@ -79,9 +95,12 @@ async def load(port: int, request: bytes, seconds: float) -> tuple[list[float], 
     return latencies, failures, sample
 
 
-def start_server(db: str) -> tuple[subprocess.Popen[str], int]:
+def start_server(db: str, extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen[str], int]:
+    """`python -m api` on a free port with no local workers (`extra_args`: more
+    flags, e.g. ("--journal", PATH)): (the process, its port)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "api", "--port", "0", "--db", db, "--local-workers", "0"],
+        [sys.executable, "-m", "api", "--port", "0", "--db", db, "--local-workers", "0",
+         *extra_args],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
