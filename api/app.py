@@ -34,7 +34,7 @@ from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
-from .validation import MAX_BODY_BYTES
+from .validation import MAX_TASK_BODY_BYTES
 
 HOUSEKEEPING_SECONDS = 60.0  # how often the service records that it is alive
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -92,7 +92,9 @@ async def housekeeping(services: Services) -> None:
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app = QuartTrio("neurogrid")
     app.asgi_websocket_class = EndingWebsocketConnection
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # The largest body any route takes (a task with an audio file); each route
+    # holds its body to its own limit (most: MAX_BODY_BYTES).
+    app.config["MAX_CONTENT_LENGTH"] = MAX_TASK_BODY_BYTES
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = SHUTDOWN_GRACE_SECONDS
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -15,6 +15,8 @@
 #   error object; task calls carry X-RateLimit-* headers.
 from __future__ import annotations
 
+import base64
+
 import json
 import secrets
 import string
@@ -30,14 +32,15 @@ from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_r
 
 from . import views
 from .access import Admission, AuthError, Caller, identify
-from .media import IMAGE_BLOB
+from .media import IMAGE_BLOB, input_files
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
 from .services import Services, process_memory
 from .store import OPEN_STATES, Signup, TaskRow
 from .validation import (
-    MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
+    MAX_BODY_BYTES, MAX_TASK_BODY_BYTES, MAX_UPLOAD_BYTES, InvalidRequest, parse_form_task,
+    parse_json_object, parse_page, parse_signup, parse_task,
 )
 
 api_routes = Blueprint("neurogrid", __name__)
@@ -140,6 +143,29 @@ async def current_caller() -> Caller:
     return caller
 
 
+async def task_body() -> dict[str, Any]:
+    """A submission's fields: a JSON object, or a multipart/form-data form whose
+    `file` part is the task's input file (its audio). Bodies that carry a file may be
+    up to MAX_TASK_BODY_BYTES; others are held to MAX_BODY_BYTES."""
+    if request.content_length is not None and request.content_length > MAX_TASK_BODY_BYTES:
+        raise InvalidRequest(f"the body is {request.content_length} bytes; "
+                             f"the limit is {MAX_TASK_BODY_BYTES}")
+    if request.mimetype == "multipart/form-data":
+        form, files = await request.form, await request.files
+        body = parse_form_task(form.to_dict())
+        upload = files.get("file")
+        if upload is not None:
+            body["audio"] = base64.b64encode(upload.read(MAX_UPLOAD_BYTES + 1)).decode("ascii")
+        return body
+    data = await request.get_data(cache=False, as_text=False)
+    assert isinstance(data, bytes)  # as_text=False
+    body = parse_json_object(data, MAX_TASK_BODY_BYTES)
+    if len(data) > MAX_BODY_BYTES and "audio" not in body:
+        raise InvalidRequest(f"the body is {len(data)} bytes; the limit is {MAX_BODY_BYTES} "
+                             "(up to a larger limit when it carries an 'audio' file)")
+    return body
+
+
 async def json_body() -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidRequest(f"the body is {request.content_length} bytes; "
@@ -163,7 +189,7 @@ async def visible_task(caller: Caller, task_id: str) -> TaskRow:
 async def submit_task():  # type: ignore[no-untyped-def]
     s = services()
     caller = await current_caller()
-    task = parse_task(await json_body())
+    task, files = await input_files(parse_task(await task_body()))
     now = s.now()
     admission = s.limiter.admit(caller, now)
     g.admission = admission
@@ -178,7 +204,7 @@ async def submit_task():  # type: ignore[no-untyped-def]
                        estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
     # Counted in flight from before the insert: concurrent submissions cannot all
     # pass the check.
-    row = await s.dispatcher.submit(row, lambda: new_id("task", now))
+    row = await s.dispatcher.submit(row, lambda: new_id("task", now), files)
     body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
     return json_response(body)

@@ -26,6 +26,10 @@ from engine.core import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
+# A task's input file (speech: the audio), as uploaded; a JSON body carries it in
+# base64, 4/3 as large.
+MAX_UPLOAD_BYTES = 24 * 1024 * 1024
+MAX_TASK_BODY_BYTES = MAX_BODY_BYTES + (MAX_UPLOAD_BYTES + 2) // 3 * 4
 MAX_PROMPT_CHARS = 32_000
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -91,9 +95,9 @@ class Page:
     status: str | None
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+def parse_json_object(body: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    if len(body) > limit:
+        raise InvalidRequest(f"the body is {len(body)} bytes; the limit is {limit}")
     if not body.strip():
         raise InvalidRequest("the body is empty; send a JSON object")
     try:
@@ -189,29 +193,31 @@ def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
 
 
 def parse_task(body: Mapping[str, Any]) -> TaskRequest:
-    if "prompt" not in body or body["prompt"] is None:
-        raise InvalidRequest("The 'prompt' field is required")
-    prompt = _string(body, "prompt")
-    assert prompt is not None
-    if not prompt.strip():
-        raise InvalidRequest("The 'prompt' field must not be empty")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The 'prompt' field is {len(prompt)} characters; "
-                             f"the limit is {MAX_PROMPT_CHARS}")
     model_name = _string(body, "model", DEFAULT_MODEL)
     try:
         model = resolve_model(model_name or "")
     except CatalogError as exc:
         raise InvalidRequest(f"The 'model' field is wrong: {exc}") from None
+    kind = model.kind
+    if kind.prompt_required and ("prompt" not in body or body["prompt"] is None):
+        raise InvalidRequest("The 'prompt' field is required")
+    prompt = _string(body, "prompt", "") or ""
+    if kind.prompt_required and not prompt.strip():
+        raise InvalidRequest("The 'prompt' field must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The 'prompt' field is {len(prompt)} characters; "
+                             f"the limit is {MAX_PROMPT_CHARS}")
     priority_name = _string(body, "priority", "standard")
     try:
         priority = Priority.parse(priority_name or "")
     except ValueError as exc:
         raise InvalidRequest(f"The 'priority' field is wrong: {exc}") from None
-    kind = model.kind
     known = COMMON_TASK_FIELDS + tuple(f.name for f in kind.fields)
     other_kinds = {f.name for other in TASK_KINDS.values() for f in other.fields}
     for name in sorted(set(body) - set(known)):
+        if name in kind.measured:
+            raise InvalidRequest(f"The '{name}' field is not taken from clients: it is "
+                                 f"measured from the task's input")
         if name in other_kinds:
             raise InvalidRequest(f"The '{name}' field does not apply to {model.name} "
                                  f"({kind.name}); its fields are: {', '.join(known)}")
@@ -219,6 +225,27 @@ def parse_task(body: Mapping[str, Any]) -> TaskRequest:
     fields = {f.name: value for f in kind.fields
               if (value := _kind_field(body, f)) is not None}
     return TaskRequest(prompt, model.name, priority, fields)
+
+
+def parse_form_task(form: Mapping[str, str]) -> dict[str, Any]:
+    """A multipart form's fields as the JSON body they stand for: the values of
+    the model's integer and number fields parsed from their text."""
+    body: dict[str, Any] = dict(form)
+    try:
+        kind = resolve_model(form.get("model") or DEFAULT_MODEL).kind
+    except CatalogError:
+        return body  # parse_task names the model
+    for field in kind.fields:
+        text = form.get(field.name)
+        if text is None or field.type == "string":
+            continue
+        try:
+            body[field.name] = int(text) if field.type == "integer" else float(text)
+        except ValueError:
+            raise InvalidRequest(f"The '{field.name}' field must be "
+                                 f"{'an integer' if field.type == 'integer' else 'a number'}, "
+                                 f"not {text[:40]!r}") from None
+    return body
 
 
 SIGNUP_FIELDS = ("email", "type", "source")
@@ -261,6 +288,7 @@ def parse_page(args: Mapping[str, str]) -> Page:
 
 
 __all__ = [
-    "InvalidRequest", "MAX_BODY_BYTES", "MAX_PROMPT_CHARS", "Page", "SignupRequest",
+    "InvalidRequest", "MAX_BODY_BYTES", "MAX_PROMPT_CHARS", "MAX_TASK_BODY_BYTES",
+    "MAX_UPLOAD_BYTES", "parse_form_task", "Page", "SignupRequest",
     "TaskRequest", "parse_json_object", "parse_page", "parse_signup", "parse_task",
 ]
