@@ -25,12 +25,12 @@ import sys
 import time
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH, CoordinatorConfig
 
 from .app import ApiConfig, create_app
+from .server import KEEP_ALIVE_SECONDS, hypercorn_config
 from .store import open_store
 
 WORKER_STOP_SECONDS = 5.0
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "required: a Bearer key on every task call")
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
+    parser.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_SECONDS,
+                        metavar="SECONDS",
+                        help="close an idle keep-alive HTTP connection after this long "
+                             f"(default {KEEP_ALIVE_SECONDS:g})")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
@@ -63,17 +67,6 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
     return ApiConfig(db=args.db, auth_required=args.auth == "required",
                      environment=args.environment,
                      coordinator=CoordinatorConfig(journal_path=args.journal))
-
-
-def hypercorn_config(host: str, port: int, access_log: bool) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    # hypercorn's loggers go through `logging` like ours (one format, no duplicates)
-    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.websocket_max_message_size = 4 * MAX_FRAME_BYTES  # the codec judges size
-    config.graceful_timeout = 5.0
-    return config
 
 
 async def local_worker_tokens(db: str, count: int) -> list[str]:
@@ -108,7 +101,9 @@ async def shutdown_signal() -> None:
 async def serve_all(args: argparse.Namespace) -> None:
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
-    config = hypercorn_config(args.host, args.port, args.access_log)
+    config = hypercorn_config(args.host, args.port, args.access_log,
+                              keep_alive_seconds=args.keep_alive,
+                              websocket_max_message_size=4 * MAX_FRAME_BYTES)  # the codec judges
     async with trio.open_nursery() as nursery:
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:

@@ -29,6 +29,7 @@ from .access import RateLimiter
 from .nodes_ws import EndingWebsocketConnection
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
+from .server import BODY_TIMEOUT_SECONDS, ClosingHTTPConnection
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
 from .validation import MAX_BODY_BYTES
@@ -89,7 +90,9 @@ async def housekeeping(services: Services) -> None:
 
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app = QuartTrio("neurogrid")
+    app.asgi_http_class = ClosingHTTPConnection  # type: ignore[assignment]
     app.asgi_websocket_class = EndingWebsocketConnection
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = SHUTDOWN_GRACE_SECONDS
     app.config["JSON_SORT_KEYS"] = False
