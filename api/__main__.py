@@ -11,6 +11,10 @@
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
 # - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
 #   to PATH; a path that cannot be opened stops `serve` before anything starts.
+# - Exit status: 0 after Ctrl-C or SIGTERM; 1 when the database does not open (one
+#   line on stderr naming the file and what to do) or when the services fail while
+#   serving (the store cannot continue): never a process that answers but cannot
+#   work, so a supervisor restarts it.
 # - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
 #   shuts the coordinator down and the store commits what is queued; local workers
 #   get SIGTERM, and SIGKILL if they have not left after a few seconds.
@@ -23,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from typing import Awaitable, Callable
 
 import trio
 from hypercorn.trio import serve
@@ -31,7 +36,8 @@ from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH, CoordinatorConfig
 
 from .app import ApiConfig, create_app
 from .server import KEEP_ALIVE_SECONDS, hypercorn_config
-from .store import open_store
+from .services import service_failure
+from .store import StoreError, open_store
 
 WORKER_STOP_SECONDS = 5.0
 
@@ -98,9 +104,22 @@ async def shutdown_signal() -> None:
             return
 
 
-async def serve_all(args: argparse.Namespace) -> None:
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return when the first of `waits` has."""
+    async with trio.open_nursery() as nursery:
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
+
+
+async def serve_all(args: argparse.Namespace) -> str | None:
+    """Serve until a signal (None) or until the services fail (their reason)."""
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
+    failure = service_failure(app)
     config = hypercorn_config(args.host, args.port, args.access_log,
                               keep_alive_seconds=args.keep_alive,
                               websocket_max_message_size=4 * MAX_FRAME_BYTES)  # the codec judges
@@ -108,7 +127,9 @@ async def serve_all(args: argparse.Namespace) -> None:
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, config, shutdown_trigger=shutdown_signal, task_status=task_status)
+                await serve(app, config, task_status=task_status,
+                            shutdown_trigger=lambda: first_of(shutdown_signal,
+                                                              failure.failed.wait))
             finally:  # local workers end when the server has
                 nursery.cancel_scope.cancel()
 
@@ -120,6 +141,7 @@ async def serve_all(args: argparse.Namespace) -> None:
         for index, token in enumerate(tokens, start=1):
             nursery.start_soon(run_local_worker, worker_command(ws_url, f"local-{index}"), token)
     print("NeuroGrid API stopped", flush=True)
+    return failure.reason
 
 
 def tune_garbage_collector() -> None:
@@ -145,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(serve_all, args)
+    try:
+        failed = trio.run(serve_all, args)
+    except StoreError as exc:  # the database does not open: one line, not a traceback
+        print(f"neurogrid serve: {exc}", file=sys.stderr)
+        return 1
+    if failed is not None:  # a supervisor restarts it
+        print(f"neurogrid serve: stopped because the service failed: {failed}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,8 +33,10 @@ from .access import Admission, AuthError, Caller, identify
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
-from .services import Services, process_memory
-from .store import DuplicateTaskId, OPEN_STATES, Signup, TaskChange, TaskRow
+from .services import Services, process_memory, service_failure
+from .store import (
+    OPEN_STATES, DuplicateTaskId, Signup, StoreFailed, StoreUnavailable, TaskChange, TaskRow,
+)
 from .validation import (
     MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
 )
@@ -103,6 +105,22 @@ async def on_too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-d
                           f"the body is larger than the limit of {MAX_BODY_BYTES} bytes")
 
 
+STORE_RETRY_SECONDS = 5  # Retry-After of a 503 while the database cannot be written
+
+
+@api_routes.app_errorhandler(StoreUnavailable)
+async def on_store_unavailable(exc: StoreUnavailable):  # type: ignore[no-untyped-def]
+    return error_response(503, "Service unavailable", str(exc),
+                          {"Retry-After": str(STORE_RETRY_SECONDS)})
+
+
+@api_routes.app_errorhandler(StoreFailed)
+async def on_store_failed(exc: StoreFailed):  # type: ignore[no-untyped-def]
+    return error_response(503, "Service unavailable",
+                          f"{exc}; the server is stopping to be restarted",
+                          {"Retry-After": str(STORE_RETRY_SECONDS)})
+
+
 @api_routes.app_errorhandler(HTTPException)
 async def on_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     return error_response(exc.code or 500, exc.name, exc.description or exc.name)
@@ -113,6 +131,15 @@ async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
     current_app.logger.exception("unexpected error in %s %s", request.method, request.path)
     return error_response(500, "Internal server error",
                           "the server failed to answer this request; it has been logged")
+
+
+@api_routes.before_app_request
+async def refuse_when_failed() -> None:
+    reason = service_failure(current_app).reason
+    if reason is not None:
+        raise ApiError(503, "Service unavailable",
+                       f"{reason}; the server is stopping to be restarted",
+                       {"Retry-After": str(STORE_RETRY_SECONDS)})
 
 
 @api_routes.after_app_request
@@ -305,8 +332,10 @@ async def health():  # type: ignore[no-untyped-def]
     s = services()
     now = s.now()
     rss, total = process_memory()
-    return jsonify(views.health(s.version, s.config.environment, now - s.started_at, rss, total,
-                                s.coordinator.snapshot(), await s.store.stats(), now))
+    store = await s.store.health()
+    body = views.health(s.version, s.config.environment, now - s.started_at, rss, total,
+                        s.coordinator.snapshot(), await s.store.stats(), now, store)
+    return jsonify(body), 503 if store.degraded else 200
 
 
 @api_routes.get("/api/models")

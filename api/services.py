@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import attrs
+import trio
 
 from engine.runtime import CoordinatorConfig
 
@@ -45,6 +46,30 @@ class Services:
 
 
 
+@attrs.define
+class ServiceFailure:
+    """Set when the services (store, coordinator) stopped by themselves after
+    start-up: the process cannot serve any more and must exit non-zero, so that a
+    supervisor restarts it (`neurogrid serve` waits on `failed`). Until it has,
+    every request is answered 503."""
+
+    failed: trio.Event = attrs.field(factory=trio.Event)
+    reason: str | None = None
+
+    def fail(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.failed.set()
+
+
+FAILURE_KEY = "neurogrid.failure"  # where the app keeps its ServiceFailure
+
+
+def service_failure(app: Any) -> ServiceFailure:
+    failure: ServiceFailure = app.extensions[FAILURE_KEY]
+    return failure
+
+
 def process_memory() -> tuple[int, int]:
     """(resident bytes of this process, memory of the machine), from /proc where
     there is one, else from `resource` (peak resident) and sysconf."""
@@ -61,4 +86,5 @@ def process_memory() -> tuple[int, int]:
     return rss, total
 
 
-__all__ = ["ApiConfig", "Services", "process_memory"]
+__all__ = ["ApiConfig", "FAILURE_KEY", "ServiceFailure", "Services", "process_memory",
+           "service_failure"]

@@ -7,6 +7,13 @@
 #   32 random bytes, so a fast hash is enough: there is nothing to brute-force.
 # - A write is durable when its `await` returns. Task rows move forward only:
 #   a change to a task that already ended (completed, failed, ...) is ignored.
+# - A write the disk cannot take now fails with StoreUnavailable (the API: 503) and
+#   the store goes on; a task change posted by the coordinator is then held and
+#   retried, never dropped; a file that is gone or corrupt stops the store
+#   (StoreFailed). The writer's module says how; `health()` reports it.
+# - Text a task change carries (result, error) is stored as valid Unicode: a lone
+#   surrogate, which no UTF-8 database can hold, becomes U+FFFD rather than making
+#   the completion unwritable.
 # - Statistics are a query: `stats()` reads the `task_totals` row the schema's
 #   triggers keep equal to the aggregate over all tasks (one row, not a scan).
 #
@@ -34,15 +41,16 @@ import trio
 
 from .records import (
     OPEN_STATES, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
-    StoreError, TaskChange, TaskRow, hash_secret, new_secret,
+    StoreError, StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret,
 )
 from .sqlite_schema import (
     CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, TASK_COLUMNS, connect, key_record, prepare,
     task_row,
 )
-from .sqlite_writer import Writer
+from .sqlite_writer import Writer, failure_kind
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 
 class SqliteStore:
@@ -99,12 +107,17 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
 
+    async def health(self) -> StoreHealth:
+        return self.writer.health()
+
     @staticmethod
     def change_op(change: TaskChange) -> Callable[[sqlite3.Connection], TaskRow | None]:
         sets = ["status = ?"]
         args: list[Any] = [change.status]
         for column in CHANGE_COLUMNS:
             value = getattr(change, column)
+            if isinstance(value, str):
+                value = valid_text(value)
             if value is not None:
                 sets.append(f"{column} = ?")
                 args.append(value)
@@ -138,7 +151,8 @@ class SqliteStore:
     async def post_task_change(self, change: TaskChange) -> None:
         """Queue `change` without waiting for its commit (the coordinator's updates:
         the coordinator must not wait for the disk). Order of changes is kept."""
-        await self.writer.post(self.change_op(change))
+        await self.writer.post(self.change_op(change),
+                               f"task {change.task_id} -> {change.status}")
 
     async def reopen_tasks(self) -> list[TaskRow]:
         """After a restart: every task not yet ended, running ones put back to
@@ -313,6 +327,15 @@ class SqliteStore:
         return float(min(1.0, row["up"] / (now - row["first"])))
 
 
+def valid_text(text: str) -> str:
+    """`text`, with lone surrogates (which UTF-8 cannot encode) as U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 @asynccontextmanager
 async def open_sqlite(path: str) -> AsyncIterator[SqliteStore]:
     """The store in the SQLite file at `path`, with its writer running; on the way
@@ -323,14 +346,46 @@ async def open_sqlite(path: str) -> AsyncIterator[SqliteStore]:
     try:
         store = await trio.to_thread.run_sync(SqliteStore, path)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
+        raise StoreError(f"cannot open the SQLite database {path!r}: {exc}"
+                         f"{open_advice(exc)}") from None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.writer.serve)
             yield store
             await store.writer.finish()
+    except BaseExceptionGroup as group:  # the writer stopped: say why, plainly
+        failed = first_leaf(group, StoreFailed)
+        if failed is None:
+            raise
+        raise failed from group
     finally:
         store.close()
 
 
-__all__ = ["SqliteStore", "open_sqlite"]
+def first_leaf(group: BaseExceptionGroup, kind: type[E]) -> E | None:
+    """The first exception of type `kind` in a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_leaf(exc, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def open_advice(exc: sqlite3.Error) -> str:
+    """What an operator can do about a database that does not open."""
+    kind = failure_kind(exc)
+    code = getattr(exc, "sqlite_errorcode", 0) or 0
+    if code & 0xFF == 14:  # cannot open
+        return "; check that its directory exists and is writable"
+    if kind == "fatal":
+        return ("; the file is not a SQLite database or is corrupt: restore it from a "
+                "backup, or move it aside to start with an empty database")
+    if kind == "transient":
+        return "; free disk space (or wait for the other process holding it) and start again"
+    return ""
+
+
+__all__ = ["SqliteStore", "open_sqlite", "valid_text"]

@@ -4,7 +4,8 @@
 # - Every check names the field and says why it failed; the first failure is
 #   raised as `InvalidRequest(details)` and becomes a 400 with the reference's
 #   error object. Nothing is written before a request has passed all checks.
-# - Types are strict: a string is a `str`, an integer is an `int` that is not a
+# - Types are strict: a string is a `str` of valid Unicode (no lone surrogate,
+#   which JSON's "\ud800" escapes can produce and no UTF-8 store can hold), an integer is an `int` that is not a
 #   `bool`, a number is an `int` or `float` that is finite and not a `bool`.
 # - Unknown fields are refused (a misspelt `max_token` should not be silently
 #   ignored), as OpenAI-style APIs do.
@@ -119,6 +120,12 @@ def _string(body: Mapping[str, Any], name: str, default: str | None = None) -> s
     value = body[name]
     if not isinstance(value, str):
         raise InvalidRequest(f"The '{name}' field must be a string, not {json_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's \ud800 escapes decode to lone surrogates
+        raise InvalidRequest(f"The '{name}' field is not valid Unicode text: a lone surrogate "
+                             f"(\\u{ord(value[exc.start]):04x}) at character {exc.start}"
+                             ) from None
     return value
 
 
