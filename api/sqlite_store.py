@@ -150,9 +150,16 @@ class SqliteStore:
 
     async def post_task_change(self, change: TaskChange) -> None:
         """Queue `change` without waiting for its commit (the coordinator's updates:
-        the coordinator must not wait for the disk). Order of changes is kept."""
+        the coordinator must not wait for the disk). Order of changes is kept. A
+        change the database refuses (a value it cannot hold) fails the task instead,
+        saying why."""
+        def stand_in(error: Exception) -> Callable[[sqlite3.Connection], TaskRow | None]:
+            return self.change_op(TaskChange(
+                change.task_id, "failed", change.at,
+                error=f"the task's {change.status} update could not be stored: {error}"))
+
         await self.writer.post(self.change_op(change),
-                               f"task {change.task_id} -> {change.status}")
+                               f"task {change.task_id} -> {change.status}", stand_in)
 
     async def reopen_tasks(self) -> list[TaskRow]:
         """After a restart: every task not yet ended, running ones put back to

@@ -29,8 +29,10 @@
 #   backoff, so recovery shows without waiting for traffic.
 # - refused: the database (or the driver) refused the operation's values (a
 #   constraint, text that is not valid Unicode, an integer beyond 64 bits).
-#   Retrying cannot help: a waiting caller gets the error, a posted change is
-#   logged with its task id and counted (`refused_changes`).
+#   Retrying cannot help: a waiting caller gets the error; a posted change is
+#   logged with its task id, counted (`refused_changes`), and replaced by the
+#   stand-in its poster gave (the store's: the task fails, saying why), so a task
+#   never stays `running` forever because its completion could not be stored.
 # - fatal: the file is corrupt, or was deleted or replaced while in use (SQLite
 #   would go on writing into the deleted file: the writer checks the file's
 #   identity before each batch, and its header every CHECK_SECONDS). Callers get
@@ -118,6 +120,8 @@ class Pending:
     result: Any = None
     error: Exception | None = None
     label: str = ""  # what a posted operation is about (for the log)
+    # a posted operation's stand-in should the database refuse it (given the error)
+    fallback: Callable[[Exception], Operation] | None = None
 
 
 def commit(conn: sqlite3.Connection, batch: list[Pending]) -> None:
@@ -346,10 +350,18 @@ class Writer:
         self._retry_at = math.inf
         self._backoff = RETRY_FIRST_SECONDS
 
-    def _refuse(self, pending: Pending, error: BaseException) -> None:
+    def _refuse(self, pending: Pending, error: Exception) -> None:
+        """A posted operation the database refused: logged, counted, and replaced by
+        its fallback (committed at once; it fails only if the disk does)."""
         self._refused_changes += 1
-        log.error("the database refused a posted write (%s); it is not retried",
-                  pending.label or "no label", exc_info=error)
+        log.error("the database refused a posted write (%s): %s", pending.label or "no label",
+                  error, exc_info=error)
+        if pending.fallback is None:
+            return
+        try:
+            commit(self.conn, [Pending(pending.fallback(error))])
+        except Exception:
+            log.exception("the stand-in of a refused write (%s) failed too", pending.label)
 
     def _fatal(self, error: BaseException) -> StoreFailed:
         if isinstance(error, StoreFailed):
@@ -399,10 +411,12 @@ class Writer:
             raise pending.error
         return pending.result
 
-    async def post(self, op: Operation, label: str = "") -> None:
+    async def post(self, op: Operation, label: str = "",
+                   fallback: Callable[[Exception], Operation] | None = None) -> None:
         """Queue `op` without waiting for its commit; should the disk refuse it, it
-        is held and retried (see above)."""
-        await self._send.send(Pending(op, label=label))
+        is held and retried (see above); should the database refuse its values,
+        `fallback(error)` is committed instead."""
+        await self._send.send(Pending(op, label=label, fallback=fallback))
 
     async def finish(self) -> None:
         """No more writes: `serve` commits what is queued (and held), then returns."""
