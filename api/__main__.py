@@ -34,6 +34,7 @@ from hypercorn.trio import serve
 
 from engine.runtime import MAX_FRAME_BYTES, WORKER_PATH, CoordinatorConfig
 
+from .access import parse_networks
 from .app import ApiConfig, create_app
 from .server import KEEP_ALIVE_SECONDS, hypercorn_config
 from .services import service_failure
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="close an idle keep-alive HTTP connection after this long "
                              f"(default {KEEP_ALIVE_SECONDS:g})")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="a reverse proxy (address or network; repeatable) whose "
+                             "X-Forwarded-For names the client; from other peers the "
+                             "header is ignored")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def api_config(args: argparse.Namespace) -> ApiConfig:
     """The app's configuration from the command line."""
     return ApiConfig(db=args.db, auth_required=args.auth == "required",
-                     environment=args.environment,
+                     environment=args.environment, trusted_proxies=args.trusted_proxy,
                      coordinator=CoordinatorConfig(journal_path=args.journal))
 
 
@@ -158,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.local_workers < 0:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        parse_networks(args.trusted_proxy)
+    except ValueError as exc:
+        print(f"neurogrid serve: {exc}", file=sys.stderr)
         return 2
     if args.journal is not None:  # fail here, in one line, not in the app's lifespan
         try:

@@ -22,14 +22,16 @@ from typing import Any, AsyncIterator
 
 import attrs
 import trio
-from quart import Blueprint, Response, current_app, g, jsonify, request
+from quart import (
+    Blueprint, Response, current_app, g, has_websocket_context, jsonify, request, websocket,
+)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.core import MODELS, TaskState
 from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
 
 from . import views
-from .access import Admission, AuthError, Caller, identify
+from .access import Admission, AuthError, Caller, client_address as peer_client, identify
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
@@ -123,12 +125,18 @@ async def on_store_failed(exc: StoreFailed):  # type: ignore[no-untyped-def]
 
 @api_routes.app_errorhandler(HTTPException)
 async def on_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
-    return error_response(exc.code or 500, exc.name, exc.description or exc.name)
+    # the exception's own headers (Allow of a 405, WWW-Authenticate of a 401), not its HTML type
+    headers = {name: value for name, value in exc.get_headers()
+               if name.lower() != "content-type"}
+    return error_response(exc.code or 500, exc.name, exc.description or exc.name, headers)
 
 
 @api_routes.app_errorhandler(Exception)
 async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
-    current_app.logger.exception("unexpected error in %s %s", request.method, request.path)
+    # a websocket route has no `request`: reading it here would raise and mask `exc`
+    where = (f"websocket {websocket.path}" if has_websocket_context()
+             else f"{request.method} {request.path}")
+    current_app.logger.exception("unexpected error in %s", where, exc_info=exc)
     return error_response(500, "Internal server error",
                           "the server failed to answer this request; it has been logged")
 
@@ -155,7 +163,9 @@ async def add_rate_limit_headers(response: Response) -> Response:
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    return peer_client(request.remote_addr or "unknown",
+                       request.headers.getlist("X-Forwarded-For"),
+                       services().config.trusted_proxies)
 
 
 async def current_caller() -> Caller:

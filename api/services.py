@@ -14,7 +14,7 @@ import trio
 
 from engine.runtime import CoordinatorConfig
 
-from .access import DEFAULT_TIERS, RateLimiter, Tier
+from .access import DEFAULT_TIERS, Network, RateLimiter, Tier, parse_networks
 from .relay import Dispatcher, TaskFeed
 from .store import Store
 
@@ -27,6 +27,9 @@ class ApiConfig:
     environment: str = "development"
     coordinator: CoordinatorConfig = attrs.field(factory=CoordinatorConfig)
     clock: Callable[[], float] = time.time
+    # reverse proxies whose X-Forwarded-For names the client (access.client_address)
+    trusted_proxies: tuple[Network, ...] = attrs.field(
+        default=(), converter=lambda v: parse_networks(str(a) for a in v))
 
 
 @attrs.define

@@ -142,7 +142,7 @@ def _integer(body: Mapping[str, Any], name: str, default: int | None, low: int,
 
 
 def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float,
-            low_open: bool = False) -> float:
+            low_open: bool = False, least_positive: float = 0.0) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -152,6 +152,9 @@ def _number(body: Mapping[str, Any], name: str, default: float, low: float, high
         lower = f"above {low:g}" if low_open else f"at least {low:g}"
         raise InvalidRequest(f"The '{name}' field must be {lower} and at most {high:g}, "
                              f"not {value:g}")
+    if 0 < abs(value) < least_positive:
+        raise InvalidRequest(f"The '{name}' field must be 0 or at least {least_positive:g} "
+                             f"in size, not {value:g}")
     return float(value)
 
 
@@ -172,7 +175,8 @@ def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
                         int(min(field.high, 2**63 - 1)))
     if field.type == "number":
         return _number(body, field.name, field.default, field.low,  # type: ignore[arg-type]
-                       field.high, low_open=field.low_open)
+                       field.high, low_open=field.low_open,
+                       least_positive=field.least_positive)
     return _string(body, field.name, field.default)  # type: ignore[arg-type]
 
 

@@ -21,6 +21,7 @@ START_SECONDS = 60.0
 def serving(tmp_path: Path, *args: str, preexec_fn: Callable[[], Any] | None = None,
             db: Path | None = None) -> Iterator[tuple[str, int, subprocess.Popen[str]]]:
     """`neurogrid serve --port 0 --local-workers 0 ARGS`: yields (host, port, process)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "serve.log"
     command = [sys.executable, "-m", "engine.cli", "serve", "--port", "0",
                "--db", str(db or tmp_path / "serve.db"), "--local-workers", "0", *args]
