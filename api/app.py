@@ -100,7 +100,7 @@ def failure_text(exc: BaseException) -> str:
 
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app = QuartTrio("neurogrid")
-    app.asgi_http_class = ClosingHTTPConnection  # type: ignore[assignment]
+    app.asgi_http_class = ClosingHTTPConnection
     app.asgi_websocket_class = EndingWebsocketConnection
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 import trio
@@ -19,6 +19,11 @@ from .relay import Dispatcher, TaskFeed
 from .store import Store
 
 
+def proxy_networks(addresses: Iterable[object]) -> tuple[Network, ...]:
+    """ApiConfig.trusted_proxies from addresses, networks or their text."""
+    return parse_networks(str(a) for a in addresses)
+
+
 @attrs.frozen
 class ApiConfig:
     db: str = "neurogrid.db"  # a store URL, or a SQLite file path (store.open_store)
@@ -28,8 +33,7 @@ class ApiConfig:
     coordinator: CoordinatorConfig = attrs.field(factory=CoordinatorConfig)
     clock: Callable[[], float] = time.time
     # reverse proxies whose X-Forwarded-For names the client (access.client_address)
-    trusted_proxies: tuple[Network, ...] = attrs.field(
-        default=(), converter=lambda v: parse_networks(str(a) for a in v))
+    trusted_proxies: tuple[Network, ...] = attrs.field(default=(), converter=proxy_networks)
 
 
 @attrs.define

@@ -51,6 +51,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import os
@@ -258,6 +259,7 @@ class Writer:
                 kind = failure_kind(error)
                 if kind == "fatal":
                     fatal = fatal or error
+                    pending.error = self._fatal(error)
                 elif kind == "transient":
                     transient = True
                     self._degrade(error)
@@ -283,7 +285,7 @@ class Writer:
         attempt = chunk or [Pending(probe)]
         try:
             await trio.to_thread.run_sync(patiently, self.conn,
-                                          lambda: commit(self.conn, attempt))
+                                          functools.partial(commit, self.conn, attempt))
         except Exception as exc:
             kind = failure_kind(exc)
             if kind == "fatal":
@@ -307,7 +309,7 @@ class Writer:
         for pending in chunk:
             try:
                 await trio.to_thread.run_sync(patiently, self.conn,
-                                              lambda: commit(self.conn, [pending]))
+                                              functools.partial(commit, self.conn, [pending]))
             except Exception as exc:
                 kind = failure_kind(exc)
                 if kind == "fatal":

@@ -5,8 +5,9 @@
 #   raised as `InvalidRequest(details)` and becomes a 400 with the reference's
 #   error object. Nothing is written before a request has passed all checks.
 # - Types are strict: a string is a `str` of valid Unicode (no lone surrogate,
-#   which JSON's "\ud800" escapes can produce and no UTF-8 store can hold), an integer is an `int` that is not a
-#   `bool`, a number is an `int` or `float` that is finite and not a `bool`.
+#   which JSON's "\ud800" escapes can produce and no UTF-8 store can hold), an
+#   integer is an `int` that is not a `bool`, a number is an `int` or `float` that
+#   is finite and not a `bool`.
 # - Unknown fields are refused (a misspelt `max_token` should not be silently
 #   ignored), as OpenAI-style APIs do.
 # - Limits: bodies up to MAX_BODY_BYTES (64 KiB), prompts up to MAX_PROMPT_CHARS.

@@ -1,4 +1,5 @@
-"""The fault tests' fixtures: the API tests' app harness (tests/api/conftest.py)."""
+"""The fault tests' fixtures: the API tests' app harness (tests/api/conftest.py) and
+a database disk that fills on demand (disks.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,10 @@ from typing import AsyncIterator
 import pytest
 
 from tests.api.conftest import Harness, running_app
+
+from .disks import disk
+
+__all__ = ["api", "disk"]
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ class FullConnection:
     READ_ONLY = ("SELECT", "ROLLBACK", "PRAGMA BUSY_TIMEOUT", "PRAGMA DATABASE_LIST",
                  "PRAGMA USER_VERSION\x00")
 
-    def __init__(self, conn: sqlite3.Connection, disk: "InjectedDisk") -> None:
+    def __init__(self, conn: sqlite3.Connection, disk: InjectedDisk) -> None:
         self._conn, self._disk = conn, disk
 
     def execute(self, sql: str, *args: Any) -> Any:

@@ -19,7 +19,6 @@ import trio
 
 from tests.api.conftest import Harness, fake_worker, running_app, wait_for_status
 
-from .disks import disk  # noqa: F401  (the fixture)
 from .serving import read_response, request_bytes, serving
 
 HEALTH_FIELDS = {"status", "service", "version", "environment", "timestamp", "uptime",
