@@ -276,8 +276,11 @@ class Writer:
                 pending.done.set()
         if fatal is not None:
             raise self._fatal(fatal)
-        if not transient and not self.held:
-            self._recover()
+        if not transient:
+            if self.held:  # the disk takes writes again: write what is held now
+                self._retry_at = min(self._retry_at, trio.current_time())
+            else:
+                self._recover()
 
     async def _retry(self) -> None:
         """Try the held changes (in order) again, or the probe while degraded."""
