@@ -231,8 +231,9 @@ class Writer:
         if len(self.held) >= HELD_MAX:  # take nothing new: writers wait (back-pressure)
             await trio.sleep_until(self._retry_at)
             return []
+        room = HELD_MAX - len(self.held)  # so that `held` never grows past HELD_MAX
         with trio.move_on_at(self._retry_at):
-            return await receive_batch(self._receive, MAX_BATCH)
+            return await receive_batch(self._receive, min(MAX_BATCH, room))
         return []
 
     async def _run(self, batch: list[Pending]) -> None:
