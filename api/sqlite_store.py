@@ -81,13 +81,25 @@ class SqliteStore:
         costs 17 us of CPU (30,000-39,000 reads/s on one core), one through
         trio.to_thread.run_sync 71 us (9,000-10,000 reads/s) with 4x the latency.
         So a read that finds no lock is not a trio checkpoint (as the synchronous
-        reads it replaces were not)."""
+        reads it replaces were not).
+
+        A read that finds the file corrupt (or not a database any more) raises
+        StoreFailed and stops the writer with it: the store cannot continue."""
         try:
             return query(self._reader)
         except sqlite3.OperationalError:  # locked (or a failing query: it fails again)
             pass
+        except sqlite3.DatabaseError as exc:
+            if failure_kind(exc) == "fatal":
+                raise self.writer.fail(exc) from exc
+            raise
         async with self._patient_lock:
-            return await trio.to_thread.run_sync(query, self._patient_reader)
+            try:
+                return await trio.to_thread.run_sync(query, self._patient_reader)
+            except sqlite3.DatabaseError as exc:
+                if failure_kind(exc) == "fatal":
+                    raise self.writer.fail(exc) from exc
+                raise
 
     async def barrier(self) -> None:
         """Wait until every write queued before this call is committed."""

@@ -376,6 +376,21 @@ class Writer:
         failed.__cause__ = error
         return failed
 
+    def fail(self, error: BaseException) -> StoreFailed:
+        """Stop the writer because of a fatal `error` someone else found (a read):
+        `serve` raises StoreFailed at its next turn; the same StoreFailed is
+        returned, for the finder to raise."""
+        failed = self._fatal(error)
+
+        def stop(conn: sqlite3.Connection) -> None:
+            raise failed
+
+        try:
+            self._send.send_nowait(Pending(stop, label="stop: the database failed"))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # the writer is busy or done: its own next write finds the same failure
+        return failed
+
     def _check_file(self) -> None:
         """StoreFailed when the file was deleted or replaced, or (every
         CHECK_SECONDS) when its header is not SQLite's."""

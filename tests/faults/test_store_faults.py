@@ -101,6 +101,18 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except (ConnectionError, urllib.error.URLError):
+        return 0, {"details": "connection refused: the server is gone (corrupt, stopped)"}
+
+
 def test_a_database_deleted_under_the_server_stops_it_non_zero(tmp_path: Path) -> None:
     db = tmp_path / "gone.db"
     with serving(tmp_path, db=db) as (host, port, process):
@@ -119,3 +131,29 @@ def test_a_database_deleted_under_the_server_stops_it_non_zero(tmp_path: Path) -
         assert process.returncode == 1
     log = (tmp_path / "serve.log").read_text()
     assert "stopped because the service failed" in log and "deleted or replaced" in log
+
+
+def test_a_database_corrupted_under_the_server_stops_it_non_zero(tmp_path: Path) -> None:
+    db = tmp_path / "corrupt.db"
+    with serving(tmp_path, db=db) as (host, port, process):
+        base = f"http://{host}:{port}"
+        assert get_json(f"{base}/health")[0] == 200
+        with open(db, "r+b") as file:  # the header: no longer a SQLite file
+            file.write(b"overwritten by something else")
+        # the writer checks the header every few seconds (reads may still be served
+        # from the WAL): writes are refused with a 503 within a bound, then it stops
+        deadline = time.monotonic() + 20
+        for attempt in range(1000):  # signups: writes without a rate limit
+            assert time.monotonic() < deadline, "writes went on into a corrupt database"
+            status, body = post_json(f"{base}/api/beta/signup",
+                                     {"email": f"probe{attempt}@example.com"})
+            if status != 200:
+                break
+            time.sleep(0.25)
+        assert status == 503 and "corrupt" in body["details"], body
+        deadline = time.monotonic() + 30
+        while process.poll() is None:
+            assert time.monotonic() < deadline, "the server went on with a corrupt database"
+            time.sleep(0.1)
+        assert process.returncode == 1
+    assert "stopped because the service failed" in (tmp_path / "serve.log").read_text()

@@ -5,6 +5,7 @@ file corrupted under the running store stops it (StoreFailed) instead of writing
 on into a file that no longer holds the data."""
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -63,4 +64,18 @@ async def test_a_file_corrupted_under_the_store_stops_it(
                 file.write(b"garbage, not SQLite")
             with pytest.raises(StoreFailed, match="corrupt"):
                 await store.insert_task(row("after"))
+            await trio.sleep_forever()  # the store's failure ends the block
+
+
+async def test_a_read_that_finds_the_file_corrupt_stops_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "read.db"
+    with pytest.raises(StoreFailed, match="not a database"):
+        async with open_store(str(path)) as store:
+            await store.insert_task(row("t"))
+            with sqlite3.connect(path) as other:  # the WAL into the file, then garbage
+                other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with open(path, "r+b") as file:
+                file.write(b"garbage, not SQLite")
+            with pytest.raises(StoreFailed, match="not a database"):
+                await store.get_task("t")
             await trio.sleep_forever()  # the store's failure ends the block
