@@ -131,3 +131,20 @@ def test_idle_connections_under_a_low_descriptor_limit_do_not_lock_clients_out(
         finally:
             for sock in idle:
                 sock.close()
+
+
+def test_request_headers_that_never_finish_are_cut_off(server: tuple[str, int]) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < KEEP_ALIVE + 4.0:  # a byte now and then
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if closed_within(sock, 0.3):
+                closed = True
+                break
+        assert closed, "a client that never finishes its headers kept its connection"
