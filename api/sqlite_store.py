@@ -102,8 +102,9 @@ class SqliteStore:
                 raise
 
     async def barrier(self) -> None:
-        """Wait until every write queued before this call is committed."""
-        await self.writer.write(lambda conn: None)
+        """Wait until every write queued before this call is committed, held task
+        changes included (while the disk refuses writes, until it takes them again)."""
+        await self.writer.write(lambda conn: None, ordered=True)
 
     # ---- tasks ------------------------------------------------------------------
 

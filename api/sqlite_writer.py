@@ -23,6 +23,9 @@
 #   and retried with exponential backoff (RETRY_FIRST_SECONDS doubling up to
 #   RETRY_MAX_SECONDS). While anything is held, every newly posted change is
 #   held behind it, so a task's changes are written in the order they were posted.
+#   An `ordered` write (the store's barrier) waits its turn behind held changes
+#   the same way, and is held rather than failed: it returns once everything
+#   queued before it is written.
 #   The store is degraded from the first such failure until a write succeeds again
 #   with nothing held; while degraded and with nothing held, a probe write (the
 #   schema version written again: a real page write) is retried on the same
@@ -123,6 +126,13 @@ class Pending:
     label: str = ""  # what a posted operation is about (for the log)
     # a posted operation's stand-in should the database refuse it (given the error)
     fallback: Callable[[Exception], Operation] | None = None
+    # waits its turn behind held changes, and is held itself rather than failed
+    # (a barrier: "everything queued before me is written"); must be idempotent
+    ordered: bool = False
+
+    @property
+    def holdable(self) -> bool:
+        return self.done is None or self.ordered
 
 
 def commit(conn: sqlite3.Connection, batch: list[Pending]) -> None:
@@ -243,8 +253,8 @@ class Writer:
             self._wake(batch, exc)
             raise
         if self.held:  # posted changes wait behind the held ones: order per task
-            self.held.extend(p for p in batch if p.done is None)
-            batch = [p for p in batch if p.done is not None]
+            self.held.extend(p for p in batch if p.holdable)
+            batch = [p for p in batch if not p.holdable]
             if not batch:
                 return
         try:
@@ -255,6 +265,9 @@ class Writer:
         transient = False
         for pending in batch:
             error = pending.error
+            if error is None and pending.ordered and transient:
+                self.held.append(pending)  # behind what was held before it (idempotent)
+                continue
             if error is not None:
                 self._failed_writes += 1
                 kind = failure_kind(error)
@@ -264,7 +277,7 @@ class Writer:
                 elif kind == "transient":
                     transient = True
                     self._degrade(error)
-                    if pending.done is None:
+                    if pending.holdable:
                         pending.error = None
                         self.held.append(pending)
                         continue
@@ -301,7 +314,7 @@ class Writer:
                 return
         else:
             for _ in chunk:
-                self.held.popleft()
+                self._written(self.held.popleft())
         if self.held:
             self._retry_at = trio.current_time()  # more to write: go on at once
         else:
@@ -321,9 +334,18 @@ class Writer:
                 if kind == "transient":
                     self._degrade(exc)
                     return False
-                self._refuse(pending, exc)
-            self.held.popleft()
+                if pending.done is None:
+                    self._refuse(pending, exc)
+                else:
+                    pending.error = exc
+            self._written(self.held.popleft())
         return True
+
+    @staticmethod
+    def _written(pending: Pending) -> None:
+        """A held operation is done with: wake its caller, if it has one."""
+        if pending.done is not None:
+            pending.done.set()
 
     async def _drain_held(self) -> None:
         with trio.move_on_after(FINISH_SECONDS):
@@ -334,6 +356,8 @@ class Writer:
             log.error("%d task changes could not be written before shutdown (%s); those "
                       "tasks are still open in the database and run again after the "
                       "restart", len(self.held), self._reason)
+            self._wake(list(self.held), StoreUnavailable(
+                f"the database could not be written before shutdown: {self._reason}"))
 
     # ---- the state ------------------------------------------------------------------
 
@@ -418,10 +442,12 @@ class Writer:
 
     # ---- callers -----------------------------------------------------------------------
 
-    async def write(self, op: Operation) -> Any:
+    async def write(self, op: Operation, ordered: bool = False) -> Any:
         """Queue `op` and wait for its commit: its result, or what it raised
-        (StoreUnavailable for a failure that may pass)."""
-        pending = Pending(op, trio.Event())
+        (StoreUnavailable for a failure that may pass). `ordered`: committed only
+        after every change held before it, and held itself (so waiting until the
+        disk takes writes again) rather than failed by a transient error."""
+        pending = Pending(op, trio.Event(), ordered=ordered)
         try:  # no extra trip through the scheduler: done.wait() is the checkpoint
             self._send.send_nowait(pending)
         except trio.WouldBlock:

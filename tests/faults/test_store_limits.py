@@ -79,3 +79,28 @@ async def test_a_read_that_finds_the_file_corrupt_stops_the_store(tmp_path: Path
             with pytest.raises(StoreFailed, match="not a database"):
                 await store.get_task("t")
             await trio.sleep_forever()  # the store's failure ends the block
+
+
+async def test_a_barrier_waits_for_held_changes(tmp_path: Path) -> None:
+    disk = InjectedDisk(tmp_path)
+    async with open_store(str(tmp_path / "barrier.db")) as store:
+        await store.insert_task(row("t"))
+        disk.wrap(store)
+        disk.fill()
+        await store.post_task_change(TaskChange("t", "completed", 3.0, result="held"))
+        passed = trio.Event()
+
+        async def barrier() -> None:
+            await store.barrier()
+            passed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(barrier)
+            await trio.sleep(0.3)
+            assert not passed.is_set()  # the completion is not written yet
+            assert (await store.health()).held_changes >= 1
+            disk.free()
+            with trio.fail_after(10):
+                await passed.wait()
+        task = await store.get_task("t")
+        assert task is not None and (task.status, task.result) == ("completed", "held")
