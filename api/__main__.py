@@ -11,6 +11,10 @@
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
 # - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
 #   to PATH; a path that cannot be opened stops `serve` before anything starts.
+# - Exit status: 0 after Ctrl-C or SIGTERM; 1 when the database does not open (one
+#   line on stderr naming the file and what to do) or when the services fail while
+#   serving (the store cannot continue): never a process that answers but cannot
+#   work, so a supervisor restarts it.
 # - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
 #   shuts the coordinator down and the store commits what is queued; local workers
 #   get SIGTERM, and SIGKILL if they have not left after a few seconds.
@@ -23,16 +27,19 @@ import os
 import signal
 import sys
 import time
+from typing import Awaitable, Callable
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
 from engine.runtime import CoordinatorConfig
 
+from .access import parse_networks
 from .app import ApiConfig, create_app
-from .store import open_store
+from .server import KEEP_ALIVE_SECONDS, hypercorn_config
+from .services import service_failure
+from .store import StoreError, open_store
 
 WORKER_STOP_SECONDS = 5.0
 
@@ -51,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "required: a Bearer key on every task call")
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
+    parser.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_SECONDS,
+                        metavar="SECONDS",
+                        help="close an idle keep-alive HTTP connection after this long "
+                             f"(default {KEEP_ALIVE_SECONDS:g})")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="a reverse proxy (address or network; repeatable) whose "
+                             "X-Forwarded-For names the client; from other peers the "
+                             "header is ignored")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
@@ -62,19 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def api_config(args: argparse.Namespace) -> ApiConfig:
     """The app's configuration from the command line."""
     return ApiConfig(db=args.db, auth_required=args.auth == "required",
-                     environment=args.environment,
+                     environment=args.environment, trusted_proxies=args.trusted_proxy,
                      coordinator=CoordinatorConfig(journal_path=args.journal))
-
-
-def hypercorn_config(host: str, port: int, access_log: bool) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    # hypercorn's loggers go through `logging` like ours (one format, no duplicates)
-    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.websocket_max_message_size = 4 * MAX_FRAME_BYTES  # the codec judges size
-    config.graceful_timeout = 5.0
-    return config
 
 
 async def local_worker_tokens(db: str, count: int) -> list[str]:
@@ -106,15 +110,32 @@ async def shutdown_signal() -> None:
             return
 
 
-async def serve_all(args: argparse.Namespace) -> None:
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return when the first of `waits` has."""
+    async with trio.open_nursery() as nursery:
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
+
+
+async def serve_all(args: argparse.Namespace) -> str | None:
+    """Serve until a signal (None) or until the services fail (their reason)."""
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
-    config = hypercorn_config(args.host, args.port, args.access_log)
+    failure = service_failure(app)
+    config = hypercorn_config(args.host, args.port, args.access_log,
+                              keep_alive_seconds=args.keep_alive,
+                              websocket_max_message_size=4 * MAX_FRAME_BYTES)  # the codec judges
     async with trio.open_nursery() as nursery:
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, config, shutdown_trigger=shutdown_signal, task_status=task_status)
+                await serve(app, config, task_status=task_status,
+                            shutdown_trigger=lambda: first_of(shutdown_signal,
+                                                              failure.failed.wait))
             finally:  # local workers end when the server has
                 nursery.cancel_scope.cancel()
 
@@ -126,6 +147,7 @@ async def serve_all(args: argparse.Namespace) -> None:
         for index, token in enumerate(tokens, start=1):
             nursery.start_soon(run_local_worker, worker_command(ws_url, f"local-{index}"), token)
     print("NeuroGrid API stopped", flush=True)
+    return failure.reason
 
 
 def tune_garbage_collector() -> None:
@@ -143,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_workers < 0:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
         return 2
+    try:
+        parse_networks(args.trusted_proxy)
+    except ValueError as exc:
+        print(f"neurogrid serve: {exc}", file=sys.stderr)
+        return 2
     if args.journal is not None:  # fail here, in one line, not in the app's lifespan
         try:
             open(args.journal, "a", encoding="utf-8").close()
@@ -151,7 +178,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(serve_all, args)
+    try:
+        failed = trio.run(serve_all, args)
+    except StoreError as exc:  # the database does not open: one line, not a traceback
+        print(f"neurogrid serve: {exc}", file=sys.stderr)
+        return 1
+    if failed is not None:  # a supervisor restarts it
+        print(f"neurogrid serve: stopped because the service failed: {failed}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

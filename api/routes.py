@@ -24,20 +24,24 @@ from typing import Any, AsyncIterator
 
 import attrs
 import trio
-from quart import Blueprint, Response, current_app, g, jsonify, request
+from quart import (
+    Blueprint, Response, current_app, g, has_websocket_context, jsonify, request, websocket,
+)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.core import MODELS, TaskState
 from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
 
 from . import views
-from .access import Admission, AuthError, Caller, identify
+from .access import Admission, AuthError, Caller, client_address as peer_client, identify
 from .media import IMAGE_BLOB, input_files
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
-from .services import Services, process_memory
-from .store import OPEN_STATES, Signup, TaskRow
+from .services import Services, process_memory, service_failure
+from .store import (
+    OPEN_STATES, Signup, StoreFailed, StoreUnavailable, TaskRow,
+)
 from .validation import (
     MAX_BODY_BYTES, MAX_TASK_BODY_BYTES, MAX_UPLOAD_BYTES, InvalidRequest, parse_form_task,
     parse_json_object, parse_page, parse_signup, parse_task,
@@ -107,16 +111,47 @@ async def on_too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-d
                           f"the body is larger than the limit of {MAX_BODY_BYTES} bytes")
 
 
+STORE_RETRY_SECONDS = 5  # Retry-After of a 503 while the database cannot be written
+
+
+@api_routes.app_errorhandler(StoreUnavailable)
+async def on_store_unavailable(exc: StoreUnavailable):  # type: ignore[no-untyped-def]
+    return error_response(503, "Service unavailable", str(exc),
+                          {"Retry-After": str(STORE_RETRY_SECONDS)})
+
+
+@api_routes.app_errorhandler(StoreFailed)
+async def on_store_failed(exc: StoreFailed):  # type: ignore[no-untyped-def]
+    return error_response(503, "Service unavailable",
+                          f"{exc}; the server is stopping to be restarted",
+                          {"Retry-After": str(STORE_RETRY_SECONDS)})
+
+
 @api_routes.app_errorhandler(HTTPException)
 async def on_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
-    return error_response(exc.code or 500, exc.name, exc.description or exc.name)
+    # the exception's own headers (Allow of a 405, WWW-Authenticate of a 401), not its HTML type
+    headers = {name: value for name, value in exc.get_headers()
+               if name.lower() != "content-type"}
+    return error_response(exc.code or 500, exc.name, exc.description or exc.name, headers)
 
 
 @api_routes.app_errorhandler(Exception)
 async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
-    current_app.logger.exception("unexpected error in %s %s", request.method, request.path)
+    # a websocket route has no `request`: reading it here would raise and mask `exc`
+    where = (f"websocket {websocket.path}" if has_websocket_context()
+             else f"{request.method} {request.path}")
+    current_app.logger.exception("unexpected error in %s", where, exc_info=exc)
     return error_response(500, "Internal server error",
                           "the server failed to answer this request; it has been logged")
+
+
+@api_routes.before_app_request
+async def refuse_when_failed() -> None:
+    reason = service_failure(current_app).reason
+    if reason is not None:
+        raise ApiError(503, "Service unavailable",
+                       f"{reason}; the server is stopping to be restarted",
+                       {"Retry-After": str(STORE_RETRY_SECONDS)})
 
 
 @api_routes.after_app_request
@@ -132,7 +167,9 @@ async def add_rate_limit_headers(response: Response) -> Response:
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    return peer_client(request.remote_addr or "unknown",
+                       request.headers.getlist("X-Forwarded-For"),
+                       services().config.trusted_proxies)
 
 
 async def current_caller() -> Caller:
@@ -331,8 +368,10 @@ async def health():  # type: ignore[no-untyped-def]
     s = services()
     now = s.now()
     rss, total = process_memory()
-    return jsonify(views.health(s.version, s.config.environment, now - s.started_at, rss, total,
-                                s.coordinator.snapshot(), await s.store.stats(), now))
+    store = await s.store.health()
+    body = views.health(s.version, s.config.environment, now - s.started_at, rss, total,
+                        s.coordinator.snapshot(), await s.store.stats(), now, store)
+    return jsonify(body), 503 if store.degraded else 200
 
 
 @api_routes.get("/api/models")

@@ -4,8 +4,10 @@
 # - Every check names the field and says why it failed; the first failure is
 #   raised as `InvalidRequest(details)` and becomes a 400 with the reference's
 #   error object. Nothing is written before a request has passed all checks.
-# - Types are strict: a string is a `str`, an integer is an `int` that is not a
-#   `bool`, a number is an `int` or `float` that is finite and not a `bool`.
+# - Types are strict: a string is a `str` of valid Unicode (no lone surrogate,
+#   which JSON's "\ud800" escapes can produce and no UTF-8 store can hold), an
+#   integer is an `int` that is not a `bool`, a number is an `int` or `float` that
+#   is finite and not a `bool`.
 # - Unknown fields are refused (a misspelt `max_token` should not be silently
 #   ignored), as OpenAI-style APIs do.
 # - Limits: bodies up to MAX_BODY_BYTES (64 KiB), prompts up to MAX_PROMPT_CHARS.
@@ -129,6 +131,12 @@ def _string(body: Mapping[str, Any], name: str, default: str | None = None) -> s
     value = body[name]
     if not isinstance(value, str):
         raise InvalidRequest(f"The '{name}' field must be a string, not {json_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's \ud800 escapes decode to lone surrogates
+        raise InvalidRequest(f"The '{name}' field is not valid Unicode text: a lone surrogate "
+                             f"(\\u{ord(value[exc.start]):04x}) at character {exc.start}"
+                             ) from None
     return value
 
 
@@ -145,7 +153,7 @@ def _integer(body: Mapping[str, Any], name: str, default: int | None, low: int,
 
 
 def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float,
-            low_open: bool = False) -> float:
+            low_open: bool = False, least_positive: float = 0.0) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -155,6 +163,9 @@ def _number(body: Mapping[str, Any], name: str, default: float, low: float, high
         lower = f"above {low:g}" if low_open else f"at least {low:g}"
         raise InvalidRequest(f"The '{name}' field must be {lower} and at most {high:g}, "
                              f"not {value:g}")
+    if 0 < abs(value) < least_positive:
+        raise InvalidRequest(f"The '{name}' field must be 0 or at least {least_positive:g} "
+                             f"in size, not {value:g}")
     return float(value)
 
 
@@ -181,7 +192,8 @@ def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
         return value
     if field.type == "number":
         return _number(body, field.name, field.default, field.low,  # type: ignore[arg-type]
-                       field.high, low_open=field.low_open)
+                       field.high, low_open=field.low_open,
+                       least_positive=field.least_positive)
     text = _string(body, field.name, field.default)  # type: ignore[arg-type]
     if text is not None and field.max_length and len(text) > field.max_length:
         raise InvalidRequest(f"The '{field.name}' field is {len(text)} characters; the limit "

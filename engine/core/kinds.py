@@ -69,6 +69,9 @@ class RequestField:
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False  # the low limit itself is refused
+    # Numbers: values strictly between 0 and this are refused (too small to mean
+    # anything, and they overflow the arithmetic: logits / 1e-310 is infinite). 0: none.
+    least_positive: float = 0.0
     size: str = ""  # the size quantity (SIZE_QUANTITIES) this field sets, if any
     description: str = ""
     multiple_of: int = 0  # integers: the value must be a multiple of this (0: any)
@@ -170,8 +173,9 @@ TASK_KINDS: dict[str, TaskKind] = {
             fields=(
                 RequestField("max_tokens", "integer", 256, 1, 4096, size="output_tokens",
                              description="tokens to generate at most"),
-                RequestField("temperature", "number", 0.0, 0.0, 2.0,
-                             description="sampling temperature; 0 is greedy"),
+                RequestField("temperature", "number", 0.0, 0.0, 2.0, least_positive=1e-3,
+                             description="sampling temperature; 0 is greedy, else at "
+                                         "least 0.001"),
                 RequestField("top_p", "number", 1.0, 0.0, 1.0, low_open=True,
                              description="nucleus sampling: the smallest set of tokens "
                                          "whose probability reaches top_p"),
