@@ -109,42 +109,45 @@ class CarryOut:
 
     def requeue(self, d: Requeue, now: float) -> None:
         task = self.tasks[d.task_id]
-        self.release(task, now)
+        self.stats.record_requeued(task, self.release(task, now), now)
         task.run += 1
         task.queued_since = now
-        self.stats.record_requeued()
+
+    # The task ends: it leaves `tasks`, its node (if it ran it) is done with it, and
+    # the recorder counts the outcome.
 
     def complete(self, d: Complete, now: float) -> None:
-        self.stats.record_completed(self.end(d.task_id, now), now, d.cost)
+        task = self.tasks.pop(d.task_id)
+        # Fast path (every task of every benchmark row completes here; a call less a
+        # task): release(task, now), inlined, the same statements.
+        node = task.node
+        if node is not None:
+            node.running -= 1
+            task.node = None
+            if node.leaving and node.running == 0:
+                self.timers.gone(node, now)
+        self.stats.record_completed(task, node, now, d.cost)
 
     def fail(self, d: Fail, now: float) -> None:
-        self.end(d.task_id, now)
-        self.stats.record_failed()
+        task = self.tasks.pop(d.task_id)
+        self.stats.record_failed(task, self.release(task, now), now)
 
     def expire(self, d: Expire, now: float) -> None:
-        self.end(d.task_id, now)
-        self.stats.record_expired()
+        task = self.tasks.pop(d.task_id)
+        self.stats.record_expired(task, self.release(task, now), now)
 
     def cancelled(self, d: Cancelled, now: float) -> None:
-        self.end(d.task_id, now)
-        self.stats.record_cancelled()
+        task = self.tasks.pop(d.task_id)
+        self.stats.record_cancelled(task, self.release(task, now), now)
 
     # ---- shared steps -------------------------------------------------------------
 
-    def end(self, task_id: str, now: float) -> SimTask:
-        """The task leaves the system at `now`."""
-        task = self.tasks.pop(task_id)
-        self.release(task, now)
-        self.stats.record_ended(task, now)
-        return task
-
-    def release(self, task: SimTask, now: float) -> None:
-        """If `task` was running, its node is done with it at `now`."""
+    def release(self, task: SimTask, now: float) -> SimNode | None:
+        """If `task` was running, its node is done with it at `now`; that node."""
         node = task.node
-        if node is None:
-            return
-        self.stats.record_busy(task, node, now)
-        node.running -= 1
-        task.node = None
-        if node.leaving and node.running == 0:
-            self.timers.gone(node, now)
+        if node is not None:
+            node.running -= 1
+            task.node = None
+            if node.leaving and node.running == 0:
+                self.timers.gone(node, now)
+        return node

@@ -9,10 +9,9 @@
 #   (`SimTask.measured`): its end-to-end latency, its total queue wait and its
 #   priority, in compact arrays; its price and its reference (OpenAI) cost are summed.
 # - Little's law: `in_system` is the number of tasks submitted and not ended; its
-#   time integral `area` is advanced by `advance(now)` once per event handed to the
+#   time integral `area` is advanced by `record_event` once per event handed to the
 #   core (before the core sees it), so the sum runs event by event, in one fixed
-#   order, and a run is byte-identical to itself. Advancing twice at the same time
-#   adds exactly 0. `arrivals` counts the tasks present in the window (there at
+#   order, and a run is byte-identical to itself. `arrivals` counts the tasks present in the window (there at
 #   warmup, or submitted after it) and `sojourn` their time in the system within it.
 # - Utilization: busy GPU-slot intervals (a run's cold load + service, cut short
 #   where it was interrupted) and online slot intervals (a node's session times its
@@ -28,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from engine.core import openai_cost
+from engine.core import Event, TaskSubmitted, openai_cost
 
 from .fleet import SimNode, SimTask
 from .metrics import PRIORITY_LABELS, Intervals, little_check, summary
@@ -60,22 +59,21 @@ class StatsRecorder:
 
     # ---- as the run goes (the loop and the carry-out call these) ----------------
 
-    def advance(self, now: float) -> None:
-        """Integrate the number of tasks in the system up to `now`."""
+    def record_event(self, event: Event, now: float) -> None:
+        """Every event, just before the core handles it: integrate the number of
+        tasks in the system up to `now`; a submitted task enters the system."""
         self.area += self.in_system * (now - self.area_since)
         self.area_since = now
+        if type(event) is TaskSubmitted:
+            self.submitted += 1
+            self.in_system += 1
+            if now >= self.warmup:
+                self.arrivals += 1
 
     def warmup_ends(self, now: float) -> None:
         """The measurement window opens: the tasks present now count from now on."""
         self.area, self.area_since = 0.0, now
         self.arrivals = self.in_system
-
-    def record_submitted(self, now: float) -> None:
-        self.submitted += 1
-        self.advance(now)
-        self.in_system += 1
-        if now >= self.warmup:
-            self.arrivals += 1
 
     def record_rejected(self, now: float) -> None:
         """A submitted task turned away: it never was in the system."""
@@ -85,35 +83,35 @@ class StatsRecorder:
         if now >= self.warmup:
             self.arrivals -= 1
 
-    def record_requeued(self) -> None:
-        self.requeued += 1
-
-    def record_busy(self, task: SimTask, node: SimNode, now: float) -> None:
-        """`task`'s run on `node` is over at `now`: its GPU time, cut at `now` when it
-        was interrupted (max(start, min(now, end)))."""
-        start, end = task.busy_start, task.busy_end
-        if now < end:
-            end = now if now > start else start
-        busy = self.busy
-        busy.starts.append(start)
-        busy.ends.append(end)
-        busy.category.append(node.gpu_index)
-        busy.weight.append(1)
-
     def record_online(self, node: SimNode, until: float) -> None:
         """`node`'s session, from `online_since` to `until`, times its slots."""
         self.online.add(node.online_since, until, node.gpu_index, node.spec.slots)
 
-    def record_ended(self, task: SimTask, now: float) -> None:
-        """`task` leaves the system (completed, failed, expired or cancelled); the
-        outcome is counted by the matching method."""
+    # A task's run stops (it was requeued or it ended) at `now`; `node` is where it
+    # ran, or None when it was not running: the run's GPU time is busy time.
+
+    def record_requeued(self, task: SimTask, node: SimNode | None, now: float) -> None:
+        self.requeued += 1
+        self._busy(task, node, now)
+
+    def record_completed(self, task: SimTask, node: SimNode | None, now: float,
+                         cost: float) -> None:
+        # Fast path (every task of every benchmark row ends here): _busy and _left
+        # inlined; the same statements as theirs.
+        if node is not None:
+            start, end = task.busy_start, task.busy_end
+            if now < end:
+                end = now if now > start else start
+            busy = self.busy
+            busy.starts.append(start)
+            busy.ends.append(end)
+            busy.category.append(node.gpu_index)
+            busy.weight.append(1)
+        self.completed += 1
         self.in_system -= 1
         if now >= self.warmup:
             since, warmup = task.submitted, self.warmup
             self.sojourn += now - (warmup if warmup > since else since)
-
-    def record_completed(self, task: SimTask, now: float, cost: float) -> None:
-        self.completed += 1
         if task.measured:
             spec = task.spec
             self.latency.append(now - task.submitted)
@@ -123,14 +121,36 @@ class StatsRecorder:
             self.openai += openai_cost(spec.model, spec.prompt_tokens, spec.output_tokens,
                                        spec.steps, spec.audio_seconds)
 
-    def record_failed(self) -> None:
+    def record_failed(self, task: SimTask, node: SimNode | None, now: float) -> None:
         self.failed += 1
+        self._busy(task, node, now)
+        self._left(task, now)
 
-    def record_expired(self) -> None:
+    def record_expired(self, task: SimTask, node: SimNode | None, now: float) -> None:
         self.expired += 1
+        self._busy(task, node, now)
+        self._left(task, now)
 
-    def record_cancelled(self) -> None:
+    def record_cancelled(self, task: SimTask, node: SimNode | None, now: float) -> None:
         self.cancelled += 1
+        self._busy(task, node, now)
+        self._left(task, now)
+
+    def _busy(self, task: SimTask, node: SimNode | None, now: float) -> None:
+        """The run's GPU time, cut at `now` when it was interrupted: [start,
+        max(start, min(now, end))]."""
+        if node is not None:
+            start, end = task.busy_start, task.busy_end
+            if now < end:
+                end = now if now > start else start
+            self.busy.add(start, end, node.gpu_index)
+
+    def _left(self, task: SimTask, now: float) -> None:
+        """`task` leaves the system: Little's W side."""
+        self.in_system -= 1
+        if now >= self.warmup:
+            since, warmup = task.submitted, self.warmup
+            self.sojourn += now - (warmup if warmup > since else since)
 
     # ---- at the end ---------------------------------------------------------------
 
