@@ -132,7 +132,7 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
         rows: Iterator[tuple[float, int, int]] = arrival.rows(scenario.duration)
     else:
         rows = zip(arrival.times(times_gen, scenario.duration), map(round, prompts),
-                   map(round, outputs))
+                   map(round, outputs), strict=False)  # the draws never end
     for k, (t, prompt, output) in enumerate(rows):
         steps = round(draw_steps()) if image else 0
         audio = draw_audio() if speech else 0.0

@@ -8,18 +8,19 @@
 # - Per completed task submitted in the measurement window [warmup, duration]
 #   (`SimTask.measured`): its end-to-end latency, its total queue wait and its
 #   priority, in compact arrays; its price and its reference (OpenAI) cost are summed.
-# - Little's law: `in_system` is the number of tasks submitted and not ended; its
-#   time integral `area` is advanced by `record_event` once per event handed to the
-#   core (before the core sees it), so the sum runs event by event, in one fixed
-#   order, and a run is byte-identical to itself. `arrivals` counts the tasks present in the window (there at
-#   warmup, or submitted after it) and `sojourn` their time in the system within it.
+# - Little's law: `in_system` is the number of tasks submitted and not ended; its time
+#   integral `area` is advanced by `record_event` once per event handed to the core
+#   (before the core sees it), so the sum runs event by event, in one fixed order, and
+#   a run is byte-identical to itself. `arrivals` counts the tasks present in the
+#   window (there at warmup, or submitted after it) and `sojourn` their time in the
+#   system within it.
 # - Utilization: busy GPU-slot intervals (a run's cold load + service, cut short
 #   where it was interrupted) and online slot intervals (a node's session times its
 #   slots), integrated over the window at the end.
 #
 # Rules: the recorder only records; it never decides what happens to a task. Its
-# state is plain numbers, arrays and the two interval sets, so it is as cheap as the
-# locals it replaced (its methods are called a few times per task).
+# state is plain numbers, arrays and the two interval sets, and a task costs it one
+# call an event and one when the task ends (see the loop's "Speed" note).
 from __future__ import annotations
 
 from array import array
