@@ -112,12 +112,14 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
         return (dist or Distribution.constant(default)).stream(size_gen)
 
     zero = Distribution.constant(0)
-    # Only the sizes that count for the model's work are drawn; the others are 0.
-    text, image = model.work_unit == "token", model.work_unit == "step"
-    prompts = sizes(workload.prompt_tokens if text else zero, 0)
-    outputs = sizes(workload.output_tokens if text else zero, model.default_output_tokens)
+    # Only the sizes that count for the model's work (its task kind's quantities)
+    # are drawn; the others are 0.
+    uses = model.kind.quantities
+    prompts = sizes(workload.prompt_tokens if "prompt_tokens" in uses else zero, 0)
+    outputs = sizes(workload.output_tokens if "output_tokens" in uses else zero,
+                    model.default_output_tokens)
+    image, speech = "steps" in uses, "audio_seconds" in uses
     draw_steps = sizes(workload.steps if image else zero, model.default_steps).__next__
-    speech = not (text or image)
     draw_audio = sizes(workload.audio_seconds if speech else zero,
                        model.default_audio_seconds).__next__
     draw_service = (workload.service_time.stream(size_gen).__next__
@@ -136,9 +138,9 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
     for k, (t, prompt, output) in enumerate(rows):
         steps = round(draw_steps()) if image else 0
         audio = draw_audio() if speech else 0.0
-        spec = TaskSpec(f"w{index}.{k}", name, priority, prompt, output, steps, audio,
-                        t + relative_deadline, attempts)
         work = work_units(name, prompt, output, steps, audio)
+        spec = TaskSpec(f"w{index}.{k}", name, priority, prompt, output, steps, audio,
+                        t + relative_deadline, attempts, work=work)
         service = draw_service() if draw_service is not None else -1.0
         yield t, spec, work, service, draw_noise()
 

@@ -96,11 +96,15 @@ class TaskKind:
     usage_fields: tuple[str, ...]  # what a worker's `result` usage reports, beside seconds
     work: WorkFormula
     reference_cost: CostFormula
+    quantities: tuple[str, ...] = ()  # the size quantities its work depends on
     description: str = ""
     prompt_required: bool = True  # False: the prompt is optional (speech: a decoder hint)
     # Size quantities the API measures from the task's input (never a client's
     # figure), stored in the params under their own name: speech's audio_seconds.
     measured: tuple[str, ...] = ()
+    # Sizes of a typical task for quantities no request field sets (the measured
+    # ones): what a simulated workload draws when it does not say.
+    typical: tuple[tuple[str, float], ...] = ()
 
     def field(self, name: str) -> RequestField:
         for f in self.fields:
@@ -127,11 +131,12 @@ class TaskKind:
         return out
 
     def size_default(self, quantity: str) -> float:
-        """The default of the request field that sets `quantity` (0 when none does)."""
+        """The default of the request field that sets `quantity`, else the kind's
+        typical size of it (0 when it has neither)."""
         for f in self.fields:
             if f.size == quantity and isinstance(f.default, (int, float)):
                 return f.default
-        return 0
+        return dict(self.typical).get(quantity, 0)
 
 
 def _text_work(prompt_tokens: int, output_tokens: int, steps: int, audio_seconds: float) -> float:
@@ -183,6 +188,7 @@ TASK_KINDS: dict[str, TaskKind] = {
             ),
             usage_fields=("tokens", "prompt_tokens"),
             work=_text_work, reference_cost=_text_cost,
+            quantities=("prompt_tokens", "output_tokens"),
             description="text generation from a prompt (LLM)",
         ),
         TaskKind(
@@ -203,7 +209,7 @@ TASK_KINDS: dict[str, TaskKind] = {
                 _SEED,
             ),
             usage_fields=("steps",),
-            work=_image_work, reference_cost=_image_cost,
+            work=_image_work, reference_cost=_image_cost, quantities=("steps",),
             description="image generation from a prompt",
         ),
         TaskKind(
@@ -219,9 +225,10 @@ TASK_KINDS: dict[str, TaskKind] = {
                              description="transcript tokens per 30 s window at most"),
             ),
             usage_fields=("audio_seconds",),
-            work=_speech_work, reference_cost=_speech_cost,
+            work=_speech_work, reference_cost=_speech_cost, quantities=("audio_seconds",),
             description="speech-to-text transcription",
             prompt_required=False, measured=("audio_seconds",),
+            typical=(("audio_seconds", 60.0),),
         ),
     )
 }
