@@ -1,6 +1,11 @@
 # `neurogrid serve` (same as `python -m api`): the coordinator, the REST API and the
 # worker websocket endpoint in one process, served by hypercorn's trio worker, plus
-# `--local-workers N` worker subprocesses with the bundled demo model.
+# `--local-workers N` worker subprocesses. A local worker serves, by default, what
+# `neurogrid worker` serves with no model named: for each catalog model the best
+# pack built from installed weights (SmolLM2 for llama2:7b, Whisper base for
+# whisper, the random-weight image pack for stable-diffusion), each announced as
+# the stand-in it is; `--local-models demo` serves only the tiny demo text pack
+# (quick starts, tests), `noop` the no-op runner (network benchmarks).
 #
 # Rules:
 # - Defaults: 127.0.0.1:8080, ./neurogrid.db, one local worker, open auth. Port 0
@@ -52,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default="neurogrid.db",
                         help="the database: a SQLite file path or a store URL (sqlite:///PATH)")
     parser.add_argument("--local-workers", type=int, default=1, metavar="N",
-                        help="demo-model worker processes to start (0: none)")
+                        help="local worker processes to start (0: none)")
+    parser.add_argument("--local-models", choices=LOCAL_MODELS, default="installed",
+                        help="what local workers serve: installed (a pack per model, built "
+                             "once from installed weights), demo (the tiny demo text pack) "
+                             "or noop (no inference)")
     parser.add_argument("--auth", choices=("open", "required"), default="open",
                         help="open: keys optional (anonymous = beta tier per address); "
                              "required: a Bearer key on every task call")
@@ -87,9 +96,12 @@ async def local_worker_tokens(db: str, count: int) -> list[str]:
                 for i in range(1, count + 1)]
 
 
-def worker_command(url: str, name: str) -> list[str]:
+LOCAL_MODELS = {"installed": (), "demo": ("--demo",), "noop": ("--noop",)}
+
+
+def worker_command(url: str, name: str, models: str = "installed") -> list[str]:
     return [sys.executable, "-m", "engine.worker", "--coordinator", url, "--name", name,
-            "--location", "local", "--demo"]
+            "--location", "local", *LOCAL_MODELS[models]]
 
 
 async def run_local_worker(command: list[str], token: str) -> None:
@@ -145,7 +157,8 @@ async def serve_all(args: argparse.Namespace) -> str | None:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         ws_url = f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}"
         for index, token in enumerate(tokens, start=1):
-            nursery.start_soon(run_local_worker, worker_command(ws_url, f"local-{index}"), token)
+            command = worker_command(ws_url, f"local-{index}", args.local_models)
+            nursery.start_soon(run_local_worker, command, token)
     print("NeuroGrid API stopped", flush=True)
     return failure.reason
 

@@ -245,6 +245,8 @@ PATHS: dict[str, Any] = {
                     success={"type": "boolean"}, models={"type": "array", "items": obj(
                         id=s(), aliases={"type": "array", "items": s()}, description=s(),
                         task_type=s(), available={"type": "boolean"}, nodes_online=i(),
+                        weights={"type": "array", "items": s(
+                            "the weights online nodes run for it; a stand-in says so")},
                         queued_tasks=i(), pricing=obj(unit=s(), per_unit_usd=n(),
                                                       per_1000_units=s(), gpu=s(),
                                                       openai_reference=s()))}))}},

@@ -376,7 +376,8 @@ async def health():  # type: ignore[no-untyped-def]
 
 @api_routes.get("/api/models")
 async def list_models():  # type: ignore[no-untyped-def]
-    snapshot = services().coordinator.snapshot()
+    coordinator = services().coordinator
+    snapshot, weights = coordinator.snapshot(), coordinator.node_weights()
     models = []
     for name, model in MODELS.items():
         serving = [n for n in snapshot.nodes if name in n.models and not n.draining]
@@ -389,6 +390,9 @@ async def list_models():  # type: ignore[no-untyped-def]
             "aliases": list(model.aliases),
             "description": model.description,
             "task_type": model.task_type,
+            # what the online nodes really run for it; a stand-in says so
+            "weights": sorted({weights[n.node_id][name] for n in serving
+                               if name in weights.get(n.node_id, {})}),
             "available": bool(serving),
             "nodes_online": len(serving),
             "queued_tasks": snapshot.queued_by_model.get(name, 0),
