@@ -14,6 +14,7 @@ MODULES = {
     "runtime": "benchmarks.runtime_overhead",
     "api": "benchmarks.api_load",
     "soak": "benchmarks.soak",
+    "models": "benchmarks.models",
 }
 
 
