@@ -86,6 +86,12 @@ class NodeState:
     classes: dict[str, "NodeClass"] = attrs.field(factory=dict)  # current class per model
     in_free: bool = False  # whether the node is in its classes' free sets now
     eligible_models: tuple[str, ...] = ()  # set by NodeIndex.add
+    # Slots placement may use now: the claim (spec.slots), or fewer while the node
+    # earns them (SchedulerConfig.initial_slots); changed through NodeIndex.resize.
+    usable: int = attrs.field(default=attrs.Factory(lambda self: self.spec.slots,
+                                                    takes_self=True))
+    credit: int = 0  # completions towards the next earned slot
+    pace: float = 1.0  # measured elapsed / expected of its runs (metering.next_pace)
 
     @property
     def node_id(self) -> str:
@@ -93,19 +99,19 @@ class NodeState:
 
     @property
     def slots(self) -> int:
-        return self.spec.slots
+        return self.usable
 
     @property
     def free_slots(self) -> int:
-        return self.spec.slots - len(self.running)
+        return self.usable - len(self.running)
 
     @property
     def load(self) -> float:
-        return len(self.running) / self.spec.slots
+        return len(self.running) / self.usable
 
     @property
     def accepting(self) -> bool:
-        return not self.draining and len(self.running) < self.spec.slots
+        return not self.draining and len(self.running) < self.usable
 
     def is_warm(self, model: str) -> bool:
         return model in self.loaded
@@ -235,6 +241,16 @@ class NodeIndex:
                 self.models[model].online_slots -= node.slots
             self.refresh(node, warmth_changed=False)
 
+    def resize(self, node: NodeState, usable: int) -> None:
+        """Change how many of its slots the node may use (at least one)."""
+        usable = max(1, usable)
+        if usable != node.usable:
+            if not node.draining:
+                for model in node.classes:
+                    self.models[model].online_slots += usable - node.usable
+            node.usable = usable
+            self.refresh(node, warmth_changed=False)
+
     def _class_for(self, node: NodeState, model: str, warm: bool) -> NodeClass:
         mi = self.models[model]
         key = (node.spec.gpu, node.spec.region, warm, node.price_per_hour)
@@ -279,7 +295,7 @@ class NodeIndex:
         warm models did not change, which leaves only the free-slot flip."""
         if warmth_changed:
             self._reclass(node)
-        accepting = not node.draining and len(node.running) < node.spec.slots
+        accepting = not node.draining and len(node.running) < node.usable
         if accepting is not node.in_free:
             node.in_free = accepting
             node_id = node.spec.node_id

@@ -23,6 +23,27 @@
 # a node that no longer runs it (a stale result from a node that was declared lost),
 # changes nothing.
 #
+# Defences against faulty and hostile nodes (each a SchedulerConfig option whose
+# default keeps the decisions of a trusting scheduler, which the simulator's
+# scenarios use; the live coordinator turns them all on, CoordinatorConfig):
+# - default_deadline: a task submitted without a deadline gets one (now + this).
+# - execution_timeout_factor: a run still going after metering.run_bound(...) -
+#   max(factor x the service time its node's class promises x the node's measured
+#   pace, execution_timeout_floor) - is taken back: Requeue (which tells the node
+#   to drop it), charged to the node as a fault.
+# - initial_slots: a node may use min(initial_slots, its claim) slots at first and
+#   earns one more per `completions_per_slot` completions, up to its claim; a fault
+#   halves them (at least one). A false hello (256 slots, price 0) takes a slot or
+#   two, not the queue.
+# - rejoin_grace: a task is charged at most one loss or fault per node (a node
+#   that reconnects 50 times costs it one), a node that reconnects while still
+#   known is no loss at all, and a node back within `rejoin_grace` seconds keeps
+#   its earned slots and pace.
+# - charge_cap_factor: the charge bound of pricing.py, on every Complete.
+# A fault (TaskFaulted from the driver, or an execution timeout) re-queues the task
+# without counting an attempt, like a lost node; `max_node_losses` charges fail it
+# as a poison task.
+#
 # Rules: no I/O, no clocks, no global randomness (rng given at construction); the
 # same events at the same times with the same seed give the same decisions.
 from __future__ import annotations
@@ -40,14 +61,15 @@ from .catalog import (
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
     Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Priority, Reject,
-    Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
-    Tick, WakeAt,
+    Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
+    TaskSubmitted, Tick, WakeAt,
 )
-from .index import NodeIndex, NodeState
+from .index import NodeClass, NodeIndex, NodeState
 from .placement import (
     DEFAULT_POLICY, PlacementPolicy, ScoredPolicy, balanced_score, make_policy,
 )
-from .pricing import PricingPolicy, Quote, charge, make_pricing, savings_pct
+from .metering import next_pace, run_bound
+from .pricing import PricingPolicy, Quote, charge, charge_cap, make_pricing, savings_pct
 from .queue import DEFAULT_HEAD_START, ModelQueue
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
@@ -69,6 +91,15 @@ class SchedulerConfig:
     max_queued: int = 1_000_000  # submissions beyond this are rejected
     max_node_losses: int = 5  # a task whose node dies this often fails (poison task)
     keep_finished: bool = True  # keep ended tasks readable (False: forget them)
+    # Defences (see the top comment); None / the defaults: off, as the simulator runs.
+    default_deadline: float | None = None  # seconds a task without a deadline gets
+    execution_timeout_factor: float | None = None  # runs past the bound are taken back
+    execution_timeout_floor: float = 60.0  # the bound is never below this (seconds)
+    initial_slots: int | None = None  # a new node's usable slots (None: its claim)
+    completions_per_slot: int = 2  # completions that earn one more usable slot
+    rejoin_grace: float | None = None  # see the top comment
+    charge_cap_factor: float | None = None  # charge <= max(factor x quote, quote + allowance)
+    charge_cap_allowance: float = 0.01  # dollars
 
 
 @attrs.define(eq=False)
@@ -92,6 +123,13 @@ class TaskRecord:
     multiplier: float = 1.0
     cost: float = 0.0
     error: str = ""
+    # The current run (set at each assignment): its number, when it started, the
+    # seconds and cost its node's class promised for it.
+    run: int = 0
+    assigned_at: float = 0.0
+    expected_seconds: float = 0.0
+    quoted_cost: float = 0.0
+    charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
 
 
 @attrs.frozen
@@ -145,6 +183,11 @@ class Scheduler:
         self._ordinal = 0
         self._deadlines: list[tuple[float, int, str]] = []
         self._node_timers: list[tuple[float, int, str]] = []
+        self._run_timers: list[tuple[float, int, str]] = []
+        self._runs = 0
+        # node id -> (left at, usable slots, credit, pace) of nodes that left within
+        # rejoin_grace, oldest first (see _remember / _recall).
+        self._departed: dict[str, tuple[float, int, int, float]] = {}
         self._busy_slots = 0
         self._total_slots = 0
         self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
@@ -155,6 +198,7 @@ class Scheduler:
             TaskCancelled: self._on_cancelled,
             TaskFinished: self._on_finished,
             TaskFailed: self._on_failed,
+            TaskFaulted: self._on_faulted,
             DeliveryFailed: self._on_delivery_failed,
             NodeJoined: self._on_joined,
             NodeHeartbeat: self._on_heartbeat,
@@ -167,7 +211,7 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Decision]:
         out: list[Decision] = []
-        if self._deadlines or self._node_timers:
+        if self._deadlines or self._node_timers or self._run_timers:
             self._fire_timers(now, out)
         handler = self._handlers.get(type(event))
         if handler is None:
@@ -176,7 +220,8 @@ class Scheduler:
         if self._queued:
             self._place(now, out)
         # Without timers next_deadline() is inf: skip the call on the hot path.
-        wake = self.next_deadline() if self._deadlines or self._node_timers else math.inf
+        wake = (self.next_deadline() if self._deadlines or self._node_timers
+                or self._run_timers else math.inf)
         if wake != self._announced_wake:
             self._announced_wake = wake
             if wake < math.inf:
@@ -184,13 +229,16 @@ class Scheduler:
         return out
 
     def next_deadline(self) -> float:
-        if not self._deadlines and not self._node_timers:
+        if not self._deadlines and not self._node_timers and not self._run_timers:
             return math.inf
         self._settle_deadlines()
         self._settle_node_timers()
+        self._settle_run_timers()
         first = self._deadlines[0][0] if self._deadlines else math.inf
         if self._node_timers:
             first = min(first, self._node_timers[0][0])
+        if self._run_timers:
+            first = min(first, self._run_timers[0][0])
         return first
 
     # ---- read-only views ------------------------------------------------------
@@ -262,6 +310,8 @@ class Scheduler:
             self.counters["rejected"] += 1
             out.append(Reject(task_id, reason))
             return
+        if spec.deadline == math.inf and self.config.default_deadline is not None:
+            spec = attrs.evolve(spec, deadline=now + self.config.default_deadline)
         self._seq += 1
         seq = self._seq
         key = now - self.config.head_start[priority]
@@ -321,8 +371,19 @@ class Scheduler:
             node.last_seen = now
         node.tasks_done += 1
         record.cost = cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
+        config = self.config
+        clamped = False
+        if config.charge_cap_factor is not None:
+            cap = charge_cap(record.quoted_cost, config.charge_cap_factor,
+                             config.charge_cap_allowance)
+            if cost > cap:
+                record.cost = cost = cap
+                clamped = True
+        if config.initial_slots is not None or config.execution_timeout_factor is not None:
+            self._earned(record, node, now)
         self._end(record, TaskState.COMPLETED, now)
-        out.append(Complete(task_id, node_id, cost, event.usage))
+        out.append(Complete(task_id, node_id, cost, event.usage, clamped)
+                   if clamped else Complete(task_id, node_id, cost, event.usage))
 
     def _on_failed(self, event: TaskFailed, now: float, out: list[Decision]) -> None:
         record = self._running_on(event.task_id, event.node_id)
@@ -334,6 +395,13 @@ class Scheduler:
         record.error = event.error
         self._end(record, TaskState.FAILED, now)
         out.append(Fail(event.task_id, event.error, event.node_id))
+
+    def _on_faulted(self, event: TaskFaulted, now: float, out: list[Decision]) -> None:
+        record = self._running_on(event.task_id, event.node_id)
+        if record is not None:
+            node = self.index.nodes[event.node_id]
+            self._penalise(node)
+            self._take_back(record, node, f"node fault: {event.reason}", now, out)
 
     def _on_delivery_failed(self, event: DeliveryFailed, now: float,
                             out: list[Decision]) -> None:
@@ -350,7 +418,7 @@ class Scheduler:
             return
         old = self.index.nodes.get(spec.node_id)
         if old is not None:  # it reconnected before we noticed it was gone
-            self._lose(old, "rejoined", now, out)
+            self._lose(old, "rejoined", now, out, charge=self.config.rejoin_grace is None)
         models = tuple(m for m in spec.models if m in MODELS)
         if models != spec.models:
             spec = attrs.evolve(spec, models=models)
@@ -359,6 +427,8 @@ class Scheduler:
         node = NodeState(spec, self._ordinal, price,
                          self.config.region_latency.get(spec.region, 0.0), now,
                          loaded=[m for m in spec.loaded if m in models])
+        if self.config.initial_slots is not None or self.config.rejoin_grace is not None:
+            self._recall(node, now)
         self.index.add(node)
         self._total_slots += node.slots
         self.counters["nodes_joined"] += 1
@@ -429,32 +499,104 @@ class Scheduler:
         self._queued += 1
         out.append(Requeue(record.spec.task_id, node_id, reason))
 
-    def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision]) -> None:
+    def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision],
+              charge: bool = True) -> None:
         for task_id in sorted(node.running, key=lambda t: self.tasks[t].seq):
             record = self.tasks[task_id]
-            record.node_losses += 1
-            if record.node_losses >= self.config.max_node_losses:
-                record.error = f"its node was lost {record.node_losses} times"
-                self._end(record, TaskState.FAILED, now)
-                out.append(Fail(task_id, record.error, node.node_id))
+            if charge:
+                self._take_back(record, node, f"node lost: {reason}", now, out)
             else:
-                record.attempts -= 1  # not the task's fault
+                record.attempts -= 1  # not the task's fault, nor (a reconnect) a loss
                 self._requeue(record, f"node lost: {reason}", out)
         if not node.draining:
             self._total_slots -= node.slots
+        if self.config.rejoin_grace is not None:
+            self._remember(node, now)
         self.index.remove(node)
         self.counters["nodes_lost"] += 1
+
+    def _take_back(self, record: TaskRecord, node: NodeState, reason: str, now: float,
+                   out: list[Decision]) -> None:
+        """The task's node failed it (lost, timed out, faulted): charge the task a
+        node loss (once per node, with rejoin_grace) and re-queue it, or fail it as
+        a poison task after max_node_losses of them."""
+        charged = True
+        if self.config.rejoin_grace is not None:
+            if record.charged_nodes is None:
+                record.charged_nodes = set()
+            charged = node.node_id not in record.charged_nodes
+            record.charged_nodes.add(node.node_id)
+        if charged:
+            record.node_losses += 1
+        if record.node_losses >= self.config.max_node_losses:
+            record.error = f"its node was lost {record.node_losses} times"
+            self._end(record, TaskState.FAILED, now)
+            out.append(Fail(record.spec.task_id, record.error, node.node_id))
+        else:
+            record.attempts -= 1  # not the task's fault
+            self._requeue(record, reason, out)
+
+    # ---- a node's standing: earned slots, measured pace (see the top comment) ------
+
+    def _resize(self, node: NodeState, usable: int) -> None:
+        before = node.usable
+        self.index.resize(node, min(usable, node.spec.slots))
+        if not node.draining:
+            self._total_slots += node.usable - before
+
+    def _earned(self, record: TaskRecord, node: NodeState, now: float) -> None:
+        """A completed run: the node's pace, and its credit towards another slot."""
+        node.pace = next_pace(node.pace, record.expected_seconds, now - record.assigned_at)
+        if self.config.initial_slots is not None and node.usable < node.spec.slots:
+            node.credit += 1
+            if node.credit >= self.config.completions_per_slot:
+                node.credit = 0
+                self._resize(node, node.usable + 1)
+
+    def _penalise(self, node: NodeState) -> None:
+        if self.config.initial_slots is not None:
+            node.credit = 0
+            self._resize(node, node.usable // 2)
+
+    def _remember(self, node: NodeState, now: float) -> None:
+        departed = self._departed
+        departed.pop(node.node_id, None)
+        departed[node.node_id] = (now, node.usable, node.credit, node.pace)
+
+    def _recall(self, node: NodeState, now: float) -> None:
+        """A joining node's standing: what it had if it left within rejoin_grace,
+        else a newcomer's."""
+        config, departed = self.config, self._departed
+        grace = config.rejoin_grace if config.rejoin_grace is not None else -1.0
+        while departed:  # forget who left too long ago (oldest first)
+            oldest = next(iter(departed))
+            if departed[oldest][0] + grace >= now:
+                break
+            del departed[oldest]
+        kept = departed.pop(node.node_id, None)
+        claim = node.spec.slots
+        if kept is not None:
+            _, usable, node.credit, node.pace = kept
+            node.usable = min(claim, usable)
+        elif config.initial_slots is not None:
+            node.usable = min(claim, max(1, config.initial_slots))
 
     def _assign(self, record: TaskRecord, node: NodeState, now: float,
                 out: list[Decision]) -> None:
         spec, model = record.spec, record.model
         task_id, node_id = spec.task_id, node.spec.node_id
+        config = self.config
+        # the class it runs in, as placed (before warmth may move it)
+        cls = (node.classes[model] if config.execution_timeout_factor is not None
+               or config.charge_cap_factor is not None else None)
         cold = model not in node.loaded
         evicted = node.touch_model(model)
         node.running.add(task_id)
         self._busy_slots += 1
         record.multiplier = self.pricing.multiplier(
             record.priority, self._busy_slots / self._total_slots)
+        if cls is not None:
+            self._start_run(record, node, cls, now)
         self.index.refresh(node, warmth_changed=cold or bool(evicted))
         self._move(record, R)
         record.node_id = node_id
@@ -463,6 +605,22 @@ class Scheduler:
             record.started_at = now
         self.counters["assigned"] += 1
         out.append(Assign(task_id, node_id, model, attempt, spec.deadline, cold))
+
+    def _start_run(self, record: TaskRecord, node: NodeState, cls: NodeClass,
+                   now: float) -> None:
+        """What the node's class promises for this run, and its execution timer."""
+        config = self.config
+        self._runs += 1
+        record.run = self._runs
+        record.assigned_at = now
+        record.expected_seconds = cls.completion_seconds(record.work)
+        record.quoted_cost = charge(cls.price_per_hour, cls.service_seconds(record.work),
+                                    record.multiplier)
+        factor = config.execution_timeout_factor
+        if factor is not None:
+            bound = run_bound(record.expected_seconds, node.pace, factor,
+                              config.execution_timeout_floor)
+            heapq.heappush(self._run_timers, (now + bound, record.run, record.spec.task_id))
 
     def _place(self, now: float, out: list[Decision]) -> None:
         """Per model (in catalog order), place the head of its queue while the model
@@ -509,6 +667,15 @@ class Scheduler:
             else:
                 return
 
+    def _settle_run_timers(self) -> None:
+        heap, tasks = self._run_timers, self.tasks
+        while heap:
+            _, run, task_id = heap[0]
+            record = tasks.get(task_id)
+            if record is not None and record.run == run and record.state is R:
+                return
+            heapq.heappop(heap)
+
     def _fire_timers(self, now: float, out: list[Decision]) -> None:
         self._settle_deadlines()
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -526,6 +693,15 @@ class Scheduler:
             out.append(Drop(node_id, reason))
             self._lose(node, reason, now, out)
             self._settle_node_timers()
+        self._settle_run_timers()
+        while self._run_timers and self._run_timers[0][0] <= now:
+            _, _, task_id = heapq.heappop(self._run_timers)
+            record = self.tasks[task_id]
+            node = self.index.nodes[record.node_id or ""]
+            self._penalise(node)
+            self._take_back(record, node, f"no result within "
+                            f"{now - record.assigned_at:.3g} s (execution timeout)", now, out)
+            self._settle_run_timers()
 
 
 
