@@ -17,9 +17,10 @@ from .kinds import TASK_KINDS, RequestField, TaskKind, UnknownTaskKind, task_kin
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
     Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject,
-    Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
-    Tick, Usage, WakeAt,
+    Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
+    TaskSubmitted, Tick, Usage, WakeAt,
 )
+from .metering import usage_problem
 from .ratelimit import TokenBucket, Verdict
 
 if TYPE_CHECKING:
@@ -66,10 +67,10 @@ __all__ = [
     "Assign", "Cancel", "Cancelled", "Complete", "Decision", "DeliveryFailed", "Drop",
     "Event", "Expire", "Fail", "NodeDraining", "NodeHeartbeat", "NodeJoined", "NodeLost",
     "NodeSpec", "Priority", "Reject", "Requeue", "TaskCancelled", "TaskFailed",
-    "TaskFinished", "TaskSpec", "TaskState", "TaskSubmitted", "Tick", "Usage", "WakeAt",
+    "TaskFaulted", "TaskFinished", "TaskSpec", "TaskState", "TaskSubmitted", "Tick", "Usage", "WakeAt",
     "JournalEntry", "JournalError", "JournalHeader", "entry_line", "header_line",
     "parse_line", "read_sessions",
     "DEFAULT_POLICY", "POLICIES", "make_policy", "PRICING", "Quote", "make_pricing",
-    "DEFAULT_HEAD_START", "TokenBucket", "Verdict",
+    "DEFAULT_HEAD_START", "TokenBucket", "Verdict", "usage_problem",
     "NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig", "TaskRecord",
 ]

@@ -600,6 +600,7 @@ class Scheduler:
         self.index.refresh(node, warmth_changed=cold or bool(evicted))
         self._move(record, R)
         record.node_id = node_id
+        record.assigned_at = now
         record.attempts = attempt = record.attempts + 1
         if record.started_at is None:
             record.started_at = now
@@ -612,7 +613,6 @@ class Scheduler:
         config = self.config
         self._runs += 1
         record.run = self._runs
-        record.assigned_at = now
         record.expected_seconds = cls.completion_seconds(record.work)
         record.quoted_cost = charge(cls.price_per_hour, cls.service_seconds(record.work),
                                     record.multiplier)

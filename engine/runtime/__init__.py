@@ -14,12 +14,15 @@ from __future__ import annotations
 from .config import CoordinatorConfig
 from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier, open_coordinator
 from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
+from .guard import ReconnectLimiter
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
     SubmitRequest, Submission,
 )
 from .node_tasks import NodeTasks
-from .session import NodeIdentity, NodeReport, NodeSession, SessionHost, SessionLimits
+from .session import (
+    NodeIdentity, NodeReport, NodeSession, Refused, SessionHost, SessionLimits,
+)
 from .updates import (
     FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
     FinalUpdate, ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
@@ -33,7 +36,8 @@ __all__ = [
     "ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
     "SessionReported", "SubmitRequest", "Submission",
     "NodeTasks",
-    "NodeIdentity", "NodeReport", "NodeSession", "SessionHost", "SessionLimits",
+    "NodeIdentity", "NodeReport", "NodeSession", "Refused", "SessionHost", "SessionLimits",
+    "ReconnectLimiter",
     "FINAL_UPDATES", "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FailedUpdate",
     "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
     "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink",

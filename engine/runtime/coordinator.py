@@ -40,6 +40,16 @@
 # - A worker's bookkeeping (which tasks its connection holds, heartbeat
 #   reconciliation) is node_tasks.NodeTasks, pure; the actor reaches a session only
 #   through `deliver`, `close`, `protocol_error`, `spec` and `tasks`.
+# - What a worker reports is checked at this boundary: a `result` whose usage is
+#   impossible for the task (engine.core.metering.usage_problem, with
+#   `check_usage`), or a report the codec refused (session.Refused), is a protocol
+#   error answered with `error`, and the run is a fault of that node (TaskFaulted:
+#   the task is re-queued, the node's earned slots halve). A charge the core clamped
+#   to its bound is logged.
+# - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
+#   closes a token's live sessions now, and every session re-checks its token each
+#   `reverify_interval` (`still_valid`), which is what makes a revocation by another
+#   process (the admin CLI) take effect.
 from __future__ import annotations
 
 import json
@@ -55,8 +65,8 @@ from engine.core import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
     Event, Expire, Fail, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
     NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, TaskCancelled,
-    TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, WakeAt,
-    openai_cost,
+    TaskFailed, TaskFaulted, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted,
+    Tick, WakeAt, openai_cost, usage_problem,
 )
 from engine.protocol import (
     PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
@@ -64,12 +74,13 @@ from engine.protocol import (
 )
 
 from .config import CoordinatorConfig
+from .guard import ReconnectLimiter
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
     SubmitRequest, Submission,
 )
-from .session import NodeIdentity, NodeReport, NodeSession
+from .session import NodeIdentity, NodeReport, NodeSession, Refused
 from .updates import (
     CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate, ProgressUpdate,
     QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate, SubmitOutcome, TaskUpdate,
@@ -119,13 +130,14 @@ class Coordinator:
         self._inputs: dict[str, _Input] = {}
         self._outputs: dict[str, tuple[Any, str]] = {}
         self._dev_nodes = 0
+        self._reconnects = ReconnectLimiter(config.reconnect_burst, config.reconnect_rate)
         self._on_message: dict[type, Callable[[Any], None]] = {
             SubmitRequest: self._on_submit, CancelRequest: self._on_cancel,
             SessionJoined: self._on_join, SessionLeft: self._on_left,
             SessionReported: self._on_report}
         self._on_report_type: dict[type, Callable[[NodeSession, Any], None]] = {
             Heartbeat: self._on_heartbeat, Result: self._on_result, Failed: self._on_failed,
-            Draining: self._on_draining}
+            Draining: self._on_draining, Refused: self._on_refused}
         self._carry_out: dict[type, Callable[[Any, list[Event]], None]] = {
             Assign: self._do_assign, Reject: self._do_reject, Requeue: self._do_requeue,
             Cancel: self._do_cancel, Cancelled: self._do_cancelled,
@@ -201,12 +213,32 @@ class Coordinator:
         """An open task's record (and an ended one's, with keep_finished)."""
         return self.scheduler.task(task_id)
 
+    def revoke(self, token_name: str) -> int:
+        """Close every live session of the worker token named `token_name` (its
+        NodeIdentity.name), e.g. after the store revoked it; how many were closed.
+        (Revocations by another process are found by `reverify_interval`.)"""
+        closed = 0
+        for session in list(self._sessions.values()):
+            if session.identity is not None and session.identity.name == token_name:
+                session.close("token revoked")
+                closed += 1
+        return closed
+
     async def serve_connection(self, conn: Connection) -> None:
         """Serve one worker connection until it ends (see session.py); never raises
         for anything the worker does."""
         await NodeSession(self, conn, self._limits).run()
 
     # ---- the SessionHost interface (session.py) ------------------------------------
+
+    def admit(self, token: str) -> float:
+        return self._reconnects.admit(token, trio.current_time())
+
+    async def still_valid(self, token: str, identity: NodeIdentity) -> bool:
+        if self.verify_token is None:  # dev mode: every token is good
+            return True
+        current = await self.verify_token(token)
+        return current is not None and current.node_id == identity.node_id
 
     async def identify(self, token: str) -> NodeIdentity | None:
         if self.verify_token is None:  # dev mode: any token; a fresh node id per connection
@@ -378,10 +410,31 @@ class Coordinator:
         return True
 
     def _on_result(self, session: NodeSession, message: Result) -> None:
-        if self._reported(session, message.task_id):
-            self._outputs[message.task_id] = (message.output, message.finish_reason)
-            self._apply(TaskFinished(message.task_id, session.node_id, message.usage))
-            self._outputs.pop(message.task_id, None)  # still here: a stale result
+        task_id = message.task_id
+        if self._reported(session, task_id):
+            record = self.scheduler.tasks.get(task_id)
+            if (self.config.check_usage and record is not None
+                    and record.node_id == session.node_id and record.state is TaskState.RUNNING):
+                problem = usage_problem(record.spec, message.usage,
+                                        trio.current_time() - record.assigned_at)
+                if problem:
+                    self._fault(session, task_id, problem)
+                    return
+            self._outputs[task_id] = (message.output, message.finish_reason)
+            self._apply(TaskFinished(task_id, session.node_id, message.usage))
+            self._outputs.pop(task_id, None)  # still here: a stale result
+
+    def _on_refused(self, session: NodeSession, message: Refused) -> None:
+        # the session has answered the frame with `error` already
+        if session.tasks.report(message.task_id):
+            log.warning("node %s: refused report for %s: %s", session.node_id,
+                        message.task_id, message.reason)
+            self._apply(TaskFaulted(message.task_id, session.node_id, message.reason))
+
+    def _fault(self, session: NodeSession, task_id: str, problem: str) -> None:
+        log.warning("node %s: %s (task %s)", session.node_id, problem, task_id)
+        session.protocol_error(problem)
+        self._apply(TaskFaulted(task_id, session.node_id, problem))
 
     def _on_failed(self, session: NodeSession, message: Failed) -> None:
         if self._reported(session, message.task_id):
@@ -436,6 +489,9 @@ class Coordinator:
         task = self._forget(d.task_id)
         output, finish_reason = self._outputs.pop(d.task_id, (None, ""))
         usage = d.usage
+        if d.clamped:
+            log.warning("task %s: charge clamped to $%.6f (node %s reported %g s)",
+                        d.task_id, d.cost, d.node_id, usage.seconds)
         reference = 0.0 if task is None else openai_cost(
             task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
         gpu, location = self._place(d.node_id)
