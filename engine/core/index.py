@@ -13,7 +13,8 @@
 # - `free_count`: how many nodes could take one of its tasks now;
 # - only where the policy needs them: `free_list`, an IndexedSet of those nodes
 #   (O(1) uniform random pick), and a lazy heap of (load, ordinal, node id).
-# A node is *accepting* when it is online, not draining and has a free slot; it is
+# A node is *accepting* when it is online, not draining nor benched and has a free
+# slot (of its `usable` ones: SchedulerConfig.initial_slots); it is
 # in a model's free sets exactly when it is accepting and eligible for the model
 # (serves it and has the VRAM). `NodeIndex.refresh(node)` restores that invariant
 # after any change to the node and costs O(models the node serves).
@@ -92,6 +93,7 @@ class NodeState:
                                                     takes_self=True))
     credit: int = 0  # completions towards the next earned slot
     pace: float = 1.0  # measured elapsed / expected of its runs (metering.next_pace)
+    benched: bool = False  # after a fault: takes no new work for a while (NodeIndex.bench)
 
     @property
     def node_id(self) -> str:
@@ -111,7 +113,7 @@ class NodeState:
 
     @property
     def accepting(self) -> bool:
-        return not self.draining and len(self.running) < self.usable
+        return not self.draining and not self.benched and len(self.running) < self.usable
 
     def is_warm(self, model: str) -> bool:
         return model in self.loaded
@@ -241,6 +243,11 @@ class NodeIndex:
                 self.models[model].online_slots -= node.slots
             self.refresh(node, warmth_changed=False)
 
+    def bench(self, node: NodeState, benched: bool) -> None:
+        """Keep the node out of the free sets (True) or let it back (False)."""
+        node.benched = benched
+        self.refresh(node, warmth_changed=False)
+
     def resize(self, node: NodeState, usable: int) -> None:
         """Change how many of its slots the node may use (at least one)."""
         usable = max(1, usable)
@@ -295,7 +302,8 @@ class NodeIndex:
         warm models did not change, which leaves only the free-slot flip."""
         if warmth_changed:
             self._reclass(node)
-        accepting = not node.draining and len(node.running) < node.usable
+        accepting = (not node.draining and not node.benched
+                     and len(node.running) < node.usable)
         if accepting is not node.in_free:
             node.in_free = accepting
             node_id = node.spec.node_id

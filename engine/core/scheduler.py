@@ -40,6 +40,8 @@
 #   known is no loss at all, and a node back within `rejoin_grace` seconds keeps
 #   its earned slots and pace.
 # - charge_cap_factor: the charge bound of pricing.py, on every Complete.
+# - fault_cooldown: after a fault a node takes no new work for this long (it keeps
+#   what it runs), so the task it failed is placed elsewhere when it can be.
 # A fault (TaskFaulted from the driver, or an execution timeout) re-queues the task
 # without counting an attempt, like a lost node; `max_node_losses` charges fail it
 # as a poison task.
@@ -100,6 +102,7 @@ class SchedulerConfig:
     rejoin_grace: float | None = None  # see the top comment
     charge_cap_factor: float | None = None  # charge <= max(factor x quote, quote + allowance)
     charge_cap_allowance: float = 0.01  # dollars
+    fault_cooldown: float | None = None  # seconds a node takes no new work after a fault
 
 
 @attrs.define(eq=False)
@@ -184,6 +187,7 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, str]] = []
         self._node_timers: list[tuple[float, int, str]] = []
         self._run_timers: list[tuple[float, int, str]] = []
+        self._benched: list[tuple[float, int, str]] = []  # (until, ordinal, node id)
         self._runs = 0
         # node id -> (left at, usable slots, credit, pace) of nodes that left within
         # rejoin_grace, oldest first (see _remember / _recall).
@@ -211,7 +215,7 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Decision]:
         out: list[Decision] = []
-        if self._deadlines or self._node_timers or self._run_timers:
+        if self._deadlines or self._node_timers or self._run_timers or self._benched:
             self._fire_timers(now, out)
         handler = self._handlers.get(type(event))
         if handler is None:
@@ -221,7 +225,7 @@ class Scheduler:
             self._place(now, out)
         # Without timers next_deadline() is inf: skip the call on the hot path.
         wake = (self.next_deadline() if self._deadlines or self._node_timers
-                or self._run_timers else math.inf)
+                or self._run_timers or self._benched else math.inf)
         if wake != self._announced_wake:
             self._announced_wake = wake
             if wake < math.inf:
@@ -229,7 +233,8 @@ class Scheduler:
         return out
 
     def next_deadline(self) -> float:
-        if not self._deadlines and not self._node_timers and not self._run_timers:
+        if (not self._deadlines and not self._node_timers and not self._run_timers
+                and not self._benched):
             return math.inf
         self._settle_deadlines()
         self._settle_node_timers()
@@ -239,6 +244,8 @@ class Scheduler:
             first = min(first, self._node_timers[0][0])
         if self._run_timers:
             first = min(first, self._run_timers[0][0])
+        if self._benched:
+            first = min(first, self._benched[0][0])
         return first
 
     # ---- read-only views ------------------------------------------------------
@@ -400,7 +407,7 @@ class Scheduler:
         record = self._running_on(event.task_id, event.node_id)
         if record is not None:
             node = self.index.nodes[event.node_id]
-            self._penalise(node)
+            self._penalise(node, now)
             self._take_back(record, node, f"node fault: {event.reason}", now, out)
 
     def _on_delivery_failed(self, event: DeliveryFailed, now: float,
@@ -553,10 +560,17 @@ class Scheduler:
                 node.credit = 0
                 self._resize(node, node.usable + 1)
 
-    def _penalise(self, node: NodeState) -> None:
-        if self.config.initial_slots is not None:
+    def _penalise(self, node: NodeState, now: float) -> None:
+        """A fault of the node: its earned slots halve, and it takes no new work for
+        fault_cooldown seconds (so the task it failed goes elsewhere, if anywhere)."""
+        config = self.config
+        if config.initial_slots is not None:
             node.credit = 0
             self._resize(node, node.usable // 2)
+        if config.fault_cooldown is not None and not node.benched:
+            self.index.bench(node, True)
+            heapq.heappush(self._benched, (now + config.fault_cooldown, node.ordinal,
+                                           node.node_id))
 
     def _remember(self, node: NodeState, now: float) -> None:
         departed = self._departed
@@ -693,12 +707,17 @@ class Scheduler:
             out.append(Drop(node_id, reason))
             self._lose(node, reason, now, out)
             self._settle_node_timers()
+        while self._benched and self._benched[0][0] <= now:
+            _, ordinal, node_id = heapq.heappop(self._benched)
+            benched = self.index.nodes.get(node_id)
+            if benched is not None and benched.ordinal == ordinal:
+                self.index.bench(benched, False)
         self._settle_run_timers()
         while self._run_timers and self._run_timers[0][0] <= now:
             _, _, task_id = heapq.heappop(self._run_timers)
             record = self.tasks[task_id]
             node = self.index.nodes[record.node_id or ""]
-            self._penalise(node)
+            self._penalise(node, now)
             self._take_back(record, node, f"no result within "
                             f"{now - record.assigned_at:.3g} s (execution timeout)", now, out)
             self._settle_run_timers()

@@ -15,6 +15,7 @@
 #   rejoin_grace 60 s            reconnects cost a task at most one loss per node
 #   charge_cap_factor 2.0, charge_cap_allowance $0.01
 #                                charge <= max(2 x quote, quote + $0.01)
+#   fault_cooldown 30 s          a node that faulted takes no new work meanwhile
 #   check_usage                  impossible usage is a protocol error (metering.py)
 #   max_price_per_hour $1000     a hello asking more is refused
 #   reconnect_burst 10, reconnect_rate 0.5/s
@@ -62,6 +63,7 @@ class CoordinatorConfig:
     rejoin_grace: float | None = 60.0
     charge_cap_factor: float | None = 2.0
     charge_cap_allowance: float = 0.01
+    fault_cooldown: float | None = 30.0
     check_usage: bool = True
     max_price_per_hour: float = 1000.0
     reconnect_burst: float = 10.0
@@ -80,7 +82,8 @@ class CoordinatorConfig:
                                completions_per_slot=self.completions_per_slot,
                                rejoin_grace=self.rejoin_grace,
                                charge_cap_factor=self.charge_cap_factor,
-                               charge_cap_allowance=self.charge_cap_allowance)
+                               charge_cap_allowance=self.charge_cap_allowance,
+                               fault_cooldown=self.fault_cooldown)
 
     def make_scheduler(self) -> Scheduler:
         return Scheduler(self.policy, self.pricing, random.Random(self.seed),
