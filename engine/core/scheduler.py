@@ -23,28 +23,22 @@
 # a node that no longer runs it (a stale result from a node that was declared lost),
 # changes nothing.
 #
-# Defences against faulty and hostile nodes (each a SchedulerConfig option whose
-# default keeps the decisions of a trusting scheduler, which the simulator's
-# scenarios use; the live coordinator turns them all on, CoordinatorConfig):
-# - default_deadline: a task submitted without a deadline gets one (now + this).
-# - execution_timeout_factor: a run still going after metering.run_bound(...) -
-#   max(factor x the service time its node's class promises x the node's measured
-#   pace, execution_timeout_floor) - is taken back: Requeue (which tells the node
-#   to drop it), charged to the node as a fault.
-# - initial_slots: a node may use min(initial_slots, its claim) slots at first and
-#   earns one more per `completions_per_slot` completions, up to its claim; a fault
-#   halves them (at least one). A false hello (256 slots, price 0) takes a slot or
-#   two, not the queue.
-# - rejoin_grace: a task is charged at most one loss or fault per node (a node
-#   that reconnects 50 times costs it one), a node that reconnects while still
-#   known is no loss at all, and a node back within `rejoin_grace` seconds keeps
-#   its earned slots and pace.
+# Defences against faulty and hostile nodes, each a SchedulerConfig option whose
+# default keeps the decisions of a trusting scheduler (the simulator's scenarios);
+# the live coordinator turns them all on (CoordinatorConfig):
+# - default_deadline: a task submitted without a deadline gets now + this.
+# - execution_timeout_factor: a run still going after metering.run_bound (factor x
+#   what its node's class promises x the node's pace, at least
+#   execution_timeout_floor) is taken back (Requeue, which tells the node to drop
+#   it) as a fault of the node.
+# - initial_slots, completions_per_slot, fault_cooldown: earned slots and the
+#   cooldown after a fault (standing.py).
+# - rejoin_grace: a task is charged at most one loss or fault per node (a node that
+#   reconnects 50 times costs it one), a node that reconnects while still known is
+#   no loss, and a node back within the grace keeps its standing.
 # - charge_cap_factor: the charge bound of pricing.py, on every Complete.
-# - fault_cooldown: after a fault a node takes no new work for this long (it keeps
-#   what it runs), so the task it failed is placed elsewhere when it can be.
-# A fault (TaskFaulted from the driver, or an execution timeout) re-queues the task
-# without counting an attempt, like a lost node; `max_node_losses` charges fail it
-# as a poison task.
+# A fault (TaskFaulted, or an execution timeout) re-queues the task without
+# counting an attempt, like a lost node; max_node_losses charges fail it as poison.
 #
 # Rules: no I/O, no clocks, no global randomness (rng given at construction); the
 # same events at the same times with the same seed give the same decisions.
@@ -57,9 +51,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from .catalog import (
-    GPU_CLASSES, MODELS, REFERENCE_GPU, default_price, gpu_rate, openai_cost,
-)
+from .catalog import GPU_CLASSES, MODELS, default_price
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
     Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Priority, Reject,
@@ -70,9 +62,11 @@ from .index import NodeClass, NodeIndex, NodeState
 from .placement import (
     DEFAULT_POLICY, PlacementPolicy, ScoredPolicy, balanced_score, make_policy,
 )
-from .metering import next_pace, run_bound
-from .pricing import PricingPolicy, Quote, charge, charge_cap, make_pricing, savings_pct
+from .metering import run_bound
+from .pricing import PricingPolicy, Quote, charge, charge_cap, make_pricing
 from .queue import DEFAULT_HEAD_START, ModelQueue
+from .standing import Standing
+from .views import NetworkSnapshot, NodeSnapshot, network_snapshot, quote_task
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
 _LIVE = frozenset({Q, R})  # the states that are not final (TaskState.is_final, C speed)
@@ -135,34 +129,6 @@ class TaskRecord:
     charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
 
 
-@attrs.frozen
-class NodeSnapshot:
-    node_id: str
-    name: str
-    gpu: str
-    region: str
-    location: str
-    slots: int
-    running: int
-    models: tuple[str, ...]
-    loaded: tuple[str, ...]
-    price_per_hour: float
-    draining: bool
-    last_seen: float
-    tasks_done: int
-
-
-@attrs.frozen
-class NetworkSnapshot:
-    nodes: tuple[NodeSnapshot, ...]
-    queued: int
-    running: int
-    queued_by_model: Mapping[str, int]
-    nodes_by_model: Mapping[str, int]
-    counters: Mapping[str, int]
-    utilization: float
-
-
 _COUNTER_OF = {state: state.value for state in TaskState}
 COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelled",
             "rejected", "requeued", "nodes_joined", "nodes_lost")
@@ -187,11 +153,11 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, str]] = []
         self._node_timers: list[tuple[float, int, str]] = []
         self._run_timers: list[tuple[float, int, str]] = []
-        self._benched: list[tuple[float, int, str]] = []  # (until, ordinal, node id)
         self._runs = 0
-        # node id -> (left at, usable slots, credit, pace) of nodes that left within
-        # rejoin_grace, oldest first (see _remember / _recall).
-        self._departed: dict[str, tuple[float, int, int, float]] = {}
+        self.standing = Standing(self.index, config.initial_slots,
+                                 config.completions_per_slot, config.rejoin_grace,
+                                 config.fault_cooldown)
+        self._benched = self.standing.benched  # (until, ordinal, node id): timers too
         self._busy_slots = 0
         self._total_slots = 0
         self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
@@ -245,7 +211,7 @@ class Scheduler:
         if self._run_timers:
             first = min(first, self._run_timers[0][0])
         if self._benched:
-            first = min(first, self._benched[0][0])
+            first = min(first, self.standing.next_release())
         return first
 
     # ---- read-only views ------------------------------------------------------
@@ -258,54 +224,14 @@ class Scheduler:
         return self._busy_slots / self._total_slots if self._total_slots else 0.0
 
     def snapshot(self) -> NetworkSnapshot:
-        nodes = tuple(
-            NodeSnapshot(
-                n.node_id, n.spec.name, n.spec.gpu, n.spec.region, n.spec.location,
-                n.slots, len(n.running), n.spec.models, tuple(n.loaded),
-                n.price_per_hour, n.draining, n.last_seen, n.tasks_done,
-            )
-            for n in self.index.nodes.values()
-        )
-        return NetworkSnapshot(
-            nodes=nodes,
-            queued=sum(len(q) for q in self.queues.values()),
-            running=self._busy_slots,
-            queued_by_model={m: len(q) for m, q in self.queues.items()},
-            nodes_by_model={m: sum(len(c.online) for c in mi.classes.values())
-                            for m, mi in self.index.models.items()},
-            counters=dict(self.counters),
-            utilization=self.utilization,
-        )
+        return network_snapshot(self.index, self.queues, self._busy_slots, self.counters,
+                                self.utilization)
 
     def quote(self, spec: TaskSpec) -> Quote:
         """Estimate cost and time for `spec` as the network stands now, without
         changing anything (no randomness is drawn)."""
-        model = MODELS[spec.model]
-        work = spec.work
-        mi = self.index.models[spec.model]
-        multiplier = self.pricing.multiplier(spec.priority, self.utilization)
-        reference = openai_cost(spec.model, spec.prompt_tokens, spec.output_tokens,
-                                spec.steps, spec.audio_seconds)
-        ranked = self._quote_ranking.ranking(mi, work, spec.priority)
-        cls = next((c for c in ranked if c.free), None)
-        waiting = 0.0
-        if cls is None:
-            cls = next((c for c in ranked if c.online), None)
-            if cls is not None and mi.online_slots:
-                # Everyone ahead must start first: (queued + 1) tasks over all slots.
-                ahead = len(self.queues[spec.model]) + 1
-                waiting = ahead / mi.online_slots * cls.service_seconds(work)
-        if cls is None:
-            rate = gpu_rate(REFERENCE_GPU, spec.model)
-            seconds = model.load_seconds + work / rate
-            cost = charge(default_price(REFERENCE_GPU), work / rate, multiplier)
-            return Quote(cost, seconds, reference, savings_pct(cost, reference),
-                         REFERENCE_GPU, None)
-        node = self.index.nodes[next(reversed(cls.free or cls.online))]
-        cost = charge(cls.price_per_hour, cls.service_seconds(work), multiplier)
-        return Quote(cost, waiting + cls.completion_seconds(work), reference,
-                     savings_pct(cost, reference), cls.gpu, node.node_id,
-                     node.spec.region, node.spec.location)
+        return quote_task(spec, self.index, len(self.queues[spec.model]), self.pricing,
+                          self._quote_ranking, self.utilization)
 
     # ---- event handlers -------------------------------------------------------
 
@@ -387,7 +313,8 @@ class Scheduler:
                 record.cost = cost = cap
                 clamped = True
         if config.initial_slots is not None or config.execution_timeout_factor is not None:
-            self._earned(record, node, now)
+            self._total_slots += self.standing.completed(
+                node, record.expected_seconds, now - record.assigned_at)
         self._end(record, TaskState.COMPLETED, now)
         out.append(Complete(task_id, node_id, cost, event.usage, clamped)
                    if clamped else Complete(task_id, node_id, cost, event.usage))
@@ -407,7 +334,7 @@ class Scheduler:
         record = self._running_on(event.task_id, event.node_id)
         if record is not None:
             node = self.index.nodes[event.node_id]
-            self._penalise(node, now)
+            self._total_slots += self.standing.faulted(node, now)
             self._take_back(record, node, f"node fault: {event.reason}", now, out)
 
     def _on_delivery_failed(self, event: DeliveryFailed, now: float,
@@ -435,7 +362,7 @@ class Scheduler:
                          self.config.region_latency.get(spec.region, 0.0), now,
                          loaded=[m for m in spec.loaded if m in models])
         if self.config.initial_slots is not None or self.config.rejoin_grace is not None:
-            self._recall(node, now)
+            self.standing.joining(node, now)
         self.index.add(node)
         self._total_slots += node.slots
         self.counters["nodes_joined"] += 1
@@ -517,8 +444,7 @@ class Scheduler:
                 self._requeue(record, f"node lost: {reason}", out)
         if not node.draining:
             self._total_slots -= node.slots
-        if self.config.rejoin_grace is not None:
-            self._remember(node, now)
+        self.standing.left(node, now)
         self.index.remove(node)
         self.counters["nodes_lost"] += 1
 
@@ -542,58 +468,6 @@ class Scheduler:
         else:
             record.attempts -= 1  # not the task's fault
             self._requeue(record, reason, out)
-
-    # ---- a node's standing: earned slots, measured pace (see the top comment) ------
-
-    def _resize(self, node: NodeState, usable: int) -> None:
-        before = node.usable
-        self.index.resize(node, min(usable, node.spec.slots))
-        if not node.draining:
-            self._total_slots += node.usable - before
-
-    def _earned(self, record: TaskRecord, node: NodeState, now: float) -> None:
-        """A completed run: the node's pace, and its credit towards another slot."""
-        node.pace = next_pace(node.pace, record.expected_seconds, now - record.assigned_at)
-        if self.config.initial_slots is not None and node.usable < node.spec.slots:
-            node.credit += 1
-            if node.credit >= self.config.completions_per_slot:
-                node.credit = 0
-                self._resize(node, node.usable + 1)
-
-    def _penalise(self, node: NodeState, now: float) -> None:
-        """A fault of the node: its earned slots halve, and it takes no new work for
-        fault_cooldown seconds (so the task it failed goes elsewhere, if anywhere)."""
-        config = self.config
-        if config.initial_slots is not None:
-            node.credit = 0
-            self._resize(node, node.usable // 2)
-        if config.fault_cooldown is not None and not node.benched:
-            self.index.bench(node, True)
-            heapq.heappush(self._benched, (now + config.fault_cooldown, node.ordinal,
-                                           node.node_id))
-
-    def _remember(self, node: NodeState, now: float) -> None:
-        departed = self._departed
-        departed.pop(node.node_id, None)
-        departed[node.node_id] = (now, node.usable, node.credit, node.pace)
-
-    def _recall(self, node: NodeState, now: float) -> None:
-        """A joining node's standing: what it had if it left within rejoin_grace,
-        else a newcomer's."""
-        config, departed = self.config, self._departed
-        grace = config.rejoin_grace if config.rejoin_grace is not None else -1.0
-        while departed:  # forget who left too long ago (oldest first)
-            oldest = next(iter(departed))
-            if departed[oldest][0] + grace >= now:
-                break
-            del departed[oldest]
-        kept = departed.pop(node.node_id, None)
-        claim = node.spec.slots
-        if kept is not None:
-            _, usable, node.credit, node.pace = kept
-            node.usable = min(claim, usable)
-        elif config.initial_slots is not None:
-            node.usable = min(claim, max(1, config.initial_slots))
 
     def _assign(self, record: TaskRecord, node: NodeState, now: float,
                 out: list[Decision]) -> None:
@@ -707,17 +581,14 @@ class Scheduler:
             out.append(Drop(node_id, reason))
             self._lose(node, reason, now, out)
             self._settle_node_timers()
-        while self._benched and self._benched[0][0] <= now:
-            _, ordinal, node_id = heapq.heappop(self._benched)
-            benched = self.index.nodes.get(node_id)
-            if benched is not None and benched.ordinal == ordinal:
-                self.index.bench(benched, False)
+        if self._benched:
+            self.standing.release(now)
         self._settle_run_timers()
         while self._run_timers and self._run_timers[0][0] <= now:
             _, _, task_id = heapq.heappop(self._run_timers)
             record = self.tasks[task_id]
             node = self.index.nodes[record.node_id or ""]
-            self._penalise(node, now)
+            self._total_slots += self.standing.faulted(node, now)
             self._take_back(record, node, f"no result within "
                             f"{now - record.assigned_at:.3g} s (execution timeout)", now, out)
             self._settle_run_timers()
