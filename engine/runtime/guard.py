@@ -28,6 +28,10 @@ class ReconnectLimiter:
     max_tokens: int = 10_000  # buckets kept before the full ones are pruned
     _buckets: dict[str, TokenBucket] = attrs.field(factory=dict, alias="buckets")
 
+    def __len__(self) -> int:
+        """How many tokens it keeps a bucket for."""
+        return len(self._buckets)
+
     def admit(self, token: str, now: float) -> float:
         """0.0 when a hello with `token` may go on now; else the seconds to wait."""
         bucket = self._buckets.get(token)
