@@ -12,8 +12,8 @@
 #       COUNT_ALLOWANCE - a prompt never tokenizes to more tokens than its UTF-8
 #       bytes, at most 4 a character, so 16 x the estimate;
 #     - seconds <= elapsed (the time since the coordinator assigned the run) x
-#       (1 + SECONDS_SLACK) + SECONDS_ALLOWANCE: a node cannot have been busy longer
-#       than it has had the task.
+#       (1 + SECONDS_SLACK) + SECONDS_ALLOWANCE (5 s): a node cannot have been busy
+#       longer than it has had the task.
 #   run_bound(expected, pace, factor, floor) -> seconds a run may take before it is
 #     taken back: max(factor x expected x pace, floor), where `expected` is the
 #     service time the node's class promises (network + cold load + work / rate)
@@ -35,7 +35,9 @@ COUNT_SLACK = 1.1  # a runner may overshoot a limit by a little (a final token)
 COUNT_ALLOWANCE = 16  # absolute room on every count (special tokens, rounding)
 PROMPT_SLACK = 16.0  # prompt tokens over the API's estimate (see above)
 SECONDS_SLACK = 0.01  # relative: two clocks measuring one interval
-SECONDS_ALLOWANCE = 1.0  # absolute: the worker's clock starts before ours is read
+# absolute: this bound catches impossible claims (an hour in a second, 1e308 s), not
+# imprecision; the charge bound (pricing.py) caps what any smaller overstatement costs.
+SECONDS_ALLOWANCE = 5.0
 PACE_WEIGHT = 0.2  # weight of the latest run in a node's measured pace
 
 
