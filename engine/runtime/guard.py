@@ -16,6 +16,8 @@
 # a fresh bucket would not) are forgotten, so random tokens cannot grow it.
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from engine.core import TokenBucket
@@ -40,7 +42,9 @@ class ReconnectLimiter:
                 self._prune(now)
             bucket = self._buckets[token] = TokenBucket(self.burst, self.rate, updated=now)
         verdict = bucket.try_take(now)
-        return 0.0 if verdict.allowed else verdict.retry_after
+        # rounded up to a tenth of a second: a worker that waits exactly this long
+        # finds its token there (no float shortfall turning it away again)
+        return 0.0 if verdict.allowed else math.ceil(verdict.retry_after * 10 + 1e-9) / 10
 
     def _prune(self, now: float) -> None:
         for token in [t for t, b in self._buckets.items()
