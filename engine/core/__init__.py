@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from .placement import DEFAULT_POLICY, POLICIES, make_policy
     from .pricing import PRICING, Quote, make_pricing
     from .queue import DEFAULT_HEAD_START
-    from .scheduler import Scheduler, SchedulerConfig, TaskRecord
+    from .scheduler import Scheduler
+    from .state import SchedulerConfig, TaskRecord
     from .views import NetworkSnapshot, NodeSnapshot
 
 # The scheduler and what only it needs load on first use (PEP 562), so that a
@@ -43,7 +44,8 @@ _LAZY = {
     "placement": ("DEFAULT_POLICY", "POLICIES", "make_policy"),
     "pricing": ("PRICING", "Quote", "make_pricing"),
     "queue": ("DEFAULT_HEAD_START",),
-    "scheduler": ("Scheduler", "SchedulerConfig", "TaskRecord"),
+    "scheduler": ("Scheduler",),
+    "state": ("SchedulerConfig", "TaskRecord"),
     "views": ("NetworkSnapshot", "NodeSnapshot"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}

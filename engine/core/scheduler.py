@@ -23,22 +23,14 @@
 # a node that no longer runs it (a stale result from a node that was declared lost),
 # changes nothing.
 #
-# Defences against faulty and hostile nodes, each a SchedulerConfig option whose
-# default keeps the decisions of a trusting scheduler (the simulator's scenarios);
-# the live coordinator turns them all on (CoordinatorConfig):
-# - default_deadline: a task submitted without a deadline gets now + this.
-# - execution_timeout_factor: a run still going after metering.run_bound (factor x
-#   what its node's class promises x the node's pace, at least
-#   execution_timeout_floor) is taken back (Requeue, which tells the node to drop
-#   it) as a fault of the node.
-# - initial_slots, completions_per_slot, fault_cooldown: earned slots and the
-#   cooldown after a fault (standing.py).
-# - rejoin_grace: a task is charged at most one loss or fault per node (a node that
-#   reconnects 50 times costs it one), a node that reconnects while still known is
-#   no loss, and a node back within the grace keeps its standing.
-# - charge_cap_factor: the charge bound of pricing.py, on every Complete.
-# A fault (TaskFaulted, or an execution timeout) re-queues the task without
-# counting an attempt, like a lost node; max_node_losses charges fail it as poison.
+# Defences against faulty and hostile nodes are SchedulerConfig options (state.py),
+# off by default - the simulator's scenarios decide as a trusting scheduler does -
+# and on in the live coordinator (CoordinatorConfig): a default deadline; an
+# execution timeout (metering.run_bound: the run is taken back, a Requeue, as a
+# fault of its node); earned slots and a cooldown after a fault (standing.py); at
+# most one loss per node per task, none for a reconnect (rejoin_grace); the charge
+# bound (pricing.py). A fault (TaskFaulted, an execution timeout) re-queues the task
+# without counting an attempt, like a lost node; max_node_losses fail it as poison.
 #
 # Rules: no I/O, no clocks, no global randomness (rng given at construction); the
 # same events at the same times with the same seed give the same decisions.
@@ -47,14 +39,14 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import attrs
 
 from .catalog import GPU_CLASSES, MODELS, default_price
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
-    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Priority, Reject,
+    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Reject,
     Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
     TaskSubmitted, Tick, WakeAt,
 )
@@ -64,71 +56,13 @@ from .placement import (
 )
 from .metering import run_bound
 from .pricing import PricingPolicy, Quote, charge, charge_cap, make_pricing
-from .queue import DEFAULT_HEAD_START, ModelQueue
+from .queue import ModelQueue
 from .standing import Standing
+from .state import TRANSITIONS, SchedulerConfig, TaskRecord
 from .views import NetworkSnapshot, NodeSnapshot, network_snapshot, quote_task
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
 _LIVE = frozenset({Q, R})  # the states that are not final (TaskState.is_final, C speed)
-# (from, to) pairs the scheduler may take; anything else is a bug (asserted).
-TRANSITIONS = frozenset({
-    (None, Q), (None, TaskState.REJECTED),
-    (Q, R), (Q, TaskState.EXPIRED), (Q, TaskState.CANCELLED),
-    (R, TaskState.COMPLETED), (R, TaskState.FAILED), (R, TaskState.EXPIRED),
-    (R, TaskState.CANCELLED), (R, Q),
-})
-
-
-@attrs.frozen
-class SchedulerConfig:
-    heartbeat_timeout: float = 30.0  # a node silent this long is lost; inf: never
-    head_start: Mapping[Priority, float] = DEFAULT_HEAD_START
-    region_latency: Mapping[str, float] = attrs.field(factory=dict)  # seconds
-    max_queued: int = 1_000_000  # submissions beyond this are rejected
-    max_node_losses: int = 5  # a task whose node dies this often fails (poison task)
-    keep_finished: bool = True  # keep ended tasks readable (False: forget them)
-    # Defences (see the top comment); None / the defaults: off, as the simulator runs.
-    default_deadline: float | None = None  # seconds a task without a deadline gets
-    execution_timeout_factor: float | None = None  # runs past the bound are taken back
-    execution_timeout_floor: float = 60.0  # the bound is never below this (seconds)
-    initial_slots: int | None = None  # a new node's usable slots (None: its claim)
-    completions_per_slot: int = 2  # completions that earn one more usable slot
-    rejoin_grace: float | None = None  # see the top comment
-    charge_cap_factor: float | None = None  # charge <= max(factor x quote, quote + allowance)
-    charge_cap_allowance: float = 0.01  # dollars
-    fault_cooldown: float | None = None  # seconds a node takes no new work after a fault
-
-
-@attrs.define(eq=False)
-class TaskRecord:
-    """The core's mutable record of one task. It carries `model`, `work` and
-    `priority` itself, so it is what a placement policy is handed (a PlacementTask)."""
-
-    spec: TaskSpec
-    work: float
-    key: float  # queue key: virtual arrival time
-    seq: int
-    submitted_at: float
-    model: str  # = spec.model
-    priority: Priority  # = spec.priority
-    state: TaskState = TaskState.QUEUED
-    node_id: str | None = None
-    attempts: int = 0
-    node_losses: int = 0
-    started_at: float | None = None
-    ended_at: float | None = None
-    multiplier: float = 1.0
-    cost: float = 0.0
-    error: str = ""
-    # The current run (set at each assignment): its number, when it started, the
-    # seconds and cost its node's class promised for it.
-    run: int = 0
-    assigned_at: float = 0.0
-    expected_seconds: float = 0.0
-    quoted_cost: float = 0.0
-    charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
-
-
 _COUNTER_OF = {state: state.value for state in TaskState}
 COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelled",
             "rejected", "requeued", "nodes_joined", "nodes_lost")
