@@ -12,7 +12,7 @@ its steps go to journal sinks (``ListJournal``, ``FileJournal`` around a
 from __future__ import annotations
 
 from .config import CoordinatorConfig
-from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier, open_coordinator
+from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier
 from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
 from .guard import ReconnectLimiter
 from .messages import (
@@ -20,6 +20,7 @@ from .messages import (
     SubmitRequest, Submission,
 )
 from .node_tasks import NodeTasks
+from .service import open_coordinator
 from .session import (
     NodeIdentity, NodeReport, NodeSession, Refused, SessionHost, SessionLimits,
 )

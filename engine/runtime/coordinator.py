@@ -1,4 +1,5 @@
-# The Coordinator: the live driver of the pure scheduling core.
+# The Coordinator: the live driver of the pure scheduling core (run it with
+# service.open_coordinator).
 #
 #     async with open_coordinator(CoordinatorConfig(), verify_token=..., on_update=...) as c:
 #         nursery.start_soon(serve_websocket, c, "127.0.0.1", 8765)   # or the API's adapter
@@ -55,8 +56,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -283,7 +283,8 @@ class Coordinator:
 
     # ---- the actor ---------------------------------------------------------------
 
-    async def _run(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
+    async def run_actor(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
+        """The actor's loop (open_coordinator starts it; it ends when cancelled)."""
         journals = self.journals
         async with inbox:
             while True:
@@ -514,62 +515,5 @@ class Coordinator:
             session.close(d.reason)
 
 
-async def _notify(updates: trio.MemoryReceiveChannel[TaskUpdate], sink: UpdateSink) -> None:
-    async with updates:
-        async for update in updates:
-            try:
-                await sink(update)
-            except Exception:
-                log.exception("on_update failed for %s (%s); going on", update.task_id,
-                              type(update).__name__)
-
-
-@asynccontextmanager
-async def open_coordinator(config: CoordinatorConfig = CoordinatorConfig(), *,
-                           verify_token: TokenVerifier | None = None,
-                           on_update: UpdateSink | None = None,
-                           scheduler: Scheduler | None = None
-                           ) -> AsyncIterator[Coordinator]:
-    """Run a Coordinator (its actor, update notifier and journal writer) for the
-    duration of the block. `verify_token(token)` returns the worker's NodeIdentity,
-    or None to refuse it; without one, any token is accepted (dev mode).
-    `on_update` is awaited, in order, for every task state change and progress
-    update. `scheduler` replaces the one `config` describes (e.g. the simulator's,
-    for a differential run); the coordinator then owns it. With
-    `config.journal_path`, the journal file is opened (a new session appended)
-    before the actor starts - JournalFileError naming the path if it cannot be -
-    and written out, flushed and closed when the block exits."""
-    if config.journal_path is not None and scheduler is not None:
-        raise ValueError("journal_path and a replacement scheduler cannot be combined: "
-                         "the journal's header describes the scheduler the config makes")
-    journals: list[JournalSink] = [ListJournal()] if config.record else []
-    file_journal = None
-    if config.journal_path is not None:
-        file_journal = FileJournal(JournalFile.open(config.journal_path,
-                                                    config.journal_header()))
-        journals.append(file_journal)
-    try:
-        inbox_send, inbox_receive = trio.open_memory_channel[ActorMessage](0)
-        updates_send = updates_receive = None
-        if on_update is not None:
-            updates_send, updates_receive = trio.open_memory_channel[TaskUpdate](math.inf)
-        coordinator = Coordinator(config, verify_token, inbox_send, updates_send, scheduler,
-                                  journals)
-        async with trio.open_nursery() as nursery:
-            if file_journal is not None:
-                await nursery.start(file_journal.serve)
-            nursery.start_soon(coordinator._run, inbox_receive, name="coordinator actor")
-            if updates_receive is not None and on_update is not None:
-                nursery.start_soon(_notify, updates_receive, on_update,
-                                   name="coordinator updates")
-            try:
-                yield coordinator
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        if file_journal is not None:
-            file_journal.close()
-
-
 __all__ = ["Coordinator", "CoordinatorClosed", "CoordinatorConfig", "NodeIdentity",
-           "SubmitOutcome", "TaskUpdate", "TokenVerifier", "UpdateSink", "open_coordinator"]
+           "SubmitOutcome", "TaskUpdate", "TokenVerifier", "UpdateSink"]
