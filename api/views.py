@@ -77,6 +77,11 @@ def task_created(row: TaskRow, node_id: str | None, node_location: str | None, g
             "estimated_usd": row.estimated_cost,
         },
         "message": "Task queued for processing",
+        # set when no online node serves the model: the task waits for one until its
+        # deadline, then ends expired
+        "warning": None if node_id is not None else (
+            f"no online node serves {row.model} now: the task waits for one until its "
+            "deadline, then ends expired"),
         "model": row.model,
         "priority": row.priority,
         "created_at": iso(row.created_at),

@@ -141,6 +141,18 @@ class TaskFailed:
 
 
 @attrs.frozen
+class TaskFaulted:
+    """The node misbehaved with a task it runs: the driver refused its report as a
+    protocol violation (impossible usage, text that is not Unicode). The task is
+    taken back and re-queued, charged to the node like a lost node's task, never to
+    the task's attempts."""
+
+    task_id: str
+    node_id: str
+    reason: str
+
+
+@attrs.frozen
 class DeliveryFailed:
     """The driver could not hand an assigned task to its node (the socket died
     mid-send). The task goes back to the queue without counting as an attempt."""
@@ -179,7 +191,7 @@ class Tick:
 
 
 Event = (
-    TaskSubmitted | TaskCancelled | TaskFinished | TaskFailed | DeliveryFailed
+    TaskSubmitted | TaskCancelled | TaskFinished | TaskFailed | TaskFaulted | DeliveryFailed
     | NodeJoined | NodeHeartbeat | NodeDraining | NodeLost | Tick
 )
 
@@ -226,6 +238,7 @@ class Complete:
     node_id: str
     cost: float  # dollars charged to the client
     usage: Usage
+    clamped: bool = False  # the measured charge was above the bound: `cost` is the bound
 
 
 @attrs.frozen
