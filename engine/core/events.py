@@ -30,7 +30,7 @@ class Priority(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, text: str) -> "Priority":
+    def parse(cls, text: str) -> Priority:
         try:
             return cls[text.upper()]
         except KeyError:
@@ -56,7 +56,7 @@ class TaskState(enum.Enum):
         return self not in (TaskState.QUEUED, TaskState.RUNNING)
 
 
-def _work_of(spec: "TaskSpec") -> float:
+def _work_of(spec: TaskSpec) -> float:
     """The task's work in its kind's unit; 0 for a model the catalog does not know
     (the scheduler rejects such a task, naming the model)."""
     model = MODELS.get(spec.model)

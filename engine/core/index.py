@@ -84,7 +84,7 @@ class NodeState:
     draining: bool = False
     tasks_done: int = 0
     busy_since: float = 0.0
-    classes: dict[str, "NodeClass"] = attrs.field(factory=dict)  # current class per model
+    classes: dict[str, NodeClass] = attrs.field(factory=dict)  # current class per model
     in_free: bool = False  # whether the node is in its classes' free sets now
     eligible_models: tuple[str, ...] = ()  # set by NodeIndex.add
     # Slots placement may use now: the claim (spec.slots), or fewer while the node
@@ -146,7 +146,7 @@ class NodeClass:
     latency: float
     cold_seconds: float
     warm: bool
-    model_index: "ModelIndex" = attrs.field(repr=False)  # its model's (free_count)
+    model_index: ModelIndex = attrs.field(repr=False)  # its model's (free_count)
     free: dict[str, None] = attrs.field(factory=dict)
     online: dict[str, None] = attrs.field(factory=dict)
 
