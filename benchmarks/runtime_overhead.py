@@ -81,7 +81,7 @@ async def _overhead(tasks: int) -> list[float]:
                     assert isinstance(assign, AssignTask) and assign.task_id == spec.task_id
                     await ws.send_message(encode(Accepted(assign.task_id)))
                     await ws.send_message(encode(Result(assign.task_id, "ok", usage)))
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     return samples
 
@@ -109,7 +109,8 @@ async def _throughput(tasks: int) -> float:
                 stdout=subprocess.DEVNULL) for i in range(WORKERS)]
             try:
                 with trio.fail_after(60):
-                    while len(coordinator.snapshot().nodes) < WORKERS:
+                    # The coordinator signals task updates, not joins: poll its snapshot for the workers.
+                    while len(coordinator.snapshot().nodes) < WORKERS:  # noqa: ASYNC110
                         await trio.sleep(0.05)
                 start = time.perf_counter()
                 for i in range(tasks):

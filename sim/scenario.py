@@ -104,7 +104,7 @@ class Scenario:
     source: str = "<scenario>"
     scripted_nodes: tuple[ScriptedNode, ...] = ()  # a journal's fleet (replay.py)
 
-    def evolve(self, **changes: Any) -> "Scenario":
+    def evolve(self, **changes: Any) -> Scenario:
         return attrs.evolve(self, **changes)
 
 

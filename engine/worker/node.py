@@ -89,7 +89,7 @@ class ModelSource:
     pack: DefaultPack | None = None
 
     @classmethod
-    def default_pack(cls, entry: DefaultPack) -> "ModelSource":
+    def default_pack(cls, entry: DefaultPack) -> ModelSource:
         return cls(entry.model, "pack", weights=entry.weights, pack=entry)
 
     def announced_weights(self) -> str:

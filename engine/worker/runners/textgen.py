@@ -303,7 +303,8 @@ class ChatTemplate:
             template = env.from_string(source)
         except jinja2.TemplateError as exc:
             raise ModelLoadError(f"{model_dir}: the chat template does not compile: {exc}") from exc
-        return cls(template, _token_text(tokenizer_config.get("bos_token")), _token_text(tokenizer_config.get("eos_token")))
+        return cls(template, _token_text(tokenizer_config.get("bos_token")),
+                   _token_text(tokenizer_config.get("eos_token")))
 
     def render(self, prompt: str) -> str:
         """The prompt as one user turn, followed by the assistant's generation prompt."""
