@@ -93,7 +93,7 @@ MODEL_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}
 _EOS_TOKENS = ("</s>", "<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<eos>", "<|end|>")
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 log = logging.getLogger(__name__)
 
