@@ -95,7 +95,8 @@ def machine() -> dict[str, object]:
 
 def run_all(benchmarks: list[Benchmark], quick: bool, json_path: str | None,
             strict: bool) -> int:
-    report: dict[str, object] = {"quick": quick, "machine": machine(), "benchmarks": []}
+    entries: list[dict[str, object]] = []
+    report: dict[str, object] = {"quick": quick, "machine": machine(), "benchmarks": entries}
     missed = 0
     for bench in benchmarks:
         started = time.perf_counter()
@@ -103,7 +104,7 @@ def run_all(benchmarks: list[Benchmark], quick: bool, json_path: str | None,
         elapsed = time.perf_counter() - started
         print(render(f"{bench.name}: {bench.description} ({elapsed:.1f} s)", rows), flush=True)
         missed += sum(1 for r in rows if r.met is False)
-        report["benchmarks"].append({  # type: ignore[union-attr]
+        entries.append({
             "name": bench.name, "description": bench.description, "seconds": elapsed,
             "rows": [attrs.asdict(r) for r in rows],
         })

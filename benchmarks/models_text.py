@@ -68,7 +68,7 @@ def _direct_session(model_path: Path) -> Any:
 
 def _llama_cpp_tokens_per_s(gguf_path: Path, prompt: str, new_tokens: int, repeats: int) -> float | str:
     try:
-        from llama_cpp import Llama  # type: ignore[import-not-found]
+        from llama_cpp import Llama
     except ImportError:
         return "not installed (the registry has no llama-cpp-python wheel, only a source build)"
     llm = Llama(model_path=str(gguf_path), n_ctx=1024, verbose=False)

@@ -36,6 +36,14 @@ WORKERS = 4
 SLOTS = 8
 
 
+async def _text_frame(ws: trio_websocket.WebSocketConnection) -> str:
+    """The next frame from the coordinator; the protocol is text, so a binary frame is an error."""
+    frame = await ws.get_message()
+    if isinstance(frame, bytes):
+        raise TypeError("the coordinator sent a binary frame; the protocol is text")
+    return frame
+
+
 def _direct_noop(calls: int) -> float:
     """Seconds per direct NoopRunner.run call."""
     runner = NoopRunner(MODEL)
@@ -70,18 +78,18 @@ async def _overhead(tasks: int) -> list[float]:
             url = f"ws://127.0.0.1:{server.port}/api/nodes/connect"
             async with trio_websocket.open_websocket_url(url) as ws:
                 await ws.send_message(encode(Hello("bench", Gpu("RTX 4090", 24.0), (MODEL,), 1)))
-                decode(await ws.get_message())  # welcome
+                decode(await _text_frame(ws))  # welcome
                 usage = Usage(seconds=0.001, tokens=1)
                 for i in range(tasks):
                     spec = TaskSpec(f"o{i}", MODEL, prompt_tokens=1, output_tokens=1)
                     start = time.perf_counter()
                     await coordinator.submit(spec, {"prompt": "x"}, {})
-                    assign = decode(await ws.get_message())
+                    assign = decode(await _text_frame(ws))
                     samples.append(time.perf_counter() - start)
                     assert isinstance(assign, AssignTask) and assign.task_id == spec.task_id
                     await ws.send_message(encode(Accepted(assign.task_id)))
                     await ws.send_message(encode(Result(assign.task_id, "ok", usage)))
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     return samples
 
@@ -109,7 +117,8 @@ async def _throughput(tasks: int) -> float:
                 stdout=subprocess.DEVNULL) for i in range(WORKERS)]
             try:
                 with trio.fail_after(60):
-                    while len(coordinator.snapshot().nodes) < WORKERS:
+                    # The coordinator signals task updates, not joins: poll its snapshot for the workers.
+                    while len(coordinator.snapshot().nodes) < WORKERS:  # noqa: ASYNC110
                         await trio.sleep(0.05)
                 start = time.perf_counter()
                 for i in range(tasks):

@@ -36,7 +36,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Generator
 
 from benchmarks.harness import Benchmark, Row, median_of
 from engine.core import Priority, TaskFinished, TaskSpec, TaskSubmitted, Usage
@@ -91,12 +91,12 @@ def simpy_mmc(tasks: int, servers: int, load: float = 0.8, seed: int = 1) -> flo
     server = simpy.Resource(env, capacity=servers)
     arrival_rate = load * servers
 
-    def customer(env: simpy.Environment):
+    def customer(env: simpy.Environment) -> Generator[simpy.Event, object, None]:
         with server.request() as request:
             yield request
             yield env.timeout(rng.expovariate(1.0))
 
-    def source(env: simpy.Environment):
+    def source(env: simpy.Environment) -> Generator[simpy.Event, object, None]:
         for _ in range(tasks):
             yield env.timeout(rng.expovariate(arrival_rate))
             env.process(customer(env))

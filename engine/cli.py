@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Callable
 
 # subcommand -> (module with a `main(argv) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -34,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neurogrid: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
+    entry: Callable[[list[str]], int] = module.main
     if module.__name__ == "api.admin":
-        return module.main([name, *rest])
-    return module.main(rest)
+        return entry([name, *rest])
+    return entry(rest)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Mapping, TextIO
 
 from engine.core import POLICIES, PRICING
 
@@ -53,7 +53,7 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _names(text: str | None, known: dict, option: str) -> tuple[str, ...] | None:
+def _names(text: str | None, known: Mapping[str, object], option: str) -> tuple[str, ...] | None:
     if text is None:
         return None
     if text == "all":

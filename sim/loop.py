@@ -56,7 +56,7 @@ import math
 import time
 from functools import partial
 from heapq import heapify, heappop, heappush, heapreplace
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import numpy as np
@@ -84,14 +84,15 @@ LogEntry = JournalEntry  # one step of a recorded run: (time, event, decisions)
 
 @attrs.frozen(eq=False)
 class RunResult:
-    summary: dict  # the JSON run: see sim/README.md, "Output"
+    summary: dict[str, Any]  # the JSON run: see sim/README.md, "Output"
     latencies: np.ndarray  # end-to-end seconds of the measured completed tasks
     utilization_series: tuple[np.ndarray, np.ndarray]  # (bin middles, utilization)
     log: tuple[LogEntry, ...] | None  # with record=True
 
     @property
     def policy(self) -> str:
-        return self.summary["policy"]
+        policy: str = self.summary["policy"]
+        return policy
 
 
 def task_stream(workload: Workload, index: int, scenario: Scenario,

@@ -40,10 +40,10 @@ PRIORITY_LABELS = tuple(p.label for p in Priority)
 class Intervals:
     """Weighted time intervals, per category (GPU class index)."""
 
-    starts: array = attrs.field(factory=lambda: array("d"))
-    ends: array = attrs.field(factory=lambda: array("d"))
-    category: array = attrs.field(factory=lambda: array("H"))
-    weight: array = attrs.field(factory=lambda: array("H"))
+    starts: array[float] = attrs.field(factory=lambda: array("d"))
+    ends: array[float] = attrs.field(factory=lambda: array("d"))
+    category: array[int] = attrs.field(factory=lambda: array("H"))
+    weight: array[int] = attrs.field(factory=lambda: array("H"))
 
     def add(self, start: float, end: float, category: int, weight: int = 1) -> None:
         self.starts.append(start)
@@ -59,8 +59,9 @@ class Intervals:
         if category is not None:
             keep = np.frombuffer(self.category, dtype=np.uint16) == category
             starts, ends, weight = starts[keep], ends[keep], weight[keep]
-        return _covered(starts, weight, edges) - _covered(ends, weight, edges) - (
+        inside: np.ndarray = _covered(starts, weight, edges) - _covered(ends, weight, edges) - (
             _covered(starts, weight, edges[:1]) - _covered(ends, weight, edges[:1]))
+        return inside
 
 
 def _covered(points: np.ndarray, weight: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -70,7 +71,8 @@ def _covered(points: np.ndarray, weight: np.ndarray, at: np.ndarray) -> np.ndarr
     cum_w = np.concatenate(([0.0], np.cumsum(w)))
     cum_wp = np.concatenate(([0.0], np.cumsum(w * p)))
     k = np.searchsorted(p, at, side="left")
-    return at * cum_w[k] - cum_wp[k]
+    covered: np.ndarray = at * cum_w[k] - cum_wp[k]
+    return covered
 
 
 def summary(values: np.ndarray) -> dict[str, float]:

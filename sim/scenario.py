@@ -104,7 +104,7 @@ class Scenario:
     source: str = "<scenario>"
     scripted_nodes: tuple[ScriptedNode, ...] = ()  # a journal's fleet (replay.py)
 
-    def evolve(self, **changes: Any) -> "Scenario":
+    def evolve(self, **changes: Any) -> Scenario:
         return attrs.evolve(self, **changes)
 
 
@@ -133,12 +133,12 @@ def _number(low: float = -math.inf, high: float = math.inf, *, open_low: bool = 
     def parse(value: Any, key: str, ctx: _Ctx) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ctx.fail(key, what, value)
-        value = float(value)
-        if math.isnan(value) or (math.isinf(value) and not allow_inf):
-            raise ctx.fail(key, f"a finite number{' ' + bound if bound else ''}", value)
-        if value < low or (open_low and value <= low) or value > high:
-            raise ctx.fail(key, what, value)
-        return value
+        number = float(value)
+        if math.isnan(number) or (math.isinf(number) and not allow_inf):
+            raise ctx.fail(key, f"a finite number{' ' + bound if bound else ''}", number)
+        if number < low or (open_low and number <= low) or number > high:
+            raise ctx.fail(key, what, number)
+        return number
     return parse
 
 

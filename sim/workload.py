@@ -78,7 +78,7 @@ class Distribution:
     params: tuple[float, ...]
 
     @classmethod
-    def constant(cls, value: float) -> "Distribution":
+    def constant(cls, value: float) -> Distribution:
         return cls("constant", (float(value),))
 
     def stream(self, gen: np.random.Generator) -> Draws:

@@ -20,7 +20,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -70,7 +72,7 @@ def _non_negative(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the whole usage block
+    def error(self, message: str) -> NoReturn:  # one line, not the whole usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -167,7 +169,7 @@ async def _serve(worker: Worker) -> BaseException | None:
     return None
 
 
-async def _on_signals(signals: trio.abc.ReceiveChannel[int], worker: Worker) -> None:
+async def _on_signals(signals: AsyncIterator[int], worker: Worker) -> None:
     count = 0
     async for signum in signals:
         count += 1

@@ -50,7 +50,7 @@ def host_memory_gb() -> float:
         return 0.0
 
 
-def detect_gpu(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Hardware:
+def detect_gpu(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> Hardware:
     """The first NVIDIA GPU per `nvidia-smi`, else the CPU with the host's memory."""
     try:
         done = run(["nvidia-smi", "--query-gpu=name,memory.total",
@@ -89,7 +89,7 @@ class ModelSource:
     pack: DefaultPack | None = None
 
     @classmethod
-    def default_pack(cls, entry: DefaultPack) -> "ModelSource":
+    def default_pack(cls, entry: DefaultPack) -> ModelSource:
         return cls(entry.model, "pack", weights=entry.weights, pack=entry)
 
     def announced_weights(self) -> str:

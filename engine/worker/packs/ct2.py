@@ -64,7 +64,8 @@ class Ct2Model:
         if scale is None:
             raise PackError(f"CTranslate2 variable {name!r} is {value.dtype} and has no {name}_scale")
         scale = scale.astype(np.float32)
-        return value.astype(np.float32) / scale.reshape(scale.shape + (1,) * (value.ndim - scale.ndim))
+        weights: np.ndarray = value.astype(np.float32) / scale.reshape(scale.shape + (1,) * (value.ndim - scale.ndim))
+        return weights
 
 
 class _Reader:

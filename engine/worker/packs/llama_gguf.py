@@ -100,7 +100,8 @@ class LlamaSpec:
         head_dim = int(get("attention.key_length", hidden // heads))
         rope_dims = int(get("rope.dimension_count", head_dim))
         if rope_dims != head_dim:
-            raise GGUFError(f"{arch}.rope.dimension_count is {rope_dims}; only full rotary (= head_dim {head_dim}) is supported")
+            raise GGUFError(f"{arch}.rope.dimension_count is {rope_dims}; "
+                            f"only full rotary (= head_dim {head_dim}) is supported")
         scaling = fields.get(f"{arch}.rope.scaling.type", "none")
         if scaling not in ("none", None):
             raise GGUFError(f"{arch}.rope.scaling.type {scaling!r} is not supported")
@@ -156,7 +157,8 @@ class GGUFModel:
         for name in ("rope_freqs.weight",):
             if name in tensors:
                 raise GGUFError(f"tensor {name} (rope frequency scaling) is not supported")
-        tokenizer = GGUFTokenizer.from_fields(fields, int(fields.get(f"{fields.get('general.architecture')}.context_length") or 0))
+        context = int(fields.get(f"{fields.get('general.architecture')}.context_length") or 0)
+        tokenizer = GGUFTokenizer.from_fields(fields, context)
         spec = LlamaSpec.from_fields(fields, len(tokenizer.tokens), tied="output.weight" not in tensors)
         return cls(path, fields, spec, tokenizer, tensors)
 
@@ -343,7 +345,8 @@ from the GGUF file {source.path.name} (SHA-256 {sha256}).
 License of the weights: {source.fields.get('general.license', 'see the source package')}.
 
 Files follow the Hugging Face / Optimum decoder-only ONNX export layout:
-  model.onnx               Llama, {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} KV heads, with past key/values
+  model.onnx               Llama, {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} KV heads, \
+with past key/values
   tokenizer.json           byte-level BPE rebuilt from the GGUF tokenizer metadata
   tokenizer_config.json    special tokens and the chat template
   config.json              Hugging Face LlamaConfig fields
@@ -413,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         description="Convert a Llama-architecture GGUF file into an ONNX model pack for the NeuroGrid text runner.",
     )
     parser.add_argument("gguf_file", type=Path, help="the .gguf file to convert")
-    parser.add_argument("out_dir", type=Path, help="directory to create (left as is when it already holds the current pack of this file)")
+    parser.add_argument("out_dir", type=Path,
+                        help="directory to create (left as is when it already holds the current pack of this file)")
     args = parser.parse_args(argv)
     try:
         print(ensure_pack(args.out_dir, gguf_pack_builder(args.gguf_file)))

@@ -84,7 +84,14 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
     "trained_betas": None,
 }
-_WORDS = ["a", "an", "the", "of", "and", "in", "on", "with", "at", "by", "to", "from", "photo", "picture", "painting", "drawing", "portrait", "landscape", "cat", "dog", "bird", "horse", "fish", "tree", "flower", "house", "city", "street", "mountain", "river", "sea", "sky", "sun", "moon", "star", "night", "day", "red", "green", "blue", "yellow", "white", "black", "orange", "purple", "small", "big", "old", "new", "happy", "beautiful", "dark", "light", "astronaut", "riding", "sitting", "standing", "cyberpunk", "watercolor", "oil", "digital", "art", "style", "detailed", "highly", "realistic", "cinematic", "lighting"]
+_WORDS = [
+    "a", "an", "the", "of", "and", "in", "on", "with", "at", "by", "to", "from", "photo", "picture", "painting",
+    "drawing", "portrait", "landscape", "cat", "dog", "bird", "horse", "fish", "tree", "flower", "house", "city",
+    "street", "mountain", "river", "sea", "sky", "sun", "moon", "star", "night", "day", "red", "green", "blue",
+    "yellow", "white", "black", "orange", "purple", "small", "big", "old", "new", "happy", "beautiful", "dark",
+    "light", "astronaut", "riding", "sitting", "standing", "cyberpunk", "watercolor", "oil", "digital", "art",
+    "style", "detailed", "highly", "realistic", "cinematic", "lighting",
+]
 README = f"""sd-tiny-random (pack version {SD_TINY_VERSION})
 
 THIS IS A RANDOM-WEIGHT STAND-IN. ITS IMAGES ARE NOT MEANINGFUL.

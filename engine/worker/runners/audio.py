@@ -64,7 +64,8 @@ def _read(data: bytes, field: str) -> tuple[np.ndarray, int]:
 def audio_seconds(data: bytes, field: str = "audio") -> float:
     """Duration in seconds of the audio file `data` (raises InvalidTaskInput if unreadable)."""
     samples, rate = _read(data, field)
-    return samples.shape[0] / rate
+    seconds: float = samples.shape[0] / rate
+    return seconds
 
 
 def _mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -119,7 +120,7 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes: object) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes: Any) -> str:
         self._count += 1
         output = out or f"{op_type.lower()}{self._count}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
@@ -208,8 +209,8 @@ def build_model(*, with_past: bool = True) -> onnx.ModelProto:
     g.op("MatMul", h, g.const(w["lm_head"], "lm_head"), out="logits")
 
     tensor = helper.make_tensor_value_info
-    kv_shape = ["batch_size", HEADS, "past_sequence_length", HEAD_DIM]
-    present_shape = ["batch_size", HEADS, "total_sequence_length", HEAD_DIM]
+    kv_shape: list[str | int] = ["batch_size", HEADS, "past_sequence_length", HEAD_DIM]
+    present_shape: list[str | int] = ["batch_size", HEADS, "total_sequence_length", HEAD_DIM]
     inputs = [
         tensor("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         tensor("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
@@ -253,7 +254,8 @@ def _configs() -> tuple[dict[str, object], dict[str, object]]:
         "torch_dtype": "float32",
         "use_cache": True,
     }
-    generation = {"bos_token_id": bos, "eos_token_id": eos, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    generation: dict[str, object] = {"bos_token_id": bos, "eos_token_id": eos, "do_sample": True,
+                                     "temperature": 0.7, "top_p": 0.9}
     return config, generation
 
 

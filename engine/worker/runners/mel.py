@@ -145,4 +145,5 @@ def log_mel_spectrogram(window: np.ndarray, spec: MelSpec | None = None) -> np.n
     mel = spec.filters @ power.T.astype(np.float32)
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    normalised: np.ndarray = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return normalised

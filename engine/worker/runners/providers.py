@@ -99,7 +99,8 @@ def _probe_model() -> bytes:
         [value("y", 1, [1])],
     )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=9)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def _reason_from_log(text: str) -> str:
@@ -119,6 +120,7 @@ def cuda_problem() -> str | None:
     if CUDA not in ort.get_available_providers():
         return "this onnxruntime build has no CUDAExecutionProvider"
     ort.set_default_logger_severity(_ORT_ERROR)
+    captured_error: str | None
     with _stderr_captured() as captured:
         try:
             # The CUDA and cuDNN libraries of the `gpu` extra (nvidia-* wheels) are

@@ -221,7 +221,8 @@ class EulerScheduler:
 
     def scale_model_input(self, sample: Array, index: int) -> Array:
         sigma = self.sigmas[index]  # float32 scalar arithmetic, as diffusers'
-        return sample / (sigma**2 + 1) ** 0.5
+        scaled: Array = sample / (sigma**2 + 1) ** 0.5
+        return scaled
 
     def step(self, model_output: Array, index: int, sample: Array, state: None) -> tuple[Array, None]:
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]

@@ -93,7 +93,7 @@ MODEL_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}
 _EOS_TOKENS = ("</s>", "<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<eos>", "<|end|>")
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,8 @@ class ChatTemplate:
             template = env.from_string(source)
         except jinja2.TemplateError as exc:
             raise ModelLoadError(f"{model_dir}: the chat template does not compile: {exc}") from exc
-        return cls(template, _token_text(tokenizer_config.get("bos_token")), _token_text(tokenizer_config.get("eos_token")))
+        return cls(template, _token_text(tokenizer_config.get("bos_token")),
+                   _token_text(tokenizer_config.get("eos_token")))
 
     def render(self, prompt: str) -> str:
         """The prompt as one user turn, followed by the assistant's generation prompt."""

@@ -179,7 +179,8 @@ def _logsumexp(x: np.ndarray) -> float:
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - np.max(x))
-    return e / e.sum()
+    probabilities: np.ndarray = e / e.sum()
+    return probabilities
 
 
 @attrs.frozen

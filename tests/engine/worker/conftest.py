@@ -21,7 +21,8 @@ def smollm2_pack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.
         smollm2_gguf_path()
     except PackError as exc:
         pytest.skip(str(exc))
-    directory = smollm2_pack_dir() if os.environ.get("NEUROGRID_CACHE") else tmp_path_factory.mktemp("packs") / "smollm2"
+    cached = os.environ.get("NEUROGRID_CACHE")
+    directory = smollm2_pack_dir() if cached else tmp_path_factory.mktemp("packs") / "smollm2"
     start = time.perf_counter()
     ensure_smollm2_pack(directory)
     pytestconfig.stash[_BUILD] = (directory, time.perf_counter() - start)

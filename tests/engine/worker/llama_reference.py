@@ -54,7 +54,8 @@ def numpy_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
     for layer in range(layers):
         b = f"blk.{layer}."
         h = rms(x, weight(b + "attn_norm.weight"))
-        q, k, v = h @ weight(b + "attn_q.weight").T, h @ weight(b + "attn_k.weight").T, h @ weight(b + "attn_v.weight").T
+        q, k, v = (h @ weight(b + "attn_q.weight").T, h @ weight(b + "attn_k.weight").T,
+                   h @ weight(b + "attn_v.weight").T)
         out = np.zeros((n, heads * head_dim))
         for head in range(heads):
             kv = head // (heads // kv_heads)

@@ -212,7 +212,8 @@ def test_export_dtype_variants_give_the_same_image(
     tmp_path: Path, runner: DiffusionRunner, variant: dict[str, Any]
 ) -> None:
     # PNDM's timesteps are integers, so an int64-timestep export must agree exactly.
-    directory = ensure_pack(tmp_path / "variant", PackBuilder("sd-tiny-variant", 1, lambda d: write_sd_tiny(d, **variant)))
+    builder = PackBuilder("sd-tiny-variant", 1, lambda d: write_sd_tiny(d, **variant))
+    directory = ensure_pack(tmp_path / "variant", builder)
     other = load_runner("stable-diffusion", directory, providers_preference="cpu")
     params = {**SMALL, "scheduler": "pndm"}
     expected = runner.run({"prompt": "a cat"}, params, lambda p: None, lambda: False).output

@@ -49,7 +49,8 @@ def test_logits_with_kv_cache_match_a_numpy_forward_pass(tmp_path: Path, tied: b
     reference = numpy_logits(gguf_path, TOKENS)
     session = _session(pack / "model.onnx")
     outputs = [o.name for o in session.get_outputs()]
-    past = {f"past_key_values.{i}.{kind}": np.zeros((1, 2, 0, 16), np.float32) for i in range(2) for kind in ("key", "value")}
+    past = {f"past_key_values.{i}.{kind}": np.zeros((1, 2, 0, 16), np.float32)
+            for i in range(2) for kind in ("key", "value")}
     prefill = 4  # the prompt in one step, then one token per step from the cache
     logits, *presents = session.run(outputs, {**_feeds(TOKENS[:prefill], 0), **past})
     np.testing.assert_allclose(logits[0], reference[:prefill], rtol=RTOL, atol=ATOL)
@@ -90,7 +91,8 @@ def test_the_pack_has_the_hf_layout_and_rebuilds_byte_for_byte(tmp_path: Path) -
     names = [i.name for i in session.get_inputs()]
     assert names[:3] == ["input_ids", "attention_mask", "position_ids"]
     assert names[3:] == [f"past_key_values.{i}.{k}" for i in range(2) for k in ("key", "value")]
-    assert [o.name for o in session.get_outputs()] == ["logits"] + [f"present.{i}.{k}" for i in range(2) for k in ("key", "value")]
+    presents = [f"present.{i}.{k}" for i in range(2) for k in ("key", "value")]
+    assert [o.name for o in session.get_outputs()] == ["logits"] + presents
 
 
 def test_the_rebuilt_tokenizer_is_byte_level_bpe_with_specials(tmp_path: Path) -> None:
@@ -142,7 +144,8 @@ def test_the_text_runner_serves_the_converted_pack_through_its_chat_template(tmp
     assert runner.prompt_ids("the is", {"chat": False}) == tokenizer.encode("the is").ids
 
     pieces: list[str] = []
-    result = runner.run({"prompt": "the is"}, {"temperature": 0, "max_tokens": 6}, lambda p: pieces.append(p["tokens"][0]), lambda: False)
+    result = runner.run({"prompt": "the is"}, {"temperature": 0, "max_tokens": 6},
+                        lambda p: pieces.append(p["tokens"][0]), lambda: False)
     expected = _greedy_reference(gguf_path, prompt_ids, 6, stop={0, 2})
     assert result.usage["prompt_tokens"] == len(prompt_ids)
     assert result.output == tokenizer.decode(expected)

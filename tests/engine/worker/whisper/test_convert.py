@@ -122,9 +122,11 @@ def _encoder(m: Ct2Model, mel: np.ndarray) -> np.ndarray:
     layer = 0
     while f"encoder/layer_{layer}/ffn/linear_0/weight" in m.variables:
         p = f"encoder/layer_{layer}"
-        q, k, v = np.split(_dense(m, p + "/self_attention/linear_0", _norm(m, p + "/self_attention/layer_norm", x)), 3, -1)
+        h = _norm(m, p + "/self_attention/layer_norm", x)
+        q, k, v = np.split(_dense(m, p + "/self_attention/linear_0", h), 3, -1)
         x = x + _dense(m, p + "/self_attention/linear_1", _attend(q, k, v, heads, causal=False))
-        x = x + _dense(m, p + "/ffn/linear_1", _gelu(_dense(m, p + "/ffn/linear_0", _norm(m, p + "/ffn/layer_norm", x))))
+        h = _norm(m, p + "/ffn/layer_norm", x)
+        x = x + _dense(m, p + "/ffn/linear_1", _gelu(_dense(m, p + "/ffn/linear_0", h)))
         layer += 1
     return _norm(m, "encoder/layer_norm", x)
 
@@ -137,12 +139,14 @@ def _decoder(m: Ct2Model, ids: list[int], audio: np.ndarray) -> np.ndarray:
     layer = 0
     while f"decoder/layer_{layer}/ffn/linear_0/weight" in m.variables:
         p = f"decoder/layer_{layer}"
-        q, k, v = np.split(_dense(m, p + "/self_attention/linear_0", _norm(m, p + "/self_attention/layer_norm", x)), 3, -1)
+        h = _norm(m, p + "/self_attention/layer_norm", x)
+        q, k, v = np.split(_dense(m, p + "/self_attention/linear_0", h), 3, -1)
         x = x + _dense(m, p + "/self_attention/linear_1", _attend(q, k, v, heads, causal=True))
         q = _dense(m, p + "/attention/linear_0", _norm(m, p + "/attention/layer_norm", x))
         k, v = np.split(_dense(m, p + "/attention/linear_1", audio), 2, -1)
         x = x + _dense(m, p + "/attention/linear_2", _attend(q, k, v, heads, causal=False))
-        x = x + _dense(m, p + "/ffn/linear_1", _gelu(_dense(m, p + "/ffn/linear_0", _norm(m, p + "/ffn/layer_norm", x))))
+        h = _norm(m, p + "/ffn/layer_norm", x)
+        x = x + _dense(m, p + "/ffn/linear_1", _gelu(_dense(m, p + "/ffn/linear_0", h)))
         layer += 1
     return _norm(m, "decoder/layer_norm", x) @ embed.T
 
