@@ -14,6 +14,8 @@
 #   without being cancelled half-way.
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from quart import websocket
 from quart.signals import websocket_received
@@ -26,12 +28,14 @@ CLOSE_REASON_BYTES = 123
 
 
 class EndingWebsocketConnection(TrioASGIWebsocketConnection):
-    async def handle_messages(self, nursery: trio.Nursery, receive) -> None:  # type: ignore[no-untyped-def]
+    async def handle_messages(  # type: ignore[override]  # quart-trio's own signature takes a nursery
+            self, nursery: trio.Nursery, receive: Any) -> None:
         while True:
             event = await receive()
             if event["type"] == "websocket.receive":
                 message = event.get("bytes") or event.get("text") or ""
-                await websocket_received.send_async(message, _sync_wrapper=self.app.ensure_async)
+                await websocket_received.send_async(
+                    message, _sync_wrapper=self.app.ensure_async)  # type: ignore[arg-type]  # blinker's overloads
                 await self.send_channel.send(message)
             elif event["type"] == "websocket.disconnect":
                 break
@@ -62,7 +66,7 @@ class QuartWebsocketConnection:
             raise ConnectionClosed(self._closed_reason) from None
         if isinstance(message, bytes):  # the protocol is text; let the codec judge it
             return message.decode("utf-8", "replace")
-        return message
+        return str(message)
 
     async def aclose(self, reason: str = "") -> None:
         if self._closed_reason is not None:

@@ -218,8 +218,10 @@ def result_text(output: Any) -> str | None:
         return None
     if isinstance(output, str):
         return output
-    if isinstance(output, Mapping) and isinstance(output.get("text"), str):
-        return output["text"]
+    if isinstance(output, Mapping):
+        text = output.get("text")
+        if isinstance(text, str):
+            return text
     return json.dumps(output)
 
 
@@ -262,6 +264,7 @@ class UpdateWriter:
             self.feed.publish_progress(task_id, dict(update.partial))
             return
         blobs: tuple[Blob, ...] = ()
+        change: TaskChange | None
         if isinstance(update, CompletedUpdate):
             change, blobs = self._completed_change(update, self.clock())
         else:

@@ -54,7 +54,8 @@ SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def services() -> Services:
-    return current_app.extensions["neurogrid"]
+    found: Services = current_app.extensions["neurogrid"]
+    return found
 
 
 def new_id(prefix: str, now: float) -> str:

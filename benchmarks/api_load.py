@@ -30,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from .harness import Benchmark, Row, percentile
+from .harness import Benchmark, Figure, Row, percentile
 
 CONCURRENCY = 32
 CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
@@ -199,12 +199,13 @@ def measure(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[
     cpu_ratio = trivial["server_cpu_ms"] / tasks["server_cpu_ms"] if tasks["server_cpu_ms"] else 0.0
     note = f"{CONCURRENCY} connections, {rounds} x {seconds:g} s rounds"
     return [
-        Row("GET /health (trivial)", trivial | {"setup": note}),
+        Row("GET /health (trivial)", dict[str, Figure]({**trivial, "setup": note})),
         Row("POST /api/tasks (durable commit)",
-            tasks | {"ratio_to_trivial": ratio, "cpu_ratio_to_trivial": cpu_ratio},
+            dict[str, Figure]({**tasks, "ratio_to_trivial": ratio,
+                               "cpu_ratio_to_trivial": cpu_ratio}),
             target=">= 0.8 x trivial req/s, p99 < 50 ms",
             met=ratio >= 0.8 and tasks["p99_ms"] < 50 and tasks["failed"] == 0),
-        Row("GET /api/tasks/<id>", figures("GET /api/tasks/<id>")),
+        Row("GET /api/tasks/<id>", dict[str, Figure](figures("GET /api/tasks/<id>"))),
     ]
 
 
