@@ -46,6 +46,7 @@ import json
 import math
 import re
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -167,7 +168,7 @@ def _assign(node: Any, path: KeyPath, value: Any, walked: str, fail: Callable[..
         return
     if not isinstance(node, list):
         raise fail(walked, "an array of tables to index", node)
-    indices = range(len(node)) if head == WILD else [head]
+    indices = range(len(node)) if head == WILD else [int(head)]
     for i in indices:
         if not 0 <= i < len(node):
             raise fail(f"{walked}[{i}]", f"an index < {len(node)} ({walked} has {len(node)} entries)")
@@ -347,6 +348,10 @@ def _throughput(run: Summary) -> float:
     return run["tasks"]["completed"] / seconds if seconds > 0 else math.nan
 
 
+def _task_count(name: str, run: Summary) -> float:
+    return float(run["tasks"][name])
+
+
 METRICS: dict[str, Callable[[Summary], float]] = {
     "latency_mean": lambda run: run["latency"]["mean"],
     "latency_p50": lambda run: run["latency"]["p50"],
@@ -359,7 +364,7 @@ METRICS: dict[str, Callable[[Summary], float]] = {
     "cost_total": lambda run: run["cost"]["total"],
     "cost_per_task": lambda run: run["cost"]["per_task_mean"],
     "savings_pct": lambda run: run["cost"]["savings_pct"],
-    **{name: (lambda run, name=name: run["tasks"][name])
+    **{name: partial(_task_count, name)
        for name in ("submitted", "completed", "failed", "expired", "rejected", "unfinished")},
 }
 
@@ -454,6 +459,6 @@ def format_sweep(table: SweepTable) -> str:
             cells.append(text)
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+    out = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
