@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.list:
         for name, path in bundled_sweeps().items():
-            print(f"{name:<20} {path}")
+            try:
+                about = load_sweep(path).description.strip().splitlines()[0]
+            except (ScenarioError, IndexError) as exc:
+                about = f"(invalid: {exc})" if isinstance(exc, ScenarioError) else ""
+            print(f"{name:<20} {about}")
         return 0
     try:
         if args.sweep is None:
