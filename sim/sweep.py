@@ -250,8 +250,8 @@ def _seeds(value: Any, base_seed: int, source: str) -> tuple[int, ...]:
 def _scenario_path(text: Any, sweep_dir: Path, source: str) -> str | Path:
     if not isinstance(text, str) or not text:
         raise ScenarioError(source, "scenario", "a bundled scenario name or a .toml path", text)
-    local = sweep_dir / text
-    return local if local.exists() else text
+    local = sweep_dir / text  # a path is relative to the sweep file, never to the cwd
+    return local if local.exists() or Path(text).suffix or "/" in text else text
 
 
 def parse_sweep(data: Mapping[str, Any], source: str = "<sweep>",

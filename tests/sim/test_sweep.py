@@ -146,6 +146,7 @@ BAD = [
     ('scenario = "small.toml"\nseeds = 0', ["seeds: expected a count >= 1", "got 0"]),
     ('scenario = "small.toml"\nseeds = [1, 1]', ["seeds: expected distinct seeds"]),
     ('scenario = "nowhere"\nseeds = 2', ["sweep.toml: scenario: ", "bundled scenario"]),
+    ('scenario = "gone.toml"\nseeds = 2', ["sweep.toml: scenario: ", "gone.toml: expected a readable"]),
     ('scenario = "small.toml"\nseeds = 2\n[grid]\nduration = 5.0',
      ["grid.duration: expected a non-empty list", "got 5.0"]),
     ('scenario = "small.toml"\nseeds = 2\n[grid]\n"nodes[5].count" = [1]',
