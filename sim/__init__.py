@@ -5,6 +5,7 @@
     result.summary["latency"]["p99"], result.log[0]
     header, steps = load_sessions("live.jsonl")[-1]      # a coordinator's journal
     what_if = scenario_from_session(header, steps, "live", "live.jsonl")
+    table = run_sweep(load_sweep("example"), backend="local", jobs=4)  # a sweep
 
 See sim/README.md for the scenario format and the JSON fields.
 """
@@ -20,9 +21,14 @@ from .replay import (
     Divergence, check_session, load_sessions, pick_session, scenario_from_session,
     write_session,
 )
+from .backends import BACKENDS, Backend, BackendUnavailable, RunSpec, run_summary
 from .scenario import (
     NodeGroup, Scenario, ScenarioError, ScriptedNode, Workload, bundled_scenarios,
     load_scenario, parse_scenario,
+)
+from .sweep import (
+    SCALES, Sweep, SweepTable, Variant, bundled_sweeps, load_sweep, parse_sweep, run_sweep,
+    tabulate,
 )
 from .workload import (
     Diurnal, Distribution, Mmpp, Poisson, Recorded, Trace, TraceReplay, load_trace,
@@ -38,6 +44,9 @@ __all__ = [
     "to_json", "write_json",
     "NodeGroup", "Scenario", "ScenarioError", "ScriptedNode", "Workload",
     "bundled_scenarios", "load_scenario", "parse_scenario",
+    "BACKENDS", "Backend", "BackendUnavailable", "RunSpec", "run_summary",
+    "SCALES", "Sweep", "SweepTable", "Variant", "bundled_sweeps", "load_sweep", "parse_sweep",
+    "run_sweep", "tabulate",
     "Diurnal", "Distribution", "Mmpp", "Poisson", "Recorded", "Trace", "TraceReplay",
     "load_trace",
 ]

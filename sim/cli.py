@@ -69,7 +69,8 @@ def _names(text: str | None, known: Mapping[str, object], option: str) -> tuple[
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Discrete-event simulation of a NeuroGrid network on the "
-        "real scheduling core. See sim/README.md for the scenario format.")
+        "real scheduling core. See sim/README.md for the scenario format; "
+        "`python -m sim sweep --help` for sweeps of variants x seeds.")
     p.add_argument("scenario", nargs="?",
                    help="a scenario .toml file or a bundled scenario name "
                         f"(default: {DEFAULT_SCENARIO}; see --list)")
@@ -141,6 +142,10 @@ def check_journal(sessions: list[Session], number: int | None, source: str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:  # python -m sim sweep SWEEP.toml: see sweep_cli.py
+        from .sweep_cli import main as sweep_main
+        return sweep_main(argv[1:])
     args = parser().parse_args(argv)
     if args.list:
         list_scenarios(sys.stdout)
