@@ -26,6 +26,7 @@ import attrs
 import trio
 from quart_trio import QuartTrio
 
+from engine.core import NetworkSnapshot
 from engine.runtime import NodeIdentity, open_coordinator
 
 from .access import RateLimiter
@@ -34,6 +35,8 @@ from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
+from .metrics import ApiMetrics, install_metrics
+from .transitions import ServiceHooks, TransitionTracker
 from .validation import MAX_BODY_BYTES
 
 HOUSEKEEPING_SECONDS = 60.0  # how often the service records that it is alive
@@ -53,21 +56,24 @@ def node_identity(token_name: str) -> NodeIdentity:
 
 
 async def serve_services(config: ApiConfig, stop: trio.Event, *,
+                         hooks: ServiceHooks = ServiceHooks(),
                          task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED
                          ) -> None:
     async with open_store(config.db) as store:
+        store.observe_commits(hooks.on_commit)
         async def verify_token(token: str) -> NodeIdentity | None:
             name = await store.find_node_token(token)
             return node_identity(name) if name is not None else None
 
         limiter, feed = RateLimiter(), TaskFeed()
-        writer = UpdateWriter(store, limiter, feed, config.clock)
+        writer = UpdateWriter(store, limiter, feed, config.clock, hooks.task_watchers)
         # The store row of a new task says queued already: no update for that.
         coordinator_config = attrs.evolve(config.coordinator, publish_accepted=False)
         async with open_coordinator(coordinator_config, verify_token=verify_token,
                                     on_update=writer) as coordinator:
             services = Services(config, store, coordinator, limiter, feed,
-                                Dispatcher(coordinator, store, limiter, config.clock, writer),
+                                Dispatcher(coordinator, store, limiter, config.clock, writer,
+                                           hooks.on_dispatch),
                                 config.clock(), package_version())
             for row in await store.reopen_tasks():  # accepted before a restart: again
                 services.dispatcher.hand_over(row)
@@ -75,6 +81,8 @@ async def serve_services(config: ApiConfig, stop: trio.Event, *,
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.dispatcher.serve)
                 nursery.start_soon(housekeeping, services)
+                for actor in hooks.actors:
+                    nursery.start_soon(actor, services)
                 task_status.started(services)
                 await stop.wait()
                 nursery.cancel_scope.cancel()
@@ -89,6 +97,19 @@ async def housekeeping(services: Services) -> None:
         services.limiter.prune(now)
 
 
+def install_observers(app: QuartTrio) -> ServiceHooks:
+    """Metrics (`/metrics`): the hooks that feed them into the services."""
+    def snapshot() -> NetworkSnapshot | None:
+        services: Services | None = app.extensions.get("neurogrid")
+        return services.coordinator.snapshot() if services is not None else None
+
+    metrics = ApiMetrics(snapshot)
+    install_metrics(app, metrics)
+    tracker = TransitionTracker([metrics.transition])
+    return ServiceHooks(task_watchers=(tracker,), on_dispatch=metrics.dispatched,
+                        on_commit=metrics.store_committed)
+
+
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app = QuartTrio("neurogrid")
     app.asgi_websocket_class = EndingWebsocketConnection
@@ -97,12 +118,13 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api_routes)
+    hooks = install_observers(app)
     stop = trio.Event()
     stopped = trio.Event()
 
     async def run(task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve_services(config, stop, task_status=task_status)
+            await serve_services(config, stop, hooks=hooks, task_status=task_status)
         finally:
             stopped.set()
 

@@ -81,6 +81,10 @@ class SqliteStore:
         async with self._patient_lock:
             return await trio.to_thread.run_sync(query, self._patient_reader)
 
+    def observe_commits(self, observer: Callable[[int, float], None] | None) -> None:
+        """Tell `observer` (operations, seconds) of every batch the writer commits."""
+        self.writer.on_commit = observer
+
     async def barrier(self) -> None:
         """Wait until every write queued before this call is committed."""
         await self.writer.write(lambda conn: None)

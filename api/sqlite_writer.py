@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from typing import Any, Callable, TypeVar
 
 import attrs
@@ -109,6 +110,8 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.execute("PRAGMA busy_timeout = 0")  # on the loop: never wait for a lock
+        # told (operations, seconds) of each batch committed (or failed): metrics
+        self.on_commit: Callable[[int, float], None] | None = None
         self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -119,10 +122,13 @@ class Writer:
                 batch = await receive_batch(self._receive, MAX_BATCH)
             except trio.EndOfChannel:  # closed by `finish`: all written
                 return
+            started = time.perf_counter()
             try:
                 commit(self.conn, batch)  # on the loop: no wait for the lock
             except Exception:  # the lock is taken, or an operation failed
                 await trio.to_thread.run_sync(commit_each, self.conn, batch)
+            if self.on_commit is not None:
+                self.on_commit(len(batch), time.perf_counter() - started)
             for pending in batch:
                 if pending.done is not None:
                     pending.done.set()
