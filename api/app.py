@@ -19,6 +19,7 @@
 # - Wall-clock time comes from `config.clock` (unix seconds), so tests can move it.
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 
 import attrs
@@ -30,11 +31,13 @@ from engine.core import NetworkSnapshot
 from engine.runtime import NodeIdentity, open_coordinator
 
 from .access import RateLimiter
+from .network_watch import WATCH_KEY, NetworkWatch
 from .nodes_ws import EndingWebsocketConnection
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
+from .dashboard import dashboard_routes, watch_network
 from .metrics import ApiMetrics, install_metrics
 from .transitions import ServiceHooks, TransitionTracker
 from .validation import MAX_BODY_BYTES
@@ -98,16 +101,20 @@ async def housekeeping(services: Services) -> None:
 
 
 def install_observers(app: QuartTrio) -> ServiceHooks:
-    """Metrics (`/metrics`): the hooks that feed them into the services."""
+    """Metrics (`/metrics`), the dashboard (`/`) and its network watch: the hooks
+    that feed them from the services."""
     def snapshot() -> NetworkSnapshot | None:
         services: Services | None = app.extensions.get("neurogrid")
         return services.coordinator.snapshot() if services is not None else None
 
     metrics = ApiMetrics(snapshot)
     install_metrics(app, metrics)
-    tracker = TransitionTracker([metrics.transition])
+    watch = app.extensions[WATCH_KEY] = NetworkWatch()
+    app.register_blueprint(dashboard_routes)
+    tracker = TransitionTracker([metrics.transition, watch.activity])
     return ServiceHooks(task_watchers=(tracker,), on_dispatch=metrics.dispatched,
-                        on_commit=metrics.store_committed)
+                        on_commit=metrics.store_committed,
+                        actors=(functools.partial(watch_network, watch=watch),))
 
 
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:

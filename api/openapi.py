@@ -271,7 +271,7 @@ PATHS: dict[str, Any] = {
 }
 
 
-PATHS.update({k: v for k, v in OBSERVE_PATHS.items() if k == '/metrics'})  # metrics, dashboard, docs: openapi_observe.py
+PATHS.update(OBSERVE_PATHS)  # metrics, dashboard, docs: openapi_observe.py
 
 
 def openapi_document(version: str) -> dict[str, Any]:
