@@ -1,0 +1,142 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`
+package) driven by Playwright, against a live `python -m api` server with two
+local workers. Skipped, saying why, where either is missing.
+
+Set NEUROGRID_SCREENSHOTS=DIR to write the dashboard's screenshots there (the
+committed docs/dashboard*.png come from this test)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.test_serve import read_line
+
+REPO = Path(__file__).resolve().parents[2]
+START_SECONDS = 90.0
+CHROMIUM = os.environ.get("NEUROGRID_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
+                "NEUROGRID_CHROMIUM)", allow_module_level=True)
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's child processes (its local workers)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.extend(int(pid) for pid in children)
+    return pids
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    tmp = tmp_path_factory.mktemp("browser-server")
+    command = [sys.executable, "-m", "api", "--port", "0", "--db", str(tmp / "b.db"),
+               "--local-workers", "2"]
+    log = open(tmp / "serve.log", "w")
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        line = ""
+        while "NeuroGrid API on" not in line:
+            line = read_line(process, deadline - time.monotonic())
+            assert line or process.poll() is None, (tmp / "serve.log").read_text()
+        url = line.split(" on ", 1)[1].strip()
+        while httpx.get(f"{url}/api/network/status").json()["network"]["nodes_online"] < 2:
+            assert time.monotonic() < deadline, "the local workers never joined"
+            time.sleep(0.1)
+        yield url, process
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    folder = os.environ.get("NEUROGRID_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def test_dashboard_lists_nodes_streams_a_prompt_and_shows_a_node_leaving(
+        server: tuple[str, subprocess.Popen[str]], browser: Any) -> None:
+    url, process = server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    expect = sync_api.expect
+    # both local workers, listed live from the event stream
+    rows = page.locator("#nodes tr[data-node-id]")
+    expect(rows).to_have_count(2, timeout=10_000)
+    expect(page.locator('#nodes [data-status="online"]')).to_have_count(2)
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#s-nodes")).to_have_text("2")
+
+    # the playground: a prompt's tokens stream into the page, then its cost and node
+    page.get_by_label("Text prompt").fill("Tell me about GPUs")
+    page.get_by_label("Max tokens").fill("24")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#text-meta")).to_contain_text("completed", timeout=30_000)
+    meta = page.locator("#text-meta").inner_text()
+    assert "node node_local-" in meta and "cost $" in meta
+    streamed = page.locator("#text-output").inner_text()
+    task_id = meta.split(" ", 1)[0]
+    task = httpx.get(f"{url}/api/tasks/{task_id}").json()["task"]
+    assert task["status"] == "completed" and streamed.strip() == task["result"].strip()
+    # the task reaches the recent-tasks table without a reload
+    expect(page.locator("#recent tbody")).to_contain_text(task_id, timeout=5_000)
+    screenshot(page, "dashboard.png")
+
+    # a node that leaves turns offline on the page, without a reload
+    first = worker_pids(process.pid)[0]
+    os.kill(first, signal.SIGTERM)
+    expect(page.locator('#nodes [data-status="offline"]')).to_have_count(1, timeout=30_000)
+    expect(page.locator('#nodes [data-status="online"]')).to_have_count(1)
+    expect(page.locator("#s-nodes")).to_have_text("1")
+    screenshot(page, "dashboard-node-offline.png")
+
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    phone.goto(url + "/")
+    expect(phone.locator("#nodes tr[data-node-id]")).to_have_count(2, timeout=10_000)
+    # nothing wider than the phone's screen but the tables' own scroll boxes
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(phone, "dashboard-phone.png")
+    assert errors == []
+
+
+def test_docs_page_renders_the_openapi_paths_and_tries_one(
+        server: tuple[str, subprocess.Popen[str]], browser: Any) -> None:
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url + "/docs")
+    expect = sync_api.expect
+    health = page.locator("form", has=page.locator("code", has_text="GET /health"))
+    expect(health).to_have_count(1, timeout=10_000)
+    health.get_by_role("button", name="Try it").click()
+    expect(health.locator("output")).to_contain_text('"status": "OK"')
