@@ -32,6 +32,7 @@ from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
 from engine.runtime import CoordinatorConfig
 
 from .app import ApiConfig, create_app
+from .logs import LOG_FORMATS, configure_logging
 from .store import open_store
 
 WORKER_STOP_SECONDS = 5.0
@@ -51,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "required: a Bearer key on every task call")
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--access-log", action="store_true", help="log every request (one line)")
+    parser.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="text",
+                        help="text: human-readable lines; json: one JSON object a line "
+                             "(for log pipelines)")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
                              "to PATH, for `python -m sim --replay PATH`; a PATH ending "
@@ -66,11 +70,13 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
                      coordinator=CoordinatorConfig(journal_path=args.journal))
 
 
-def hypercorn_config(host: str, port: int, access_log: bool) -> HypercornConfig:
+def hypercorn_config(host: str, port: int) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    # hypercorn's loggers go through `logging` like ours (one format, no duplicates)
-    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
+    # hypercorn's error log goes through `logging` like ours (one format); its access
+    # log stays off: it writes some requests twice (api/logs.py), the app logs each
+    # once (neurogrid.access, enabled by --access-log).
+    config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.websocket_max_message_size = 4 * MAX_FRAME_BYTES  # the codec judges size
     config.graceful_timeout = 5.0
@@ -109,7 +115,7 @@ async def shutdown_signal() -> None:
 async def serve_all(args: argparse.Namespace) -> None:
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
-    config = hypercorn_config(args.host, args.port, args.access_log)
+    config = hypercorn_config(args.host, args.port)
     async with trio.open_nursery() as nursery:
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neurogrid serve: cannot open the journal file {args.journal!r}: "
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(args.log_format, access=args.access_log)
     trio.run(serve_all, args)
     return 0
 

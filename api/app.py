@@ -38,6 +38,7 @@ from .routes import api_routes
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
 from .dashboard import dashboard_routes, watch_network
+from .logs import install_request_log, log_task_end
 from .metrics import ApiMetrics, install_metrics
 from .transitions import ServiceHooks, TransitionTracker
 from .validation import MAX_BODY_BYTES
@@ -101,8 +102,8 @@ async def housekeeping(services: Services) -> None:
 
 
 def install_observers(app: QuartTrio) -> ServiceHooks:
-    """Metrics (`/metrics`), the dashboard (`/`) and its network watch: the hooks
-    that feed them from the services."""
+    """Metrics (`/metrics`), the dashboard (`/`) and its network watch, the request
+    and task logs: the hooks that feed them from the services."""
     def snapshot() -> NetworkSnapshot | None:
         services: Services | None = app.extensions.get("neurogrid")
         return services.coordinator.snapshot() if services is not None else None
@@ -111,7 +112,8 @@ def install_observers(app: QuartTrio) -> ServiceHooks:
     install_metrics(app, metrics)
     watch = app.extensions[WATCH_KEY] = NetworkWatch()
     app.register_blueprint(dashboard_routes)
-    tracker = TransitionTracker([metrics.transition, watch.activity])
+    install_request_log(app)
+    tracker = TransitionTracker([metrics.transition, watch.activity, log_task_end])
     return ServiceHooks(task_watchers=(tracker,), on_dispatch=metrics.dispatched,
                         on_commit=metrics.store_committed,
                         actors=(functools.partial(watch_network, watch=watch),))

@@ -7,8 +7,8 @@
 #   - NodeRoster compares each coordinator snapshot with the previous one: a node
 #     id that appears joined, one that disappears left. A node that left is kept
 #     (its last snapshot and when it left) for KEEP_OFFLINE_SECONDS, then forgotten;
-#     one that comes back is online again. `observe` returns the joins and leaves,
-#     which the watcher logs.
+#     one that comes back is online again. `observe` returns the joins and leaves
+#     (the coordinator logs them).
 #   - Activity is a transition listener (transitions.py): it counts the open tasks
 #     per (model, priority, state) and keeps each task that ended in the last hour
 #     (model, node, state, turnaround, cost, the OpenAI reference cost), from which
@@ -21,17 +21,14 @@
 from __future__ import annotations
 
 import collections
-import logging
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 
 from engine.core import NetworkSnapshot, NodeSnapshot
 
 from .transitions import TaskTransition
-
-log = logging.getLogger("neurogrid.nodes")
 
 KEEP_OFFLINE_SECONDS = 3600.0  # a node that left is listed as offline this long
 WINDOW_SECONDS = 3600.0  # the dashboard's charts: the last hour
@@ -71,16 +68,6 @@ class NodeRoster:
     def offline(self) -> list[GoneNode]:
         """Nodes that left in the last `keep_seconds`, most recent first."""
         return sorted(self._gone.values(), key=lambda g: -g.left_at)
-
-
-def log_node_changes(joined: Iterable[NodeSnapshot], left: Iterable[NodeSnapshot]) -> None:
-    for node in joined:
-        log.info("node joined: %s (%s, %s, %s, %d slots, models %s)", node.node_id, node.name,
-                 node.gpu, node.location or node.region, node.slots, ",".join(node.models),
-                 extra={"event": "node_joined", "node_id": node.node_id, "gpu": node.gpu})
-    for node in left:
-        log.info("node left: %s (%s, %d tasks done)", node.node_id, node.name, node.tasks_done,
-                 extra={"event": "node_left", "node_id": node.node_id})
 
 
 @attrs.frozen
@@ -190,18 +177,17 @@ WATCH_SECONDS = 1.0  # how often the watcher looks at the network
 
 class NetworkWatch:
     """The roster and the activity of one app (dashboard.py and the network
-    status route read them); `look` takes in a snapshot and logs joins and leaves."""
+    status route read them). Joins and leaves are logged by the coordinator."""
 
     def __init__(self) -> None:
         self.roster = NodeRoster()
         self.activity = Activity()
 
     def look(self, snapshot: NetworkSnapshot, now: float) -> list[GoneNode]:
-        joined, left = self.roster.observe(snapshot, now)
-        log_node_changes(joined, left)
+        self.roster.observe(snapshot, now)
         return self.roster.offline()
 
 
 __all__ = ["Activity", "EndedTask", "GoneNode", "KEEP_OFFLINE_SECONDS", "NODE_STATUSES",
            "NetworkWatch", "NodeRoster", "WATCH_KEY", "WATCH_SECONDS", "WINDOW_SECONDS",
-           "log_node_changes", "percentile"]
+           "percentile"]
