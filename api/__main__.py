@@ -32,6 +32,7 @@ from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
 from engine.runtime import CoordinatorConfig
 
 from .app import ApiConfig, create_app
+from .cors import parse_origins
 from .logs import LOG_FORMATS, configure_logging
 from .store import open_store
 
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="text",
                         help="text: human-readable lines; json: one JSON object a line "
                              "(for log pipelines)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let pages from ORIGIN (scheme://host[:port], or * for any) "
+                             "call the API from a browser; repeatable (default: none "
+                             "beyond the API's own origin)")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
                              "to PATH, for `python -m sim --replay PATH`; a PATH ending "
@@ -66,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def api_config(args: argparse.Namespace) -> ApiConfig:
     """The app's configuration from the command line."""
     return ApiConfig(db=args.db, auth_required=args.auth == "required",
-                     environment=args.environment,
+                     environment=args.environment, cors_origins=parse_origins(args.cors_origin),
                      coordinator=CoordinatorConfig(journal_path=args.journal))
 
 
@@ -148,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.local_workers < 0:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        parse_origins(args.cors_origin)
+    except ValueError as e:
+        print(f"neurogrid serve: {e}", file=sys.stderr)
         return 2
     if args.journal is not None:  # fail here, in one line, not in the app's lifespan
         try:

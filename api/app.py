@@ -37,6 +37,7 @@ from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
+from .cors import install_cors
 from .dashboard import dashboard_routes, watch_network
 from .logs import install_request_log, log_task_end
 from .metrics import ApiMetrics, install_metrics
@@ -128,6 +129,7 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api_routes)
     hooks = install_observers(app)
+    install_cors(app, config.cors_origins)
     stop = trio.Event()
     stopped = trio.Event()
 

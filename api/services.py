@@ -26,6 +26,7 @@ class ApiConfig:
     environment: str = "development"
     coordinator: CoordinatorConfig = attrs.field(factory=CoordinatorConfig)
     clock: Callable[[], float] = time.time
+    cors_origins: tuple[str, ...] = ()  # other origins whose pages may call the API (cors.py)
 
 
 @attrs.define
