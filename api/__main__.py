@@ -3,7 +3,8 @@
 # `--local-workers N` worker subprocesses with the bundled demo model.
 #
 # Rules:
-# - Defaults: 127.0.0.1:8080, ./neurogrid.db, one local worker, open auth. Port 0
+# - Defaults: 127.0.0.1:8080, the database of --db, else $NEUROGRID_DB, else
+#   ./neurogrid.db (api/database.py, as the admin commands), one local worker, open auth. Port 0
 #   picks a free port; the line "NeuroGrid API on http://HOST:PORT" on stdout says
 #   which (tests and scripts read it).
 # - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
@@ -33,6 +34,7 @@ from engine.runtime import CoordinatorConfig
 
 from .app import ApiConfig, create_app
 from .cors import parse_origins
+from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
 from .store import open_store
 
@@ -44,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Run the NeuroGrid coordinator and REST API.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
-    parser.add_argument("--db", default="neurogrid.db",
-                        help="the database: a SQLite file path or a store URL (sqlite:///PATH)")
+    parser.add_argument("--db", default=None,
+                        help=f"the database: a SQLite file path or a store URL (sqlite:///PATH); "
+                             f"default: ${DB_ENV}, else ./{DEFAULT_DB}")
     parser.add_argument("--local-workers", type=int, default=1, metavar="N",
                         help="demo-model worker processes to start (0: none)")
     parser.add_argument("--auth", choices=("open", "required"), default="open",
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def api_config(args: argparse.Namespace) -> ApiConfig:
     """The app's configuration from the command line."""
-    return ApiConfig(db=args.db, auth_required=args.auth == "required",
+    return ApiConfig(db=choose_database(args.db).url, auth_required=args.auth == "required",
                      environment=args.environment, cors_origins=parse_origins(args.cors_origin),
                      coordinator=CoordinatorConfig(journal_path=args.journal))
 
@@ -167,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
     configure_logging(args.log_format, access=args.access_log)
+    database = choose_database(args.db)
+    args.db = database.url
+    logging.getLogger("neurogrid").info("database %s%s", database.describe(),
+                                        "" if database.exists() else ": new, created now")
     trio.run(serve_all, args)
     return 0
 
