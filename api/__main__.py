@@ -12,9 +12,11 @@
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
 # - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
 #   to PATH; a path that cannot be opened stops `serve` before anything starts.
-# - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
-#   shuts the coordinator down and the store commits what is queued; local workers
-#   get SIGTERM, and SIGKILL if they have not left after a few seconds.
+# - Ctrl-C or SIGTERM stops gracefully and promptly (api/shutdown.py): local workers
+#   get SIGTERM first (they finish their running tasks and leave; SIGKILL if they
+#   have not after a few seconds), remote workers' connections are closed, requests
+#   in flight are waited for; then hypercorn stops accepting, the lifespan shuts the
+#   coordinator down and the store commits what is queued.
 from __future__ import annotations
 
 import argparse
@@ -36,9 +38,12 @@ from .app import ApiConfig, create_app
 from .cors import parse_origins
 from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
+from .shutdown import app_closing
 from .store import open_store
 
 WORKER_STOP_SECONDS = 5.0
+SERVER_GRACE_SECONDS = 1.0
+log = logging.getLogger("neurogrid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +92,10 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.websocket_max_message_size = 4 * MAX_FRAME_BYTES  # the codec judges size
-    config.graceful_timeout = 5.0
+    # The app drains before hypercorn is told to stop (shutdown.py): what is left
+    # then is streams (cut; their clients reconnect) and requests that came in the
+    # last instant.
+    config.graceful_timeout = SERVER_GRACE_SECONDS
     return config
 
 
@@ -123,12 +131,36 @@ async def shutdown_signal() -> None:
 async def serve_all(args: argparse.Namespace) -> None:
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
+    closing = app_closing(app)
     config = hypercorn_config(args.host, args.port)
     async with trio.open_nursery() as nursery:
+        workers = trio.CancelScope()
+        workers_done = trio.Event()
+
+        async def run_workers(ws_url: str) -> None:
+            try:
+                with workers:
+                    async with trio.open_nursery() as local:
+                        for index, token in enumerate(tokens, start=1):
+                            local.start_soon(run_local_worker,
+                                             worker_command(ws_url, f"local-{index}"), token)
+            finally:
+                workers_done.set()
+
+        async def drain_when_told() -> None:
+            """The shutdown trigger: drain (shutdown.py), then let hypercorn stop."""
+            await shutdown_signal()
+            started = time.monotonic()
+            log.info("shutting down: stopping local workers, closing worker connections")
+            workers.cancel()  # local workers get SIGTERM: they finish their tasks, leave
+            await workers_done.wait()
+            await closing.begin()
+            log.info("shutting down: drained in %.2f s", time.monotonic() - started)
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, config, shutdown_trigger=shutdown_signal, task_status=task_status)
+                await serve(app, config, shutdown_trigger=drain_when_told,
+                            task_status=task_status)
             finally:  # local workers end when the server has
                 nursery.cancel_scope.cancel()
 
@@ -136,9 +168,7 @@ async def serve_all(args: argparse.Namespace) -> None:
         tune_garbage_collector()
         print(f"NeuroGrid API on {url}", flush=True)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-        ws_url = f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}"
-        for index, token in enumerate(tokens, start=1):
-            nursery.start_soon(run_local_worker, worker_command(ws_url, f"local-{index}"), token)
+        nursery.start_soon(run_workers, f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}")
     print("NeuroGrid API stopped", flush=True)
 
 

@@ -35,6 +35,7 @@ from .network_watch import WATCH_KEY, NetworkWatch
 from .nodes_ws import EndingWebsocketConnection
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
+from .shutdown import install_closing
 from .services import ApiConfig, Services, process_memory
 from .store import open_store
 from .cors import install_cors
@@ -130,6 +131,7 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app.register_blueprint(api_routes)
     hooks = install_observers(app)
     install_cors(app, config.cors_origins)
+    install_closing(app)
     stop = trio.Event()
     stopped = trio.Event()
 

@@ -28,6 +28,7 @@ from quart import Blueprint, Response, current_app, jsonify
 
 from .network_watch import WATCH_KEY, WATCH_SECONDS, NetworkWatch
 from .services import Services
+from .shutdown import app_closing
 from .views import iso, network_status, percent
 
 dashboard_routes = Blueprint("neurogrid_dashboard", __name__)
@@ -119,15 +120,17 @@ async def dashboard_data() -> Any:
 async def network_events() -> Response:
     services: Services = current_app.extensions["neurogrid"]
     watch: NetworkWatch = current_app.extensions[WATCH_KEY]
+    closing = app_closing(current_app)
 
     async def events() -> AsyncIterator[bytes]:
-        while True:
+        while not closing.stopping.is_set():
             now = services.now()
             view = dashboard_view(services, watch, await services.store.stats(),
                                   await services.store.nodes(),
                                   await services.store.availability(now, services.run_id), now)
             yield f"event: network\ndata: {json.dumps(view)}\n\n".encode()
-            await trio.sleep(WATCH_SECONDS)
+            if await closing.pause(WATCH_SECONDS):  # the server is shutting down
+                return
 
     response = Response(events(), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})
