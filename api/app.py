@@ -47,6 +47,7 @@ from .validation import MAX_BODY_BYTES
 
 HOUSEKEEPING_SECONDS = 60.0  # how often the service records that it is alive
 SHUTDOWN_GRACE_SECONDS = 10.0
+NO_HOOKS = ServiceHooks()
 
 
 def package_version() -> str:
@@ -62,7 +63,7 @@ def node_identity(token_name: str) -> NodeIdentity:
 
 
 async def serve_services(config: ApiConfig, stop: trio.Event, *,
-                         hooks: ServiceHooks = ServiceHooks(),
+                         hooks: ServiceHooks = NO_HOOKS,
                          task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED
                          ) -> None:
     async with open_store(config.db) as store:

@@ -109,7 +109,7 @@ class ApiMetrics:
                                 registry=r)
         self.committed = Counter("neurogrid_store_operations", "Store operations committed",
                                  registry=r)
-        r.register(SnapshotCollector(snapshot))  # type: ignore[arg-type]
+        r.register(SnapshotCollector(snapshot))
 
     def transition(self, t: TaskTransition) -> None:
         self.tasks.labels(t.model, t.priority, t.status).inc()

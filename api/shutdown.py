@@ -36,8 +36,7 @@ log = logging.getLogger("neurogrid")
 CLOSING_KEY = "neurogrid.closing"  # app.extensions key
 REQUEST_GRACE_SECONDS = 10.0  # waiting for requests in flight at shutdown, at most
 SHUTDOWN_REASON = "server shutting down"
-GOING_AWAY = 1001
-SOCKET_POLL_SECONDS = 0.01  # RFC 6455: the endpoint is going away
+GOING_AWAY = 1001  # RFC 6455: the endpoint is going away
 
 
 class Closing:
@@ -48,6 +47,7 @@ class Closing:
         self.stopping = trio.Event()  # set by `begin`: long-lived streams end
         self._idle = trio.Event()
         self._idle.set()
+        self._socket_gone = trio.Event()
 
     async def pause(self, seconds: float) -> bool:
         """Sleep `seconds`, or less should shutdown begin: True when it has (a
@@ -55,6 +55,10 @@ class Closing:
         with trio.move_on_after(seconds):
             await self.stopping.wait()
         return self.stopping.is_set()
+
+    def socket_ended(self, ws: Any) -> None:
+        self.sockets.discard(ws)
+        self._socket_gone.set()
 
     def request_started(self) -> None:
         self.in_flight += 1
@@ -81,7 +85,8 @@ class Closing:
         with trio.move_on_after(request_grace) as waited:
             await self._idle.wait()
             while self.sockets:  # each session ends once its worker acknowledges
-                await trio.sleep(SOCKET_POLL_SECONDS)
+                self._socket_gone = trio.Event()
+                await self._socket_gone.wait()
         if waited.cancelled_caught:
             log.warning("shutting down with %d request(s) and %d connection(s) still open "
                         "after %.0f s", self.in_flight, len(self.sockets), request_grace)
@@ -107,7 +112,7 @@ def install_closing(app: Quart) -> Closing:
 
     @app.teardown_websocket
     async def forget_socket(exc: BaseException | None) -> None:
-        closing.sockets.discard(websocket._get_current_object())  # type: ignore[attr-defined]
+        closing.socket_ended(websocket._get_current_object())  # type: ignore[attr-defined]
 
     return closing
 
