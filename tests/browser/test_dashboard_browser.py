@@ -6,11 +6,14 @@ Set NEUROGRID_SCREENSHOTS=DIR to write the dashboard's screenshots there (the
 committed docs/dashboard*.png come from this test)."""
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -128,6 +131,79 @@ def test_dashboard_lists_nodes_streams_a_prompt_and_shows_a_node_leaving(
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(phone, "dashboard-phone.png")
     assert errors == []
+
+
+def png_base64(size: int = 64) -> str:
+    from PIL import Image
+
+    image = Image.new("RGB", (size, size))
+    image.putdata([(4 * x, 4 * y, 128) for y in range(size) for x in range(size)])
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def image_worker(url: str, token: str, ready: threading.Event, stop: threading.Event) -> None:
+    """A worker serving stable-diffusion over the real websocket endpoint that
+    answers every task with a small PNG (the image model itself is not needed to
+    show an image task on the page)."""
+    import trio
+    from trio_websocket import open_websocket_url
+
+    from engine.core import Usage
+    from engine.protocol import AssignTask, Gpu, Hello, Result, decode, encode
+
+    async def run() -> None:
+        ws_url = url.replace("http://", "ws://") + "/api/nodes/connect"
+        async with open_websocket_url(ws_url) as ws:
+            await ws.send_message(encode(Hello(token=token, gpu=Gpu("RTX 4090", 24.0),
+                                               models=("stable-diffusion",), slots=1,
+                                               name="painter", location="Iceland")))
+            decode(await ws.get_message())  # welcome
+            ready.set()
+            while not stop.is_set():
+                with trio.move_on_after(0.2):
+                    message = decode(await ws.get_message())
+                    if isinstance(message, AssignTask):
+                        output = {"image_png_base64": png_base64(), "width": 64, "height": 64}
+                        await ws.send_message(encode(Result(
+                            message.task_id, output, Usage(seconds=0.2, steps=20))))
+
+    trio.run(run)
+
+
+def test_an_image_task_shows_its_image(server: tuple[str, subprocess.Popen[str]],
+                                       browser: Any, tmp_path: Path) -> None:
+    url, process = server
+    db = next(arg for arg in process.args if str(arg).endswith(".db"))  # type: ignore[union-attr]
+    created = subprocess.run([sys.executable, "-m", "engine.cli", "nodes", "create", "--name",
+                              "painter", "--db", str(db)], cwd=REPO, capture_output=True,
+                             text=True, check=True)
+    token = created.stdout.splitlines()[1]
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=image_worker, args=(url, token, ready, stop), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "the image worker did not connect"
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/")
+        expect = sync_api.expect
+        expect(page.locator('#nodes tr[data-node-id="node_painter"]')).to_have_count(1,
+                                                                                    timeout=10_000)
+        page.get_by_label("Image prompt").fill("a gradient")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#image-meta")).to_contain_text("completed", timeout=30_000)
+        image = page.locator("#image-output")
+        expect(image).to_be_visible()
+        expect(image).to_have_attribute("alt", "Generated image: a gradient")
+        assert image.get_attribute("src").endswith("/image.png")
+        # the browser fetched and decoded it
+        assert page.evaluate("document.getElementById('image-output').naturalWidth") == 64
+        assert "node node_painter" in page.locator("#image-meta").inner_text()
+        screenshot(page, "dashboard-image.png")
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_docs_page_renders_the_openapi_paths_and_tries_one(
