@@ -104,7 +104,11 @@ def test_dashboard_lists_nodes_streams_a_prompt_and_shows_a_node_leaving(
     # the playground: a prompt's tokens stream into the page, then its cost and node
     page.get_by_label("Text prompt").fill("Tell me about GPUs")
     page.get_by_label("Max tokens").fill("24")
-    page.get_by_role("button", name="Run").click()
+    # by keyboard: from the last field, Tab reaches the button and Enter runs it
+    page.get_by_label("Max tokens").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Run"
+    page.keyboard.press("Enter")
     expect(page.locator("#text-meta")).to_contain_text("completed", timeout=30_000)
     meta = page.locator("#text-meta").inner_text()
     assert "node node_local-" in meta and "cost $" in meta
@@ -162,12 +166,14 @@ def image_worker(url: str, token: str, ready: threading.Event, stop: threading.E
             decode(await ws.get_message())  # welcome
             ready.set()
             while not stop.is_set():
-                with trio.move_on_after(0.2):
-                    message = decode(await ws.get_message())
-                    if isinstance(message, AssignTask):
-                        output = {"image_png_base64": png_base64(), "width": 64, "height": 64}
-                        await ws.send_message(encode(Result(
-                            message.task_id, output, Usage(seconds=0.2, steps=20))))
+                frame = None
+                with trio.move_on_after(0.2):  # only the wait is cut short, never a send
+                    frame = await ws.get_message()
+                message = decode(frame) if frame is not None else None
+                if isinstance(message, AssignTask):
+                    output = {"image_png_base64": png_base64(), "width": 64, "height": 64}
+                    await ws.send_message(encode(Result(
+                        message.task_id, output, Usage(seconds=0.2, steps=20))))
 
     trio.run(run)
 
@@ -197,7 +203,8 @@ def test_an_image_task_shows_its_image(server: tuple[str, subprocess.Popen[str]]
         expect(image).to_be_visible()
         expect(image).to_have_attribute("alt", "Generated image: a gradient")
         assert image.get_attribute("src").endswith("/image.png")
-        # the browser fetched and decoded it
+        # the browser fetched and decoded it (waiting for the load: not instant)
+        page.wait_for_function("document.getElementById('image-output').complete", timeout=10_000)
         assert page.evaluate("document.getElementById('image-output').naturalWidth") == 64
         assert "node node_painter" in page.locator("#image-meta").inner_text()
         screenshot(page, "dashboard-image.png")
