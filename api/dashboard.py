@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import trio
 from quart import Blueprint, Response, current_app, jsonify
 
 from .network_watch import WATCH_KEY, WATCH_SECONDS, NetworkWatch
 from .services import Services
+from .store import NodeRecord, Stats
 from .shutdown import app_closing
 from .views import iso, network_status, percent
 
@@ -47,8 +48,10 @@ def asset_bytes(name: str) -> bytes:
     return (importlib.resources.files("api") / "static" / name).read_bytes()
 
 
-def dashboard_view(services: Services, watch: NetworkWatch, stats: Any, nodes: Any,
-                   availability: float, now: float) -> dict[str, Any]:
+def dashboard_view(services: Services, watch: NetworkWatch, stats: Stats,
+                   nodes: Mapping[str, NodeRecord], availability: float, now: float
+                   ) -> dict[str, Any]:
+    """The data of one `network` event (see the module comment)."""
     snapshot = services.coordinator.snapshot()
     offline = watch.look(snapshot, now)
     status = network_status(snapshot, stats, nodes, availability, now, offline)
@@ -76,13 +79,15 @@ def dashboard_view(services: Services, watch: NetworkWatch, stats: Any, nodes: A
     }
 
 
-async def current_view() -> dict[str, Any]:
-    services: Services = current_app.extensions["neurogrid"]
-    watch: NetworkWatch = current_app.extensions[WATCH_KEY]
+async def read_view(services: Services, watch: NetworkWatch) -> dict[str, Any]:
     now = services.now()
     return dashboard_view(services, watch, await services.store.stats(),
                           await services.store.nodes(),
                           await services.store.availability(now, services.run_id), now)
+
+
+async def current_view() -> dict[str, Any]:
+    return await read_view(current_app.extensions["neurogrid"], current_app.extensions[WATCH_KEY])
 
 
 def page(name: str) -> Response:
@@ -124,10 +129,7 @@ async def network_events() -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         while not closing.stopping.is_set():
-            now = services.now()
-            view = dashboard_view(services, watch, await services.store.stats(),
-                                  await services.store.nodes(),
-                                  await services.store.availability(now, services.run_id), now)
+            view = await read_view(services, watch)
             yield f"event: network\ndata: {json.dumps(view)}\n\n".encode()
             if await closing.pause(WATCH_SECONDS):  # the server is shutting down
                 return
