@@ -20,9 +20,11 @@
 #   line on stderr naming the file and what to do) or when the services fail while
 #   serving (the store cannot continue): never a process that answers but cannot
 #   work, so a supervisor restarts it.
-# - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
-#   shuts the coordinator down and the store commits what is queued; local workers
-#   get SIGTERM, and SIGKILL if they have not left after a few seconds.
+# - Ctrl-C or SIGTERM stops gracefully and promptly (api/shutdown.py): local workers
+#   get SIGTERM first (they finish their running tasks and leave; SIGKILL if they
+#   have not after a few seconds), remote workers' connections are closed, requests
+#   in flight are waited for; then hypercorn stops accepting, the lifespan shuts the
+#   coordinator down and the store commits what is queued.
 from __future__ import annotations
 
 import argparse
@@ -32,9 +34,11 @@ import os
 import signal
 import sys
 import time
+
 from typing import Awaitable, Callable
 
 import trio
+from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
@@ -42,11 +46,17 @@ from engine.runtime import CoordinatorConfig
 
 from .access import parse_networks
 from .app import ApiConfig, create_app
+from .cors import parse_origins
+from .database import DB_ENV, DEFAULT_DB, choose_database
+from .logs import LOG_FORMATS, configure_logging
 from .server import KEEP_ALIVE_SECONDS, hypercorn_config
 from .services import service_failure
+from .shutdown import app_closing
 from .store import StoreError, open_store
 
 WORKER_STOP_SECONDS = 5.0
+SERVER_GRACE_SECONDS = 1.0
+log = logging.getLogger("neurogrid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Run the NeuroGrid coordinator and REST API.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
-    parser.add_argument("--db", default="neurogrid.db",
-                        help="the database: a SQLite file path or a store URL (sqlite:///PATH)")
+    parser.add_argument("--db", default=None,
+                        help=f"the database: a SQLite file path or a store URL (sqlite:///PATH); "
+                             f"default: ${DB_ENV}, else ./{DEFAULT_DB}")
     parser.add_argument("--local-workers", type=int, default=1, metavar="N",
                         help="local worker processes to start (0: none)")
     parser.add_argument("--local-models", choices=LOCAL_MODELS, default="installed",
@@ -75,7 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a reverse proxy (address or network; repeatable) whose "
                              "X-Forwarded-For names the client; from other peers the "
                              "header is ignored")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--access-log", action="store_true", help="log every request (one line)")
+    parser.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="text",
+                        help="text: human-readable lines; json: one JSON object a line "
+                             "(for log pipelines)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let pages from ORIGIN (scheme://host[:port], or * for any) "
+                             "call the API from a browser; repeatable (default: none "
+                             "beyond the API's own origin)")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
                              "to PATH, for `python -m sim --replay PATH`; a PATH ending "
@@ -85,9 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def api_config(args: argparse.Namespace) -> ApiConfig:
     """The app's configuration from the command line."""
-    return ApiConfig(db=args.db, auth_required=args.auth == "required",
-                     environment=args.environment, trusted_proxies=args.trusted_proxy,
+    return ApiConfig(db=choose_database(args.db).url, auth_required=args.auth == "required",
+                     environment=args.environment, cors_origins=parse_origins(args.cors_origin),
+                     trusted_proxies=args.trusted_proxy,
                      coordinator=CoordinatorConfig(journal_path=args.journal))
+
+
+def server_config(args: argparse.Namespace) -> HypercornConfig:
+    config = hypercorn_config(args.host, args.port, False, keep_alive_seconds=args.keep_alive,
+                              websocket_max_message_size=4 * MAX_FRAME_BYTES)  # the codec judges
+    # hypercorn's access log stays off: it writes some requests twice (api/logs.py);
+    # the app logs each once (neurogrid.access, enabled by --access-log).
+    config.accesslog = None
+    # The app drains before hypercorn is told to stop (shutdown.py): what is left
+    # then is streams (cut; their clients reconnect) and requests that came in the
+    # last instant.
+    config.graceful_timeout = SERVER_GRACE_SECONDS
+    return config
 
 
 async def local_worker_tokens(db: str, count: int) -> list[str]:
@@ -137,28 +169,48 @@ async def serve_all(args: argparse.Namespace) -> str | None:
     """Serve until a signal (None) or until the services fail (their reason)."""
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
-    failure = service_failure(app)
-    config = hypercorn_config(args.host, args.port, args.access_log,
-                              keep_alive_seconds=args.keep_alive,
-                              websocket_max_message_size=4 * MAX_FRAME_BYTES)  # the codec judges
+    closing, failure = app_closing(app), service_failure(app)
+    config = server_config(args)
     async with trio.open_nursery() as nursery:
+        workers = trio.CancelScope()
+        workers_done = trio.Event()
+
+        async def run_workers(ws_url: str) -> None:
+            try:
+                with workers:
+                    async with trio.open_nursery() as local:
+                        for index, token in enumerate(tokens, start=1):
+                            command = worker_command(ws_url, f"local-{index}", args.local_models)
+                            local.start_soon(run_local_worker, command, token)
+            finally:
+                workers_done.set()
+
+        async def drain_when_told() -> None:
+            """The shutdown trigger - a signal, or the services failing (the store
+            cannot continue) - drains (shutdown.py), then lets hypercorn stop."""
+            await first_of(shutdown_signal, failure.failed.wait)
+            started = time.monotonic()
+            log.info("shutting down: stopping local workers, closing worker connections")
+            workers.cancel()  # local workers get SIGTERM: they finish their tasks, leave
+            await workers_done.wait()
+            await closing.begin()
+            log.info("shutting down: drained in %.2f s", time.monotonic() - started)
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, config, task_status=task_status,
-                            shutdown_trigger=lambda: first_of(shutdown_signal,
-                                                              failure.failed.wait))
+                await serve(app, config, shutdown_trigger=drain_when_told,
+                            task_status=task_status)
             finally:  # local workers end when the server has
                 nursery.cancel_scope.cancel()
 
         url = (await nursery.start(run_server))[0]
         tune_garbage_collector()
+        note = getattr(args, "database_note", "")  # once the database has opened
+        if note:
+            log.info(note)
         print(f"NeuroGrid API on {url}", flush=True)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-        ws_url = f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}"
-        for index, token in enumerate(tokens, start=1):
-            command = worker_command(ws_url, f"local-{index}", args.local_models)
-            nursery.start_soon(run_local_worker, command, token)
+        nursery.start_soon(run_workers, f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}")
     print("NeuroGrid API stopped", flush=True)
     return failure.reason
 
@@ -179,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
         return 2
     try:
+        parse_origins(args.cors_origin)
         parse_networks(args.trusted_proxy)
-    except ValueError as exc:
-        print(f"neurogrid serve: {exc}", file=sys.stderr)
+    except ValueError as e:
+        print(f"neurogrid serve: {e}", file=sys.stderr)
         return 2
     if args.journal is not None:  # fail here, in one line, not in the app's lifespan
         try:
@@ -190,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neurogrid serve: cannot open the journal file {args.journal!r}: "
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(args.log_format, access=args.access_log)
+    database = choose_database(args.db)
+    args.db = database.url
+    created = "" if database.exists() else ": new, created now"
+    args.database_note = f"database {database.describe()}{created}"
     try:
         failed = trio.run(serve_all, args)
     except StoreError as exc:  # the database does not open: one line, not a traceback

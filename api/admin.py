@@ -6,6 +6,10 @@
 #   neurogrid keys list | neurogrid keys revoke KEY_ID
 #   neurogrid nodes create --name NAME | neurogrid nodes list | neurogrid nodes revoke NAME
 #
+# The database: --db, else $NEUROGRID_DB, else ./neurogrid.db, as `neurogrid serve`
+# (database.py); the command says which file it used, and refuses to create a new
+# one at the default location unless --create.
+#
 # Rules: a secret is printed once, when created, and only its hash is stored; a
 # worker token's name becomes its node id (`node_<name>`), so names are short slugs.
 from __future__ import annotations
@@ -19,11 +23,11 @@ from typing import Awaitable, Callable
 import trio
 
 from .access import DEFAULT_TIERS
+from .database import DB_ENV, DEFAULT_DB, choose_database
 from .store import Store, StoreError, open_store
 from .views import iso
 
 NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-DEFAULT_DB = "neurogrid.db"
 
 
 def node_name(text: str) -> str:
@@ -41,8 +45,12 @@ def positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurogrid", description="API keys and worker tokens")
-    parser.add_argument("--db", default=DEFAULT_DB,
-                        help=f"a SQLite file path or store URL (default {DEFAULT_DB})")
+    parser.add_argument("--db", default=None,
+                        help=f"a SQLite file path or store URL (default: ${DB_ENV}, else "
+                             f"./{DEFAULT_DB}); the server's database")
+    parser.add_argument("--create", action="store_true",
+                        help=f"create the database at the default ./{DEFAULT_DB} should "
+                             "it not exist (otherwise refused: it would not be the server's)")
     groups = parser.add_subparsers(dest="group", required=True)
 
     keys = groups.add_parser("keys", help="API keys for clients").add_subparsers(
@@ -66,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (keys, nodes):  # --db also after the action, where people type it
         for action in sub.choices.values():
             action.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            action.add_argument("--create", action="store_true", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
     return parser
 
 
@@ -130,9 +140,20 @@ ACTIONS: dict[tuple[str, str], Callable[[Store, argparse.Namespace], Awaitable[i
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    database = choose_database(args.db)
+    if not database.exists():
+        if database.source == "default" and not args.create:
+            print(f"neurogrid: no database at {database.describe()}. Run this where the "
+                  f"server runs, name the server's database with --db PATH or {DB_ENV}=PATH, "
+                  "or pass --create to start a new one here.", file=sys.stderr)
+            return 2
+        print(f"neurogrid: creating a new, empty database at {database.describe()}",
+              file=sys.stderr)
+    else:
+        print(f"neurogrid: database {database.describe()}", file=sys.stderr)
 
     async def run() -> int:
-        async with open_store(args.db) as store:
+        async with open_store(database.url) as store:
             return await ACTIONS[args.group, args.action](store, args)
 
     try:

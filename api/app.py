@@ -28,19 +28,28 @@ import attrs
 import trio
 from quart_trio import QuartTrio
 
+from engine.core import NetworkSnapshot
 from engine.runtime import NodeIdentity, open_coordinator
 
 from .access import RateLimiter
+from .network_watch import WATCH_KEY, NetworkWatch
 from .nodes_ws import EndingWebsocketConnection
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .server import BODY_TIMEOUT_SECONDS, ClosingHTTPConnection
 from .services import FAILURE_KEY, ApiConfig, ServiceFailure, Services, process_memory
+from .shutdown import install_closing
 from .store import open_store
+from .cors import install_cors
+from .dashboard import dashboard_routes, watch_network
+from .logs import install_request_log, log_task_end
+from .metrics import ApiMetrics, install_metrics
+from .transitions import ServiceHooks, TransitionTracker
 from .validation import MAX_TASK_BODY_BYTES
 
 HOUSEKEEPING_SECONDS = 60.0  # how often the service records that it is alive
 SHUTDOWN_GRACE_SECONDS = 10.0
+NO_HOOKS = ServiceHooks()
 log = logging.getLogger("neurogrid.api")
 
 
@@ -57,21 +66,24 @@ def node_identity(token_name: str) -> NodeIdentity:
 
 
 async def serve_services(config: ApiConfig, stop: trio.Event, *,
+                         hooks: ServiceHooks = NO_HOOKS,
                          task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED
                          ) -> None:
     async with open_store(config.db) as store:
+        store.observe_commits(hooks.on_commit)
         async def verify_token(token: str) -> NodeIdentity | None:
             name = await store.find_node_token(token)
             return node_identity(name) if name is not None else None
 
         limiter, feed = RateLimiter(), TaskFeed()
-        writer = UpdateWriter(store, limiter, feed, config.clock)
+        writer = UpdateWriter(store, limiter, feed, config.clock, hooks.task_watchers)
         # The store row of a new task says queued already: no update for that.
         coordinator_config = attrs.evolve(config.coordinator, publish_accepted=False)
         async with open_coordinator(coordinator_config, verify_token=verify_token,
                                     on_update=writer) as coordinator:
             services = Services(config, store, coordinator, limiter, feed,
-                                Dispatcher(coordinator, store, limiter, config.clock, writer),
+                                Dispatcher(coordinator, store, limiter, config.clock, writer,
+                                           hooks.on_dispatch),
                                 config.clock(), package_version())
             for row in await store.reopen_tasks():  # accepted before a restart: again
                 services.dispatcher.hand_over(row)
@@ -79,6 +91,8 @@ async def serve_services(config: ApiConfig, stop: trio.Event, *,
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.dispatcher.serve)
                 nursery.start_soon(housekeeping, services)
+                for actor in hooks.actors:
+                    nursery.start_soon(actor, services)
                 task_status.started(services)
                 await stop.wait()
                 nursery.cancel_scope.cancel()
@@ -100,6 +114,24 @@ def failure_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def install_observers(app: QuartTrio) -> ServiceHooks:
+    """Metrics (`/metrics`), the dashboard (`/`) and its network watch, the request
+    and task logs: the hooks that feed them from the services."""
+    def snapshot() -> NetworkSnapshot | None:
+        services: Services | None = app.extensions.get("neurogrid")
+        return services.coordinator.snapshot() if services is not None else None
+
+    metrics = ApiMetrics(snapshot)
+    install_metrics(app, metrics)
+    watch = app.extensions[WATCH_KEY] = NetworkWatch()
+    app.register_blueprint(dashboard_routes)
+    install_request_log(app)
+    tracker = TransitionTracker([metrics.transition, watch.activity, log_task_end])
+    return ServiceHooks(task_watchers=(tracker,), on_dispatch=metrics.dispatched,
+                        on_commit=metrics.store_committed,
+                        actors=(functools.partial(watch_network, watch=watch),))
+
+
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app = QuartTrio("neurogrid")
     app.asgi_http_class = ClosingHTTPConnection
@@ -112,6 +144,9 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api_routes)
+    hooks = install_observers(app)
+    install_cors(app, config.cors_origins)
+    install_closing(app)
     stop = trio.Event()
     stopped = trio.Event()
     failure = app.extensions[FAILURE_KEY] = ServiceFailure()
@@ -120,7 +155,7 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
         started = False
         try:
             async with trio.open_nursery() as nursery:
-                services = await nursery.start(functools.partial(serve_services, config, stop))
+                services = await nursery.start(functools.partial(serve_services, config, stop, hooks=hooks))
                 started = True
                 task_status.started(services)
         except Exception as exc:  # a failure at start-up fails the start

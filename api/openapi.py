@@ -11,6 +11,7 @@ from typing import Any
 from engine.core import MODELS, TASK_KINDS, RequestField
 
 from .access import DEFAULT_TIERS
+from .openapi_observe import OBSERVE_PATHS
 from .validation import MAX_BODY_BYTES, MAX_PAGE, MAX_PROMPT_CHARS, SIGNUP_TYPES, TASK_STATES
 
 
@@ -272,6 +273,9 @@ PATHS: dict[str, Any] = {
                 "responses": {"101": {"description": "Switching to the websocket protocol"}}},
     },
 }
+
+
+PATHS.update(OBSERVE_PATHS)  # metrics, dashboard, docs: openapi_observe.py
 
 
 def openapi_document(version: str) -> dict[str, Any]:

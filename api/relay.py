@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -59,6 +60,7 @@ from engine.runtime import (
 from .access import RateLimiter
 from .media import MediaError, image_result, task_inputs
 from .store import OPEN_STATES, Blob, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
+from .transitions import TaskWatcher
 
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,10 @@ class TaskCoordinator(Protocol):
 
 class Dispatcher:
     def __init__(self, coordinator: TaskCoordinator, store: Store, limiter: RateLimiter,
-                 clock: Callable[[], float], writer: UpdateWriter | None = None) -> None:
+                 clock: Callable[[], float], writer: UpdateWriter | None = None,
+                 on_dispatch: Callable[[int, float], None] | None = None) -> None:
         self.coordinator, self.store, self.clock = coordinator, store, clock
+        self.on_dispatch = on_dispatch  # (tasks, seconds) of each trip to the coordinator
         self.writer = writer if writer is not None else UpdateWriter(store, limiter,
                                                                      TaskFeed(), clock)
         self._send, self._receive = trio.open_memory_channel[TaskRow](math.inf)
@@ -158,9 +162,12 @@ class Dispatcher:
                 continue
             for row in rows:
                 self._waiting.discard(row.id)
+            started = time.perf_counter()
             outcomes = await self.coordinator.submit_many(
                 [(task_spec(row), await task_inputs(self.store, row.id, row.model, row.prompt),
                   row.params) for row in rows])
+            if self.on_dispatch is not None:
+                self.on_dispatch(len(rows), time.perf_counter() - started)
             for row, outcome in zip(rows, outcomes):
                 if not outcome.accepted:
                     await self.writer(RejectedUpdate(row.id, outcome.reason))
@@ -236,8 +243,9 @@ class UpdateWriter:
     (queued to the store's writer, not awaited) and feed events."""
 
     def __init__(self, store: Store, limiter: RateLimiter, feed: TaskFeed,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], watchers: Sequence[TaskWatcher] = ()) -> None:
         self.store, self.limiter, self.feed, self.clock = store, limiter, feed, clock
+        self.watchers = tuple(watchers)  # told of every transition written (transitions.py)
         # update type -> the stored change it makes (None: nothing to store)
         self._changes: dict[type, Callable[[Any, float], TaskChange | None]] = {
             QueuedUpdate: lambda update, now: None,  # the row says queued already
@@ -251,10 +259,14 @@ class UpdateWriter:
     def open(self, row: TaskRow) -> None:
         """Count a task in its owner's in-flight tasks (idempotent)."""
         self.limiter.task_opened(row.id, row.owner)
+        for watcher in self.watchers:
+            watcher.task_opened(row)
 
     def release(self, task_id: str) -> None:
         """The task left flight: it ended, or its row was never stored."""
         self.limiter.task_closed(task_id)
+        for watcher in self.watchers:
+            watcher.task_closed(task_id)
 
     async def __call__(self, update: TaskUpdate) -> None:
         task_id = update.task_id
@@ -272,6 +284,8 @@ class UpdateWriter:
         if change is None:
             return
         await self.store.post_task_change(change, blobs)
+        for watcher in self.watchers:
+            watcher.task_changed(change)
         if type(update) in FINAL_UPDATES:
             self.release(task_id)
         self.feed.publish_state(task_id, change)

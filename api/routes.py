@@ -36,6 +36,7 @@ from . import views
 from .access import Admission, AuthError, Caller, client_address as peer_client, identify
 from .media import IMAGE_BLOB, input_files
 from .relay import task_spec
+from .network_watch import WATCH_KEY
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
 from .services import Services, process_memory, service_failure
@@ -359,9 +360,10 @@ async def beta_signup():  # type: ignore[no-untyped-def]
 async def network_status():  # type: ignore[no-untyped-def]
     s = services()
     now = s.now()
-    return jsonify(views.network_status(s.coordinator.snapshot(), await s.store.stats(),
-                                        await s.store.nodes(),
-                                        await s.store.availability(now, s.run_id), now))
+    snapshot = s.coordinator.snapshot()
+    offline = current_app.extensions[WATCH_KEY].look(snapshot, now)  # nodes that left
+    return jsonify(views.network_status(snapshot, await s.store.stats(), await s.store.nodes(),
+                                        await s.store.availability(now, s.run_id), now, offline))
 
 
 @api_routes.get("/health")

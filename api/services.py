@@ -34,6 +34,7 @@ class ApiConfig:
     clock: Callable[[], float] = time.time
     # reverse proxies whose X-Forwarded-For names the client (access.client_address)
     trusted_proxies: tuple[Network, ...] = attrs.field(default=(), converter=proxy_networks)
+    cors_origins: tuple[str, ...] = ()  # other origins whose pages may call the API (cors.py)
 
 
 @attrs.define

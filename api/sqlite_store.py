@@ -101,6 +101,10 @@ class SqliteStore:
                     raise self.writer.fail(exc) from exc
                 raise
 
+    def observe_commits(self, observer: Callable[[int, float], None] | None) -> None:
+        """Tell `observer` (operations, seconds) of every batch the writer commits."""
+        self.writer.on_commit = observer
+
     async def barrier(self) -> None:
         """Wait until every write queued before this call is committed, held task
         changes included (while the disk refuses writes, until it takes them again)."""

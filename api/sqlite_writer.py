@@ -59,6 +59,7 @@ import logging
 import math
 import os
 import sqlite3
+import time
 from typing import Any, Callable, TypeVar
 
 import attrs
@@ -206,6 +207,8 @@ class Writer:
         self.path = next(row[2] for row in conn.execute("PRAGMA database_list")
                          if row[1] == "main")
         conn.execute("PRAGMA busy_timeout = 0")  # on the loop: never wait for a lock
+        # told (operations, seconds) of each batch committed (or failed): metrics
+        self.on_commit: Callable[[int, float], None] | None = None
         self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
         self._identity = file_identity(self.path)
         self._checked_at = -math.inf
@@ -257,10 +260,13 @@ class Writer:
             batch = [p for p in batch if not p.holdable]
             if not batch:
                 return
+        started = time.perf_counter()
         try:
             commit(self.conn, batch)  # on the loop: no wait for the lock
         except Exception:  # the lock is taken, or an operation failed
             await trio.to_thread.run_sync(commit_each, self.conn, batch)
+        if self.on_commit is not None:
+            self.on_commit(len(batch), time.perf_counter() - started)
         fatal: Exception | None = None
         transient = False
         for pending in batch:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from engine.core import NetworkSnapshot
+from engine.core import NetworkSnapshot, NodeSnapshot
 
+from .network_watch import GoneNode
 from .store import NodeRecord, Stats, StoreHealth, TaskRow
 
 SIGNUP_BONUSES = {
@@ -120,27 +121,38 @@ def task_view(row: TaskRow, base_url: str = "") -> dict[str, Any]:
     }
 
 
+def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dict[str, Any]:
+    """One node of /api/network/status (and the dashboard)."""
+    return {
+        "id": node.node_id,
+        "location": node.location or node.region,
+        "status": status,
+        "gpu": node.gpu,
+        "tasks_processed": max(node.tasks_done, record.tasks_processed if record else 0),
+        "name": node.name,
+        "models": list(node.models),
+        "slots": node.slots,
+        "running": node.running if status != "offline" else 0,
+        "price_per_hour": node.price_per_hour,
+        "region": node.region,
+    }
+
+
 def network_status(snapshot: NetworkSnapshot, stats: Stats, known_nodes: Mapping[str, NodeRecord],
-                   availability: float, now: float) -> dict[str, Any]:
+                   availability: float, now: float, offline: Sequence[GoneNode] = ()
+                   ) -> dict[str, Any]:
+    """`offline`: nodes that left recently (network_watch.NodeRoster), listed after
+    the connected ones with status `offline` and when they were last seen."""
     ended = stats.completed_tasks + stats.failed_tasks
-    success_rate = round(100.0 * stats.completed_tasks / ended, 1) if ended else 100.0
+    # an integer percentage, as the reference shows it (99)
+    success_rate = round(100.0 * stats.completed_tasks / ended) if ended else 100
     avg_response = stats.turnaround_seconds / stats.completed_tasks if stats.completed_tasks else 0.0
     savings = (100.0 * (1 - stats.cost / stats.openai_cost)) if stats.openai_cost > 0 else 0.0
-    nodes = []
-    for node in snapshot.nodes:
-        record = known_nodes.get(node.node_id)
-        nodes.append({
-            "id": node.node_id,
-            "location": node.location or node.region,
-            "status": "draining" if node.draining else "online",
-            "gpu": node.gpu,
-            "tasks_processed": max(node.tasks_done, record.tasks_processed if record else 0),
-            "name": node.name,
-            "models": list(node.models),
-            "slots": node.slots,
-            "running": node.running,
-            "price_per_hour": node.price_per_hour,
-        })
+    nodes = [node_view(node, known_nodes.get(node.node_id),
+                       "draining" if node.draining else "online") for node in snapshot.nodes]
+    for gone in offline:
+        nodes.append(node_view(gone.node, known_nodes.get(gone.node.node_id), "offline")
+                     | {"last_seen": iso(gone.left_at)})
     return {
         "success": True,
         "timestamp": iso(now),
@@ -210,4 +222,4 @@ def health(version: str, environment: str, uptime: float, rss_bytes: int, total_
 
 
 __all__ = ["SIGNUP_BONUSES", "SIGNUP_NEXT_STEPS", "dollars", "error_body", "health", "iso",
-           "network_status", "percent", "task_created", "task_view"]
+           "network_status", "node_view", "percent", "task_created", "task_view"]

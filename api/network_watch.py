@@ -1,0 +1,193 @@
+# What the dashboard watches: which nodes were seen (so a node that left stays
+# listed as `offline`), the last hour's task activity, and the queue per model and
+# priority. Sans-IO values fed by the services (time comes in as arguments);
+# dashboard.py serves them.
+#
+# Theory of operation:
+#   - NodeRoster compares each coordinator snapshot with the previous one: a node
+#     id that appears joined, one that disappears left. A node that left is kept
+#     (its last snapshot and when it left) for KEEP_OFFLINE_SECONDS, then forgotten;
+#     one that comes back is online again. `observe` returns the joins and leaves
+#     (the coordinator logs them).
+#   - Activity is a transition listener (transitions.py): it counts the open tasks
+#     per (model, priority, state) and keeps each task that ended in the last hour
+#     (model, node, state, turnaround, cost, the OpenAI reference cost), from which
+#     `minutes` builds per-minute throughput and latency percentiles, and `recent`
+#     the latest tasks. Memory is bounded by the hour's ended tasks (MAX_ENDED).
+#
+# Rules:
+# - Status is a registry: NODE_STATUSES names what a listed node may be; `draining`
+#   comes from the snapshot, `offline` from the roster.
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any
+
+import attrs
+
+from engine.core import NetworkSnapshot, NodeSnapshot
+
+from .transitions import TaskTransition
+
+KEEP_OFFLINE_SECONDS = 3600.0  # a node that left is listed as offline this long
+WINDOW_SECONDS = 3600.0  # the dashboard's charts: the last hour
+MAX_ENDED = 200_000  # ended tasks kept for the charts, at most
+RECENT_TASKS = 20
+NODE_STATUSES = ("online", "draining", "offline")
+
+
+@attrs.frozen
+class GoneNode:
+    node: NodeSnapshot  # as last seen
+    left_at: float
+
+
+class NodeRoster:
+    def __init__(self, keep_seconds: float = KEEP_OFFLINE_SECONDS) -> None:
+        self.keep_seconds = keep_seconds
+        self._online: dict[str, NodeSnapshot] = {}
+        self._gone: dict[str, GoneNode] = {}
+
+    def observe(self, snapshot: NetworkSnapshot, now: float
+                ) -> tuple[list[NodeSnapshot], list[NodeSnapshot]]:
+        """Take in the network as it is now: (nodes that joined, nodes that left)
+        since the last call."""
+        current = {node.node_id: node for node in snapshot.nodes}
+        joined = [node for node_id, node in current.items() if node_id not in self._online]
+        left = [node for node_id, node in self._online.items() if node_id not in current]
+        for node in left:
+            self._gone[node.node_id] = GoneNode(node, now)
+        for node in joined:
+            self._gone.pop(node.node_id, None)
+        self._online = current
+        for node_id in [k for k, g in self._gone.items() if now - g.left_at > self.keep_seconds]:
+            del self._gone[node_id]
+        return joined, left
+
+    def offline(self) -> list[GoneNode]:
+        """Nodes that left in the last `keep_seconds`, most recent first."""
+        return sorted(self._gone.values(), key=lambda g: -g.left_at)
+
+
+@attrs.frozen
+class EndedTask:
+    task_id: str
+    model: str
+    priority: str
+    status: str
+    at: float
+    node_id: str | None
+    node_gpu: str | None
+    node_location: str | None
+    seconds: float
+    cost: float
+    openai_cost: float
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a sorted, non-empty list."""
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class Activity:
+    """A transition listener: open tasks per model, priority and state; the last
+    hour's ended tasks."""
+
+    def __init__(self, window_seconds: float = WINDOW_SECONDS, max_ended: int = MAX_ENDED) -> None:
+        self.window_seconds = window_seconds
+        self.ended: collections.deque[EndedTask] = collections.deque(maxlen=max_ended)
+        self._state: dict[str, tuple[str, str, str]] = {}  # task -> (model, priority, state)
+        self.open_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+    def __call__(self, t: TaskTransition) -> None:
+        before = self._state.pop(t.task_id, None)
+        if before is not None:
+            self.open_counts[before] -= 1
+            if self.open_counts[before] <= 0:
+                del self.open_counts[before]
+        if t.final:
+            self.ended.append(EndedTask(
+                t.task_id, t.model, t.priority, t.status, t.at, t.node_id, t.node_gpu,
+                t.node_location, t.turnaround_seconds or 0.0, t.cost or 0.0,
+                t.openai_cost or 0.0))
+        else:
+            key = (t.model, t.priority, t.status)
+            self._state[t.task_id] = key
+            self.open_counts[key] += 1
+
+    def prune(self, now: float) -> None:
+        while self.ended and now - self.ended[0].at > self.window_seconds:
+            self.ended.popleft()
+
+    def queue(self) -> dict[str, dict[str, int]]:
+        """model -> priority -> tasks queued."""
+        out: dict[str, dict[str, int]] = {}
+        for (model, priority, state), count in sorted(self.open_counts.items()):
+            if state == "queued" and count > 0:
+                out.setdefault(model, {})[priority] = count
+        return out
+
+    def minutes(self, now: float) -> list[dict[str, Any]]:
+        """The last hour, one entry a minute, oldest first: tasks ended, completed,
+        and the completed tasks' turnaround percentiles (seconds; null without any)."""
+        self.prune(now)
+        slots = int(self.window_seconds // 60)
+        start = now - slots * 60
+        ended: list[int] = [0] * slots
+        latencies: list[list[float]] = [[] for _ in range(slots)]
+        for task in self.ended:
+            index = min(slots - 1, max(0, int((task.at - start) // 60)))
+            ended[index] += 1
+            if task.status == "completed":
+                latencies[index].append(task.seconds)
+        out = []
+        for index in range(slots):
+            values = sorted(latencies[index])
+            out.append({
+                "t": start + 60 * (index + 1),
+                "ended": ended[index],
+                "completed": len(values),
+                "p50": percentile(values, 0.5) if values else None,
+                "p95": percentile(values, 0.95) if values else None,
+                "p99": percentile(values, 0.99) if values else None,
+            })
+        return out
+
+    def recent(self, count: int = RECENT_TASKS) -> list[EndedTask]:
+        return list(self.ended)[-count:][::-1]
+
+    def hour_totals(self) -> dict[str, Any]:
+        completed = sorted(t.seconds for t in self.ended if t.status == "completed")
+        return {
+            "ended": len(self.ended),
+            "completed": len(completed),
+            "p50": percentile(completed, 0.5) if completed else None,
+            "p95": percentile(completed, 0.95) if completed else None,
+            "p99": percentile(completed, 0.99) if completed else None,
+        }
+
+
+
+
+WATCH_KEY = "neurogrid.watch"  # app.extensions key
+WATCH_SECONDS = 1.0  # how often the watcher looks at the network
+
+
+class NetworkWatch:
+    """The roster and the activity of one app (dashboard.py and the network
+    status route read them). Joins and leaves are logged by the coordinator."""
+
+    def __init__(self) -> None:
+        self.roster = NodeRoster()
+        self.activity = Activity()
+
+    def look(self, snapshot: NetworkSnapshot, now: float) -> list[GoneNode]:
+        self.roster.observe(snapshot, now)
+        return self.roster.offline()
+
+
+__all__ = ["Activity", "EndedTask", "GoneNode", "KEEP_OFFLINE_SECONDS", "NODE_STATUSES",
+           "NetworkWatch", "NodeRoster", "WATCH_KEY", "WATCH_SECONDS", "WINDOW_SECONDS",
+           "percentile"]

@@ -1,0 +1,300 @@
+// NeuroGrid dashboard and playground: vanilla JS, no dependencies.
+// The network view arrives as `network` server-sent events from /api/network/events
+// (once a second); the playground uses the public task API: POST /api/tasks, then
+// the task's event stream GET /api/tasks/<id>/stream (progress tokens, then done).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PRIORITIES = ["standard", "high", "critical"];
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v !== undefined && v !== null) node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+function usd(x) {
+  if (x === null || x === undefined) return "–";
+  if (x === 0) return "$0";
+  if (x >= 1) return "$" + x.toFixed(2);
+  return "$" + x.toPrecision(2);
+}
+
+// ---- the network view ---------------------------------------------------------
+
+function renderSummary(view) {
+  const n = view.network;
+  $("s-nodes").textContent = n.nodes_online;
+  $("s-queued").textContent = n.queued_tasks;
+  $("s-running").textContent = n.running_tasks;
+  $("s-completed").textContent = n.completed_tasks;
+  $("s-success").textContent = n.success_rate + "%";
+  $("s-response").textContent = n.avg_response_time;
+  $("s-cost").textContent = usd(view.cost.total_usd);
+  $("s-openai").textContent = usd(view.cost.openai_usd);
+  $("s-saved").textContent = usd(view.cost.saved_usd) + " (" + view.cost.savings + ")";
+}
+
+function renderNodes(nodes) {
+  const box = $("nodes");
+  if (!nodes.length) {
+    box.replaceChildren(el("p", { class: "empty" }, "No node has connected yet."));
+    return;
+  }
+  const regions = new Map();
+  for (const node of nodes) {
+    const region = node.region || node.location || "unknown";
+    if (!regions.has(region)) regions.set(region, []);
+    regions.get(region).push(node);
+  }
+  const parts = [];
+  for (const [region, list] of [...regions.entries()].sort()) {
+    const rows = list.map((node) => el("tr", { "data-node-id": node.id },
+      el("th", { scope: "row" }, node.name || node.id, el("br"), el("small", { class: "muted" }, node.id)),
+      el("td", {}, el("span", { class: "status status-" + node.status, "data-status": node.status }, node.status)),
+      el("td", {}, node.gpu),
+      el("td", {}, (node.models || []).join(", ")),
+      el("td", {}, node.status === "offline" ? "–" : `${node.running} / ${node.slots}`),
+      el("td", {}, node.tasks_processed),
+      el("td", {}, "$" + Number(node.price_per_hour).toFixed(2) + "/h"),
+    ));
+    const table = el("table", {},
+      el("caption", { class: "visually-hidden" }, "Nodes in " + region),
+      el("thead", {}, el("tr", {}, ...["Node", "Status", "GPU", "Models", "Slots in use",
+        "Tasks", "Price"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, ...rows));
+    parts.push(el("div", { class: "region" }, el("h3", {}, region + " (" + list.length + ")"),
+      el("div", { class: "scroll" }, table)));
+  }
+  box.replaceChildren(...parts);
+}
+
+function renderQueue(view) {
+  const models = new Set([...Object.keys(view.queued_by_model), ...Object.keys(view.queue)]);
+  const rows = [...models].sort().map((model) => {
+    const by = view.queue[model] || {};
+    return el("tr", {}, el("th", { scope: "row" }, model),
+      ...PRIORITIES.map((p) => el("td", {}, by[p] || 0)),
+      el("td", {}, view.queued_by_model[model] || 0));
+  });
+  $("queue").tBodies[0].replaceChildren(...rows);
+}
+
+function renderRecent(tasks) {
+  const rows = tasks.map((t) => el("tr", {},
+    el("td", {}, el("code", {}, t.id)), el("td", {}, t.model),
+    el("td", {}, el("span", { class: "status status-" + (t.status === "completed" ? "online" : "offline") }, t.status)),
+    el("td", {}, t.node ? `${t.node} (${t.location || ""})` : "–"),
+    el("td", {}, t.seconds.toFixed(2)), el("td", {}, usd(t.cost)), el("td", {}, usd(t.openai_cost))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No task has ended in the last hour.")));
+  $("recent").tBodies[0].replaceChildren(...rows);
+}
+
+// Charts on <canvas>, drawn here: bars for throughput, lines for percentiles.
+function setupCanvas(canvas) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 600, height = Math.round(width / 3);
+  if (canvas.width !== Math.round(width * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  return { ctx, width, height };
+}
+
+function axes(ctx, width, height, max, unit) {
+  const left = 40, bottom = height - 18;
+  ctx.strokeStyle = "#cfd4dc"; ctx.fillStyle = "#4a5160"; ctx.font = "11px system-ui";
+  ctx.lineWidth = 1;
+  for (let i = 0; i <= 2; i++) {
+    const y = bottom - (bottom - 8) * i / 2;
+    ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(width - 4, y); ctx.stroke();
+    ctx.fillText(formatTick(max * i / 2) + unit, 2, y + 4);
+  }
+  ctx.fillText("-60 min", left, height - 4);
+  ctx.fillText("now", width - 28, height - 4);
+  return { left, bottom, plotW: width - 4 - left, plotH: bottom - 8 };
+}
+
+function formatTick(v) { return v >= 10 ? Math.round(v) : v.toFixed(v >= 1 ? 1 : 2); }
+
+function drawThroughput(minutes) {
+  const { ctx, width, height } = setupCanvas($("chart-throughput"));
+  const max = Math.max(1, ...minutes.map((m) => m.ended));
+  const { left, bottom, plotW, plotH } = axes(ctx, width, height, max, "");
+  const w = plotW / minutes.length;
+  ctx.fillStyle = "#2f6f4f";
+  minutes.forEach((m, i) => {
+    const h = plotH * m.ended / max;
+    ctx.fillRect(left + i * w + 1, bottom - h, Math.max(1, w - 2), h);
+  });
+  const total = minutes.reduce((a, m) => a + m.ended, 0);
+  $("throughput-text").textContent = `(${total} in the last hour, ${minutes[minutes.length - 1].ended} in the last minute)`;
+}
+
+function drawLatency(minutes, hour) {
+  const { ctx, width, height } = setupCanvas($("chart-latency"));
+  const values = minutes.flatMap((m) => [m.p50, m.p95]).filter((v) => v !== null);
+  const max = Math.max(0.01, ...values);
+  const { left, bottom, plotW, plotH } = axes(ctx, width, height, max, "s");
+  const w = plotW / minutes.length;
+  for (const [key, colour] of [["p50", "#0b57d0"], ["p95", "#b3261e"]]) {
+    ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.lineWidth = 2;
+    ctx.beginPath();
+    let drawing = false;
+    minutes.forEach((m, i) => {
+      if (m[key] === null) { drawing = false; return; }
+      const x = left + i * w + w / 2, y = bottom - plotH * m[key] / max;
+      if (drawing) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+      drawing = true;
+      ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
+    });
+    ctx.stroke();
+  }
+  const f = (v) => (v === null ? "–" : v.toFixed(2) + " s");
+  $("latency-text").textContent = `(hour: p50 ${f(hour.p50)}, p95 ${f(hour.p95)}, p99 ${f(hour.p99)})`;
+}
+
+let lastView = null;
+function render(view) {
+  lastView = view;
+  renderSummary(view);
+  renderNodes(view.nodes);
+  renderQueue(view);
+  renderRecent(view.recent);
+  drawThroughput(view.minutes);
+  drawLatency(view.minutes, view.hour);
+  $("updated").textContent = "updated " + view.timestamp;
+}
+
+function connect() {
+  const status = $("connection");
+  const source = new EventSource("/api/network/events");
+  source.addEventListener("open", () => { status.textContent = "Live"; status.className = "connection live"; });
+  source.addEventListener("error", () => { status.textContent = "Reconnecting…"; status.className = "connection down"; });
+  source.addEventListener("network", (event) => render(JSON.parse(event.data)));
+}
+
+window.addEventListener("resize", () => { if (lastView) render(lastView); });
+
+// ---- the playground -----------------------------------------------------------
+
+async function submitTask(body) {
+  const response = await fetch("/api/tasks", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  if (!response.ok || !answer.success) {
+    throw new Error((answer.error || "refused") + ": " + (answer.details || response.status));
+  }
+  return answer;
+}
+
+function quoteText(created) {
+  const node = created.node && created.node.id ? `${created.node.id} (${created.node.location || ""}, ${created.node.gpu})` : "no node online yet";
+  return `${created.task_id} · quote ${created.cost.estimated} (OpenAI ${created.cost.comparison.openai}, ` +
+    `saves ${created.cost.comparison.savings}) · about ${created.estimated_time} · node ${node}`;
+}
+
+function finalText(task) {
+  const node = task.node ? `${task.node.id} (${task.node.location}, ${task.node.gpu})` : "–";
+  return `${task.id} · ${task.status} · node ${node} · cost ${usd(task.cost)} · ` +
+    `${task.processing_time}s` + (task.error ? " · " + task.error : "");
+}
+
+// Follow a task's stream: onToken(text) for each streamed piece; resolves with the
+// final task.
+function follow(taskId, onToken) {
+  return new Promise((resolve, reject) => {
+    const source = new EventSource(`/api/tasks/${encodeURIComponent(taskId)}/stream`);
+    source.addEventListener("progress", (event) => {
+      const partial = JSON.parse(event.data);
+      for (const piece of partial.tokens || []) onToken(piece);
+    });
+    source.addEventListener("done", (event) => { source.close(); resolve(JSON.parse(event.data)); });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) reject(new Error("the stream was closed"));
+    });
+  });
+}
+
+function playground(formId, metaId, build, onStart, onToken, onDone) {
+  const form = $(formId), meta = $(metaId), button = form.querySelector("button");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    button.disabled = true;
+    meta.classList.remove("error");
+    meta.textContent = "Submitting…";
+    try {
+      onStart();
+      const created = await submitTask(await build(form));
+      meta.textContent = quoteText(created);
+      const task = await follow(created.task_id, onToken);
+      meta.textContent = finalText(task);
+      onDone(task);
+    } catch (error) {
+      meta.textContent = String(error.message || error);
+      meta.classList.add("error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function fileBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+function setupPlayground() {
+  const textOut = $("text-output");
+  let streamed = "";
+  playground("text-form", "text-meta", (form) => ({
+    prompt: form.prompt.value, model: form.model.value, priority: form.priority.value,
+    max_tokens: Number(form.max_tokens.value),
+  }), () => { streamed = ""; textOut.textContent = ""; },
+  (piece) => { streamed += piece; textOut.textContent = streamed; },
+  (task) => { if (task.result !== null && task.status === "completed") textOut.textContent = task.result; });
+
+  const image = $("image-output"), url = $("image-url");
+  playground("image-form", "image-meta", (form) => ({
+    prompt: form.prompt.value, model: "stable-diffusion", steps: Number(form.steps.value),
+  }), () => { image.hidden = true; url.textContent = ""; }, () => {},
+  (task) => {
+    if (task.status !== "completed" || !task.result) return;
+    url.replaceChildren(el("a", { href: task.result }, task.result));
+    if (task.content_type.startsWith("image/")) {
+      image.src = task.result;
+      image.alt = "Generated image: " + $("image-prompt").value;
+      image.hidden = false;
+    }
+  });
+
+  const audioOut = $("audio-output");
+  let transcript = "";
+  playground("audio-form", "audio-meta", async (form) => {
+    const file = form.audio.files[0];
+    if (!file) throw new Error("choose an audio file first");
+    const body = { model: "whisper", audio: await fileBase64(file) };
+    if (form.language.value) body.language = form.language.value;
+    return body;
+  }, () => { transcript = ""; audioOut.textContent = ""; },
+  (piece) => { transcript += piece; audioOut.textContent = transcript; },
+  (task) => { if (task.status === "completed" && task.result !== null) audioOut.textContent = task.result; });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  connect();
+  setupPlayground();
+});
