@@ -1,11 +1,17 @@
 """The `Store` contract: what every store must do, written against the protocol
 only and opened through `open_store(url)`. Each test runs once per entry of
 STORE_URLS; a new store (PostgreSQL) adds its URL factory there and must pass
-the same tests. "Reopen" closes the store and opens the same URL again."""
+the same tests. "Reopen" closes the store and opens the same URL again.
+
+PostgreSQL runs when NEUROGRID_TEST_POSTGRES names a database (a postgresql://
+URL; .ci/postgres.sh starts a server and prints one): each test gets a schema
+of its own in it, dropped after the test."""
 from __future__ import annotations
 
+import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import trio
@@ -14,15 +20,31 @@ from api.store import (
     DuplicateTaskId, KeyRecord, NodeTokenRecord, Signup, Stats, TaskChange, TaskRow, open_store,
 )
 
-# store kind -> a URL of a fresh, empty database in the test's directory
-STORE_URLS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp: f"sqlite:///{tmp.resolve()}/contract.db",
+POSTGRES = os.environ.get("NEUROGRID_TEST_POSTGRES", "")
+NO_POSTGRES = ("NEUROGRID_TEST_POSTGRES is not set: give it the postgresql:// URL of a database "
+               "the tests may create schemas in (`bash .ci/postgres.sh` starts one and prints it)")
+
+
+def postgres_schema(tmp: Path) -> AbstractContextManager[str]:
+    if not POSTGRES:
+        pytest.skip(NO_POSTGRES)
+    from api.postgres_schema import scratch_schema  # psycopg: only where PostgreSQL runs
+
+    return scratch_schema(POSTGRES)
+
+
+# store kind -> the URL of a fresh, empty database (in the test's directory, or a
+# schema of its own), for as long as the context lasts
+STORE_URLS: dict[str, Callable[[Path], AbstractContextManager[str]]] = {
+    "sqlite": lambda tmp: nullcontext(f"sqlite:///{tmp.resolve()}/contract.db"),
+    "postgresql": postgres_schema,
 }
 
 
 @pytest.fixture(params=sorted(STORE_URLS))
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return STORE_URLS[request.param](tmp_path)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with STORE_URLS[request.param](tmp_path) as url:
+        yield url
 
 
 def task(task_id: str, owner: str = "key:k1", created: float = 100.0, **values: object) -> TaskRow:
