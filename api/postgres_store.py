@@ -43,7 +43,8 @@ from .records import (
 from .store_sql import CHANGE_COLUMNS, READ_TOTALS, TASK_COLUMNS
 
 T = TypeVar("T")
-POOL_SIZE = 8  # connections: the writer's and the concurrent reads'
+POOL_SIZE = 8  # connections for concurrent reads (the writer has one of its own)
+READ_ATTEMPTS = POOL_SIZE + 1  # a read that finds its connection dead tries another
 POOL_TIMEOUT_S = 30.0  # how long a call waits for a free connection
 
 
@@ -51,14 +52,29 @@ class PostgresStore:
     """The PostgreSQL store. Use `open_store("postgresql://...")`; the writer runs
     in its nursery."""
 
-    def __init__(self, url: str, pool: ConnectionPool[Connection]) -> None:
+    def __init__(self, url: str, reads: ConnectionPool[Connection],
+                 writes: ConnectionPool[Connection]) -> None:
         self.url = url
-        self.pool = pool
-        self.writer = Writer(pool)
+        self.reads = reads
+        self.writer = Writer(writes)
 
     def run_read(self, query: Callable[[Connection], T]) -> T:
-        with self.pool.connection() as conn:
-            return query(conn)
+        """In a worker thread: `query` on a connection of the read pool; again on
+        another when the connection turns out to be dead (the server restarted, an
+        idle connection was cut): a read has no effect to repeat."""
+        for attempt in range(READ_ATTEMPTS):
+            broken = False
+            try:
+                with self.reads.connection() as conn:
+                    try:
+                        return query(conn)
+                    except psycopg.OperationalError:
+                        broken = conn.broken
+                        raise
+            except psycopg.OperationalError:
+                if not broken or attempt == READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def read(self, query: Callable[[Connection], T]) -> T:
         """Run a read-only `query` in a worker thread, on a connection of the pool."""
@@ -344,16 +360,32 @@ class PostgresStore:
         return float(min(1.0, row["up"] / (now - row["first"])))
 
 
-def open_pool(url: str) -> ConnectionPool[Connection]:
-    """Migrate the schema on a connection of its own, then open the pool (both in
-    the calling thread: they wait for the network)."""
+def open_pools(url: str) -> tuple[ConnectionPool[Connection], ConnectionPool[Connection]]:
+    """Migrate the schema on a connection of its own, then open the pools (all in
+    the calling thread: they wait for the network): (reads, writes). The writer's
+    pool of one connection checks it before each batch (a round trip per batch,
+    not per write), so a connection that died idle costs no write."""
     with connect(url) as conn:
         migrate(conn)
-    pool: ConnectionPool[Connection] = ConnectionPool(
-        url, min_size=2, max_size=POOL_SIZE, kwargs=CONNECTION_KWARGS, open=False,
-        timeout=POOL_TIMEOUT_S, name="neurogrid-store")
-    pool.open(wait=True, timeout=POOL_TIMEOUT_S)
-    return pool
+    reads: ConnectionPool[Connection] = ConnectionPool(
+        url, min_size=1, max_size=POOL_SIZE, kwargs=CONNECTION_KWARGS, open=False,
+        timeout=POOL_TIMEOUT_S, name="neurogrid-reads")
+    writes: ConnectionPool[Connection] = ConnectionPool(
+        url, min_size=1, max_size=1, kwargs=CONNECTION_KWARGS, open=False,
+        timeout=POOL_TIMEOUT_S, check=ConnectionPool.check_connection, name="neurogrid-writes")
+    try:
+        reads.open(wait=True, timeout=POOL_TIMEOUT_S)
+        writes.open(wait=True, timeout=POOL_TIMEOUT_S)
+    except BaseException:
+        reads.close()
+        writes.close()
+        raise
+    return reads, writes
+
+
+def close_pools(*pools: ConnectionPool[Connection]) -> None:
+    for pool in pools:
+        pool.close()
 
 
 @asynccontextmanager
@@ -362,18 +394,18 @@ async def open_postgres(url: str) -> AsyncIterator[PostgresStore]:
     migrated and its writer running; on the way out, every queued write is
     committed before the pool closes."""
     try:
-        pool = await trio.to_thread.run_sync(open_pool, url)
+        reads, writes = await trio.to_thread.run_sync(open_pools, url)
     except psycopg.Error as exc:
         raise StoreError(f"cannot open the PostgreSQL database {redact(url)!r}: "
                          f"{str(exc).strip()}") from exc
-    store = PostgresStore(url, pool)
+    store = PostgresStore(url, reads, writes)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.writer.serve)
             yield store
             await store.writer.finish()
     finally:
-        await trio.to_thread.run_sync(pool.close)
+        await trio.to_thread.run_sync(close_pools, reads, writes)
 
 
 __all__ = ["POOL_SIZE", "PostgresStore", "open_postgres"]
