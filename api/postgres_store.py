@@ -10,16 +10,24 @@
 #   `task_totals` row the triggers keep.
 #
 # Driver route: psycopg 3's sync API (connections from a psycopg_pool
-# ConnectionPool), each call in a worker thread (`trio.to_thread.run_sync`).
-# psycopg's async API needs asyncio, and the project runs on trio. Unlike the
-# SQLite store, a read cannot run on the loop: it is a network round trip, and
-# the loop would stand still for it. Measured (benchmarks/postgres_route.py, 32
-# concurrent get_task on 2,000 tasks, local server over TCP, this 2-core
-# machine): on the loop, blocking, 0.18 ms a read but every other task of the
-# process waits for each (5,400 reads/s, one at a time); through a worker thread
-# on the pool, 0.25 ms of this process's CPU a read, 3,900-6,300 reads/s with the
-# loop free. The route costs ~0.1 ms of CPU a call and keeps the loop responsive;
-# a write batch pays it once for all its operations.
+# ConnectionPool), each call in a worker thread (`trio.to_thread.run_sync`); the
+# writer pays that hop once per batch. psycopg's async API needs asyncio, and
+# the project runs on trio. Unlike the SQLite store, a read cannot run on the
+# loop: it is a network round trip, and the loop would stand still for it.
+# Measured (python -m benchmarks.postgres_route URL: 32 concurrent point lookups,
+# this shared 2-core machine, medians of 3 rounds; CPU is this process's):
+#
+#   route                         server here            server 1 ms away
+#   blocking, on the loop         24,600/s 0.027 ms CPU    460/s, loop stalls 144 ms
+#   worker thread + pool (this)    9,600/s 0.097 ms        3,400/s, loop lag 7.5 ms
+#   asyncio pool in a helper       5,700/s 0.162 ms        3,300/s, loop lag 7.4 ms
+#     thread, results handed back
+#     to trio by run_sync_soon
+#
+# Blocking is cheapest only while the database is on this machine, and it
+# serializes the whole process behind each round trip as soon as it is not;
+# the thread route keeps the loop free at ~0.1 ms of CPU a call, less than the
+# asyncio bridge at either distance.
 from __future__ import annotations
 
 import secrets
