@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
     parser.add_argument("--db", default="neurogrid.db",
-                        help="the database: a SQLite file path or a store URL (sqlite:///PATH)")
+                        help="the database: a SQLite file path or a store URL (sqlite:///PATH, "
+                             "postgresql://USER@HOST/DB)")
     parser.add_argument("--local-workers", type=int, default=1, metavar="N",
                         help="demo-model worker processes to start (0: none)")
     parser.add_argument("--auth", choices=("open", "required"), default="open",
