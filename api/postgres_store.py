@@ -64,6 +64,8 @@ class PostgresStore:
                  writes: ConnectionPool[Connection]) -> None:
         self.url = url
         self.reads = reads
+        # reads beyond the pool's size wait here, on the loop, not parked in threads
+        self.read_slots = trio.CapacityLimiter(POOL_SIZE)
         self.writer = Writer(writes)
 
     def run_read(self, query: Callable[[Connection], T]) -> T:
@@ -86,7 +88,7 @@ class PostgresStore:
 
     async def read(self, query: Callable[[Connection], T]) -> T:
         """Run a read-only `query` in a worker thread, on a connection of the pool."""
-        return await trio.to_thread.run_sync(self.run_read, query)
+        return await trio.to_thread.run_sync(self.run_read, query, limiter=self.read_slots)
 
     async def barrier(self) -> None:
         """Wait until every write queued before this call is committed."""

@@ -88,6 +88,7 @@ class Writer:
         self.pool = pool
         self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
         self.batches = 0  # committed or failed, since the start: for tests and figures
+        self.thread = trio.CapacityLimiter(1)  # its own: never waits behind other threads
 
     def run_batch(self, batch: list[Pending]) -> None:
         """In a worker thread: commit `batch` on a connection of the pool."""
@@ -107,7 +108,7 @@ class Writer:
                 batch = await receive_batch(self._receive, MAX_BATCH)
             except trio.EndOfChannel:  # closed by `finish`: all written
                 return
-            await trio.to_thread.run_sync(self.run_batch, batch)
+            await trio.to_thread.run_sync(self.run_batch, batch, limiter=self.thread)
             self.batches += 1
             for pending in batch:
                 if pending.done is not None:

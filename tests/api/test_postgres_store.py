@@ -191,3 +191,11 @@ async def test_connections_that_die_cost_no_write_and_no_read(url: str) -> None:
             stored = await store.get_task(task_id)
             assert stored is not None and stored.status == status
         assert await store.writer.write(lambda conn: conn.info.backend_pid) not in pids
+
+
+async def test_both_scheme_names_open_the_same_database(url: str) -> None:
+    assert url.startswith("postgresql://")
+    async with open_store("postgres://" + url.removeprefix("postgresql://")) as store:
+        await store.insert_task(row("t"))
+    async with open_store("POSTGRESQL://" + url.removeprefix("postgresql://")) as store:
+        assert await store.get_task("t") is not None
