@@ -21,10 +21,13 @@ if not POSTGRES:
                 "database the tests may create schemas in (`bash .ci/postgres.sh` starts one "
                 "and prints it)", allow_module_level=True)
 
-from api.postgres_schema import (  # noqa: E402  (psycopg: only where PostgreSQL runs)
+import api.postgres_schema as postgres_schema  # noqa: E402  (psycopg: only where PostgreSQL runs)
+from api.postgres_schema import (  # noqa: E402
     MIGRATIONS, SCHEMA_VERSION, connect, migrate, scratch_schema, with_schema,
 )
 from api.postgres_store import PostgresStore  # noqa: E402
+
+from .conftest import fake_worker, running_app, wait_for_status  # noqa: E402
 
 
 @pytest.fixture
@@ -88,6 +91,22 @@ async def test_two_stores_opening_at_once_share_one_schema(url: str) -> None:
     async with open_store(url) as store:
         assert (await store.stats()).total_tasks == 2
         assert {r.id for r in await store.reopen_tasks()} == {"a", "b"}
+
+
+async def test_a_later_version_applies_only_its_own_migration(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_store(url) as store:
+        await store.insert_task(row("old"))
+    later = SCHEMA_VERSION + 1
+    monkeypatch.setitem(MIGRATIONS, later, ["ALTER TABLE tasks ADD COLUMN note TEXT",
+                                            "UPDATE tasks SET note = 'migrated'"])
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", later)
+    with connect(url) as conn:
+        assert migrate(conn) == [later]
+        assert migrate(conn) == []
+        notes = conn.execute("SELECT id, note FROM tasks").fetchall()
+    assert notes == [{"id": "old", "note": "migrated"}]
+    assert versions(url) == [*sorted(MIGRATIONS)]
 
 
 async def test_a_schema_newer_than_the_code_and_a_missing_schema_are_refused(url: str) -> None:
@@ -199,3 +218,20 @@ async def test_both_scheme_names_open_the_same_database(url: str) -> None:
         await store.insert_task(row("t"))
     async with open_store("POSTGRESQL://" + url.removeprefix("postgresql://")) as store:
         assert await store.get_task("t") is not None
+
+
+async def test_the_api_runs_a_task_end_to_end_on_postgresql(url: str) -> None:
+    """The whole app on the PostgreSQL store: a task submitted, run by a worker,
+    read back, counted in the network's totals, and still there after a restart."""
+    async with running_app(url) as api:  # type: ignore[arg-type]  # a URL, not a path
+        async with fake_worker(api, name="de") as worker:
+            task_id = (await api.submit({"prompt": "Hello PostgreSQL"}))["task_id"]
+            assert (await worker.next_assign())["task_id"] == task_id
+            await worker.finish(task_id, "hello back", tokens=5, seconds=0.5)
+            task = await wait_for_status(api, task_id, "completed")
+        assert task["result"] == "hello back" and task["node"]["id"] == "node_de"
+        status = await (await api.client.get("/api/network/status")).get_json()
+        assert (status["network"]["total_tasks"], status["network"]["completed_tasks"]) == (1, 1)
+    async with running_app(url) as api:  # type: ignore[arg-type]
+        again = await (await api.client.get(f"/api/tasks/{task_id}")).get_json()
+        assert again["task"]["status"] == "completed" and again["task"]["result"] == "hello back"
