@@ -6,7 +6,6 @@ running, and connections that die under the store."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Iterator
 
@@ -15,19 +14,16 @@ import trio
 
 from api.store import StoreError, TaskChange, TaskRow, open_store
 
-POSTGRES = os.environ.get("NEUROGRID_TEST_POSTGRES", "")
+from .conftest import NO_POSTGRES, POSTGRES, fake_worker, running_app, wait_for_status
+
 if not POSTGRES:
-    pytest.skip("NEUROGRID_TEST_POSTGRES is not set: give it the postgresql:// URL of a "
-                "database the tests may create schemas in (`bash .ci/postgres.sh` starts one "
-                "and prints it)", allow_module_level=True)
+    pytest.skip(NO_POSTGRES, allow_module_level=True)
 
 import api.postgres_schema as postgres_schema  # noqa: E402  (psycopg: only where PostgreSQL runs)
 from api.postgres_schema import (  # noqa: E402
     MIGRATIONS, SCHEMA_VERSION, connect, migrate, scratch_schema, with_schema,
 )
 from api.postgres_store import PostgresStore  # noqa: E402
-
-from .conftest import fake_worker, running_app, wait_for_status  # noqa: E402
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ URL; .ci/postgres.sh starts a server and prints one): each test gets a schema
 of its own in it, dropped after the test."""
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,10 +19,7 @@ from api.store import (
     DuplicateTaskId, KeyRecord, NodeTokenRecord, Signup, Stats, TaskChange, TaskRow, open_store,
 )
 
-POSTGRES = os.environ.get("NEUROGRID_TEST_POSTGRES", "")
-NO_POSTGRES = ("NEUROGRID_TEST_POSTGRES is not set: give it the postgresql:// URL of a database "
-               "the tests may create schemas in (`bash .ci/postgres.sh` starts one and prints it)")
-
+from .conftest import NO_POSTGRES, POSTGRES
 
 def postgres_schema(tmp: Path) -> AbstractContextManager[str]:
     if not POSTGRES:
