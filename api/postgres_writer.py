@@ -138,4 +138,4 @@ class Writer:
         await self._send.aclose()
 
 
-__all__ = ["MAX_BATCH", "Operation", "Pending", "Writer", "commit", "commit_each"]
+__all__ = ["Connection", "MAX_BATCH", "Operation", "Pending", "Writer", "commit", "commit_each"]
