@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from api.store import (
-    DuplicateTaskId, KeyRecord, NodeTokenRecord, Signup, Stats, TaskChange, TaskRow, open_store,
+    Blob, DuplicateTaskId, KeyRecord, NodeTokenRecord, Signup, Stats, TaskChange, TaskRow, open_store,
 )
 
 from .conftest import NO_POSTGRES, POSTGRES
@@ -259,3 +259,27 @@ async def test_availability_counts_each_run_to_its_last_sign_of_life(store_url: 
         await store.mark_alive(second, 150.0)  # the current run counts until now anyway
         assert await store.availability(300.0, second) == pytest.approx(260 / 300)
         assert await store.nodes() == {}  # no node is recorded by the store itself
+
+
+async def test_task_files_are_kept_whole_replaced_by_name_and_come_with_their_change(
+        store_url: str) -> None:
+    audio = Blob("input.audio", "audio/wav", bytes(range(256)) * 4096)  # 1 MiB, every byte
+    async with open_store(store_url) as store:
+        await store.insert_task(task("t"))
+        await store.put_blobs("t", (audio, Blob("note.txt", "text/plain", b"")))
+        await store.put_blobs("t", (Blob("note.txt", "text/markdown", b"\x00# hi"),))
+        image = Blob("image.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\xff")
+        await store.post_task_change(TaskChange("t", "completed", 2.0, result="",
+                                                content_type="image/png"), (image,))
+        late = Blob("late.png", "image/png", b"late")  # with a change that is ignored
+        await store.post_task_change(TaskChange("t", "failed", 3.0), (late,))
+        await store.barrier()
+    async with open_store(store_url) as store:
+        assert await store.get_blob("t", "input.audio") == audio
+        assert await store.get_blob("t", "note.txt") == Blob("note.txt", "text/markdown",
+                                                             b"\x00# hi")
+        assert await store.get_blob("t", "image.png") == image
+        assert await store.get_blob("t", "late.png") is None
+        assert await store.get_blob("other", "image.png") is None
+        done = await store.get_task("t")
+        assert done is not None and (done.status, done.content_type) == ("completed", "image/png")
