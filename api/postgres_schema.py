@@ -19,6 +19,11 @@
 #   the task row, as in SQLite. The update trigger fires only when the old or the
 #   new status is a final one. The trigger functions pin the search_path they were
 #   created with, so they find their own schema's tables whoever calls them.
+# - PostgreSQL's TEXT cannot hold the NUL character (U+0000), which SQLite's can:
+#   every string the store sends has each NUL replaced by U+FFFD (the replacement
+#   character), so a prompt or a model's output with a stray NUL is still stored
+#   (and its task still moves on) instead of failing its whole write. The check
+#   costs ~0.1 us a string (0.15 us against 0.06 for psycopg's C dumper).
 # - A database URL is a libpq URI (postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?...);
 #   `with_schema` adds the libpq option that makes a connection use one schema
 #   (the tests and the benchmark give each run a fresh schema of one database).
@@ -32,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.string import StrDumperUnknown
 
 from .records import KeyRecord, StoreError, TaskRow
 from .store_sql import (
@@ -160,11 +166,25 @@ MIGRATIONS: dict[int, list[str]] = {
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
+class NulFreeStrDumper(StrDumperUnknown):
+    """Python strings as PostgreSQL text, each NUL replaced by U+FFFD."""
+
+    def dump(self, obj: str) -> Any:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    """The store's settings of a new connection (the pools' `configure`)."""
+    conn.adapters.register_dumper(str, NulFreeStrDumper)
+
+
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     """A connection in autocommit mode (a transaction is explicit: `conn.transaction()`)
     whose rows are dicts."""
-    return psycopg.connect(url, autocommit=True, row_factory=dict_row,
+    conn = psycopg.connect(url, autocommit=True, row_factory=dict_row,
                            connect_timeout=CONNECT_TIMEOUT_S)
+    configure(conn)
+    return conn
 
 
 CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
@@ -245,7 +265,7 @@ INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) "
                f"VALUES ({', '.join(['%s'] * len(TASK_COLUMNS))})")
 
 __all__ = [
-    "CONNECTION_KWARGS", "INSERT_TASK", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "TOTALS",
-    "connect", "key_record", "migrate", "redact", "scratch_schema", "task_row",
-    "with_schema",
+    "CONNECTION_KWARGS", "INSERT_TASK", "MIGRATIONS", "NulFreeStrDumper", "SCHEMA_VERSION",
+    "TABLES", "TOTALS", "configure", "connect", "key_record", "migrate", "redact",
+    "scratch_schema", "task_row", "with_schema",
 ]

@@ -41,7 +41,7 @@ from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
 from .postgres_schema import (
-    CONNECTION_KWARGS, INSERT_TASK, connect, key_record, migrate, redact, task_row,
+    CONNECTION_KWARGS, INSERT_TASK, configure, connect, key_record, migrate, redact, task_row,
 )
 from .postgres_writer import Connection, Writer
 from .records import (
@@ -107,8 +107,6 @@ class PostgresStore:
             await self.writer.write(op)
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
-        except psycopg.DataError as exc:  # e.g. a NUL character, which TEXT cannot hold
-            raise StoreError(f"task {row.id!r} cannot be stored: {exc}") from exc
 
     @staticmethod
     def change_op(change: TaskChange) -> Callable[[Connection], TaskRow | None]:
@@ -378,10 +376,10 @@ def open_pools(url: str) -> tuple[ConnectionPool[Connection], ConnectionPool[Con
     with connect(url) as conn:
         migrate(conn)
     reads: ConnectionPool[Connection] = ConnectionPool(
-        url, min_size=1, max_size=POOL_SIZE, kwargs=CONNECTION_KWARGS, open=False,
-        timeout=POOL_TIMEOUT_S, name="neurogrid-reads")
+        url, min_size=1, max_size=POOL_SIZE, kwargs=CONNECTION_KWARGS, configure=configure,
+        open=False, timeout=POOL_TIMEOUT_S, name="neurogrid-reads")
     writes: ConnectionPool[Connection] = ConnectionPool(
-        url, min_size=1, max_size=1, kwargs=CONNECTION_KWARGS, open=False,
+        url, min_size=1, max_size=1, kwargs=CONNECTION_KWARGS, configure=configure, open=False,
         timeout=POOL_TIMEOUT_S, check=ConnectionPool.check_connection, name="neurogrid-writes")
     try:
         reads.open(wait=True, timeout=POOL_TIMEOUT_S)

@@ -231,3 +231,16 @@ async def test_the_api_runs_a_task_end_to_end_on_postgresql(url: str) -> None:
     async with running_app(url) as api:  # type: ignore[arg-type]
         again = await (await api.client.get(f"/api/tasks/{task_id}")).get_json()
         assert again["task"]["status"] == "completed" and again["task"]["result"] == "hello back"
+
+
+async def test_a_nul_character_is_stored_as_the_replacement_character(url: str) -> None:
+    """PostgreSQL's TEXT cannot hold U+0000: the store writes U+FFFD instead, so the
+    task and its change are stored rather than failed."""
+    async with open_store(url) as store:
+        await store.insert_task(TaskRow("t", "anon:1", "llama2:7b", "standard", "a\x00b",
+                                        {"stop": "\x00"}, "queued", 1.0, 0.0, 1.0, 0.0))
+        assert await store.change_task(TaskChange("t", "completed", 2.0, result="out\x00put"))
+        stored = await store.get_task("t")
+    assert stored is not None
+    assert (stored.prompt, stored.result, stored.params) == ("a\ufffdb", "out\ufffdput",
+                                                             {"stop": "\x00"})
