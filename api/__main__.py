@@ -1,6 +1,11 @@
 # `neurogrid serve` (same as `python -m api`): the coordinator, the REST API and the
 # worker websocket endpoint in one process, served by hypercorn's trio worker, plus
-# `--local-workers N` worker subprocesses with the bundled demo model.
+# `--local-workers N` worker subprocesses. A local worker serves, by default, what
+# `neurogrid worker` serves with no model named: for each catalog model the best
+# pack built from installed weights (SmolLM2 for llama2:7b, Whisper base for
+# whisper, the random-weight image pack for stable-diffusion), each announced as
+# the stand-in it is; `--local-models demo` serves only the tiny demo text pack
+# (quick starts, tests), `noop` the no-op runner (network benchmarks).
 #
 # Rules:
 # - Defaults: 127.0.0.1:8080, ./neurogrid.db, one local worker, open auth. Port 0
@@ -11,6 +16,10 @@
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
 # - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
 #   to PATH; a path that cannot be opened stops `serve` before anything starts.
+# - Exit status: 0 after Ctrl-C or SIGTERM; 1 when the database does not open (one
+#   line on stderr naming the file and what to do) or when the services fail while
+#   serving (the store cannot continue): never a process that answers but cannot
+#   work, so a supervisor restarts it.
 # - Ctrl-C or SIGTERM stops gracefully: hypercorn stops accepting, the lifespan
 #   shuts the coordinator down and the store commits what is queued; local workers
 #   get SIGTERM, and SIGKILL if they have not left after a few seconds.
@@ -23,16 +32,19 @@ import os
 import signal
 import sys
 import time
+from typing import Awaitable, Callable
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
 from engine.runtime import CoordinatorConfig
 
+from .access import parse_networks
 from .app import ApiConfig, create_app
-from .store import open_store
+from .server import KEEP_ALIVE_SECONDS, hypercorn_config
+from .services import service_failure
+from .store import StoreError, open_store
 
 WORKER_STOP_SECONDS = 5.0
 
@@ -46,12 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the database: a SQLite file path or a store URL (sqlite:///PATH, "
                              "postgresql://USER@HOST/DB)")
     parser.add_argument("--local-workers", type=int, default=1, metavar="N",
-                        help="demo-model worker processes to start (0: none)")
+                        help="local worker processes to start (0: none)")
+    parser.add_argument("--local-models", choices=LOCAL_MODELS, default="installed",
+                        help="what local workers serve: installed (a pack per model, built "
+                             "once from installed weights), demo (the tiny demo text pack) "
+                             "or noop (no inference)")
     parser.add_argument("--auth", choices=("open", "required"), default="open",
                         help="open: keys optional (anonymous = beta tier per address); "
                              "required: a Bearer key on every task call")
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
+    parser.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_SECONDS,
+                        metavar="SECONDS",
+                        help="close an idle keep-alive HTTP connection after this long "
+                             f"(default {KEEP_ALIVE_SECONDS:g})")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="a reverse proxy (address or network; repeatable) whose "
+                             "X-Forwarded-For names the client; from other peers the "
+                             "header is ignored")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--journal", metavar="PATH",
                         help="append the scheduler's journal (every event and decision) "
@@ -63,19 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def api_config(args: argparse.Namespace) -> ApiConfig:
     """The app's configuration from the command line."""
     return ApiConfig(db=args.db, auth_required=args.auth == "required",
-                     environment=args.environment,
+                     environment=args.environment, trusted_proxies=args.trusted_proxy,
                      coordinator=CoordinatorConfig(journal_path=args.journal))
-
-
-def hypercorn_config(host: str, port: int, access_log: bool) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    # hypercorn's loggers go through `logging` like ours (one format, no duplicates)
-    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.websocket_max_message_size = 4 * MAX_FRAME_BYTES  # the codec judges size
-    config.graceful_timeout = 5.0
-    return config
 
 
 async def local_worker_tokens(db: str, count: int) -> list[str]:
@@ -84,9 +97,12 @@ async def local_worker_tokens(db: str, count: int) -> list[str]:
                 for i in range(1, count + 1)]
 
 
-def worker_command(url: str, name: str) -> list[str]:
+LOCAL_MODELS = {"installed": (), "demo": ("--demo",), "noop": ("--noop",)}
+
+
+def worker_command(url: str, name: str, models: str = "installed") -> list[str]:
     return [sys.executable, "-m", "engine.worker", "--coordinator", url, "--name", name,
-            "--location", "local", "--demo"]
+            "--location", "local", *LOCAL_MODELS[models]]
 
 
 async def run_local_worker(command: list[str], token: str) -> None:
@@ -107,15 +123,32 @@ async def shutdown_signal() -> None:
             return
 
 
-async def serve_all(args: argparse.Namespace) -> None:
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return when the first of `waits` has."""
+    async with trio.open_nursery() as nursery:
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
+
+
+async def serve_all(args: argparse.Namespace) -> str | None:
+    """Serve until a signal (None) or until the services fail (their reason)."""
     tokens = await local_worker_tokens(args.db, args.local_workers)
     app = create_app(api_config(args))
-    config = hypercorn_config(args.host, args.port, args.access_log)
+    failure = service_failure(app)
+    config = hypercorn_config(args.host, args.port, args.access_log,
+                              keep_alive_seconds=args.keep_alive,
+                              websocket_max_message_size=4 * MAX_FRAME_BYTES)  # the codec judges
     async with trio.open_nursery() as nursery:
 
         async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, config, shutdown_trigger=shutdown_signal, task_status=task_status)
+                await serve(app, config, task_status=task_status,
+                            shutdown_trigger=lambda: first_of(shutdown_signal,
+                                                              failure.failed.wait))
             finally:  # local workers end when the server has
                 nursery.cancel_scope.cancel()
 
@@ -125,8 +158,10 @@ async def serve_all(args: argparse.Namespace) -> None:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         ws_url = f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}"
         for index, token in enumerate(tokens, start=1):
-            nursery.start_soon(run_local_worker, worker_command(ws_url, f"local-{index}"), token)
+            command = worker_command(ws_url, f"local-{index}", args.local_models)
+            nursery.start_soon(run_local_worker, command, token)
     print("NeuroGrid API stopped", flush=True)
+    return failure.reason
 
 
 def tune_garbage_collector() -> None:
@@ -144,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_workers < 0:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
         return 2
+    try:
+        parse_networks(args.trusted_proxy)
+    except ValueError as exc:
+        print(f"neurogrid serve: {exc}", file=sys.stderr)
+        return 2
     if args.journal is not None:  # fail here, in one line, not in the app's lifespan
         try:
             open(args.journal, "a", encoding="utf-8").close()
@@ -152,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(serve_all, args)
+    try:
+        failed = trio.run(serve_all, args)
+    except StoreError as exc:  # the database does not open: one line, not a traceback
+        print(f"neurogrid serve: {exc}", file=sys.stderr)
+        return 1
+    if failed is not None:  # a supervisor restarts it
+        print(f"neurogrid serve: stopped because the service failed: {failed}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

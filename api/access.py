@@ -15,11 +15,20 @@
 #   requests may come at once, then they refill evenly. A refused submission
 #   (in-flight limit or empty bucket) spends nothing.
 #
+# - Behind a reverse proxy every client arrives from the proxy's address. With
+#   `--trusted-proxy ADDR` (an address or a network, repeatable), a request whose
+#   direct peer is a listed proxy is taken to come from the rightmost address in
+#   its X-Forwarded-For that is not itself a listed proxy (the leftmost entries
+#   are whatever the client wrote, so only what trusted proxies appended counts).
+#   From any other peer the header is ignored: a client cannot choose who it is.
+#
 # Limits live in this process's memory: buckets start full after a restart, and the
 # in-flight counts are rebuilt from the tasks the store still has open.
 from __future__ import annotations
 
+import ipaddress
 import math
+from typing import Iterable, Sequence
 
 import attrs
 
@@ -40,6 +49,44 @@ DEFAULT_TIERS: dict[str, Tier] = {
     "premium": Tier("premium", 1000, 50),
 }
 ANONYMOUS_TIER = "beta"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(addresses: Iterable[str]) -> tuple[Network, ...]:
+    """Trusted proxies: addresses or networks (10.0.0.0/8); ValueError names a bad one."""
+    networks = []
+    for address in addresses:
+        try:
+            networks.append(ipaddress.ip_network(address.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"--trusted-proxy {address!r} is not an IP address or "
+                             "network") from None
+    return tuple(networks)
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(peer: str, forwarded_for: Sequence[str], proxies: Sequence[Network]) -> str:
+    """Who sent a request: `peer`, or (when `peer` is a trusted proxy) the rightmost
+    X-Forwarded-For address that is not one (see the rules above)."""
+    if not proxies or not forwarded_for or not _trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:  # not an address: the proxy's header is unusable
+                return peer
+    return hops[0] if hops and hops[0] else peer  # every hop a proxy: the first
 
 
 class AuthError(Exception):
@@ -171,5 +218,5 @@ class RateLimiter:
             del self.buckets[owner]
 
 
-__all__ = ["Admission", "AuthError", "Caller", "DEFAULT_TIERS", "RateLimiter", "Tier",
-           "caller_for_key", "identify"]
+__all__ = ["Admission", "AuthError", "Caller", "DEFAULT_TIERS", "Network", "RateLimiter",
+           "Tier", "caller_for_key", "client_address", "identify", "parse_networks"]

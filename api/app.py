@@ -19,7 +19,9 @@
 # - Wall-clock time comes from `config.clock` (unix seconds), so tests can move it.
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import logging
 
 import attrs
 
@@ -32,12 +34,14 @@ from .access import RateLimiter
 from .nodes_ws import EndingWebsocketConnection
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
-from .services import ApiConfig, Services, process_memory
+from .server import BODY_TIMEOUT_SECONDS, ClosingHTTPConnection
+from .services import FAILURE_KEY, ApiConfig, ServiceFailure, Services, process_memory
 from .store import open_store
-from .validation import MAX_BODY_BYTES
+from .validation import MAX_TASK_BODY_BYTES
 
 HOUSEKEEPING_SECONDS = 60.0  # how often the service records that it is alive
 SHUTDOWN_GRACE_SECONDS = 10.0
+log = logging.getLogger("neurogrid.api")
 
 
 def package_version() -> str:
@@ -89,20 +93,41 @@ async def housekeeping(services: Services) -> None:
         services.limiter.prune(now)
 
 
+def failure_text(exc: BaseException) -> str:
+    """One line for an exception, the first leaf of a group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
 def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app = QuartTrio("neurogrid")
+    app.asgi_http_class = ClosingHTTPConnection
     app.asgi_websocket_class = EndingWebsocketConnection
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
+    # The largest body any route takes (a task with an audio file); each route
+    # holds its body to its own limit (most: MAX_BODY_BYTES).
+    app.config["MAX_CONTENT_LENGTH"] = MAX_TASK_BODY_BYTES
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = SHUTDOWN_GRACE_SECONDS
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api_routes)
     stop = trio.Event()
     stopped = trio.Event()
+    failure = app.extensions[FAILURE_KEY] = ServiceFailure()
 
     async def run(task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
         try:
-            await serve_services(config, stop, task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                services = await nursery.start(functools.partial(serve_services, config, stop))
+                started = True
+                task_status.started(services)
+        except Exception as exc:  # a failure at start-up fails the start
+            if not started:
+                raise
+            log.critical("the services stopped: %s", exc, exc_info=exc)
+            failure.fail(failure_text(exc))
         finally:
             stopped.set()
 

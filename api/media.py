@@ -21,16 +21,20 @@ import struct
 from typing import Any, Mapping
 
 import attrs
+import trio
+
+from engine.core import MODELS
 
 from .records import MAX_BLOB_BYTES, Blob
+from .validation import MAX_UPLOAD_BYTES, InvalidRequest, TaskRequest
 
 __all__ = [
     "AUDIO_BLOB", "IMAGE_BLOB", "ImageResult", "MediaError", "decode_base64", "image_path",
-    "image_result",
+    "image_result", "input_blob", "input_files", "measure_audio", "task_inputs",
 ]
 
 IMAGE_BLOB = "image.png"
-AUDIO_BLOB = "input.audio"
+AUDIO_BLOB = "input.audio"  # = input_blob("audio")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -89,3 +93,52 @@ def image_result(task_id: str, output: Any) -> ImageResult | None:
                          f"{claimed[0]}x{claimed[1]} it claims")
     return ImageResult(image_path(task_id), "image/png", Blob(IMAGE_BLOB, "image/png", data),
                        width, height)
+
+
+def measure_audio(data: bytes) -> float:
+    """Seconds of audio in a file (WAV, FLAC, MP3, OGG), from its decoded samples.
+    CPU work: call it from a thread. MediaError when it is no readable audio."""
+    # The worker's decoder (libsndfile + soxr), without any inference library.
+    from engine.worker.runners.audio import audio_seconds
+    from engine.worker.runners.base import InvalidTaskInput
+
+    try:
+        return audio_seconds(data)
+    except InvalidTaskInput as exc:
+        raise MediaError(str(exc)) from None
+
+
+async def input_files(task: TaskRequest) -> tuple[TaskRequest, tuple[Blob, ...]]:
+    """A validated task with its input files taken out (to be stored as the task's
+    files) and its measured sizes put in: the audio's length. InvalidRequest naming
+    the field when a file is unusable."""
+    audio = task.fields.get("audio")
+    if audio is None:
+        return task, ()
+    try:
+        data = decode_base64(audio, "the 'audio' field", MAX_UPLOAD_BYTES)
+        seconds = await trio.to_thread.run_sync(measure_audio, data)
+    except MediaError as exc:
+        raise InvalidRequest(f"The 'audio' field is wrong: {exc}") from None
+    if not seconds > 0:
+        raise InvalidRequest("The 'audio' field holds no sound (0 seconds)")
+    fields = {k: v for k, v in task.fields.items() if k != "audio"}
+    fields["audio_seconds"] = round(seconds, 3)
+    return attrs.evolve(task, fields=fields), (Blob(AUDIO_BLOB, "application/octet-stream", data),)
+
+
+async def task_inputs(store: Any, task_id: str, model: str, prompt: str) -> dict[str, Any]:
+    """The assign frame's `input` of a stored task: its prompt, and its input files
+    (base64) for kinds that have them."""
+    inputs: dict[str, Any] = {"prompt": prompt}
+    for field in MODELS[model].kind.fields:
+        if field.input:
+            blob = await store.get_blob(task_id, input_blob(field.name))
+            if blob is not None:
+                inputs[field.name] = base64.b64encode(blob.data).decode("ascii")
+    return inputs
+
+
+def input_blob(field: str) -> str:
+    """The name of the task file that holds an input field."""
+    return f"input.{field}"

@@ -113,6 +113,8 @@ SCHEMAS: dict[str, Any] = {
         ["success", "task_id", "status", "estimated_time", "node", "cost", "message"],
         success={"type": "boolean"}, task_id=s("task_<unix seconds>_<random>"),
         status=s(enum=["queued"]), estimated_time=s("whole seconds, e.g. \"3s\""),
+        warning=nullable(s("set when no online node serves the model: the task waits for "
+                           "one until its deadline (20 minutes by default), then expires")),
         node=obj(id=nullable(s("expected node; null when none serving the model is online")),
                  location=nullable(s()), gpu=s("GPU class the estimate assumes")),
         cost=obj(estimated=s("dollars, e.g. \"$0.001\""),
@@ -245,6 +247,8 @@ PATHS: dict[str, Any] = {
                     success={"type": "boolean"}, models={"type": "array", "items": obj(
                         id=s(), aliases={"type": "array", "items": s()}, description=s(),
                         task_type=s(), available={"type": "boolean"}, nodes_online=i(),
+                        weights={"type": "array", "items": s(
+                            "the weights online nodes run for it; a stand-in says so")},
                         queued_tasks=i(), pricing=obj(unit=s(), per_unit_usd=n(),
                                                       per_1000_units=s(), gpu=s(),
                                                       openai_reference=s()))}))}},

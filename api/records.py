@@ -26,6 +26,32 @@ class DuplicateTaskId(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot take writes now (disk full, I/O error, locked past the
+    wait): this write failed, later ones may not. The API answers 503."""
+
+
+class StoreFailed(StoreError):
+    """The store cannot continue (its file was deleted, replaced or corrupted):
+    the process must stop, so that a supervisor restarts it."""
+
+
+@attrs.frozen
+class StoreHealth:
+    """The store's state as /health reports it. `degraded`: the last write failed
+    for a reason that may pass (`reason` says which); `held_changes`: task changes
+    that could not be written yet, held in order and retried; `failed_writes`:
+    every write that failed since start (its caller got an error, or it was held);
+    `refused_changes`: posted task changes the database refused for their values
+    (logged with the task id: retrying cannot help)."""
+
+    degraded: bool = False
+    reason: str = ""
+    held_changes: int = 0
+    failed_writes: int = 0
+    refused_changes: int = 0
+
+
 @attrs.frozen
 class TaskRow:
     id: str
@@ -183,10 +209,12 @@ class Store(Protocol):
     async def start_run(self, now: float) -> int: ...
     async def mark_alive(self, run_id: int, now: float) -> None: ...
     async def availability(self, now: float, current_run: int) -> float: ...
+    async def health(self) -> StoreHealth: ...
 
 
 __all__ = [
-    "Blob", "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord", "NodeTokenRecord",
-    "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "TaskChange", "TaskRow",
+    "Blob", "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord",
+    "NodeTokenRecord", "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "StoreFailed",
+    "StoreHealth", "StoreUnavailable", "TaskChange", "TaskRow",
     "hash_secret", "new_secret",
 ]

@@ -57,7 +57,7 @@ from engine.runtime import (
 )
 
 from .access import RateLimiter
-from .media import MediaError, image_result
+from .media import MediaError, image_result, task_inputs
 from .store import OPEN_STATES, Blob, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
 
 
@@ -71,11 +71,6 @@ def task_spec(row: TaskRow) -> TaskSpec:
         prompt_tokens=estimate_prompt_tokens(row.prompt), owner=row.owner,
         **MODELS[row.model].kind.sizes(row.params),  # type: ignore[arg-type]
     )
-
-
-def task_payload(row: TaskRow) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What the worker gets: the `input` and `params` of the assign frame."""
-    return {"prompt": row.prompt}, row.params
 
 
 DISPATCH_BATCH = 256  # rows handed to the coordinator in one trip, at most
@@ -100,10 +95,11 @@ class Dispatcher:
         self._send, self._receive = trio.open_memory_channel[TaskRow](math.inf)
         self._waiting: set[str] = set()
 
-    async def submit(self, row: TaskRow, fresh_id: Callable[[], str]) -> TaskRow:
-        """Store a new task and queue it for the coordinator; returns the row as
-        stored (with a `fresh_id()` should its id be taken, which is astronomically
-        rare). It counts in flight from before the insert."""
+    async def submit(self, row: TaskRow, fresh_id: Callable[[], str],
+                     files: tuple[Blob, ...] = ()) -> TaskRow:
+        """Store a new task (and its input files) and queue it for the coordinator;
+        returns the row as stored (with a `fresh_id()` should its id be taken, which
+        is astronomically rare). It counts in flight from before the insert."""
         self.writer.open(row)
         try:
             try:
@@ -113,6 +109,8 @@ class Dispatcher:
                 row = attrs.evolve(row, id=fresh_id())
                 self.writer.open(row)
                 await self.store.insert_task(row)
+            if files:  # before it is queued: the dispatcher reads them
+                await self.store.put_blobs(row.id, files)
         except BaseException:
             self.writer.release(row.id)
             raise
@@ -161,7 +159,8 @@ class Dispatcher:
             for row in rows:
                 self._waiting.discard(row.id)
             outcomes = await self.coordinator.submit_many(
-                [(task_spec(row), *task_payload(row)) for row in rows])
+                [(task_spec(row), await task_inputs(self.store, row.id, row.model, row.prompt),
+                  row.params) for row in rows])
             for row, outcome in zip(rows, outcomes):
                 if not outcome.accepted:
                     await self.writer(RejectedUpdate(row.id, outcome.reason))
@@ -302,4 +301,4 @@ class UpdateWriter:
 
 
 __all__ = ["Dispatcher", "TaskCoordinator", "TaskFeed", "UpdateWriter", "result_text",
-           "task_payload", "task_spec"]
+           "task_spec"]

@@ -15,6 +15,8 @@
 #   error object; task calls carry X-RateLimit-* headers.
 from __future__ import annotations
 
+import base64
+
 import json
 import secrets
 import string
@@ -22,22 +24,27 @@ from typing import Any, AsyncIterator
 
 import attrs
 import trio
-from quart import Blueprint, Response, current_app, g, jsonify, request
+from quart import (
+    Blueprint, Response, current_app, g, has_websocket_context, jsonify, request, websocket,
+)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.core import MODELS, TaskState
 from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
 
 from . import views
-from .access import Admission, AuthError, Caller, identify
-from .media import IMAGE_BLOB
+from .access import Admission, AuthError, Caller, client_address as peer_client, identify
+from .media import IMAGE_BLOB, input_files
 from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
-from .services import Services, process_memory
-from .store import OPEN_STATES, Signup, TaskRow
+from .services import Services, process_memory, service_failure
+from .store import (
+    OPEN_STATES, Signup, StoreFailed, StoreUnavailable, TaskRow,
+)
 from .validation import (
-    MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
+    MAX_BODY_BYTES, MAX_TASK_BODY_BYTES, MAX_UPLOAD_BYTES, InvalidRequest, parse_form_task,
+    parse_json_object, parse_page, parse_signup, parse_task,
 )
 
 api_routes = Blueprint("neurogrid", __name__)
@@ -104,16 +111,47 @@ async def on_too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-d
                           f"the body is larger than the limit of {MAX_BODY_BYTES} bytes")
 
 
+STORE_RETRY_SECONDS = 5  # Retry-After of a 503 while the database cannot be written
+
+
+@api_routes.app_errorhandler(StoreUnavailable)
+async def on_store_unavailable(exc: StoreUnavailable):  # type: ignore[no-untyped-def]
+    return error_response(503, "Service unavailable", str(exc),
+                          {"Retry-After": str(STORE_RETRY_SECONDS)})
+
+
+@api_routes.app_errorhandler(StoreFailed)
+async def on_store_failed(exc: StoreFailed):  # type: ignore[no-untyped-def]
+    return error_response(503, "Service unavailable",
+                          f"{exc}; the server is stopping to be restarted",
+                          {"Retry-After": str(STORE_RETRY_SECONDS)})
+
+
 @api_routes.app_errorhandler(HTTPException)
 async def on_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
-    return error_response(exc.code or 500, exc.name, exc.description or exc.name)
+    # the exception's own headers (Allow of a 405, WWW-Authenticate of a 401), not its HTML type
+    headers = {name: value for name, value in exc.get_headers()
+               if name.lower() != "content-type"}
+    return error_response(exc.code or 500, exc.name, exc.description or exc.name, headers)
 
 
 @api_routes.app_errorhandler(Exception)
 async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
-    current_app.logger.exception("unexpected error in %s %s", request.method, request.path)
+    # a websocket route has no `request`: reading it here would raise and mask `exc`
+    where = (f"websocket {websocket.path}" if has_websocket_context()
+             else f"{request.method} {request.path}")
+    current_app.logger.exception("unexpected error in %s", where, exc_info=exc)
     return error_response(500, "Internal server error",
                           "the server failed to answer this request; it has been logged")
+
+
+@api_routes.before_app_request
+async def refuse_when_failed() -> None:
+    reason = service_failure(current_app).reason
+    if reason is not None:
+        raise ApiError(503, "Service unavailable",
+                       f"{reason}; the server is stopping to be restarted",
+                       {"Retry-After": str(STORE_RETRY_SECONDS)})
 
 
 @api_routes.after_app_request
@@ -129,7 +167,9 @@ async def add_rate_limit_headers(response: Response) -> Response:
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    return peer_client(request.remote_addr or "unknown",
+                       request.headers.getlist("X-Forwarded-For"),
+                       services().config.trusted_proxies)
 
 
 async def current_caller() -> Caller:
@@ -138,6 +178,29 @@ async def current_caller() -> Caller:
                       s.config.auth_required, dict(s.config.tiers))
     g.admission = s.limiter.peek(caller, s.now())
     return caller
+
+
+async def task_body() -> dict[str, Any]:
+    """A submission's fields: a JSON object, or a multipart/form-data form whose
+    `file` part is the task's input file (its audio). Bodies that carry a file may be
+    up to MAX_TASK_BODY_BYTES; others are held to MAX_BODY_BYTES."""
+    if request.content_length is not None and request.content_length > MAX_TASK_BODY_BYTES:
+        raise InvalidRequest(f"the body is {request.content_length} bytes; "
+                             f"the limit is {MAX_TASK_BODY_BYTES}")
+    if request.mimetype == "multipart/form-data":
+        form, files = await request.form, await request.files
+        body = parse_form_task(form.to_dict())
+        upload = files.get("file")
+        if upload is not None:
+            body["audio"] = base64.b64encode(upload.read(MAX_UPLOAD_BYTES + 1)).decode("ascii")
+        return body
+    data = await request.get_data(cache=False, as_text=False)
+    assert isinstance(data, bytes)  # as_text=False
+    body = parse_json_object(data, MAX_TASK_BODY_BYTES)
+    if len(data) > MAX_BODY_BYTES and "audio" not in body:
+        raise InvalidRequest(f"the body is {len(data)} bytes; the limit is {MAX_BODY_BYTES} "
+                             "(up to a larger limit when it carries an 'audio' file)")
+    return body
 
 
 async def json_body() -> dict[str, Any]:
@@ -163,7 +226,7 @@ async def visible_task(caller: Caller, task_id: str) -> TaskRow:
 async def submit_task():  # type: ignore[no-untyped-def]
     s = services()
     caller = await current_caller()
-    task = parse_task(await json_body())
+    task, files = await input_files(parse_task(await task_body()))
     now = s.now()
     admission = s.limiter.admit(caller, now)
     g.admission = admission
@@ -178,7 +241,7 @@ async def submit_task():  # type: ignore[no-untyped-def]
                        estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
     # Counted in flight from before the insert: concurrent submissions cannot all
     # pass the check.
-    row = await s.dispatcher.submit(row, lambda: new_id("task", now))
+    row = await s.dispatcher.submit(row, lambda: new_id("task", now), files)
     body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
     return json_response(body)
@@ -305,13 +368,16 @@ async def health():  # type: ignore[no-untyped-def]
     s = services()
     now = s.now()
     rss, total = process_memory()
-    return jsonify(views.health(s.version, s.config.environment, now - s.started_at, rss, total,
-                                s.coordinator.snapshot(), await s.store.stats(), now))
+    store = await s.store.health()
+    body = views.health(s.version, s.config.environment, now - s.started_at, rss, total,
+                        s.coordinator.snapshot(), await s.store.stats(), now, store)
+    return jsonify(body), 503 if store.degraded else 200
 
 
 @api_routes.get("/api/models")
 async def list_models():  # type: ignore[no-untyped-def]
-    snapshot = services().coordinator.snapshot()
+    coordinator = services().coordinator
+    snapshot, weights = coordinator.snapshot(), coordinator.node_weights()
     models = []
     for name, model in MODELS.items():
         serving = [n for n in snapshot.nodes if name in n.models and not n.draining]
@@ -324,6 +390,9 @@ async def list_models():  # type: ignore[no-untyped-def]
             "aliases": list(model.aliases),
             "description": model.description,
             "task_type": model.task_type,
+            # what the online nodes really run for it; a stand-in says so
+            "weights": sorted({weights[n.node_id][name] for n in serving
+                               if name in weights.get(n.node_id, {})}),
             "available": bool(serving),
             "nodes_online": len(serving),
             "queued_tasks": snapshot.queued_by_model.get(name, 0),

@@ -7,15 +7,21 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
+import trio
 
 from engine.runtime import Coordinator, CoordinatorConfig
 
-from .access import DEFAULT_TIERS, RateLimiter, Tier
+from .access import DEFAULT_TIERS, Network, RateLimiter, Tier, parse_networks
 from .relay import Dispatcher, TaskFeed
 from .store import Store
+
+
+def proxy_networks(addresses: Iterable[object]) -> tuple[Network, ...]:
+    """ApiConfig.trusted_proxies from addresses, networks or their text."""
+    return parse_networks(str(a) for a in addresses)
 
 
 @attrs.frozen
@@ -26,6 +32,8 @@ class ApiConfig:
     environment: str = "development"
     coordinator: CoordinatorConfig = attrs.field(factory=CoordinatorConfig)
     clock: Callable[[], float] = time.time
+    # reverse proxies whose X-Forwarded-For names the client (access.client_address)
+    trusted_proxies: tuple[Network, ...] = attrs.field(default=(), converter=proxy_networks)
 
 
 @attrs.define
@@ -45,6 +53,30 @@ class Services:
 
 
 
+@attrs.define
+class ServiceFailure:
+    """Set when the services (store, coordinator) stopped by themselves after
+    start-up: the process cannot serve any more and must exit non-zero, so that a
+    supervisor restarts it (`neurogrid serve` waits on `failed`). Until it has,
+    every request is answered 503."""
+
+    failed: trio.Event = attrs.field(factory=trio.Event)
+    reason: str | None = None
+
+    def fail(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.failed.set()
+
+
+FAILURE_KEY = "neurogrid.failure"  # where the app keeps its ServiceFailure
+
+
+def service_failure(app: Any) -> ServiceFailure:
+    failure: ServiceFailure = app.extensions[FAILURE_KEY]
+    return failure
+
+
 def process_memory() -> tuple[int, int]:
     """(resident bytes of this process, memory of the machine), from /proc where
     there is one, else from `resource` (peak resident) and sysconf."""
@@ -61,4 +93,5 @@ def process_memory() -> tuple[int, int]:
     return rss, total
 
 
-__all__ = ["ApiConfig", "Services", "process_memory"]
+__all__ = ["ApiConfig", "FAILURE_KEY", "ServiceFailure", "Services", "process_memory",
+           "service_failure"]

@@ -7,6 +7,13 @@
 #   32 random bytes, so a fast hash is enough: there is nothing to brute-force.
 # - A write is durable when its `await` returns. Task rows move forward only:
 #   a change to a task that already ended (completed, failed, ...) is ignored.
+# - A write the disk cannot take now fails with StoreUnavailable (the API: 503) and
+#   the store goes on; a task change posted by the coordinator is then held and
+#   retried, never dropped; a file that is gone or corrupt stops the store
+#   (StoreFailed). The writer's module says how; `health()` reports it.
+# - Text a task change carries (result, error) is stored as valid Unicode: a lone
+#   surrogate, which no UTF-8 database can hold, becomes U+FFFD rather than making
+#   the completion unwritable.
 # - Statistics are a query: `stats()` reads the `task_totals` row the schema's
 #   triggers keep equal to the aggregate over all tasks (one row, not a scan).
 #
@@ -34,15 +41,16 @@ import trio
 
 from .records import (
     OPEN_STATES, Blob, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
-    StoreError, TaskChange, TaskRow, hash_secret, new_secret,
+    StoreError, StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret,
 )
 from .sqlite_schema import (
     CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, TASK_COLUMNS, connect, key_record, prepare,
     task_row,
 )
-from .sqlite_writer import Writer
+from .sqlite_writer import Writer, failure_kind
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 
 class SqliteStore:
@@ -73,17 +81,30 @@ class SqliteStore:
         costs 17 us of CPU (30,000-39,000 reads/s on one core), one through
         trio.to_thread.run_sync 71 us (9,000-10,000 reads/s) with 4x the latency.
         So a read that finds no lock is not a trio checkpoint (as the synchronous
-        reads it replaces were not)."""
+        reads it replaces were not).
+
+        A read that finds the file corrupt (or not a database any more) raises
+        StoreFailed and stops the writer with it: the store cannot continue."""
         try:
             return query(self._reader)
         except sqlite3.OperationalError:  # locked (or a failing query: it fails again)
             pass
+        except sqlite3.DatabaseError as exc:
+            if failure_kind(exc) == "fatal":
+                raise self.writer.fail(exc) from exc
+            raise
         async with self._patient_lock:
-            return await trio.to_thread.run_sync(query, self._patient_reader)
+            try:
+                return await trio.to_thread.run_sync(query, self._patient_reader)
+            except sqlite3.DatabaseError as exc:
+                if failure_kind(exc) == "fatal":
+                    raise self.writer.fail(exc) from exc
+                raise
 
     async def barrier(self) -> None:
-        """Wait until every write queued before this call is committed."""
-        await self.writer.write(lambda conn: None)
+        """Wait until every write queued before this call is committed, held task
+        changes included (while the disk refuses writes, until it takes them again)."""
+        await self.writer.write(lambda conn: None, ordered=True)
 
     # ---- tasks ------------------------------------------------------------------
 
@@ -99,12 +120,17 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
 
+    async def health(self) -> StoreHealth:
+        return self.writer.health()
+
     @staticmethod
     def change_op(change: TaskChange) -> Callable[[sqlite3.Connection], TaskRow | None]:
         sets = ["status = ?"]
         args: list[Any] = [change.status]
         for column in CHANGE_COLUMNS:
             value = getattr(change, column)
+            if isinstance(value, str):
+                value = valid_text(value)
             if value is not None:
                 sets.append(f"{column} = ?")
                 args.append(value)
@@ -138,11 +164,22 @@ class SqliteStore:
     async def post_task_change(self, change: TaskChange, blobs: tuple[Blob, ...] = ()) -> None:
         """Queue `change` (and the task files it brings, in the same transaction)
         without waiting for its commit (the coordinator's updates: the coordinator
-        must not wait for the disk). Order of changes is kept."""
+        must not wait for the disk). Order of changes is kept. A change the database
+        refuses (a value it cannot hold) fails the task instead, saying why."""
+        def stand_in(error: Exception) -> Callable[[sqlite3.Connection], TaskRow | None]:
+            return self.change_op(TaskChange(
+                change.task_id, "failed", change.at,
+                error=f"the task's {change.status} update could not be stored: {error}"))
+
+        await self.writer.post(self.change_op_with(change, blobs),
+                               f"task {change.task_id} -> {change.status}", stand_in)
+
+    def change_op_with(self, change: TaskChange, blobs: tuple[Blob, ...]
+                       ) -> Callable[[sqlite3.Connection], TaskRow | None]:
+        """The change, and its task files when it took effect, in one operation."""
         change_op = self.change_op(change)
         if not blobs:
-            await self.writer.post(change_op)
-            return
+            return change_op
         blobs_op = self.blobs_op(change.task_id, blobs)
 
         def op(conn: sqlite3.Connection) -> TaskRow | None:
@@ -151,7 +188,7 @@ class SqliteStore:
                 blobs_op(conn)
             return row
 
-        await self.writer.post(op)
+        return op
 
     @staticmethod
     def blobs_op(task_id: str, blobs: tuple[Blob, ...]) -> Callable[[sqlite3.Connection], None]:
@@ -348,6 +385,15 @@ class SqliteStore:
         return float(min(1.0, row["up"] / (now - row["first"])))
 
 
+def valid_text(text: str) -> str:
+    """`text`, with lone surrogates (which UTF-8 cannot encode) as U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 @asynccontextmanager
 async def open_sqlite(path: str) -> AsyncIterator[SqliteStore]:
     """The store in the SQLite file at `path`, with its writer running; on the way
@@ -358,14 +404,46 @@ async def open_sqlite(path: str) -> AsyncIterator[SqliteStore]:
     try:
         store = await trio.to_thread.run_sync(SqliteStore, path)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
+        raise StoreError(f"cannot open the SQLite database {path!r}: {exc}"
+                         f"{open_advice(exc)}") from None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.writer.serve)
             yield store
             await store.writer.finish()
+    except BaseExceptionGroup as group:  # the writer stopped: say why, plainly
+        failed = first_leaf(group, StoreFailed)
+        if failed is None:
+            raise
+        raise failed from group
     finally:
         store.close()
 
 
-__all__ = ["SqliteStore", "open_sqlite"]
+def first_leaf(group: BaseExceptionGroup, kind: type[E]) -> E | None:
+    """The first exception of type `kind` in a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_leaf(exc, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def open_advice(exc: sqlite3.Error) -> str:
+    """What an operator can do about a database that does not open."""
+    kind = failure_kind(exc)
+    code = getattr(exc, "sqlite_errorcode", 0) or 0
+    if code & 0xFF == 14:  # cannot open
+        return "; check that its directory exists and is writable"
+    if kind == "fatal":
+        return ("; the file is not a SQLite database or is corrupt: restore it from a "
+                "backup, or move it aside to start with an empty database")
+    if kind == "transient":
+        return "; free disk space (or wait for the other process holding it) and start again"
+    return ""
+
+
+__all__ = ["SqliteStore", "open_sqlite", "valid_text"]

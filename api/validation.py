@@ -4,8 +4,10 @@
 # - Every check names the field and says why it failed; the first failure is
 #   raised as `InvalidRequest(details)` and becomes a 400 with the reference's
 #   error object. Nothing is written before a request has passed all checks.
-# - Types are strict: a string is a `str`, an integer is an `int` that is not a
-#   `bool`, a number is an `int` or `float` that is finite and not a `bool`.
+# - Types are strict: a string is a `str` of valid Unicode (no lone surrogate,
+#   which JSON's "\ud800" escapes can produce and no UTF-8 store can hold), an
+#   integer is an `int` that is not a `bool`, a number is an `int` or `float` that
+#   is finite and not a `bool`.
 # - Unknown fields are refused (a misspelt `max_token` should not be silently
 #   ignored), as OpenAI-style APIs do.
 # - Limits: bodies up to MAX_BODY_BYTES (64 KiB), prompts up to MAX_PROMPT_CHARS.
@@ -26,6 +28,10 @@ from engine.core import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
+# A task's input file (speech: the audio), as uploaded; a JSON body carries it in
+# base64, 4/3 as large.
+MAX_UPLOAD_BYTES = 24 * 1024 * 1024
+MAX_TASK_BODY_BYTES = MAX_BODY_BYTES + (MAX_UPLOAD_BYTES + 2) // 3 * 4
 MAX_PROMPT_CHARS = 32_000
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -91,9 +97,9 @@ class Page:
     status: str | None
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+def parse_json_object(body: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    if len(body) > limit:
+        raise InvalidRequest(f"the body is {len(body)} bytes; the limit is {limit}")
     if not body.strip():
         raise InvalidRequest("the body is empty; send a JSON object")
     try:
@@ -125,6 +131,12 @@ def _string(body: Mapping[str, Any], name: str, default: str | None = None) -> s
     value = body[name]
     if not isinstance(value, str):
         raise InvalidRequest(f"The '{name}' field must be a string, not {json_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's \ud800 escapes decode to lone surrogates
+        raise InvalidRequest(f"The '{name}' field is not valid Unicode text: a lone surrogate "
+                             f"(\\u{ord(value[exc.start]):04x}) at character {exc.start}"
+                             ) from None
     return value
 
 
@@ -141,7 +153,7 @@ def _integer(body: Mapping[str, Any], name: str, default: int | None, low: int,
 
 
 def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float,
-            low_open: bool = False) -> float:
+            low_open: bool = False, least_positive: float = 0.0) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -151,6 +163,9 @@ def _number(body: Mapping[str, Any], name: str, default: float, low: float, high
         lower = f"above {low:g}" if low_open else f"at least {low:g}"
         raise InvalidRequest(f"The '{name}' field must be {lower} and at most {high:g}, "
                              f"not {value:g}")
+    if 0 < abs(value) < least_positive:
+        raise InvalidRequest(f"The '{name}' field must be 0 or at least {least_positive:g} "
+                             f"in size, not {value:g}")
     return float(value)
 
 
@@ -177,7 +192,8 @@ def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
         return value
     if field.type == "number":
         return _number(body, field.name, field.default, field.low,  # type: ignore[arg-type]
-                       field.high, low_open=field.low_open)
+                       field.high, low_open=field.low_open,
+                       least_positive=field.least_positive)
     text = _string(body, field.name, field.default)  # type: ignore[arg-type]
     if text is not None and field.max_length and len(text) > field.max_length:
         raise InvalidRequest(f"The '{field.name}' field is {len(text)} characters; the limit "
@@ -189,29 +205,31 @@ def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
 
 
 def parse_task(body: Mapping[str, Any]) -> TaskRequest:
-    if "prompt" not in body or body["prompt"] is None:
-        raise InvalidRequest("The 'prompt' field is required")
-    prompt = _string(body, "prompt")
-    assert prompt is not None
-    if not prompt.strip():
-        raise InvalidRequest("The 'prompt' field must not be empty")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The 'prompt' field is {len(prompt)} characters; "
-                             f"the limit is {MAX_PROMPT_CHARS}")
     model_name = _string(body, "model", DEFAULT_MODEL)
     try:
         model = resolve_model(model_name or "")
     except CatalogError as exc:
         raise InvalidRequest(f"The 'model' field is wrong: {exc}") from None
+    kind = model.kind
+    if kind.prompt_required and ("prompt" not in body or body["prompt"] is None):
+        raise InvalidRequest("The 'prompt' field is required")
+    prompt = _string(body, "prompt", "") or ""
+    if kind.prompt_required and not prompt.strip():
+        raise InvalidRequest("The 'prompt' field must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The 'prompt' field is {len(prompt)} characters; "
+                             f"the limit is {MAX_PROMPT_CHARS}")
     priority_name = _string(body, "priority", "standard")
     try:
         priority = Priority.parse(priority_name or "")
     except ValueError as exc:
         raise InvalidRequest(f"The 'priority' field is wrong: {exc}") from None
-    kind = model.kind
     known = COMMON_TASK_FIELDS + tuple(f.name for f in kind.fields)
     other_kinds = {f.name for other in TASK_KINDS.values() for f in other.fields}
     for name in sorted(set(body) - set(known)):
+        if name in kind.measured:
+            raise InvalidRequest(f"The '{name}' field is not taken from clients: it is "
+                                 f"measured from the task's input")
         if name in other_kinds:
             raise InvalidRequest(f"The '{name}' field does not apply to {model.name} "
                                  f"({kind.name}); its fields are: {', '.join(known)}")
@@ -219,6 +237,27 @@ def parse_task(body: Mapping[str, Any]) -> TaskRequest:
     fields = {f.name: value for f in kind.fields
               if (value := _kind_field(body, f)) is not None}
     return TaskRequest(prompt, model.name, priority, fields)
+
+
+def parse_form_task(form: Mapping[str, str]) -> dict[str, Any]:
+    """A multipart form's fields as the JSON body they stand for: the values of
+    the model's integer and number fields parsed from their text."""
+    body: dict[str, Any] = dict(form)
+    try:
+        kind = resolve_model(form.get("model") or DEFAULT_MODEL).kind
+    except CatalogError:
+        return body  # parse_task names the model
+    for field in kind.fields:
+        text = form.get(field.name)
+        if text is None or field.type == "string":
+            continue
+        try:
+            body[field.name] = int(text) if field.type == "integer" else float(text)
+        except ValueError:
+            raise InvalidRequest(f"The '{field.name}' field must be "
+                                 f"{'an integer' if field.type == 'integer' else 'a number'}, "
+                                 f"not {text[:40]!r}") from None
+    return body
 
 
 SIGNUP_FIELDS = ("email", "type", "source")
@@ -261,6 +300,7 @@ def parse_page(args: Mapping[str, str]) -> Page:
 
 
 __all__ = [
-    "InvalidRequest", "MAX_BODY_BYTES", "MAX_PROMPT_CHARS", "Page", "SignupRequest",
+    "InvalidRequest", "MAX_BODY_BYTES", "MAX_PROMPT_CHARS", "MAX_TASK_BODY_BYTES",
+    "MAX_UPLOAD_BYTES", "parse_form_task", "Page", "SignupRequest",
     "TaskRequest", "parse_json_object", "parse_page", "parse_signup", "parse_task",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from engine.core import NetworkSnapshot
 
-from .store import NodeRecord, Stats, TaskRow
+from .store import NodeRecord, Stats, StoreHealth, TaskRow
 
 SIGNUP_BONUSES = {
     "free_tasks": 1000,
@@ -77,6 +77,11 @@ def task_created(row: TaskRow, node_id: str | None, node_location: str | None, g
             "estimated_usd": row.estimated_cost,
         },
         "message": "Task queued for processing",
+        # set when no online node serves the model: the task waits for one until its
+        # deadline, then ends expired
+        "warning": None if node_id is not None else (
+            f"no online node serves {row.model} now: the task waits for one until its "
+            "deadline, then ends expired"),
         "model": row.model,
         "priority": row.priority,
         "created_at": iso(row.created_at),
@@ -172,10 +177,17 @@ def megabytes(n_bytes: int) -> str:
     return f"{round(n_bytes / 2**20)}MB"
 
 
+HEALTHY_STORE = StoreHealth()
+
+
 def health(version: str, environment: str, uptime: float, rss_bytes: int, total_bytes: int,
-           snapshot: NetworkSnapshot, stats: Stats, now: float) -> dict[str, Any]:
+           snapshot: NetworkSnapshot, stats: Stats, now: float,
+           store: StoreHealth = HEALTHY_STORE) -> dict[str, Any]:
+    """/health: "status" is "OK", or "degraded" with the "reason" (the API answers
+    it with 503 then); "store" counts the writes that failed."""
     return {
-        "status": "OK",
+        "status": "degraded" if store.degraded else "OK",
+        "reason": store.reason if store.degraded else None,
         "service": "NeuroGrid",
         "version": version,
         "environment": environment,
@@ -191,6 +203,9 @@ def health(version: str, environment: str, uptime: float, rss_bytes: int, total_
             "queued_tasks": snapshot.queued,
             "running_tasks": snapshot.running,
         },
+        "store": {"degraded": store.degraded, "held_changes": store.held_changes,
+                  "failed_writes": store.failed_writes,
+                  "refused_changes": store.refused_changes},
     }
 
 

@@ -15,6 +15,7 @@ MODULES = {
     "runtime": "benchmarks.runtime_overhead",
     "api": "benchmarks.api_load",
     "soak": "benchmarks.soak",
+    "models": "benchmarks.models",
 }
 
 

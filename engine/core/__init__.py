@@ -17,9 +17,10 @@ from .kinds import TASK_KINDS, RequestField, TaskKind, UnknownTaskKind, task_kin
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
     Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject,
-    Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
-    Tick, Usage, WakeAt,
+    Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
+    TaskSubmitted, Tick, Usage, WakeAt,
 )
+from .metering import usage_problem
 from .ratelimit import TokenBucket, Verdict
 
 if TYPE_CHECKING:
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
     from .placement import DEFAULT_POLICY, POLICIES, make_policy
     from .pricing import PRICING, Quote, make_pricing
     from .queue import DEFAULT_HEAD_START
-    from .scheduler import (
-        NetworkSnapshot, NodeSnapshot, Scheduler, SchedulerConfig, TaskRecord,
-    )
+    from .scheduler import Scheduler
+    from .state import SchedulerConfig, TaskRecord
+    from .views import NetworkSnapshot, NodeSnapshot
 
 # The scheduler and what only it needs load on first use (PEP 562), so that a
 # program that needs only the core's values (the worker: catalog, events) does not
@@ -43,8 +44,9 @@ _LAZY = {
     "placement": ("DEFAULT_POLICY", "POLICIES", "make_policy"),
     "pricing": ("PRICING", "Quote", "make_pricing"),
     "queue": ("DEFAULT_HEAD_START",),
-    "scheduler": ("NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig",
-                  "TaskRecord"),
+    "scheduler": ("Scheduler",),
+    "state": ("SchedulerConfig", "TaskRecord"),
+    "views": ("NetworkSnapshot", "NodeSnapshot"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -66,10 +68,10 @@ __all__ = [
     "Assign", "Cancel", "Cancelled", "Complete", "Decision", "DeliveryFailed", "Drop",
     "Event", "Expire", "Fail", "NodeDraining", "NodeHeartbeat", "NodeJoined", "NodeLost",
     "NodeSpec", "Priority", "Reject", "Requeue", "TaskCancelled", "TaskFailed",
-    "TaskFinished", "TaskSpec", "TaskState", "TaskSubmitted", "Tick", "Usage", "WakeAt",
+    "TaskFaulted", "TaskFinished", "TaskSpec", "TaskState", "TaskSubmitted", "Tick", "Usage", "WakeAt",
     "JournalEntry", "JournalError", "JournalHeader", "entry_line", "header_line",
     "parse_line", "read_sessions",
     "DEFAULT_POLICY", "POLICIES", "make_policy", "PRICING", "Quote", "make_pricing",
-    "DEFAULT_HEAD_START", "TokenBucket", "Verdict",
+    "DEFAULT_HEAD_START", "TokenBucket", "Verdict", "usage_problem",
     "NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig", "TaskRecord",
 ]

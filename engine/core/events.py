@@ -30,7 +30,7 @@ class Priority(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, text: str) -> "Priority":
+    def parse(cls, text: str) -> Priority:
         try:
             return cls[text.upper()]
         except KeyError:
@@ -56,7 +56,7 @@ class TaskState(enum.Enum):
         return self not in (TaskState.QUEUED, TaskState.RUNNING)
 
 
-def _work_of(spec: "TaskSpec") -> float:
+def _work_of(spec: TaskSpec) -> float:
     """The task's work in its kind's unit; 0 for a model the catalog does not know
     (the scheduler rejects such a task, naming the model)."""
     model = MODELS.get(spec.model)
@@ -141,6 +141,18 @@ class TaskFailed:
 
 
 @attrs.frozen
+class TaskFaulted:
+    """The node misbehaved with a task it runs: the driver refused its report as a
+    protocol violation (impossible usage, text that is not Unicode). The task is
+    taken back and re-queued, charged to the node like a lost node's task, never to
+    the task's attempts."""
+
+    task_id: str
+    node_id: str
+    reason: str
+
+
+@attrs.frozen
 class DeliveryFailed:
     """The driver could not hand an assigned task to its node (the socket died
     mid-send). The task goes back to the queue without counting as an attempt."""
@@ -179,7 +191,7 @@ class Tick:
 
 
 Event = (
-    TaskSubmitted | TaskCancelled | TaskFinished | TaskFailed | DeliveryFailed
+    TaskSubmitted | TaskCancelled | TaskFinished | TaskFailed | TaskFaulted | DeliveryFailed
     | NodeJoined | NodeHeartbeat | NodeDraining | NodeLost | Tick
 )
 
@@ -226,6 +238,7 @@ class Complete:
     node_id: str
     cost: float  # dollars charged to the client
     usage: Usage
+    clamped: bool = False  # the measured charge was above the bound: `cost` is the bound
 
 
 @attrs.frozen

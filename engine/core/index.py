@@ -13,7 +13,8 @@
 # - `free_count`: how many nodes could take one of its tasks now;
 # - only where the policy needs them: `free_list`, an IndexedSet of those nodes
 #   (O(1) uniform random pick), and a lazy heap of (load, ordinal, node id).
-# A node is *accepting* when it is online, not draining and has a free slot; it is
+# A node is *accepting* when it is online, not draining nor benched and has a free
+# slot (of its `usable` ones: SchedulerConfig.initial_slots); it is
 # in a model's free sets exactly when it is accepting and eligible for the model
 # (serves it and has the VRAM). `NodeIndex.refresh(node)` restores that invariant
 # after any change to the node and costs O(models the node serves).
@@ -83,9 +84,16 @@ class NodeState:
     draining: bool = False
     tasks_done: int = 0
     busy_since: float = 0.0
-    classes: dict[str, "NodeClass"] = attrs.field(factory=dict)  # current class per model
+    classes: dict[str, NodeClass] = attrs.field(factory=dict)  # current class per model
     in_free: bool = False  # whether the node is in its classes' free sets now
     eligible_models: tuple[str, ...] = ()  # set by NodeIndex.add
+    # Slots placement may use now: the claim (spec.slots), or fewer while the node
+    # earns them (SchedulerConfig.initial_slots); changed through NodeIndex.resize.
+    usable: int = attrs.field(default=attrs.Factory(lambda self: self.spec.slots,
+                                                    takes_self=True))
+    credit: int = 0  # completions towards the next earned slot
+    pace: float = 1.0  # measured elapsed / expected of its runs (metering.next_pace)
+    benched: bool = False  # after a fault: takes no new work for a while (NodeIndex.bench)
 
     @property
     def node_id(self) -> str:
@@ -93,19 +101,19 @@ class NodeState:
 
     @property
     def slots(self) -> int:
-        return self.spec.slots
+        return self.usable
 
     @property
     def free_slots(self) -> int:
-        return self.spec.slots - len(self.running)
+        return self.usable - len(self.running)
 
     @property
     def load(self) -> float:
-        return len(self.running) / self.spec.slots
+        return len(self.running) / self.usable
 
     @property
     def accepting(self) -> bool:
-        return not self.draining and len(self.running) < self.spec.slots
+        return not self.draining and not self.benched and len(self.running) < self.usable
 
     def is_warm(self, model: str) -> bool:
         return model in self.loaded
@@ -138,7 +146,7 @@ class NodeClass:
     latency: float
     cold_seconds: float
     warm: bool
-    model_index: "ModelIndex" = attrs.field(repr=False)  # its model's (free_count)
+    model_index: ModelIndex = attrs.field(repr=False)  # its model's (free_count)
     free: dict[str, None] = attrs.field(factory=dict)
     online: dict[str, None] = attrs.field(factory=dict)
 
@@ -235,6 +243,21 @@ class NodeIndex:
                 self.models[model].online_slots -= node.slots
             self.refresh(node, warmth_changed=False)
 
+    def bench(self, node: NodeState, benched: bool) -> None:
+        """Keep the node out of the free sets (True) or let it back (False)."""
+        node.benched = benched
+        self.refresh(node, warmth_changed=False)
+
+    def resize(self, node: NodeState, usable: int) -> None:
+        """Change how many of its slots the node may use (at least one)."""
+        usable = max(1, usable)
+        if usable != node.usable:
+            if not node.draining:
+                for model in node.classes:
+                    self.models[model].online_slots += usable - node.usable
+            node.usable = usable
+            self.refresh(node, warmth_changed=False)
+
     def _class_for(self, node: NodeState, model: str, warm: bool) -> NodeClass:
         mi = self.models[model]
         key = (node.spec.gpu, node.spec.region, warm, node.price_per_hour)
@@ -279,7 +302,8 @@ class NodeIndex:
         warm models did not change, which leaves only the free-slot flip."""
         if warmth_changed:
             self._reclass(node)
-        accepting = not node.draining and len(node.running) < node.spec.slots
+        accepting = (not node.draining and not node.benched
+                     and len(node.running) < node.usable)
         if accepting is not node.in_free:
             node.in_free = accepting
             node_id = node.spec.node_id

@@ -35,7 +35,8 @@ import attrs
 
 from . import events as ev
 from .events import Decision, Event, Priority
-from .scheduler import Scheduler, SchedulerConfig
+from .scheduler import Scheduler
+from .state import SchedulerConfig
 
 FORMAT, VERSION = "neurogrid", 1
 

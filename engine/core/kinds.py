@@ -69,6 +69,9 @@ class RequestField:
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False  # the low limit itself is refused
+    # Numbers: values strictly between 0 and this are refused (too small to mean
+    # anything, and they overflow the arithmetic: logits / 1e-310 is infinite). 0: none.
+    least_positive: float = 0.0
     size: str = ""  # the size quantity (SIZE_QUANTITIES) this field sets, if any
     description: str = ""
     multiple_of: int = 0  # integers: the value must be a multiple of this (0: any)
@@ -93,11 +96,15 @@ class TaskKind:
     usage_fields: tuple[str, ...]  # what a worker's `result` usage reports, beside seconds
     work: WorkFormula
     reference_cost: CostFormula
+    quantities: tuple[str, ...] = ()  # the size quantities its work depends on
     description: str = ""
     prompt_required: bool = True  # False: the prompt is optional (speech: a decoder hint)
     # Size quantities the API measures from the task's input (never a client's
     # figure), stored in the params under their own name: speech's audio_seconds.
     measured: tuple[str, ...] = ()
+    # Sizes of a typical task for quantities no request field sets (the measured
+    # ones): what a simulated workload draws when it does not say.
+    typical: tuple[tuple[str, float], ...] = ()
 
     def field(self, name: str) -> RequestField:
         for f in self.fields:
@@ -124,11 +131,12 @@ class TaskKind:
         return out
 
     def size_default(self, quantity: str) -> float:
-        """The default of the request field that sets `quantity` (0 when none does)."""
+        """The default of the request field that sets `quantity`, else the kind's
+        typical size of it (0 when it has neither)."""
         for f in self.fields:
             if f.size == quantity and isinstance(f.default, (int, float)):
                 return f.default
-        return 0
+        return dict(self.typical).get(quantity, 0)
 
 
 def _text_work(prompt_tokens: int, output_tokens: int, steps: int, audio_seconds: float) -> float:
@@ -170,8 +178,9 @@ TASK_KINDS: dict[str, TaskKind] = {
             fields=(
                 RequestField("max_tokens", "integer", 256, 1, 4096, size="output_tokens",
                              description="tokens to generate at most"),
-                RequestField("temperature", "number", 0.0, 0.0, 2.0,
-                             description="sampling temperature; 0 is greedy"),
+                RequestField("temperature", "number", 0.0, 0.0, 2.0, least_positive=1e-3,
+                             description="sampling temperature; 0 is greedy, else at "
+                                         "least 0.001"),
                 RequestField("top_p", "number", 1.0, 0.0, 1.0, low_open=True,
                              description="nucleus sampling: the smallest set of tokens "
                                          "whose probability reaches top_p"),
@@ -179,6 +188,7 @@ TASK_KINDS: dict[str, TaskKind] = {
             ),
             usage_fields=("tokens", "prompt_tokens"),
             work=_text_work, reference_cost=_text_cost,
+            quantities=("prompt_tokens", "output_tokens"),
             description="text generation from a prompt (LLM)",
         ),
         TaskKind(
@@ -199,7 +209,7 @@ TASK_KINDS: dict[str, TaskKind] = {
                 _SEED,
             ),
             usage_fields=("steps",),
-            work=_image_work, reference_cost=_image_cost,
+            work=_image_work, reference_cost=_image_cost, quantities=("steps",),
             description="image generation from a prompt",
         ),
         TaskKind(
@@ -215,9 +225,10 @@ TASK_KINDS: dict[str, TaskKind] = {
                              description="transcript tokens per 30 s window at most"),
             ),
             usage_fields=("audio_seconds",),
-            work=_speech_work, reference_cost=_speech_cost,
+            work=_speech_work, reference_cost=_speech_cost, quantities=("audio_seconds",),
             description="speech-to-text transcription",
             prompt_required=False, measured=("audio_seconds",),
+            typical=(("audio_seconds", 60.0),),
         ),
     )
 }

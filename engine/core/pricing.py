@@ -8,6 +8,14 @@
 # seconds from the catalog; the actual charge uses the seconds the node measured.
 # Cold model loads are the network's cost, never billed to the client.
 #
+# The charge bound: a node reports its own GPU seconds, so with
+# SchedulerConfig.charge_cap_factor set (the live coordinator sets 2.0) a charge
+# never exceeds max(factor x quote, quote + allowance), where the quote is the
+# cost the task was quoted on the node it ran on when it was placed (that node's
+# price x the service time its class promises x the multiplier) and the
+# allowance is SchedulerConfig.charge_cap_allowance ($0.01). Above it the charge
+# is the bound, and the Complete decision says `clamped`. (`charge_cap` below.)
+#
 # Rules: pure functions and frozen values; policies listed by name in PRICING.
 from __future__ import annotations
 
@@ -71,6 +79,11 @@ def make_pricing(name: str) -> PricingPolicy:
 def charge(price_per_hour: float, gpu_seconds: float, multiplier: float) -> float:
     """Dollars for `gpu_seconds` of a node priced `price_per_hour`."""
     return price_per_hour / 3600.0 * gpu_seconds * multiplier
+
+
+def charge_cap(quoted: float, factor: float, allowance: float) -> float:
+    """The most a task quoted `quoted` dollars may be charged (see the top comment)."""
+    return max(factor * quoted, quoted + allowance)
 
 
 def savings_pct(cost: float, reference: float) -> float:

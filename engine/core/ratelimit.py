@@ -34,7 +34,7 @@ class TokenBucket:
             self.tokens = float(self.capacity)
 
     @classmethod
-    def per_hour(cls, requests: int, now: float) -> "TokenBucket":
+    def per_hour(cls, requests: int, now: float) -> TokenBucket:
         """`requests` per hour, all of which may come at once."""
         return cls(capacity=requests, rate=requests / 3600.0, updated=now)
 

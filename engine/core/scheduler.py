@@ -23,6 +23,15 @@
 # a node that no longer runs it (a stale result from a node that was declared lost),
 # changes nothing.
 #
+# Defences against faulty and hostile nodes are SchedulerConfig options (state.py),
+# off by default - the simulator's scenarios decide as a trusting scheduler does -
+# and on in the live coordinator (CoordinatorConfig): a default deadline; an
+# execution timeout (metering.run_bound: the run is taken back, a Requeue, as a
+# fault of its node); earned slots and a cooldown after a fault (standing.py); at
+# most one loss per node per task, none for a reconnect (rejoin_grace); the charge
+# bound (pricing.py). A fault (TaskFaulted, an execution timeout) re-queues the task
+# without counting an attempt, like a lost node; max_node_losses fail it as poison.
+#
 # Rules: no I/O, no clocks, no global randomness (rng given at construction); the
 # same events at the same times with the same seed give the same decisions.
 from __future__ import annotations
@@ -30,98 +39,30 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import attrs
 
-from .catalog import (
-    GPU_CLASSES, MODELS, REFERENCE_GPU, default_price, gpu_rate, openai_cost,
-)
+from .catalog import GPU_CLASSES, MODELS, default_price
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
-    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Priority, Reject,
-    Requeue, TaskCancelled, TaskFailed, TaskFinished, TaskSpec, TaskState, TaskSubmitted,
-    Tick, WakeAt,
+    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Reject,
+    Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
+    TaskSubmitted, Tick, WakeAt,
 )
-from .index import NodeIndex, NodeState
+from .index import NodeClass, NodeIndex, NodeState
 from .placement import (
     DEFAULT_POLICY, PlacementPolicy, ScoredPolicy, balanced_score, make_policy,
 )
-from .pricing import PricingPolicy, Quote, charge, make_pricing, savings_pct
-from .queue import DEFAULT_HEAD_START, ModelQueue
+from .metering import run_bound
+from .pricing import PricingPolicy, Quote, charge, charge_cap, make_pricing
+from .queue import ModelQueue
+from .standing import Standing
+from .state import TRANSITIONS, SchedulerConfig, TaskRecord
+from .views import NetworkSnapshot, NodeSnapshot, network_snapshot, quote_task
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
 _LIVE = frozenset({Q, R})  # the states that are not final (TaskState.is_final, C speed)
-# (from, to) pairs the scheduler may take; anything else is a bug (asserted).
-TRANSITIONS = frozenset({
-    (None, Q), (None, TaskState.REJECTED),
-    (Q, R), (Q, TaskState.EXPIRED), (Q, TaskState.CANCELLED),
-    (R, TaskState.COMPLETED), (R, TaskState.FAILED), (R, TaskState.EXPIRED),
-    (R, TaskState.CANCELLED), (R, Q),
-})
-
-
-@attrs.frozen
-class SchedulerConfig:
-    heartbeat_timeout: float = 30.0  # a node silent this long is lost; inf: never
-    head_start: Mapping[Priority, float] = DEFAULT_HEAD_START
-    region_latency: Mapping[str, float] = attrs.field(factory=dict)  # seconds
-    max_queued: int = 1_000_000  # submissions beyond this are rejected
-    max_node_losses: int = 5  # a task whose node dies this often fails (poison task)
-    keep_finished: bool = True  # keep ended tasks readable (False: forget them)
-
-
-@attrs.define(eq=False)
-class TaskRecord:
-    """The core's mutable record of one task. It carries `model`, `work` and
-    `priority` itself, so it is what a placement policy is handed (a PlacementTask)."""
-
-    spec: TaskSpec
-    work: float
-    key: float  # queue key: virtual arrival time
-    seq: int
-    submitted_at: float
-    model: str  # = spec.model
-    priority: Priority  # = spec.priority
-    state: TaskState = TaskState.QUEUED
-    node_id: str | None = None
-    attempts: int = 0
-    node_losses: int = 0
-    started_at: float | None = None
-    ended_at: float | None = None
-    multiplier: float = 1.0
-    cost: float = 0.0
-    error: str = ""
-
-
-@attrs.frozen
-class NodeSnapshot:
-    node_id: str
-    name: str
-    gpu: str
-    region: str
-    location: str
-    slots: int
-    running: int
-    models: tuple[str, ...]
-    loaded: tuple[str, ...]
-    price_per_hour: float
-    draining: bool
-    last_seen: float
-    tasks_done: int
-
-
-@attrs.frozen
-class NetworkSnapshot:
-    nodes: tuple[NodeSnapshot, ...]
-    queued: int
-    running: int
-    queued_by_model: Mapping[str, int]
-    nodes_by_model: Mapping[str, int]
-    counters: Mapping[str, int]
-    utilization: float
-
-
 _COUNTER_OF = {state: state.value for state in TaskState}
 COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelled",
             "rejected", "requeued", "nodes_joined", "nodes_lost")
@@ -145,6 +86,12 @@ class Scheduler:
         self._ordinal = 0
         self._deadlines: list[tuple[float, int, str]] = []
         self._node_timers: list[tuple[float, int, str]] = []
+        self._run_timers: list[tuple[float, int, str]] = []
+        self._runs = 0
+        self.standing = Standing(self.index, config.initial_slots,
+                                 config.completions_per_slot, config.rejoin_grace,
+                                 config.fault_cooldown)
+        self._benched = self.standing.benched  # (until, ordinal, node id): timers too
         self._busy_slots = 0
         self._total_slots = 0
         self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
@@ -155,6 +102,7 @@ class Scheduler:
             TaskCancelled: self._on_cancelled,
             TaskFinished: self._on_finished,
             TaskFailed: self._on_failed,
+            TaskFaulted: self._on_faulted,
             DeliveryFailed: self._on_delivery_failed,
             NodeJoined: self._on_joined,
             NodeHeartbeat: self._on_heartbeat,
@@ -167,7 +115,7 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Decision]:
         out: list[Decision] = []
-        if self._deadlines or self._node_timers:
+        if self._deadlines or self._node_timers or self._run_timers or self._benched:
             self._fire_timers(now, out)
         handler = self._handlers.get(type(event))
         if handler is None:
@@ -176,7 +124,8 @@ class Scheduler:
         if self._queued:
             self._place(now, out)
         # Without timers next_deadline() is inf: skip the call on the hot path.
-        wake = self.next_deadline() if self._deadlines or self._node_timers else math.inf
+        wake = (self.next_deadline() if self._deadlines or self._node_timers
+                or self._run_timers or self._benched else math.inf)
         if wake != self._announced_wake:
             self._announced_wake = wake
             if wake < math.inf:
@@ -184,13 +133,19 @@ class Scheduler:
         return out
 
     def next_deadline(self) -> float:
-        if not self._deadlines and not self._node_timers:
+        if (not self._deadlines and not self._node_timers and not self._run_timers
+                and not self._benched):
             return math.inf
         self._settle_deadlines()
         self._settle_node_timers()
+        self._settle_run_timers()
         first = self._deadlines[0][0] if self._deadlines else math.inf
         if self._node_timers:
             first = min(first, self._node_timers[0][0])
+        if self._run_timers:
+            first = min(first, self._run_timers[0][0])
+        if self._benched:
+            first = min(first, self.standing.next_release())
         return first
 
     # ---- read-only views ------------------------------------------------------
@@ -203,54 +158,14 @@ class Scheduler:
         return self._busy_slots / self._total_slots if self._total_slots else 0.0
 
     def snapshot(self) -> NetworkSnapshot:
-        nodes = tuple(
-            NodeSnapshot(
-                n.node_id, n.spec.name, n.spec.gpu, n.spec.region, n.spec.location,
-                n.slots, len(n.running), n.spec.models, tuple(n.loaded),
-                n.price_per_hour, n.draining, n.last_seen, n.tasks_done,
-            )
-            for n in self.index.nodes.values()
-        )
-        return NetworkSnapshot(
-            nodes=nodes,
-            queued=sum(len(q) for q in self.queues.values()),
-            running=self._busy_slots,
-            queued_by_model={m: len(q) for m, q in self.queues.items()},
-            nodes_by_model={m: sum(len(c.online) for c in mi.classes.values())
-                            for m, mi in self.index.models.items()},
-            counters=dict(self.counters),
-            utilization=self.utilization,
-        )
+        return network_snapshot(self.index, self.queues, self._busy_slots, self.counters,
+                                self.utilization)
 
     def quote(self, spec: TaskSpec) -> Quote:
         """Estimate cost and time for `spec` as the network stands now, without
         changing anything (no randomness is drawn)."""
-        model = MODELS[spec.model]
-        work = spec.work
-        mi = self.index.models[spec.model]
-        multiplier = self.pricing.multiplier(spec.priority, self.utilization)
-        reference = openai_cost(spec.model, spec.prompt_tokens, spec.output_tokens,
-                                spec.steps, spec.audio_seconds)
-        ranked = self._quote_ranking.ranking(mi, work, spec.priority)
-        cls = next((c for c in ranked if c.free), None)
-        waiting = 0.0
-        if cls is None:
-            cls = next((c for c in ranked if c.online), None)
-            if cls is not None and mi.online_slots:
-                # Everyone ahead must start first: (queued + 1) tasks over all slots.
-                ahead = len(self.queues[spec.model]) + 1
-                waiting = ahead / mi.online_slots * cls.service_seconds(work)
-        if cls is None:
-            rate = gpu_rate(REFERENCE_GPU, spec.model)
-            seconds = model.load_seconds + work / rate
-            cost = charge(default_price(REFERENCE_GPU), work / rate, multiplier)
-            return Quote(cost, seconds, reference, savings_pct(cost, reference),
-                         REFERENCE_GPU, None)
-        node = self.index.nodes[next(reversed(cls.free or cls.online))]
-        cost = charge(cls.price_per_hour, cls.service_seconds(work), multiplier)
-        return Quote(cost, waiting + cls.completion_seconds(work), reference,
-                     savings_pct(cost, reference), cls.gpu, node.node_id,
-                     node.spec.region, node.spec.location)
+        return quote_task(spec, self.index, len(self.queues[spec.model]), self.pricing,
+                          self._quote_ranking, self.utilization)
 
     # ---- event handlers -------------------------------------------------------
 
@@ -262,6 +177,8 @@ class Scheduler:
             self.counters["rejected"] += 1
             out.append(Reject(task_id, reason))
             return
+        if spec.deadline == math.inf and self.config.default_deadline is not None:
+            spec = attrs.evolve(spec, deadline=now + self.config.default_deadline)
         self._seq += 1
         seq = self._seq
         key = now - self.config.head_start[priority]
@@ -321,8 +238,20 @@ class Scheduler:
             node.last_seen = now
         node.tasks_done += 1
         record.cost = cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
+        config = self.config
+        clamped = False
+        if config.charge_cap_factor is not None:
+            cap = charge_cap(record.quoted_cost, config.charge_cap_factor,
+                             config.charge_cap_allowance)
+            if cost > cap:
+                record.cost = cost = cap
+                clamped = True
+        if config.initial_slots is not None or config.execution_timeout_factor is not None:
+            self._total_slots += self.standing.completed(
+                node, record.expected_seconds, now - record.assigned_at)
         self._end(record, TaskState.COMPLETED, now)
-        out.append(Complete(task_id, node_id, cost, event.usage))
+        out.append(Complete(task_id, node_id, cost, event.usage, clamped)
+                   if clamped else Complete(task_id, node_id, cost, event.usage))
 
     def _on_failed(self, event: TaskFailed, now: float, out: list[Decision]) -> None:
         record = self._running_on(event.task_id, event.node_id)
@@ -334,6 +263,13 @@ class Scheduler:
         record.error = event.error
         self._end(record, TaskState.FAILED, now)
         out.append(Fail(event.task_id, event.error, event.node_id))
+
+    def _on_faulted(self, event: TaskFaulted, now: float, out: list[Decision]) -> None:
+        record = self._running_on(event.task_id, event.node_id)
+        if record is not None:
+            node = self.index.nodes[event.node_id]
+            self._total_slots += self.standing.faulted(node, now)
+            self._take_back(record, node, f"node fault: {event.reason}", now, out)
 
     def _on_delivery_failed(self, event: DeliveryFailed, now: float,
                             out: list[Decision]) -> None:
@@ -357,7 +293,7 @@ class Scheduler:
             return
         old = self.index.nodes.get(spec.node_id)
         if old is not None:  # it reconnected before we noticed it was gone
-            self._lose(old, "rejoined", now, out)
+            self._lose(old, "rejoined", now, out, charge=self.config.rejoin_grace is None)
         models = tuple(m for m in spec.models if m in MODELS)
         if models != spec.models:
             spec = attrs.evolve(spec, models=models)
@@ -366,6 +302,8 @@ class Scheduler:
         node = NodeState(spec, self._ordinal, price,
                          self.config.region_latency.get(spec.region, 0.0), now,
                          loaded=[m for m in spec.loaded if m in models])
+        if self.config.initial_slots is not None or self.config.rejoin_grace is not None:
+            self.standing.joining(node, now)
         self.index.add(node)
         self._total_slots += node.slots
         self.counters["nodes_joined"] += 1
@@ -436,40 +374,82 @@ class Scheduler:
         self._queued += 1
         out.append(Requeue(record.spec.task_id, node_id, reason))
 
-    def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision]) -> None:
+    def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision],
+              charge: bool = True) -> None:
         for task_id in sorted(node.running, key=lambda t: self.tasks[t].seq):
             record = self.tasks[task_id]
-            record.node_losses += 1
-            if record.node_losses >= self.config.max_node_losses:
-                record.error = f"its node was lost {record.node_losses} times"
-                self._end(record, TaskState.FAILED, now)
-                out.append(Fail(task_id, record.error, node.node_id))
+            if charge:
+                self._take_back(record, node, f"node lost: {reason}", now, out)
             else:
-                record.attempts -= 1  # not the task's fault
+                record.attempts -= 1  # not the task's fault, nor (a reconnect) a loss
                 self._requeue(record, f"node lost: {reason}", out)
         if not node.draining:
             self._total_slots -= node.slots
+        self.standing.left(node, now)
         self.index.remove(node)
         self.counters["nodes_lost"] += 1
+
+    def _take_back(self, record: TaskRecord, node: NodeState, reason: str, now: float,
+                   out: list[Decision]) -> None:
+        """The task's node failed it (lost, timed out, faulted): charge the task a
+        node loss (once per node, with rejoin_grace) and re-queue it, or fail it as
+        a poison task after max_node_losses of them."""
+        charged = True
+        if self.config.rejoin_grace is not None:
+            if record.charged_nodes is None:
+                record.charged_nodes = set()
+            charged = node.node_id not in record.charged_nodes
+            record.charged_nodes.add(node.node_id)
+        if charged:
+            record.node_losses += 1
+        if record.node_losses >= self.config.max_node_losses:
+            record.error = f"its node was lost {record.node_losses} times"
+            self._end(record, TaskState.FAILED, now)
+            out.append(Fail(record.spec.task_id, record.error, node.node_id))
+        else:
+            record.attempts -= 1  # not the task's fault
+            self._requeue(record, reason, out)
 
     def _assign(self, record: TaskRecord, node: NodeState, now: float,
                 out: list[Decision]) -> None:
         spec, model = record.spec, record.model
         task_id, node_id = spec.task_id, node.spec.node_id
+        config = self.config
+        # the class it runs in, as placed (before warmth may move it)
+        cls = (node.classes[model] if config.execution_timeout_factor is not None
+               or config.charge_cap_factor is not None else None)
         cold = model not in node.loaded
         evicted = node.touch_model(model)
         node.running.add(task_id)
         self._busy_slots += 1
         record.multiplier = self.pricing.multiplier(
             record.priority, self._busy_slots / self._total_slots)
+        if cls is not None:
+            self._start_run(record, node, cls, now)
         self.index.refresh(node, warmth_changed=cold or bool(evicted))
         self._move(record, R)
         record.node_id = node_id
+        record.assigned_at = now
         record.attempts = attempt = record.attempts + 1
         if record.started_at is None:
             record.started_at = now
         self.counters["assigned"] += 1
         out.append(Assign(task_id, node_id, model, attempt, spec.deadline, cold))
+
+    def _start_run(self, record: TaskRecord, node: NodeState, cls: NodeClass,
+                   now: float) -> None:
+        """What the node's class promises for this run, and its execution timer."""
+        config = self.config
+        self._runs += 1
+        record.run = self._runs
+        record.expected_seconds = cls.completion_seconds(record.work)
+        record.quoted_cost = charge(cls.price_per_hour, cls.service_seconds(record.work),
+                                    record.multiplier)
+        factor = config.execution_timeout_factor
+        if factor is not None:
+            bound = run_bound(record.expected_seconds, node.pace, factor,
+                              config.execution_timeout_floor)
+            heapq.heappush(self._run_timers, (now + bound, record.run, record.spec.task_id))
 
     def _place(self, now: float, out: list[Decision]) -> None:
         """Per model (in catalog order), place the head of its queue while the model
@@ -516,6 +496,15 @@ class Scheduler:
             else:
                 return
 
+    def _settle_run_timers(self) -> None:
+        heap, tasks = self._run_timers, self.tasks
+        while heap:
+            _, run, task_id = heap[0]
+            record = tasks.get(task_id)
+            if record is not None and record.run == run and record.state is R:
+                return
+            heapq.heappop(heap)
+
     def _fire_timers(self, now: float, out: list[Decision]) -> None:
         self._settle_deadlines()
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -533,6 +522,17 @@ class Scheduler:
             out.append(Drop(node_id, reason))
             self._lose(node, reason, now, out)
             self._settle_node_timers()
+        if self._benched:
+            self.standing.release(now)
+        self._settle_run_timers()
+        while self._run_timers and self._run_timers[0][0] <= now:
+            _, _, task_id = heapq.heappop(self._run_timers)
+            record = self.tasks[task_id]
+            node = self.index.nodes[record.node_id or ""]
+            self._total_slots += self.standing.faulted(node, now)
+            self._take_back(record, node, f"no result within "
+                            f"{now - record.assigned_at:.3g} s (execution timeout)", now, out)
+            self._settle_run_timers()
 
 
 

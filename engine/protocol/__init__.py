@@ -11,7 +11,7 @@ its in-memory and trio-websocket adapters. Nothing here loads the coordinator
 from __future__ import annotations
 
 from .codec import (
-    COORDINATOR_MESSAGES, MAX_FRAME_BYTES, MAX_ID_CHARS, PROTOCOL_VERSION, SCHEMAS, TYPES,
+    COORDINATOR_MESSAGES, INT_MAX, INT_MIN, MAX_FRAME_BYTES, MAX_ID_CHARS, PROTOCOL_VERSION, SCHEMAS, TYPES,
     WORKER_MESSAGES, Accepted, AssignTask, CancelTask, Draining, Error, Failed, Gpu,
     Heartbeat, Hello, Message, Progress, ProtocolError, Result, Welcome, decode, encode,
 )
@@ -21,7 +21,7 @@ from .connection import (
 )
 
 __all__ = [
-    "COORDINATOR_MESSAGES", "MAX_FRAME_BYTES", "MAX_ID_CHARS", "PROTOCOL_VERSION", "SCHEMAS",
+    "COORDINATOR_MESSAGES", "INT_MAX", "INT_MIN", "MAX_FRAME_BYTES", "MAX_ID_CHARS", "PROTOCOL_VERSION", "SCHEMAS",
     "TYPES", "WORKER_MESSAGES", "Accepted", "AssignTask", "CancelTask", "Draining", "Error",
     "Failed", "Gpu", "Heartbeat", "Hello", "Message", "Progress", "ProtocolError", "Result",
     "Welcome", "decode", "encode",

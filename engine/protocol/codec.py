@@ -16,6 +16,15 @@
 # - decode never raises anything but ProtocolError, whatever the input: malformed
 #   JSON, NaN/Infinity, a non-object, an unknown type, a missing or wrong-typed
 #   field, or a frame over `max_bytes` (UTF-8) all say what was wrong, briefly.
+#   When the frame named a task (a valid `task_id`), the error carries it
+#   (`ProtocolError.task_id`, with `frame_type`), so that a driver can settle that
+#   task (a refused `result` fails the run on that node) instead of losing it.
+# - Every value must be storable and re-sendable as it is: an integer outside the
+#   signed 64-bit range, or a string anywhere in the frame with a lone surrogate
+#   (JSON's "\ud800" escape decodes to text that is not Unicode and that no UTF-8
+#   encoder, SQLite's included, accepts), makes the frame a ProtocolError. We refuse
+#   rather than repair (U+FFFD): a correct peer never sends either, and silently
+#   altered output would reach the client as if the model had written it.
 # - Times on the wire are durations in seconds, never absolute: the two sides
 #   share no clock. `assign.deadline` is the seconds the worker has left, or null.
 #
@@ -39,6 +48,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, Mapping
 
 import attrs
@@ -48,10 +58,21 @@ from engine.core.events import Usage
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 32 << 20  # 32 MiB: an audio input or an image result fits; a runaway frame does not
 MAX_ID_CHARS = 256
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # what SQLite (and most JSON peers) store
+# A JSON escape of a UTF-16 surrogate: the only way a lone surrogate gets into decoded
+# text (a proper pair decodes to one code point; the check then finds nothing).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 class ProtocolError(ValueError):
-    """A frame that is not a valid protocol v1 message; str(exc) says why."""
+    """A frame that is not a valid protocol v1 message; str(exc) says why. When the
+    frame had a valid `task_id`, `task_id` and `frame_type` say which task and frame."""
+
+    def __init__(self, reason: str, task_id: str | None = None,
+                 frame_type: str | None = None) -> None:
+        super().__init__(reason)
+        self.task_id = task_id
+        self.frame_type = frame_type
 
 
 # ---- messages -----------------------------------------------------------------
@@ -146,6 +167,7 @@ class CancelTask:
 class Error:
     message: str
     retry: bool = True  # False: reconnecting as the same worker cannot help
+    retry_after: float | None = None  # seconds to wait before reconnecting, when known
 
 
 Message = (Hello | Heartbeat | Accepted | Progress | Result | Failed | Draining
@@ -187,6 +209,8 @@ def _id(value: Any) -> str:
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _fail("an integer", value)
+    if not INT_MIN <= value <= INT_MAX:
+        raise ProtocolError(f"expected a 64-bit integer, got one of {len(str(value))} digits")
     return value
 
 
@@ -300,7 +324,8 @@ SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
                  "input": (_object, REQUIRED), "params": (_object, OPTIONAL),
                  "deadline": (_optional_number, OPTIONAL), "attempt": (_int, OPTIONAL)},
     CancelTask: {"task_id": (_id, REQUIRED), "reason": (_str, OPTIONAL)},
-    Error: {"message": (_str, REQUIRED), "retry": (_bool, OPTIONAL)},
+    Error: {"message": (_str, REQUIRED), "retry": (_bool, OPTIONAL),
+            "retry_after": (_optional_number, OPTIONAL)},
 }
 
 
@@ -309,6 +334,38 @@ SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
 
 def _reject_constant(name: str) -> Any:
     raise ProtocolError(f"{name} is not valid JSON")
+
+
+def _not_unicode(value: Any) -> str | None:
+    """A string in `value` (keys included) that is not valid Unicode, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _out_of_range(value: Any) -> int | None:
+    """An integer in `value` outside the signed 64-bit range, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
+            return item
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def decode(text: str, max_bytes: int = MAX_FRAME_BYTES) -> Message:
@@ -334,15 +391,30 @@ def decode(text: str, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {type_name[:40]!r}")
     schema = SCHEMAS[cls]
+    task_id = data.get("task_id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_CHARS:
+        task_id = None
     fields: dict[str, Any] = {}
     for key, (kind, required) in schema.items():
         if key in data:
             try:
                 fields[key] = kind(data[key])
             except ProtocolError as exc:
-                raise ProtocolError(f"{type_name}: field {key!r}: {exc}") from None
+                raise ProtocolError(f"{type_name}: field {key!r}: {exc}", task_id,
+                                    type_name) from None
         elif required:
-            raise ProtocolError(f"{type_name}: missing field {key!r}")
+            raise ProtocolError(f"{type_name}: missing field {key!r}", task_id, type_name)
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        bad = _not_unicode(data)
+        if bad is not None:
+            raise ProtocolError(f"{type_name}: text with a lone surrogate ({bad[:20]!r}) "
+                                "is not valid Unicode", None if task_id is None
+                                or _not_unicode(task_id) else task_id, type_name)
+    if cls is Result or cls is Progress:  # free-form values: ints must fit too
+        big = _out_of_range(data.get("output") if cls is Result else data)
+        if big is not None:
+            raise ProtocolError(f"{type_name}: an integer of {len(str(big))} digits does "
+                                "not fit in 64 bits", task_id, type_name)
     if cls is Progress:
         fields["partial"] = {k: v for k, v in data.items() if k not in ("type", "task_id")}
     message: Message = cls(**fields)
@@ -375,7 +447,7 @@ def encode(message: Message) -> str:
 
 
 __all__ = [
-    "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "MAX_ID_CHARS", "ProtocolError", "Message", "TYPES",
+    "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "MAX_ID_CHARS", "INT_MAX", "INT_MIN", "ProtocolError", "Message", "TYPES",
     "TYPE_NAMES", "WORKER_MESSAGES", "COORDINATOR_MESSAGES", "SCHEMAS",
     "Gpu", "Hello", "Heartbeat", "Accepted", "Progress", "Result", "Failed", "Draining",
     "Welcome", "AssignTask", "CancelTask", "Error", "decode", "encode",

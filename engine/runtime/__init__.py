@@ -12,14 +12,18 @@ its steps go to journal sinks (``ListJournal``, ``FileJournal`` around a
 from __future__ import annotations
 
 from .config import CoordinatorConfig
-from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier, open_coordinator
+from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier
 from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
+from .guard import ReconnectLimiter
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
     SubmitRequest, Submission,
 )
 from .node_tasks import NodeTasks
-from .session import NodeIdentity, NodeReport, NodeSession, SessionHost, SessionLimits
+from .service import open_coordinator
+from .session import (
+    NodeIdentity, NodeReport, NodeSession, Refused, SessionHost, SessionLimits,
+)
 from .updates import (
     FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
     FinalUpdate, ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
@@ -33,7 +37,8 @@ __all__ = [
     "ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
     "SessionReported", "SubmitRequest", "Submission",
     "NodeTasks",
-    "NodeIdentity", "NodeReport", "NodeSession", "SessionHost", "SessionLimits",
+    "NodeIdentity", "NodeReport", "NodeSession", "Refused", "SessionHost", "SessionLimits",
+    "ReconnectLimiter",
     "FINAL_UPDATES", "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FailedUpdate",
     "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
     "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink",

@@ -1,4 +1,5 @@
-# The Coordinator: the live driver of the pure scheduling core.
+# The Coordinator: the live driver of the pure scheduling core (run it with
+# service.open_coordinator).
 #
 #     async with open_coordinator(CoordinatorConfig(), verify_token=..., on_update=...) as c:
 #         nursery.start_soon(serve_websocket, c, "127.0.0.1", 8765)   # or the API's adapter
@@ -40,13 +41,22 @@
 # - A worker's bookkeeping (which tasks its connection holds, heartbeat
 #   reconciliation) is node_tasks.NodeTasks, pure; the actor reaches a session only
 #   through `deliver`, `close`, `protocol_error`, `spec` and `tasks`.
+# - What a worker reports is checked at this boundary: a `result` whose usage is
+#   impossible for the task (engine.core.metering.usage_problem, with
+#   `check_usage`), or a report the codec refused (session.Refused), is a protocol
+#   error answered with `error`, and the run is a fault of that node (TaskFaulted:
+#   the task is re-queued, the node's earned slots halve). A charge the core clamped
+#   to its bound is logged.
+# - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
+#   closes a token's live sessions now, and every session re-checks its token each
+#   `reverify_interval` (`still_valid`), which is what makes a revocation by another
+#   process (the admin CLI) take effect.
 from __future__ import annotations
 
 import json
 import logging
 import math
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -55,8 +65,8 @@ from engine.core import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
     Event, Expire, Fail, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
     NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, TaskCancelled,
-    TaskFailed, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted, Tick, WakeAt,
-    openai_cost,
+    TaskFailed, TaskFaulted, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted,
+    Tick, WakeAt, openai_cost, usage_problem,
 )
 from engine.protocol import (
     PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
@@ -64,12 +74,13 @@ from engine.protocol import (
 )
 
 from .config import CoordinatorConfig
+from .guard import ReconnectLimiter
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
     SubmitRequest, Submission,
 )
-from .session import NodeIdentity, NodeReport, NodeSession
+from .session import NodeIdentity, NodeReport, NodeSession, Refused
 from .updates import (
     CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate, ProgressUpdate,
     QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate, SubmitOutcome, TaskUpdate,
@@ -119,13 +130,14 @@ class Coordinator:
         self._inputs: dict[str, _Input] = {}
         self._outputs: dict[str, tuple[Any, str]] = {}
         self._dev_nodes = 0
+        self._reconnects = ReconnectLimiter(config.reconnect_burst, config.reconnect_rate)
         self._on_message: dict[type, Callable[[Any], None]] = {
             SubmitRequest: self._on_submit, CancelRequest: self._on_cancel,
             SessionJoined: self._on_join, SessionLeft: self._on_left,
             SessionReported: self._on_report}
         self._on_report_type: dict[type, Callable[[NodeSession, Any], None]] = {
             Heartbeat: self._on_heartbeat, Result: self._on_result, Failed: self._on_failed,
-            Draining: self._on_draining}
+            Draining: self._on_draining, Refused: self._on_refused}
         self._carry_out: dict[type, Callable[[Any, list[Event]], None]] = {
             Assign: self._do_assign, Reject: self._do_reject, Requeue: self._do_requeue,
             Cancel: self._do_cancel, Cancelled: self._do_cancelled,
@@ -201,12 +213,32 @@ class Coordinator:
         """An open task's record (and an ended one's, with keep_finished)."""
         return self.scheduler.task(task_id)
 
+    def revoke(self, token_name: str) -> int:
+        """Close every live session of the worker token named `token_name` (its
+        NodeIdentity.name), e.g. after the store revoked it; how many were closed.
+        (Revocations by another process are found by `reverify_interval`.)"""
+        closed = 0
+        for session in list(self._sessions.values()):
+            if session.identity is not None and session.identity.name == token_name:
+                session.close("token revoked")
+                closed += 1
+        return closed
+
     async def serve_connection(self, conn: Connection) -> None:
         """Serve one worker connection until it ends (see session.py); never raises
         for anything the worker does."""
         await NodeSession(self, conn, self._limits).run()
 
     # ---- the SessionHost interface (session.py) ------------------------------------
+
+    def admit(self, token: str) -> float:
+        return self._reconnects.admit(token, trio.current_time())
+
+    async def still_valid(self, token: str, identity: NodeIdentity) -> bool:
+        if self.verify_token is None:  # dev mode: every token is good
+            return True
+        current = await self.verify_token(token)
+        return current is not None and current.node_id == identity.node_id
 
     async def identify(self, token: str) -> NodeIdentity | None:
         if self.verify_token is None:  # dev mode: any token; a fresh node id per connection
@@ -251,7 +283,8 @@ class Coordinator:
 
     # ---- the actor ---------------------------------------------------------------
 
-    async def _run(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
+    async def run_actor(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
+        """The actor's loop (open_coordinator starts it; it ends when cancelled)."""
         journals = self.journals
         async with inbox:
             while True:
@@ -386,10 +419,31 @@ class Coordinator:
         return True
 
     def _on_result(self, session: NodeSession, message: Result) -> None:
-        if self._reported(session, message.task_id):
-            self._outputs[message.task_id] = (message.output, message.finish_reason)
-            self._apply(TaskFinished(message.task_id, session.node_id, message.usage))
-            self._outputs.pop(message.task_id, None)  # still here: a stale result
+        task_id = message.task_id
+        if self._reported(session, task_id):
+            record = self.scheduler.tasks.get(task_id)
+            if (self.config.check_usage and record is not None
+                    and record.node_id == session.node_id and record.state is TaskState.RUNNING):
+                problem = usage_problem(record.spec, message.usage,
+                                        trio.current_time() - record.assigned_at)
+                if problem:
+                    self._fault(session, task_id, problem)
+                    return
+            self._outputs[task_id] = (message.output, message.finish_reason)
+            self._apply(TaskFinished(task_id, session.node_id, message.usage))
+            self._outputs.pop(task_id, None)  # still here: a stale result
+
+    def _on_refused(self, session: NodeSession, message: Refused) -> None:
+        # the session has answered the frame with `error` already
+        if session.tasks.report(message.task_id):
+            log.warning("node %s: refused report for %s: %s", session.node_id,
+                        message.task_id, message.reason)
+            self._apply(TaskFaulted(message.task_id, session.node_id, message.reason))
+
+    def _fault(self, session: NodeSession, task_id: str, problem: str) -> None:
+        log.warning("node %s: %s (task %s)", session.node_id, problem, task_id)
+        session.protocol_error(problem)
+        self._apply(TaskFaulted(task_id, session.node_id, problem))
 
     def _on_failed(self, session: NodeSession, message: Failed) -> None:
         if self._reported(session, message.task_id):
@@ -444,6 +498,9 @@ class Coordinator:
         task = self._forget(d.task_id)
         output, finish_reason = self._outputs.pop(d.task_id, (None, ""))
         usage = d.usage
+        if d.clamped:
+            log.warning("task %s: charge clamped to $%.6f (node %s reported %g s)",
+                        d.task_id, d.cost, d.node_id, usage.seconds)
         reference = 0.0 if task is None else openai_cost(
             task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
         gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
@@ -455,9 +512,14 @@ class Coordinator:
         self._pending.append(FailedUpdate(d.task_id, d.error, d.node_id))
 
     def _do_expire(self, d: Expire, queue: list[Event]) -> None:
-        self._forget(d.task_id)
+        task = self._forget(d.task_id)
         self._tell(d.node_id, CancelTask(d.task_id, "deadline passed"))
-        self._pending.append(ExpiredUpdate(d.task_id, d.node_id))
+        error = "deadline passed"
+        models = self.scheduler.index.models
+        if d.node_id is None and task is not None and (
+                task.model not in models or not models[task.model].online_slots):
+            error = f"deadline passed with no online node serving {task.model}"
+        self._pending.append(ExpiredUpdate(d.task_id, d.node_id, error))
 
     def _do_drop(self, d: Drop, queue: list[Event]) -> None:
         session = self._sessions.pop(d.node_id, None)
@@ -466,62 +528,5 @@ class Coordinator:
             session.close(d.reason)
 
 
-async def _notify(updates: trio.MemoryReceiveChannel[TaskUpdate], sink: UpdateSink) -> None:
-    async with updates:
-        async for update in updates:
-            try:
-                await sink(update)
-            except Exception:
-                log.exception("on_update failed for %s (%s); going on", update.task_id,
-                              type(update).__name__)
-
-
-@asynccontextmanager
-async def open_coordinator(config: CoordinatorConfig = CoordinatorConfig(), *,
-                           verify_token: TokenVerifier | None = None,
-                           on_update: UpdateSink | None = None,
-                           scheduler: Scheduler | None = None
-                           ) -> AsyncIterator[Coordinator]:
-    """Run a Coordinator (its actor, update notifier and journal writer) for the
-    duration of the block. `verify_token(token)` returns the worker's NodeIdentity,
-    or None to refuse it; without one, any token is accepted (dev mode).
-    `on_update` is awaited, in order, for every task state change and progress
-    update. `scheduler` replaces the one `config` describes (e.g. the simulator's,
-    for a differential run); the coordinator then owns it. With
-    `config.journal_path`, the journal file is opened (a new session appended)
-    before the actor starts - JournalFileError naming the path if it cannot be -
-    and written out, flushed and closed when the block exits."""
-    if config.journal_path is not None and scheduler is not None:
-        raise ValueError("journal_path and a replacement scheduler cannot be combined: "
-                         "the journal's header describes the scheduler the config makes")
-    journals: list[JournalSink] = [ListJournal()] if config.record else []
-    file_journal = None
-    if config.journal_path is not None:
-        file_journal = FileJournal(JournalFile.open(config.journal_path,
-                                                    config.journal_header()))
-        journals.append(file_journal)
-    try:
-        inbox_send, inbox_receive = trio.open_memory_channel[ActorMessage](0)
-        updates_send = updates_receive = None
-        if on_update is not None:
-            updates_send, updates_receive = trio.open_memory_channel[TaskUpdate](math.inf)
-        coordinator = Coordinator(config, verify_token, inbox_send, updates_send, scheduler,
-                                  journals)
-        async with trio.open_nursery() as nursery:
-            if file_journal is not None:
-                await nursery.start(file_journal.serve)
-            nursery.start_soon(coordinator._run, inbox_receive, name="coordinator actor")
-            if updates_receive is not None and on_update is not None:
-                nursery.start_soon(_notify, updates_receive, on_update,
-                                   name="coordinator updates")
-            try:
-                yield coordinator
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        if file_journal is not None:
-            file_journal.close()
-
-
 __all__ = ["Coordinator", "CoordinatorClosed", "CoordinatorConfig", "NodeIdentity",
-           "SubmitOutcome", "TaskUpdate", "TokenVerifier", "UpdateSink", "open_coordinator"]
+           "SubmitOutcome", "TaskUpdate", "TokenVerifier", "UpdateSink"]

@@ -12,7 +12,7 @@
 # clash with the core's events (engine.core.NodeJoined, TaskCancelled, ...).
 from __future__ import annotations
 
-from typing import Any, Generic, Mapping, TypeVar, Union
+from typing import Any, Generic, Mapping, TypeVar
 
 import attrs
 import trio
@@ -82,8 +82,8 @@ class SessionLeft:
     reason: str
 
 
-ActorMessage = Union[SubmitRequest, CancelRequest, SessionJoined, SessionReported,
-                     SessionLeft]
+ActorMessage = (SubmitRequest | CancelRequest | SessionJoined | SessionReported
+                | SessionLeft)
 
 __all__ = ["ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
            "SessionReported", "SubmitRequest", "Submission"]

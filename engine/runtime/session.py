@@ -15,6 +15,10 @@
 #      it here) / marks it accepted itself; frame order on one connection keeps
 #      progress before result. Model names a worker reports are turned into the
 #      catalog's here, before the host sees them.
+#      While it serves, the session checks its token again every
+#      `reverify_interval` seconds (`SessionHost.still_valid`): a token revoked in
+#      the store, by any process, closes the session within that time. (A verifier
+#      that fails keeps the session: a store hiccup is not a revocation.)
 #   4. leave - however the session ends (peer closed, heartbeat timeout, protocol
 #      errors, coordinator shutdown), the host hears `leave` exactly once and the
 #      node is lost to the scheduler, which re-queues its tasks.
@@ -27,7 +31,12 @@
 #   `SessionHost` protocol below; it does not import the coordinator.
 # - A bad frame after the handshake gets an `error` frame and the session goes on;
 #   after `max_protocol_errors` of them the session closes. Before the handshake,
-#   any error closes.
+#   any error closes. A bad `result` or `failed` frame about a task this node holds
+#   (the codec names the task) also goes to the host as `Refused`: the run failed
+#   on this node, the task is taken back (never silently dropped).
+# - The handshake refuses, before the token is checked, a hello its token may not
+#   send yet (`SessionHost.admit`, the reconnect rate limit: error retry=true with
+#   `retry_after`), and a price outside [0, max_price_per_hour].
 # - `tasks` (node_tasks.NodeTasks): the tasks assigned to this session that the
 #   worker has not yet reported on (result/failed) - frames about any other task
 #   id are protocol errors - and which of them the worker accepted. The actor
@@ -71,18 +80,36 @@ class SessionLimits:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_protocol_errors: int = 10  # bad frames tolerated per connection, then close
     max_slots: int = 256  # a hello announcing more slots is refused
+    max_price_per_hour: float = 1000.0  # a hello asking more (dollars an hour) is refused
+    reverify_interval: float | None = None  # seconds between token re-checks; None: never
+
+
+@attrs.frozen
+class Refused:
+    """A report (result/failed frame) about a held task that the codec refused."""
+
+    task_id: str
+    reason: str
 
 
 # The frames a session hands to its host's actor (progress and accepted it handles
 # itself, see above; hello is the handshake's).
-NodeReport = Heartbeat | Result | Failed | Draining
+NodeReport = Heartbeat | Result | Failed | Draining | Refused
 
 
 class SessionHost(Protocol):
     """What a NodeSession needs of the coordinator that runs it."""
 
+    def admit(self, token: str) -> float:
+        """0.0 when a hello with `token` may be checked now; else seconds to wait."""
+        ...
+
     async def identify(self, token: str) -> NodeIdentity | None:
         """The node a worker token belongs to; None refuses it."""
+        ...
+
+    async def still_valid(self, token: str, identity: NodeIdentity) -> bool:
+        """Whether `token` still belongs to `identity` (False: revoked)."""
         ...
 
     async def join(self, session: NodeSession, spec: NodeSpec) -> bool:
@@ -125,6 +152,8 @@ class NodeSession:
         self.node_id = ""
         self.spec: NodeSpec | None = None  # after the handshake
         self.weights: dict[str, str] = {}  # catalog model -> the weights serving it, in words
+        self.identity: NodeIdentity | None = None  # after the handshake
+        self._token = ""
         self.tasks = NodeTasks()
         self.protocol_errors = 0
         self.close_reason = ""
@@ -173,6 +202,8 @@ class NodeSession:
                 joined = True
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, nursery.cancel_scope)
+                    if self.config.reverify_interval is not None:
+                        nursery.start_soon(self._reverify, self.config.reverify_interval)
                     await self._reader()
                     nursery.cancel_scope.cancel()
         finally:
@@ -182,12 +213,13 @@ class NodeSession:
                 with trio.move_on_after(CLOSE_GRACE):
                     await self.conn.aclose(self.close_reason)
 
-    async def _refuse(self, reason: str, retry: bool = False) -> None:
+    async def _refuse(self, reason: str, retry: bool = False,
+                      retry_after: float | None = None) -> None:
         log.info("refused worker %s: %s", self.conn.remote, reason)
         self.close_reason = reason
         with trio.move_on_after(CLOSE_GRACE):
             try:
-                await self.conn.send(encode(Error(reason, retry)))
+                await self.conn.send(encode(Error(reason, retry, retry_after)))
             except ConnectionClosed:
                 pass
 
@@ -213,6 +245,11 @@ class NodeSession:
         if problem:
             await self._refuse(problem)
             return None
+        wait = self.host.admit(hello.token)
+        if wait > 0:
+            await self._refuse(f"this token connects too often: try again in {wait:.1f} s",
+                               retry=True, retry_after=wait)
+            return None
         try:
             identity = await self._identify(hello.token)
         except Exception:
@@ -224,6 +261,7 @@ class NodeSession:
             await self._refuse("token refused: unknown or revoked node token")
             return None
         self.weights = {_model_name(m): words for m, words in hello.weights.items()}
+        self.identity, self._token = identity, hello.token
         return NodeSpec(
             node_id=identity.node_id, gpu=gpu_class_name(hello.gpu.name),
             vram_gb=hello.gpu.vram_gb, models=tuple(_model_name(m) for m in hello.models),
@@ -240,10 +278,28 @@ class NodeSession:
             return f"slots must be between 1 and {self.config.max_slots}, got {hello.slots}"
         if not hello.models:
             return "a worker must serve at least one model"
+        price, most = hello.price_per_hour, self.config.max_price_per_hour
+        if price is not None and not 0 <= price <= most:
+            return (f"price_per_hour must be between 0 and {most:g} dollars, "
+                    f"got {price:.6g}")
         return ""
 
     async def _identify(self, token: str) -> NodeIdentity | None:
         return await self.host.identify(token)
+
+    async def _reverify(self, interval: float) -> None:
+        identity = self.identity
+        assert identity is not None
+        while True:
+            await trio.sleep(interval)
+            try:
+                valid = await self.host.still_valid(self._token, identity)
+            except Exception:
+                log.exception("re-checking the token of %s failed; keeping it", self.node_id)
+                continue
+            if not valid:
+                self.close("token revoked")
+                return
 
     async def _writer(self, scope: trio.CancelScope) -> None:
         async with self._outbox_receive:
@@ -270,6 +326,12 @@ class NodeSession:
                 message = decode(text, max_bytes)
             except ProtocolError as exc:
                 self.protocol_error(str(exc))
+                task_id = exc.task_id
+                if (task_id is not None and exc.frame_type in ("result", "failed")
+                        and self.tasks.holds(task_id)):
+                    if not await host.report(self, Refused(task_id, str(exc))):
+                        self.close("the coordinator is shutting down")
+                        return
                 continue
             if type(message) not in WORKER_MESSAGES or isinstance(message, Hello):
                 self.protocol_error(f"unexpected {type(message).__name__.lower()} frame "
@@ -308,4 +370,5 @@ class NodeSession:
         log.debug("protocol error from %s (%s): %s", self.node_id, self.conn.remote, reason)
 
 
-__all__ = ["NodeIdentity", "NodeReport", "NodeSession", "SessionHost", "SessionLimits"]
+__all__ = ["NodeIdentity", "NodeReport", "NodeSession", "Refused", "SessionHost",
+           "SessionLimits"]

@@ -28,7 +28,7 @@
 # clash with the core's events (engine.core.TaskFailed, TaskCancelled, ...).
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, ClassVar, Mapping, Union
+from typing import Any, Awaitable, Callable, ClassVar, Mapping
 
 import attrs
 
@@ -137,13 +137,11 @@ class CancelledUpdate:
     task_id: str
 
 
-TaskUpdate = Union[QueuedUpdate, RequeuedUpdate, RunningUpdate, ProgressUpdate,
-                   CompletedUpdate, FailedUpdate, RejectedUpdate, ExpiredUpdate,
-                   CancelledUpdate]
-StateUpdate = Union[QueuedUpdate, RequeuedUpdate, RunningUpdate, CompletedUpdate,
-                    FailedUpdate, RejectedUpdate, ExpiredUpdate, CancelledUpdate]
-FinalUpdate = Union[CompletedUpdate, FailedUpdate, RejectedUpdate, ExpiredUpdate,
-                    CancelledUpdate]
+TaskUpdate = (QueuedUpdate | RequeuedUpdate | RunningUpdate | ProgressUpdate | CompletedUpdate
+              | FailedUpdate | RejectedUpdate | ExpiredUpdate | CancelledUpdate)
+StateUpdate = (QueuedUpdate | RequeuedUpdate | RunningUpdate | CompletedUpdate | FailedUpdate
+               | RejectedUpdate | ExpiredUpdate | CancelledUpdate)
+FinalUpdate = CompletedUpdate | FailedUpdate | RejectedUpdate | ExpiredUpdate | CancelledUpdate
 FINAL_UPDATES: frozenset[type] = frozenset(
     {CompletedUpdate, FailedUpdate, RejectedUpdate, ExpiredUpdate, CancelledUpdate})
 

@@ -1,6 +1,11 @@
 # `neurogrid worker` (same as `python -m engine.worker`): a node operator's worker.
 #
-#   neurogrid worker --coordinator ws://HOST:PORT/api/nodes/connect --token T --demo
+#   neurogrid worker --coordinator ws://HOST:PORT/api/nodes/connect --token T
+#
+# With no --model, --demo or --noop it serves, for each model of the catalog, the
+# best pack this machine can build from installed weights (packs/defaults.py:
+# SmolLM2 for llama2:7b, Whisper base for whisper, the random-weight image pack
+# for stable-diffusion), each announced with the weights it really is.
 #
 # Rules: every failure the operator can cause (a bad flag, a model that will not
 # load, a refused token, a coordinator that stays unreachable with --max-retries)
@@ -25,8 +30,9 @@ from engine.worker.agent import (
 )
 from engine.worker.node import (
     DEMO_MODEL, Hardware, ModelSource, ThreadedExecutor, detect_gpu, host_memory_gb, load_models,
-    usable_gpu,
+    served_weights, usable_gpu,
 )
+from engine.worker.packs.defaults import available_defaults
 from engine.worker.runners.base import ModelLoadError
 
 log = logging.getLogger("engine.worker")
@@ -121,6 +127,11 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[ModelSo
         sources.append(ModelSource(DEMO_MODEL, "demo"))
     if args.noop:
         sources.append(ModelSource(DEMO_MODEL, "noop"))
+    if not sources:  # what this machine has: a pack per catalog model (packs/defaults.py)
+        entries, skipped = available_defaults()
+        for reason in skipped:
+            log.warning("not serving %s", reason)
+        sources = [ModelSource.default_pack(entry) for entry in entries]
     if not sources:
         p.error("nothing to serve: give --model NAME=DIR, --demo or --noop")
     names = [s.name for s in sources]
@@ -174,9 +185,9 @@ async def _on_signals(signals: trio.abc.ReceiveChannel[int], worker: Worker) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    sources = _check(parser, args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(message)s")
+    sources = _check(parser, args)
     hardware = _hardware(args, sources)
     try:
         runners = load_models(sources, args.demo_dir, args.provider)
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token, name=args.name, gpu=hardware.gpu, vram_gb=hardware.vram_gb,
         slots=args.slots, location=args.location, region=args.region,
         price_per_hour=args.price_per_hour, drain_grace=args.drain_grace,
-        max_retries=args.max_retries,
+        max_retries=args.max_retries, weights=served_weights(sources),
     )
     executor = ThreadedExecutor(runners, max_threads=args.slots + 2)
     log.info("worker %r: %s, %.1f GB, %d slot(s), coordinator %s", args.name, hardware.gpu,

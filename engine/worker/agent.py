@@ -22,7 +22,9 @@
 #   the coordinator can tell a task the worker dropped from one in flight.
 # - A cancelled task sends nothing (the coordinator has already moved on).
 # - Reconnects back off exponentially with jitter (`backoff_initial` doubling up
-#   to `backoff_max`, each delay drawn from [d/2, d]), reset after a welcome.
+#   to `backoff_max`, each delay drawn from [d/2, d]), reset after a welcome; a
+#   refusal that says `retry_after` (the coordinator's reconnect rate limit) waits
+#   at least that long.
 # - Drain: send `draining`, take no new work, wait up to `drain_grace` for the
 #   running tasks, then close; what is still running is handed back (the
 #   coordinator re-queues a closed node's tasks). `stop()` closes at once.
@@ -167,6 +169,7 @@ class Worker:
         self._idle = trio.Event()
         self._idle.set()
         self._connection_scope = trio.CancelScope()
+        self._retry_after = 0.0  # the last refusal's retry_after
 
     # ---- control -----------------------------------------------------------------
 
@@ -202,6 +205,7 @@ class Worker:
                 raise CoordinatorUnreachable(reason)
             ceiling = self.config.backoff_initial * 2 ** max(0, failures - 1)
             delay = self.rng.uniform(0.5, 1.0) * min(self.config.backoff_max, ceiling)
+            delay, self._retry_after = max(delay, self._retry_after), 0.0
             log.warning("coordinator: %s; reconnecting in %.1f s", reason, delay)
             with trio.move_on_after(delay):
                 await self._drain.wait()
@@ -225,6 +229,7 @@ class Worker:
             if not welcome.retry:
                 raise WorkerRefused(welcome.message)
             log.warning("coordinator turned us away for now: %s", welcome.message)
+            self._retry_after = welcome.retry_after or 0.0
             return False
         if not isinstance(welcome, Welcome):
             log.warning("handshake failed: expected welcome, got %s", type(welcome).__name__)

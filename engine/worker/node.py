@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import attrs
 import trio
 
+from engine.worker.packs.defaults import DEMO_WEIGHTS, DefaultPack, build_default
 from engine.worker.runners.base import ModelRunner, NoopRunner, RunResult
 from engine.worker.runners.registry import load_runner
 
@@ -77,12 +78,33 @@ def usable_gpu(hardware: Hardware, needs_onnxruntime: bool) -> Hardware:
 
 @attrs.frozen
 class ModelSource:
-    """Where one served model comes from: a model directory, the demo pack, or
-    the no-op runner."""
+    """Where one served model comes from: a model directory, the demo pack, a
+    default pack built from installed weights (packs/defaults.py), or the no-op
+    runner. `weights` says what runs, for the hello (and so the task's JSON)."""
 
     name: str
-    kind: str  # "dir" | "demo" | "noop"
+    kind: str  # "dir" | "demo" | "pack" | "noop"
     directory: Path | None = None
+    weights: str = ""
+    pack: DefaultPack | None = None
+
+    @classmethod
+    def default_pack(cls, entry: DefaultPack) -> "ModelSource":
+        return cls(entry.model, "pack", weights=entry.weights, pack=entry)
+
+    def announced_weights(self) -> str:
+        """The weights in words, as the hello announces them."""
+        if self.weights:
+            return self.weights
+        if self.kind == "noop":
+            return "NO-OP runner: no model runs (network benchmarks only)"
+        if self.kind == "demo":
+            return DEMO_WEIGHTS
+        return f"the operator's model at {self.directory}"
+
+
+def served_weights(sources: list[ModelSource]) -> dict[str, str]:
+    return {source.name: source.announced_weights() for source in sources}
 
 
 def default_demo_dir() -> Path:
@@ -100,6 +122,9 @@ def load_models(sources: list[ModelSource], demo_dir: Path | None = None,
             runners[source.name] = NoopRunner(source.name)
             continue
         directory = source.directory
+        if source.kind == "pack" and source.pack is not None:
+            directory = build_default(source.pack)
+            log.warning("serving %s with %s", source.name, source.pack.weights)
         if source.kind == "demo":
             from engine.worker.runners.demo_pack import ensure_demo_pack  # imports onnx
 
@@ -136,5 +161,6 @@ class ThreadedExecutor:
             raise
 
 
-__all__ = ["DEMO_MODEL", "Hardware", "ModelSource", "ThreadedExecutor", "default_demo_dir",
-           "detect_gpu", "host_memory_gb", "load_models", "usable_gpu"]
+__all__ = ["DEMO_MODEL", "DEMO_WEIGHTS", "Hardware", "ModelSource", "ThreadedExecutor",
+           "default_demo_dir", "detect_gpu", "host_memory_gb", "load_models", "served_weights",
+           "usable_gpu"]

@@ -101,3 +101,14 @@ def test_image_results_are_checked() -> None:
         image_result("t1", {"image_png_base64": encoded, "width": 32, "height": 8})
     with pytest.raises(MediaError, match="not valid base64"):
         image_result("t1", {"image_png_base64": "%%%"})
+
+
+async def test_a_task_no_node_serves_says_so_and_expires_naming_the_model(tmp_path: Path) -> None:
+    from engine.runtime import CoordinatorConfig
+
+    async with running_app(tmp_path / "api.db",
+                           coordinator=CoordinatorConfig(default_deadline=1.5)) as harness:
+        created = await harness.submit({"prompt": "a cat", "model": "stable-diffusion"})
+        assert "no online node serves stable-diffusion" in created["warning"]
+        task = await wait_for_status(harness, created["task_id"], "expired", timeout=20)
+        assert task["error"] == "deadline passed with no online node serving stable-diffusion"

@@ -15,8 +15,14 @@ def test_task_defaults_follow_the_reference() -> None:
     assert task.params() == {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0}
     image = parse_task({"prompt": "a cat", "model": "stable-diffusion", "priority": "critical"})
     assert (image.steps, image.priority, image.max_tokens) == (50, Priority.CRITICAL, 0)
-    speech = parse_task({"prompt": "audio", "model": "whisper", "audio_seconds": 12.5})
-    assert speech.params()["audio_seconds"] == 12.5
+    # speech: the audio is the task's input (its length is measured from it, never
+    # taken from the client), the prompt is optional
+    speech = parse_task({"model": "whisper", "audio": "UklGRg==", "language": "en"})
+    assert speech.inputs() == {"audio": "UklGRg=="}
+    assert speech.params() == {"language": "en", "max_tokens": 448} and speech.prompt == ""
+    for body in ({"model": "whisper"}, {"model": "whisper", "audio": "x", "audio_seconds": 3}):
+        with pytest.raises(InvalidRequest, match="audio"):
+            parse_task(body)
 
 
 @pytest.mark.parametrize("body", [

@@ -33,7 +33,7 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
 def server(tmp_path: Path) -> Iterator[str]:
     # `python -m engine.cli` is the `neurogrid` console script, run from the checkout.
     command = [sys.executable, "-m", "engine.cli", "serve", "--port", "0",
-               "--db", str(tmp_path / "e2e.db"), "--local-workers", "1"]
+               "--db", str(tmp_path / "e2e.db"), "--local-workers", "1", "--local-models", "demo"]
     log = open(tmp_path / "serve.log", "w")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

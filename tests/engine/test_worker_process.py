@@ -28,7 +28,6 @@ def run_worker(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     (["--coordinator", "http://x/api/nodes/connect", "--token", "t", "--noop"],
      "must be a ws:// or wss:// URL"),
     (["--coordinator", "ws://x/api/nodes/connect", "--noop"], "--token is required"),
-    (["--coordinator", "ws://x/api/nodes/connect", "--token", "t"], "nothing to serve"),
     (["--coordinator", "ws://x/api/nodes/connect", "--token", "t", "--noop", "--slots", "0"],
      "must be at least 1"),
     (["--coordinator", "ws://x/api/nodes/connect", "--token", "t", "--model", "llama2"],

@@ -25,7 +25,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a running server whose local worker has joined."""
     tmp = tmp_path_factory.mktemp("sdk-server")
     command = [sys.executable, "-m", "api", "--port", "0", "--db", str(tmp / "sdk.db"),
-               "--local-workers", "1"]
+               "--local-workers", "1", "--local-models", "demo"]
     log = open(tmp / "serve.log", "w")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -184,13 +184,25 @@ class Sampling:
         return sampling
 
 
+# Below this temperature sampling is greedy: the distribution is one-hot to float64
+# precision anyway, and the API refuses such values (the kind's least_positive).
+GREEDY_BELOW = 1e-6
+
+
 def pick_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """Greedy argmax when temperature == 0, else temperature + nucleus (top-p) sampling."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    """Greedy argmax when temperature is (nearly) 0, else temperature + nucleus (top-p)
+    sampling, in float64. Never NaN: the logits are shifted so that their maximum is
+    0 before they are divided (so no quotient overflows), NaN logits count as
+    impossible, and a distribution that still cannot be sampled falls back to greedy."""
+    values = np.nan_to_num(logits.astype(np.float64), nan=-np.inf, posinf=np.finfo(np.float64).max)
+    if not temperature >= GREEDY_BELOW or not np.isfinite(values.max()):
+        return int(np.argmax(values))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        probs = np.exp((values - values.max()) / temperature)
+    total = probs.sum()
+    if not (np.isfinite(total) and total > 0):
+        return int(np.argmax(values))
+    probs /= total
     order = np.argsort(-probs, kind="stable")
     keep = min(int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1, len(order))
     kept = order[:keep]

@@ -130,7 +130,7 @@ def check_step(sched: Scheduler, obs: Observer, event, decisions, now: float) ->
         assert task_id in requeued_now or obs.ended.get(task_id) is Fail, task_id
 
     # The scheduler's own state agrees with the observer, task by task.
-    for task_id, spec in obs.specs.items():
+    for task_id in obs.specs:
         record = sched.task(task_id)
         if task_id in obs.ended:
             assert record is None or record.state.is_final

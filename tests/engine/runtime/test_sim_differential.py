@@ -15,6 +15,7 @@ from engine.core import (
 from engine.protocol import Draining, Gpu, Hello, Result, encode, memory_connection_pair
 from engine.runtime import CoordinatorConfig, NodeIdentity, open_coordinator
 from sim import make_scheduler, parse_scenario, run_scenario
+import trio.lowlevel
 
 SCENARIO = {
     "name": "differential", "seed": 11, "duration": 300.0,
@@ -85,7 +86,7 @@ async def play(scenario, policy: str, log) -> list:
                 for _ in range(1000):  # until the runtime has handled it
                     if len(c.journal) > seen:
                         break
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 else:
                     raise AssertionError(f"at {entry.time}: the runtime ignored {event!r}; "
                                          "its earlier decisions must have diverged")

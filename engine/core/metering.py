@@ -1,0 +1,103 @@
+# Metering: what a node may report about a task it ran, and how long it may take.
+#
+# A node measures its own work (the trust issue replaces that with verified
+# metering); until then the coordinator bounds what it believes by what is
+# physically possible for the task, and refuses the rest as a protocol error:
+#
+#   usage_problem(spec, usage, elapsed)  -> "" or why the usage is impossible
+#     - every figure is finite and non-negative;
+#     - the figures the task's kind is priced by (TaskKind.usage_fields) are held to
+#       the task's size, the others only to UNMETERED_CAP:
+#     - counts: tokens <= output_tokens (the task's max_tokens) x COUNT_SLACK +
+#       COUNT_ALLOWANCE, and the same for steps and audio_seconds; prompt_tokens <=
+#       prompt_tokens (the API's ~4 characters a token estimate) x PROMPT_SLACK +
+#       PROMPT_ALLOWANCE (a chat template's preamble) - a prompt never tokenizes to
+#       more tokens than its UTF-8 bytes, at most 4 a character, so 16 x the estimate;
+#     - seconds <= elapsed (the time since the coordinator assigned the run) x
+#       (1 + SECONDS_SLACK) + SECONDS_ALLOWANCE (5 s): a node cannot have been busy
+#       longer than it has had the task.
+#   run_bound(expected, pace, factor, floor) -> seconds a run may take before it is
+#     taken back: max(factor x expected x pace, floor), where `expected` is the
+#     service time the node's class promises (network + cold load + work / rate)
+#     and `pace` the node's measured slowness (elapsed / expected of its past runs,
+#     a moving average, clamped to [1, factor]).
+#
+# The charge bound (enforced by the Scheduler's Complete decision when
+# SchedulerConfig.charge_cap_factor is set) lives in pricing.py with the price.
+#
+# Rules: pure functions of their arguments; the limits are module constants so
+# that the rule is stated once, here.
+from __future__ import annotations
+
+import math
+
+from .catalog import MODELS
+from .events import TaskSpec, Usage
+
+COUNT_SLACK = 1.1  # a runner may overshoot a limit by a little (a final token)
+COUNT_ALLOWANCE = 16  # absolute room on every count (special tokens, rounding)
+PROMPT_SLACK = 16.0  # prompt tokens over the API's estimate (see above)
+# absolute room on prompt tokens: the model's chat template wraps the prompt in its
+# own system preamble and role markers (SmolLM2's: ~30 tokens)
+PROMPT_ALLOWANCE = 512
+SECONDS_SLACK = 0.01  # relative: two clocks measuring one interval
+# absolute: this bound catches impossible claims (an hour in a second, 1e308 s), not
+# imprecision; the charge bound (pricing.py) caps what any smaller overstatement costs.
+SECONDS_ALLOWANCE = 5.0
+# A figure the task's kind is not priced by (kinds.TaskKind.usage_fields: a
+# transcript's tokens, an image's CLIP tokens) is bounded by this alone.
+UNMETERED_CAP = 10_000_000
+PACE_WEIGHT = 0.2  # weight of the latest run in a node's measured pace
+
+
+def _over(value: float, limit: float, slack: float, allowance: float) -> bool:
+    return value > limit * slack + allowance
+
+
+def usage_problem(spec: TaskSpec, usage: Usage, elapsed: float) -> str:
+    """Why `usage`, reported for a run of `spec` that the node has had for `elapsed`
+    seconds, is impossible; "" when it is plausible."""
+    figures = {"seconds": usage.seconds, "tokens": usage.tokens,
+               "prompt_tokens": usage.prompt_tokens, "steps": usage.steps,
+               "audio_seconds": usage.audio_seconds}
+    for name, value in figures.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return f"usage.{name} must be a finite non-negative number, got {value!r}"
+    limits = (("tokens", usage.tokens, spec.output_tokens, COUNT_SLACK, COUNT_ALLOWANCE,
+               "max_tokens"),
+              ("prompt_tokens", usage.prompt_tokens, spec.prompt_tokens, PROMPT_SLACK,
+               PROMPT_ALLOWANCE, "prompt estimate"),
+              ("steps", usage.steps, spec.steps, COUNT_SLACK, COUNT_ALLOWANCE, "steps"),
+              ("audio_seconds", usage.audio_seconds, spec.audio_seconds, COUNT_SLACK,
+               COUNT_ALLOWANCE, "audio_seconds"))
+    model = MODELS.get(spec.model)
+    metered = model.kind.usage_fields if model is not None else ()
+    for name, value, limit, slack, allowance, label in limits:
+        if name not in metered:  # not what the task is priced by (e.g. a transcript's
+            if value > UNMETERED_CAP:  # tokens): only kept within reason
+                return f"usage.{name} {value:g} is beyond any task's ({UNMETERED_CAP:g})"
+            continue
+        if _over(value, limit, slack, allowance):
+            return (f"usage.{name} {value:g} is impossible for this task "
+                    f"(its {label} is {limit:g})")
+    if _over(usage.seconds, elapsed, 1.0 + SECONDS_SLACK, SECONDS_ALLOWANCE):
+        return (f"usage.seconds {usage.seconds:g} is longer than the node has had the task "
+                f"({elapsed:.3g} s)")
+    return ""
+
+
+def run_bound(expected: float, pace: float, factor: float, floor: float) -> float:
+    """Seconds a run expected to take `expected` may take on a node of measured
+    `pace` before it is taken back."""
+    return max(factor * expected * min(max(pace, 1.0), factor), floor)
+
+
+def next_pace(pace: float, expected: float, elapsed: float) -> float:
+    """A node's measured pace after a run that took `elapsed` for `expected`."""
+    if expected <= 0:
+        return pace
+    return (1.0 - PACE_WEIGHT) * pace + PACE_WEIGHT * (elapsed / expected)
+
+
+__all__ = ["COUNT_ALLOWANCE", "COUNT_SLACK", "PROMPT_ALLOWANCE", "PROMPT_SLACK", "SECONDS_ALLOWANCE",
+           "SECONDS_SLACK", "UNMETERED_CAP", "next_pace", "run_bound", "usage_problem"]

@@ -1,0 +1,75 @@
+# The scheduler's state values: its configuration (SchedulerConfig), its record of
+# one task (TaskRecord) and the task lifecycle it may take (TRANSITIONS). The
+# Scheduler (scheduler.py) owns and changes them; everyone else reads.
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+
+from .events import Priority, TaskSpec, TaskState
+from .queue import DEFAULT_HEAD_START
+
+Q, R = TaskState.QUEUED, TaskState.RUNNING
+# (from, to) pairs the scheduler may take; anything else is a bug (asserted).
+TRANSITIONS = frozenset({
+    (None, Q), (None, TaskState.REJECTED),
+    (Q, R), (Q, TaskState.EXPIRED), (Q, TaskState.CANCELLED),
+    (R, TaskState.COMPLETED), (R, TaskState.FAILED), (R, TaskState.EXPIRED),
+    (R, TaskState.CANCELLED), (R, Q),
+})
+
+
+@attrs.frozen
+class SchedulerConfig:
+    heartbeat_timeout: float = 30.0  # a node silent this long is lost; inf: never
+    head_start: Mapping[Priority, float] = DEFAULT_HEAD_START
+    region_latency: Mapping[str, float] = attrs.field(factory=dict)  # seconds
+    max_queued: int = 1_000_000  # submissions beyond this are rejected
+    max_node_losses: int = 5  # a task whose node dies this often fails (poison task)
+    keep_finished: bool = True  # keep ended tasks readable (False: forget them)
+    # Defences (scheduler.py, standing.py); None / the defaults: off, as the simulator runs.
+    default_deadline: float | None = None  # seconds a task without a deadline gets
+    execution_timeout_factor: float | None = None  # runs past the bound are taken back
+    execution_timeout_floor: float = 60.0  # the bound is never below this (seconds)
+    initial_slots: int | None = None  # a new node's usable slots (None: its claim)
+    completions_per_slot: int = 2  # completions that earn one more usable slot
+    # a task is charged at most one loss per node; a node back within this many
+    # seconds keeps its standing (standing.py); a reconnect while known is no loss
+    rejoin_grace: float | None = None
+    charge_cap_factor: float | None = None  # charge <= max(factor x quote, quote + allowance)
+    charge_cap_allowance: float = 0.01  # dollars
+    fault_cooldown: float | None = None  # seconds a node takes no new work after a fault
+
+
+@attrs.define(eq=False)
+class TaskRecord:
+    """The core's mutable record of one task. It carries `model`, `work` and
+    `priority` itself, so it is what a placement policy is handed (a PlacementTask)."""
+
+    spec: TaskSpec
+    work: float
+    key: float  # queue key: virtual arrival time
+    seq: int
+    submitted_at: float
+    model: str  # = spec.model
+    priority: Priority  # = spec.priority
+    state: TaskState = TaskState.QUEUED
+    node_id: str | None = None
+    attempts: int = 0
+    node_losses: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    multiplier: float = 1.0
+    cost: float = 0.0
+    error: str = ""
+    # The current run (set at each assignment): its number, when it started, the
+    # seconds and cost its node's class promised for it.
+    run: int = 0
+    assigned_at: float = 0.0
+    expected_seconds: float = 0.0
+    quoted_cost: float = 0.0
+    charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
+
+
+__all__ = ["SchedulerConfig", "TRANSITIONS", "TaskRecord"]

@@ -1,0 +1,43 @@
+"""The metering rules: what usage is possible for a task, and the execution bound."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.core import TaskSpec, Usage, usage_problem
+from engine.core.metering import run_bound
+
+TEXT = TaskSpec("t", "llama2:7b", prompt_tokens=10, output_tokens=8)
+IMAGE = TaskSpec("i", "stable-diffusion", steps=30)
+
+
+@pytest.mark.parametrize("spec, usage, elapsed", [
+    (TEXT, Usage(0.5, tokens=8, prompt_tokens=12), 1.0),
+    (TEXT, Usage(1.9, tokens=24), 1.0),  # within the slack and the allowance
+    (IMAGE, Usage(3.0, steps=30), 3.0),
+])
+def test_plausible_usage_passes(spec, usage, elapsed):
+    assert usage_problem(spec, usage, elapsed) == ""
+
+
+@pytest.mark.parametrize("spec, usage, elapsed, says", [
+    (TEXT, Usage(1e12, tokens=10 ** 12), 1e13, "usage.tokens"),
+    (TEXT, Usage(1e308, tokens=8), 5.0, "usage.seconds"),
+    (TEXT, Usage(3600.0, tokens=8), 10.0, "usage.seconds"),
+    (TEXT, Usage(0.5, tokens=8, prompt_tokens=10 ** 6), 1.0, "usage.prompt_tokens"),
+    (IMAGE, Usage(1.0, steps=10 ** 9), 5.0, "usage.steps"),
+    (TEXT, Usage(-1.0, tokens=8), 5.0, "usage.seconds"),
+    (TEXT, Usage(math.inf, tokens=8), 5.0, "usage.seconds"),
+    (TEXT, Usage(math.nan, tokens=8), 5.0, "usage.seconds"),
+])
+def test_impossible_usage_is_named(spec, usage, elapsed, says):
+    assert says in usage_problem(spec, usage, elapsed)
+
+
+def test_the_execution_bound():
+    assert run_bound(1.0, 1.0, 10.0, 60.0) == 60.0  # the floor
+    assert run_bound(20.0, 1.0, 10.0, 60.0) == 200.0
+    assert run_bound(20.0, 3.0, 10.0, 60.0) == 600.0  # a slow node measured slow
+    assert run_bound(20.0, 50.0, 10.0, 60.0) == 2000.0  # pace clamped to the factor
+    assert run_bound(20.0, 0.1, 10.0, 60.0) == 200.0  # never shorter than promised
