@@ -46,7 +46,7 @@ from .postgres_schema import (
 from .postgres_writer import Connection, Writer
 from .records import (
     OPEN_STATES, Blob, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
-    StoreError, TaskChange, TaskRow, hash_secret, new_secret,
+    StoreError, StoreHealth, StoreUnavailable, TaskChange, TaskRow, hash_secret, new_secret,
 )
 from .store_sql import CHANGE_COLUMNS, READ_TOTALS, TASK_COLUMNS
 
@@ -87,8 +87,16 @@ class PostgresStore:
         raise AssertionError("unreachable")
 
     async def read(self, query: Callable[[Connection], T]) -> T:
-        """Run a read-only `query` in a worker thread, on a connection of the pool."""
-        return await trio.to_thread.run_sync(self.run_read, query, limiter=self.read_slots)
+        """Run a read-only `query` in a worker thread, on a connection of the pool;
+        StoreUnavailable (the API: 503) when no connection works."""
+        try:
+            return await trio.to_thread.run_sync(self.run_read, query, limiter=self.read_slots)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the PostgreSQL database cannot be read now: "
+                                   f"{str(exc).strip()}") from exc
+
+    async def health(self) -> StoreHealth:
+        return self.writer.health()
 
     async def barrier(self) -> None:
         """Wait until every write queued before this call is committed."""

@@ -21,6 +21,13 @@
 #   gets a new one.
 # - `post` queues without waiting (the coordinator's task changes); order is kept.
 #   A posted operation that fails is logged: it has no caller to tell.
+# - Failures, as `health()` reports them (the SQLite writer's vocabulary): a
+#   connection error (the server is down or unreachable, no connection within the
+#   pool's timeout) is transient: a waiting caller gets StoreUnavailable (the API:
+#   503) and the store is degraded until a batch commits again; any other error is
+#   the operation's own (refused: a constraint, a value the database cannot hold).
+#   Not here yet, unlike SQLite: posted changes that fail for a transient reason
+#   are logged and counted, not held and retried.
 from __future__ import annotations
 
 import logging
@@ -31,6 +38,7 @@ import psycopg
 import trio
 from psycopg_pool import ConnectionPool
 
+from .records import StoreHealth, StoreUnavailable
 from .sqlite_writer import receive_batch
 
 Connection = psycopg.Connection[dict[str, Any]]
@@ -89,6 +97,26 @@ class Writer:
         self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
         self.batches = 0  # committed or failed, since the start: for tests and figures
         self.thread = trio.CapacityLimiter(1)  # its own: never waits behind other threads
+        self.reason = ""  # why the store is degraded; "" when it is not
+        self.failed_writes = 0
+        self.refused_changes = 0
+
+    def health(self) -> StoreHealth:
+        return StoreHealth(degraded=bool(self.reason), reason=self.reason,
+                           failed_writes=self.failed_writes,
+                           refused_changes=self.refused_changes)
+
+    def account(self, batch: list[Pending]) -> None:
+        """Count the batch's failures; degraded while connections fail."""
+        transient = [p.error for p in batch if isinstance(p.error, psycopg.OperationalError)]
+        failed = [p for p in batch if p.error is not None]
+        self.failed_writes += len(failed)
+        self.refused_changes += sum(1 for p in failed if p.done is None
+                                    and not isinstance(p.error, psycopg.OperationalError))
+        if transient:
+            self.reason = f"the PostgreSQL database cannot take writes: {str(transient[0]).strip()}"
+        elif len(failed) < len(batch):
+            self.reason = ""
 
     def run_batch(self, batch: list[Pending]) -> None:
         """In a worker thread: commit `batch` on a connection of the pool."""
@@ -110,6 +138,7 @@ class Writer:
                 return
             await trio.to_thread.run_sync(self.run_batch, batch, limiter=self.thread)
             self.batches += 1
+            self.account(batch)
             for pending in batch:
                 if pending.done is not None:
                     pending.done.set()
@@ -125,6 +154,9 @@ class Writer:
             await self._send.send(pending)
         assert pending.done is not None
         await pending.done.wait()
+        if isinstance(pending.error, psycopg.OperationalError):
+            raise StoreUnavailable(f"the PostgreSQL database cannot take writes now: "
+                                   f"{str(pending.error).strip()}") from pending.error
         if pending.error is not None:
             raise pending.error
         return pending.result

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 import trio
 
-from api.store import StoreError, TaskChange, TaskRow, open_store
+from api.store import StoreError, StoreHealth, StoreUnavailable, TaskChange, TaskRow, open_store
 
 from .conftest import NO_POSTGRES, POSTGRES, fake_worker, running_app, wait_for_status
 
@@ -182,6 +182,8 @@ async def test_a_failed_operation_fails_alone_and_the_writer_goes_on(
             await store.post_task_change(TaskChange("t1", "completed", 5.0, result="r"))
             await store.barrier()
         assert "a posted store write failed" in caplog.text
+        health = await store.health()
+        assert (health.degraded, health.refused_changes, health.failed_writes) == (False, 1, 3)
         done = await store.get_task("t1")
         assert done is not None and (done.status, done.result) == ("completed", "r")
         assert (await store.stats()).total_tasks == 10
@@ -244,3 +246,18 @@ async def test_a_nul_character_is_stored_as_the_replacement_character(url: str) 
     assert stored is not None
     assert (stored.prompt, stored.result, stored.params) == ("a\ufffdb", "out\ufffdput",
                                                              {"stop": "\x00"})
+
+
+async def test_no_connection_is_a_503_and_a_degraded_store(url: str) -> None:
+    async with open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        assert await store.health() == StoreHealth()
+        store.writer.pool.close()  # no connection to be had any more
+        store.reads.close()
+        with pytest.raises(StoreUnavailable, match="cannot take writes now"):
+            await store.insert_task(row("t"))
+        with pytest.raises(StoreUnavailable, match="cannot be read now"):
+            await store.get_task("t")
+        health = await store.health()
+        assert health.degraded and "cannot take writes" in health.reason
+        assert (health.failed_writes, health.refused_changes) == (1, 0)
