@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
     parser.add_argument("--db", default=None,
-                        help=f"the database: a SQLite file path or a store URL (sqlite:///PATH); "
-                             f"default: ${DB_ENV}, else ./{DEFAULT_DB}")
+                        help=f"the database: a SQLite file path or a store URL (sqlite:///PATH, "
+                             f"postgresql://USER@HOST/DB); default: ${DB_ENV}, else ./{DEFAULT_DB}")
     parser.add_argument("--local-workers", type=int, default=1, metavar="N",
                         help="local worker processes to start (0: none)")
     parser.add_argument("--local-models", choices=LOCAL_MODELS, default="installed",

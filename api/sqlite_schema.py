@@ -3,9 +3,10 @@
 #
 # Rules:
 # - `task_totals` is one row that always equals the aggregate over `tasks` (the
-#   query in TOTALS_FROM_TASKS): triggers update it in the same transaction as
-#   the task row, so `stats()` reads one row instead of scanning every task, and
-#   every writer (another process, an operator's sqlite3 shell) keeps it right.
+#   query in TOTALS_FROM_TASKS; the terms, shared with PostgreSQL, are in
+#   store_sql.py): triggers update it in the same transaction as the task row,
+#   so `stats()` reads one row instead of scanning every task, and every writer
+#   (another process, an operator's sqlite3 shell) keeps it right.
 #   A trigger, not an UPDATE issued by the store, because it runs inside SQLite
 #   (no extra statement through Python per write) and because no writer can
 #   forget it. `beta_signups` is kept the same way.
@@ -22,9 +23,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import attrs
-
-from .records import KeyRecord, TaskChange, TaskRow
+from .records import KeyRecord, TaskRow
+from .store_sql import (
+    CHANGE_COLUMNS, ENDED, READ_TOTALS, TOTALS_FROM_TASKS, TOTAL_COLUMNS, TOTAL_TERMS, TASK_COLUMNS,
+    adjust_totals,
+)
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000  # how long a connection waits for another process's lock
@@ -104,35 +107,6 @@ CREATE TABLE IF NOT EXISTS service_runs (
 );
 """
 
-# One term per Stats field: a task row's contribution, as an SQL expression over
-# the row named by the placeholder (NEW, OLD, or the table itself).
-TOTAL_TERMS = {
-    "total_tasks": "1",
-    "completed_tasks": "({r}.status = 'completed')",
-    "failed_tasks": "({r}.status IN ('failed', 'expired'))",
-    "cancelled_tasks": "({r}.status = 'cancelled')",
-    "compute_seconds": "(CASE WHEN {r}.status = 'completed' THEN {r}.processing_time ELSE 0 END)",
-    "turnaround_seconds": "(CASE WHEN {r}.status = 'completed' "
-                          "THEN {r}.completed_at - {r}.created_at ELSE 0 END)",
-    "cost": "(CASE WHEN {r}.status = 'completed' THEN {r}.cost ELSE 0 END)",
-    "openai_cost": "(CASE WHEN {r}.status = 'completed' THEN {r}.openai_cost ELSE 0 END)",
-}
-ENDED = "{r}.status NOT IN ('queued', 'running')"
-
-
-def _adjust(sign_new: str, sign_old: str) -> str:
-    """SET clauses adding NEW's terms and/or subtracting OLD's ('' leaves one out)."""
-    clauses = []
-    for column, term in TOTAL_TERMS.items():
-        parts = [column]
-        if sign_new:
-            parts.append(f"+ {term.format(r='NEW')}")
-        if sign_old:
-            parts.append(f"- {term.format(r='OLD')}")
-        clauses.append(f"{column} = {' '.join(parts)}")
-    return ", ".join(clauses)
-
-
 TOTAL_COLUMN_TYPES = ", ".join(
     f"{column} {'INTEGER' if column.endswith('tasks') else 'REAL'} NOT NULL DEFAULT 0"
     for column in TOTAL_TERMS)
@@ -143,14 +117,14 @@ CREATE TABLE IF NOT EXISTS task_totals (
     beta_signups INTEGER NOT NULL DEFAULT 0
 );
 CREATE TRIGGER IF NOT EXISTS task_totals_insert AFTER INSERT ON tasks BEGIN
-    UPDATE task_totals SET {_adjust('+', '')} WHERE id = 1;
+    UPDATE task_totals SET {adjust_totals('+', '')} WHERE id = 1;
 END;
 CREATE TRIGGER IF NOT EXISTS task_totals_update AFTER UPDATE ON tasks
 WHEN {ENDED.format(r='OLD')} OR {ENDED.format(r='NEW')} BEGIN
-    UPDATE task_totals SET {_adjust('+', '-')} WHERE id = 1;
+    UPDATE task_totals SET {adjust_totals('+', '-')} WHERE id = 1;
 END;
 CREATE TRIGGER IF NOT EXISTS task_totals_delete AFTER DELETE ON tasks BEGIN
-    UPDATE task_totals SET {_adjust('', '-')} WHERE id = 1;
+    UPDATE task_totals SET {adjust_totals('', '-')} WHERE id = 1;
 END;
 CREATE TRIGGER IF NOT EXISTS signup_totals_insert AFTER INSERT ON signups BEGIN
     UPDATE task_totals SET beta_signups = beta_signups + 1 WHERE id = 1;
@@ -159,14 +133,6 @@ CREATE TRIGGER IF NOT EXISTS signup_totals_delete AFTER DELETE ON signups BEGIN
     UPDATE task_totals SET beta_signups = beta_signups - 1 WHERE id = 1;
 END;
 """
-
-# The totals recomputed from the rows: how version 2 fills `task_totals` for a
-# database that has tasks already, and what the row must always equal.
-TOTALS_FROM_TASKS = "SELECT {}, (SELECT COUNT(*) FROM signups) AS beta_signups FROM tasks".format(
-    ", ".join(f"COALESCE(SUM({term.format(r='tasks')}), 0) AS {column}"
-              for column, term in TOTAL_TERMS.items()))
-TOTAL_COLUMNS = [*TOTAL_TERMS, "beta_signups"]
-READ_TOTALS = f"SELECT {', '.join(TOTAL_COLUMNS)} FROM task_totals WHERE id = 1"
 
 
 ADDED_COLUMNS = ("content_type", "model_weights")  # by version 3
@@ -232,11 +198,8 @@ def key_record(row: sqlite3.Row) -> KeyRecord:
     return KeyRecord(**values)
 
 
-TASK_COLUMNS = [f.name for f in attrs.fields(TaskRow) if f.name != "seq"]
 INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(TASK_COLUMNS))})")
-CHANGE_COLUMNS = [f.name for f in attrs.fields(TaskChange)
-                  if f.name not in ("task_id", "status", "at")]
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "CHANGE_COLUMNS", "INSERT_TASK", "READ_TOTALS", "SCHEMA_VERSION",

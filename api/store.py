@@ -18,6 +18,12 @@
 #
 #   `sqlite://HOST/...` (an authority) is refused: a SQLite file has no host.
 #   Percent-escapes in a URL's path are decoded; a plain path is taken as it is.
+#
+#     postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?libpq options]   PostgreSQL
+#     postgres://...                                                the same
+#
+#   The PostgreSQL store (postgres_store.py) needs the `postgres` extra (psycopg);
+#   it is imported only when such a URL is opened, so SQLite needs nothing more.
 from __future__ import annotations
 
 import re
@@ -51,7 +57,22 @@ def open_sqlite_url(rest: str) -> AbstractAsyncContextManager[Store]:
     return open_sqlite(sqlite_location(rest))
 
 
-STORE_SCHEMES: dict[str, Opener] = {"sqlite": open_sqlite_url}
+def open_postgres_url(rest: str) -> AbstractAsyncContextManager[Store]:
+    if not rest.startswith("//"):
+        raise StoreError(f"postgresql:{rest}: write postgresql://USER@HOST[:PORT]/DATABASE")
+    try:  # imported here: psycopg is an optional extra
+        from .postgres_store import open_postgres
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        raise StoreError("a postgresql: database needs psycopg: pip install 'neurogrid[postgres]'"
+                         ) from exc
+    return open_postgres("postgresql:" + rest)
+
+
+STORE_SCHEMES: dict[str, Opener] = {
+    "sqlite": open_sqlite_url, "postgresql": open_postgres_url, "postgres": open_postgres_url,
+}
 DEFAULT_SCHEME = "sqlite"  # of a location given as a plain path
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: not C:\
 

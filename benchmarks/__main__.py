@@ -1,11 +1,12 @@
-# python -m benchmarks [--quick] [--json FILE] [--only NAME[,NAME]] [--strict]
+# python -m benchmarks [--quick] [--json FILE] [--only NAME[,NAME]] [--strict] [--postgres URL]
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from .harness import run_all
+from .harness import POSTGRES_VARIABLE, run_all
 
 # Third-party modules the benchmarks need beyond the package's own dependencies
 # (the `bench` extra): module -> what to install.
@@ -51,7 +52,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated: {', '.join(MODULES)}")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="also measure the API on this PostgreSQL database (a fresh schema "
+                             "in it; default: $NEUROGRID_TEST_POSTGRES)")
     args = parser.parse_args(argv)
+    if args.postgres:  # read by the benchmarks that have PostgreSQL cases (api)
+        os.environ[POSTGRES_VARIABLE] = args.postgres
     names = list(MODULES) if not args.only else [n.strip() for n in args.only.split(",")]
     unknown = [n for n in names if n not in MODULES]
     if unknown:

@@ -15,6 +15,15 @@
 # durable against a crash of the process, not of the machine's power) before the
 # server answers. The load uses one premium key with its own limits raised so the
 # rate limiter is exercised but never refuses.
+#
+# PostgreSQL: when a server is named (`python -m benchmarks --postgres URL`, or
+# NEUROGRID_TEST_POSTGRES as the tests use it), the same cases run again in the
+# same run with one API process on a fresh schema of that database (PostgreSQL's
+# synchronous commit: durable against a power loss too), rows marked
+# "[postgresql]". Their CPU per request is the API process's and, apart, the
+# database server's (every `postgres` process of the machine: run it on a machine
+# where no other cluster is busy): the two together are what one request costs,
+# and what predicts how far more API processes scale on a bigger machine.
 from __future__ import annotations
 
 import json
@@ -25,14 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
-from .harness import Benchmark, Figure, Row, percentile
+from .harness import POSTGRES_VARIABLE, Benchmark, Figure, Row, percentile
 
 CONCURRENCY = 32
+POSTGRES_URL_VARIABLES = (POSTGRES_VARIABLE, "NEUROGRID_TEST_POSTGRES")
 CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 REPO = Path(__file__).resolve().parents[1]
 TASK_BODY = json.dumps({"prompt": "Explain quantum computing in simple terms",
@@ -146,20 +156,59 @@ def settled_cpu_seconds(pid: int, limit: float = 5.0) -> float:
     return cpu
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time so far of every `postgres` process on this machine
+    (the database server's share of the work; 0 where there is no /proc)."""
+    total = 0.0
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as comm:
+                if comm.read().strip() != "postgres":
+                    continue
+        except OSError:
+            continue
+        total += server_cpu_seconds(int(entry.name))
+    return total
+
+
+def postgres_url() -> str | None:
+    """The PostgreSQL database to measure on, if one is named."""
+    for variable in POSTGRES_URL_VARIABLES:
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return None
+
+
 def run(quick: bool) -> list[Row]:
     rounds, seconds = (2, 4.0) if quick else (3, 10.0)
     with tempfile.TemporaryDirectory() as tmp:
-        db = str(Path(tmp) / "bench.db")
-        key = create_bench_key(db)
-        process, port = start_server(db)
-        try:
-            return measure(port, key, rounds, seconds, process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        rows = run_on(str(Path(tmp) / "bench.db"), rounds, seconds)
+    url = postgres_url()
+    if url is None:
+        return rows
+    from api.postgres_schema import scratch_schema  # psycopg: only where PostgreSQL runs
+
+    with scratch_schema(url) as schema_url:
+        return rows + run_on(schema_url, rounds, seconds, " [postgresql]", postgres_cpu_seconds)
 
 
-def measure(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[Row]:
+def run_on(db: str, rounds: int, seconds: float, suffix: str = "",
+           db_cpu: Callable[[], float] | None = None) -> list[Row]:
+    """The cases against one API process on the database `db`; each row's case
+    ends with `suffix`; `db_cpu`: the database server's CPU seconds so far."""
+    key = create_bench_key(db)
+    process, port = start_server(db)
+    try:
+        return measure(port, key, rounds, seconds, process.pid, suffix, db_cpu)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def measure(port: int, key: str, rounds: int, seconds: float, pid: int, suffix: str = "",
+            db_cpu: Callable[[], float] | None = None) -> list[Row]:
     health = request_bytes("GET", "/health", key)
     submit = request_bytes("POST", "/api/tasks", key, TASK_BODY)
     warm = trio.run(load, port, submit, 1.0)
@@ -168,22 +217,27 @@ def measure(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[
     trio.run(load, port, health, 1.0)
     cases: dict[str, bytes] = {"GET /health (trivial)": health, "POST /api/tasks": submit,
                                "GET /api/tasks/<id>": read}
-    results: dict[str, list[tuple[float, list[float], int, float]]] = {c: [] for c in cases}
+    # per case, per round: (req/s, latencies, failures, server CPU/request, db CPU/request)
+    results: dict[str, list[tuple[float, list[float], int, float, float]]] = {
+        c: [] for c in cases}
     for round_ in range(rounds):
         # ABC, CBA, ...: a drift of the shared machine's load within a pair of rounds
         # weighs on every case alike, whatever its place in the order
         order = list(cases.items()) if round_ % 2 == 0 else list(cases.items())[::-1]
         for case, request in order:
             cpu_before = settled_cpu_seconds(pid)
+            db_before = db_cpu() if db_cpu else 0.0
             latencies, failures, _ = trio.run(load, port, request, seconds)
             cpu = settled_cpu_seconds(pid) - cpu_before
+            db_used = db_cpu() - db_before if db_cpu else 0.0
+            answers = max(1, len(latencies) + failures)
             results[case].append((len(latencies) / seconds, latencies, failures,
-                                  cpu / max(1, len(latencies) + failures)))
+                                  cpu / answers, db_used / answers))
 
-    def figures(case: str) -> dict[str, float | int]:
+    def figures(case: str) -> dict[str, float]:
         per_round = results[case]
-        latencies = [x for _, lat, _, _ in per_round for x in lat]
-        return {
+        latencies = [x for _, lat, _, _, _ in per_round for x in lat]
+        values: dict[str, float] = {
             "req_per_s": statistics.median(r[0] for r in per_round),
             "p50_ms": percentile(latencies, 50) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000,
@@ -193,19 +247,22 @@ def measure(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[
             "server_cpu_ms": statistics.median(r[3] for r in per_round) * 1000,
             "failed": sum(r[2] for r in per_round),
         }
+        if db_cpu is not None:  # the database server's CPU per request, apart
+            values["db_cpu_ms"] = statistics.median(r[4] for r in per_round) * 1000
+        return values
 
     trivial, tasks = figures("GET /health (trivial)"), figures("POST /api/tasks")
     ratio = tasks["req_per_s"] / trivial["req_per_s"]
     cpu_ratio = trivial["server_cpu_ms"] / tasks["server_cpu_ms"] if tasks["server_cpu_ms"] else 0.0
     note = f"{CONCURRENCY} connections, {rounds} x {seconds:g} s rounds"
     return [
-        Row("GET /health (trivial)", dict[str, Figure]({**trivial, "setup": note})),
-        Row("POST /api/tasks (durable commit)",
+        Row("GET /health (trivial)" + suffix, dict[str, Figure]({**trivial, "setup": note})),
+        Row("POST /api/tasks (durable commit)" + suffix,
             dict[str, Figure]({**tasks, "ratio_to_trivial": ratio,
                                "cpu_ratio_to_trivial": cpu_ratio}),
             target=">= 0.8 x trivial req/s, p99 < 50 ms",
             met=ratio >= 0.8 and tasks["p99_ms"] < 50 and tasks["failed"] == 0),
-        Row("GET /api/tasks/<id>", dict[str, Figure](figures("GET /api/tasks/<id>"))),
+        Row("GET /api/tasks/<id>" + suffix, dict[str, Figure](figures("GET /api/tasks/<id>"))),
     ]
 
 

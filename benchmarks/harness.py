@@ -22,6 +22,9 @@ from typing import Callable, Sequence
 import attrs
 
 Figure = float | int | str
+# The PostgreSQL database the benchmarks with PostgreSQL cases measure on, as
+# `python -m benchmarks --postgres URL` passes it to them.
+POSTGRES_VARIABLE = "NEUROGRID_BENCH_POSTGRES"
 
 
 @attrs.frozen

@@ -4,6 +4,7 @@ speaks the worker protocol over the app's own websocket endpoint."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,12 @@ from api import ApiConfig, create_app
 from api.app import Services
 from engine.core import Usage
 from engine.protocol import Gpu, Hello, Result, decode, encode
+
+# A PostgreSQL database the tests may create schemas in (the PostgreSQL store's
+# tests run only when it is set).
+POSTGRES = os.environ.get("NEUROGRID_TEST_POSTGRES", "")
+NO_POSTGRES = ("NEUROGRID_TEST_POSTGRES is not set: give it the postgresql:// URL of a database "
+               "the tests may create schemas in (`bash .ci/postgres.sh` starts one and prints it)")
 
 
 @attrs.define

@@ -36,8 +36,8 @@ async def test_every_sqlite_location_form_opens_the_same_file(
 
 
 async def test_unknown_schemes_and_unusable_locations_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match=r"'postgresql' is not one of sqlite:"):
-        async with open_store("postgresql://db/neurogrid"):
+    with pytest.raises(StoreError, match=r"'mysql' is not one of postgres:, postgresql:, sqlite:"):
+        async with open_store("mysql://db/neurogrid"):
             pass
     with pytest.raises(StoreError, match="names no host"):
         async with open_store("sqlite://host/x.db"):

@@ -1,28 +1,46 @@
 """The `Store` contract: what every store must do, written against the protocol
 only and opened through `open_store(url)`. Each test runs once per entry of
 STORE_URLS; a new store (PostgreSQL) adds its URL factory there and must pass
-the same tests. "Reopen" closes the store and opens the same URL again."""
+the same tests. "Reopen" closes the store and opens the same URL again.
+
+PostgreSQL runs when NEUROGRID_TEST_POSTGRES names a database (a postgresql://
+URL; .ci/postgres.sh starts a server and prints one): each test gets a schema
+of its own in it, dropped after the test."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import trio
 
 from api.store import (
-    DuplicateTaskId, KeyRecord, NodeTokenRecord, Signup, Stats, TaskChange, TaskRow, open_store,
+    Blob, DuplicateTaskId, KeyRecord, NodeTokenRecord, Signup, Stats, TaskChange, TaskRow, open_store,
 )
 
-# store kind -> a URL of a fresh, empty database in the test's directory
-STORE_URLS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp: f"sqlite:///{tmp.resolve()}/contract.db",
+from .conftest import NO_POSTGRES, POSTGRES
+
+def postgres_schema(tmp: Path) -> AbstractContextManager[str]:
+    if not POSTGRES:
+        pytest.skip(NO_POSTGRES)
+    from api.postgres_schema import scratch_schema  # psycopg: only where PostgreSQL runs
+
+    return scratch_schema(POSTGRES)
+
+
+# store kind -> the URL of a fresh, empty database (in the test's directory, or a
+# schema of its own), for as long as the context lasts
+STORE_URLS: dict[str, Callable[[Path], AbstractContextManager[str]]] = {
+    "sqlite": lambda tmp: nullcontext(f"sqlite:///{tmp.resolve()}/contract.db"),
+    "postgresql": postgres_schema,
 }
 
 
 @pytest.fixture(params=sorted(STORE_URLS))
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return STORE_URLS[request.param](tmp_path)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with STORE_URLS[request.param](tmp_path) as url:
+        yield url
 
 
 def task(task_id: str, owner: str = "key:k1", created: float = 100.0, **values: object) -> TaskRow:
@@ -241,3 +259,27 @@ async def test_availability_counts_each_run_to_its_last_sign_of_life(store_url: 
         await store.mark_alive(second, 150.0)  # the current run counts until now anyway
         assert await store.availability(300.0, second) == pytest.approx(260 / 300)
         assert await store.nodes() == {}  # no node is recorded by the store itself
+
+
+async def test_task_files_are_kept_whole_replaced_by_name_and_come_with_their_change(
+        store_url: str) -> None:
+    audio = Blob("input.audio", "audio/wav", bytes(range(256)) * 4096)  # 1 MiB, every byte
+    async with open_store(store_url) as store:
+        await store.insert_task(task("t"))
+        await store.put_blobs("t", (audio, Blob("note.txt", "text/plain", b"")))
+        await store.put_blobs("t", (Blob("note.txt", "text/markdown", b"\x00# hi"),))
+        image = Blob("image.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\xff")
+        await store.post_task_change(TaskChange("t", "completed", 2.0, result="",
+                                                content_type="image/png"), (image,))
+        late = Blob("late.png", "image/png", b"late")  # with a change that is ignored
+        await store.post_task_change(TaskChange("t", "failed", 3.0), (late,))
+        await store.barrier()
+    async with open_store(store_url) as store:
+        assert await store.get_blob("t", "input.audio") == audio
+        assert await store.get_blob("t", "note.txt") == Blob("note.txt", "text/markdown",
+                                                             b"\x00# hi")
+        assert await store.get_blob("t", "image.png") == image
+        assert await store.get_blob("t", "late.png") is None
+        assert await store.get_blob("other", "image.png") is None
+        done = await store.get_task("t")
+        assert done is not None and (done.status, done.content_type) == ("completed", "image/png")
