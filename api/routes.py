@@ -16,48 +16,34 @@
 from __future__ import annotations
 
 import json
-import secrets
-import string
 from typing import Any, AsyncIterator
 
-import attrs
 import trio
 from quart import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from engine.core import MODELS, TaskState
+from engine.core import MODELS
 from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
 
 from . import views
 from .access import Admission, AuthError, Caller, identify
+from .errors import ApiError
 from .media import IMAGE_BLOB
-from .relay import task_spec
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
 from .services import Services, process_memory
 from .store import OPEN_STATES, Signup, TaskRow
+from .submission import create_task, new_id
 from .validation import (
-    MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup, parse_task,
+    MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup,
 )
 
 api_routes = Blueprint("neurogrid", __name__)
-ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_RANDOM_CHARS = 12  # 36**12 ids per second: collisions are not a practical concern
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def services() -> Services:
     return current_app.extensions["neurogrid"]
-
-
-def new_id(prefix: str, now: float) -> str:
-    """`task_1698234567_abc123`-style ids: prefix, unix seconds, random part."""
-    number = int.from_bytes(secrets.token_bytes(8), "big")  # 64 random bits
-    chars = []
-    for _ in range(ID_RANDOM_CHARS):  # 36**12 > 2**62: nearly all of them show
-        number, digit = divmod(number, 36)
-        chars.append(ID_ALPHABET[digit])
-    return f"{prefix}_{int(now)}_{''.join(chars)}"
 
 
 # What `jsonify` writes (compact separators, ASCII, keys in order, a final newline),
@@ -67,14 +53,6 @@ _ENCODE_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 def json_response(body: dict[str, Any]) -> Response:
     return Response(_ENCODE_JSON(body) + "\n", mimetype="application/json")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, details: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(details)
-        self.status, self.error, self.details = status, error, details
-        self.headers = headers or {}
 
 
 def error_response(status: int, error: str, details: str,
@@ -161,25 +139,10 @@ async def visible_task(caller: Caller, task_id: str) -> TaskRow:
 
 @api_routes.post("/api/tasks")
 async def submit_task():  # type: ignore[no-untyped-def]
-    s = services()
-    caller = await current_caller()
-    task = parse_task(await json_body())
-    now = s.now()
-    admission = s.limiter.admit(caller, now)
-    g.admission = admission
-    if not admission.allowed:
-        raise ApiError(429, "Rate limit exceeded", admission.reason, admission.headers())
-    row = TaskRow(
-        new_id("task", now), caller.owner, task.model, task.priority.label, task.prompt,
-        task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0,
-    )
-    quote = s.coordinator.quote(task_spec(row))
-    row = attrs.evolve(row, estimated_cost=quote.estimated_cost,
-                       estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
-    # Counted in flight from before the insert: concurrent submissions cannot all
-    # pass the check.
-    row = await s.dispatcher.submit(row, lambda: new_id("task", now))
-    body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
+    created = await create_task(services(), await current_caller(), await json_body())
+    g.admission = created.admission
+    quote = created.quote
+    body = views.task_created(created.row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
     return json_response(body)
 
