@@ -26,6 +26,34 @@ class DuplicateTaskId(StoreError):
     pass
 
 
+# How long an idempotency key holds: a repeated request within this time answers
+# with the first one's task; an older key is ignored (and purged).
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
+
+
+@attrs.frozen
+class IdempotencyRecord:
+    """A client's idempotency key, stored with the task its first request created.
+    `body_hash` identifies that request's body (the same key with another body is
+    a conflict, not a repeat)."""
+
+    owner: str
+    key: str
+    body_hash: str
+    task_id: str
+    created_at: float
+
+
+class IdempotencyKeyTaken(StoreError):
+    """`insert_task` with a key the owner holds already (a live one): nothing was
+    inserted; `existing` is the record that holds it."""
+
+    def __init__(self, existing: IdempotencyRecord) -> None:
+        super().__init__(f"idempotency key {existing.key[:100]!r} is taken by task "
+                         f"{existing.task_id}")
+        self.existing = existing
+
+
 @attrs.frozen
 class TaskRow:
     id: str
@@ -158,7 +186,10 @@ class Store(Protocol):
     (`post_task_change` only queues; `barrier` waits for what is queued); reads see
     every write awaited before them."""
 
-    async def insert_task(self, row: TaskRow) -> None: ...
+    async def insert_task(self, row: TaskRow,
+                          idempotency: IdempotencyRecord | None = None) -> None: ...
+    async def find_idempotency_key(self, owner: str, key: str,
+                                   now: float) -> IdempotencyRecord | None: ...
     async def change_task(self, change: TaskChange) -> bool: ...
     async def post_task_change(self, change: TaskChange, blobs: tuple[Blob, ...] = ()) -> None: ...
     async def put_blobs(self, task_id: str, blobs: tuple[Blob, ...]) -> None: ...
@@ -186,7 +217,8 @@ class Store(Protocol):
 
 
 __all__ = [
-    "Blob", "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord", "NodeTokenRecord",
+    "Blob", "DuplicateTaskId", "FAILED_STATES", "IDEMPOTENCY_TTL_SECONDS", "IdempotencyKeyTaken",
+    "IdempotencyRecord", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord", "NodeTokenRecord",
     "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "TaskChange", "TaskRow",
     "hash_secret", "new_secret",
 ]

@@ -58,7 +58,9 @@ from engine.runtime import (
 
 from .access import RateLimiter
 from .media import MediaError, image_result
-from .store import OPEN_STATES, Blob, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
+from .store import (
+    OPEN_STATES, Blob, DuplicateTaskId, IdempotencyRecord, Store, TaskChange, TaskRow, receive_batch,
+)
 
 
 log = logging.getLogger(__name__)
@@ -100,19 +102,23 @@ class Dispatcher:
         self._send, self._receive = trio.open_memory_channel[TaskRow](math.inf)
         self._waiting: set[str] = set()
 
-    async def submit(self, row: TaskRow, fresh_id: Callable[[], str]) -> TaskRow:
-        """Store a new task and queue it for the coordinator; returns the row as
+    async def submit(self, row: TaskRow, fresh_id: Callable[[], str],
+                     idempotency: IdempotencyRecord | None = None) -> TaskRow:
+        """Store a new task (with its idempotency key, when given: see
+        Store.insert_task) and queue it for the coordinator; returns the row as
         stored (with a `fresh_id()` should its id be taken, which is astronomically
         rare). It counts in flight from before the insert."""
         self.writer.open(row)
         try:
             try:
-                await self.store.insert_task(row)
+                await self.store.insert_task(row, idempotency)
             except DuplicateTaskId:  # a second draw settles it
                 self.writer.release(row.id)
                 row = attrs.evolve(row, id=fresh_id())
+                if idempotency is not None:
+                    idempotency = attrs.evolve(idempotency, task_id=row.id)
                 self.writer.open(row)
-                await self.store.insert_task(row)
+                await self.store.insert_task(row, idempotency)
         except BaseException:
             self.writer.release(row.id)
             raise

@@ -33,7 +33,9 @@ from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
 from .services import Services, process_memory
 from .store import OPEN_STATES, Signup, TaskRow
-from .submission import create_task, new_id
+from .submission import (
+    IDEMPOTENCY_HEADER, REPLAYED_HEADER, create_task, idempotency_key, new_id,
+)
 from .validation import (
     MAX_BODY_BYTES, InvalidRequest, parse_json_object, parse_page, parse_signup,
 )
@@ -139,12 +141,18 @@ async def visible_task(caller: Caller, task_id: str) -> TaskRow:
 
 @api_routes.post("/api/tasks")
 async def submit_task():  # type: ignore[no-untyped-def]
-    created = await create_task(services(), await current_caller(), await json_body())
-    g.admission = created.admission
+    caller = await current_caller()
+    key = idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+    created = await create_task(services(), caller, await json_body(), idempotency_key=key)
+    if created.admission is not None:
+        g.admission = created.admission
     quote = created.quote
     body = views.task_created(created.row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
-    return json_response(body)
+    response = json_response(body)
+    if created.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 @api_routes.get("/api/tasks/<task_id>")

@@ -15,8 +15,9 @@
 # - Schema changes are migrations keyed by `PRAGMA user_version`; `prepare`
 #   applies the missing ones in one write transaction, so two processes opening
 #   the same file at once cannot both apply them. Version 2 added the totals;
-#   version 3 the result's content type, the weights that ran, and task files
-#   (`task_blobs`: input audio, output images).
+#   version 3 the result's content type, the weights that ran, task files
+#   (`task_blobs`: input audio, output images) and clients' idempotency keys
+#   (`idempotency_keys`, written in the same transaction as the task they created).
 from __future__ import annotations
 
 import json
@@ -63,6 +64,15 @@ CREATE TABLE IF NOT EXISTS task_blobs (
     data BLOB NOT NULL,
     PRIMARY KEY (task_id, name)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE status IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS api_keys (
