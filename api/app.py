@@ -30,6 +30,7 @@ from engine.runtime import NodeIdentity, open_coordinator
 
 from .access import RateLimiter
 from .nodes_ws import EndingWebsocketConnection
+from .openai_compat import openai_routes
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .services import ApiConfig, Services, process_memory
@@ -97,6 +98,7 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api_routes)
+    app.register_blueprint(openai_routes)  # /v1: the OpenAI-compatible API
     stop = trio.Event()
     stopped = trio.Event()
 

@@ -79,6 +79,8 @@ class TaskRow:
     processing_time: float = 0.0
     content_type: str | None = None  # of the result: None for text, "image/png" for images
     model_weights: str | None = None  # the weights that ran, as the node named them
+    finish_reason: str | None = None  # why generation ended, as the runner said ("stop", "length")
+    prompt_tokens: int = 0  # of tokens_used, those of the prompt (as the node counted them)
     seq: int = 0  # the store's insertion order; 0 before insertion
 
 
@@ -101,6 +103,8 @@ class TaskChange:
     openai_cost: float | None = None
     content_type: str | None = None
     model_weights: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
 
 
 MAX_BLOB_BYTES = 32 * 1024 * 1024  # one stored file of a task (an image, an audio input)

@@ -294,7 +294,9 @@ class UpdateWriter:
                             cost=update.cost or 0.0,
                             tokens_used=usage.tokens + usage.prompt_tokens,
                             processing_time=usage.seconds, openai_cost=update.reference_cost,
-                            model_weights=update.model_weights or None)
+                            model_weights=update.model_weights or None,
+                            finish_reason=update.finish_reason or None,
+                            prompt_tokens=usage.prompt_tokens)
         try:
             image = image_result(update.task_id, update.result)
         except MediaError as exc:  # the node's claimed image is not one: no result

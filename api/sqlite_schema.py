@@ -15,7 +15,8 @@
 # - Schema changes are migrations keyed by `PRAGMA user_version`; `prepare`
 #   applies the missing ones in one write transaction, so two processes opening
 #   the same file at once cannot both apply them. Version 2 added the totals;
-#   version 3 the result's content type, the weights that ran, task files
+#   version 3 the result's content type, the weights that ran, why generation
+#   ended and the prompt's share of the tokens (finish_reason, prompt_tokens), task files
 #   (`task_blobs`: input audio, output images) and clients' idempotency keys
 #   (`idempotency_keys`, written in the same transaction as the task they created).
 from __future__ import annotations
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     tokens_used INTEGER NOT NULL DEFAULT 0,
     processing_time REAL NOT NULL DEFAULT 0,
     content_type TEXT,
-    model_weights TEXT
+    model_weights TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS task_blobs (
     task_id TEXT NOT NULL,
@@ -179,7 +182,9 @@ TOTAL_COLUMNS = [*TOTAL_TERMS, "beta_signups"]
 READ_TOTALS = f"SELECT {', '.join(TOTAL_COLUMNS)} FROM task_totals WHERE id = 1"
 
 
-ADDED_COLUMNS = ("content_type", "model_weights")  # by version 3
+# by version 3: column -> its type
+ADDED_COLUMNS = {"content_type": "TEXT", "model_weights": "TEXT", "finish_reason": "TEXT",
+                 "prompt_tokens": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -202,9 +207,9 @@ def prepare(conn: sqlite3.Connection) -> None:
                 f"the database is at schema version {version}; this NeuroGrid knows up "
                 f"to {SCHEMA_VERSION}: upgrade NeuroGrid")
         columns = {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
-        for column in ADDED_COLUMNS:  # version 3, on a database made before it
+        for column, sql_type in ADDED_COLUMNS.items():  # version 3, on an older database
             if columns and column not in columns:
-                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} {sql_type}")
         for statement in split_script(TABLES + TOTALS):
             conn.execute(statement)
         if conn.execute("SELECT 1 FROM task_totals WHERE id = 1").fetchone() is None:
