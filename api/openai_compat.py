@@ -27,6 +27,9 @@
 #   not_found_error (404: an unknown model), rate_limit_error (429 with
 #   Retry-After), server_error (a task that failed, expired or was refused; 500).
 #   The rest of the API keeps the reference's error object.
+# - Under /v1, a path or method with no route is answered in OpenAI's shape too
+#   (an app-wide handler of NotFound and MethodNotAllowed that leaves the rest of
+#   the API its reference error object).
 # - Answers carry `X-NeuroGrid-Task-Id` (the task underneath), and
 #   `Idempotent-Replayed: true` when they repeat an earlier request's task.
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import trio
 from quart import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from .access import AuthError
 from .errors import ApiError
@@ -50,7 +53,7 @@ from .openai_schema import (
     finish_reason, image_body, invalid, model_list, model_object, parse_chat, parse_completion,
     parse_image, parse_transcription, text_chunk, text_completion, usage,
 )
-from .routes import SSE_KEEPALIVE_SECONDS, current_caller, json_body, services
+from .routes import SSE_KEEPALIVE_SECONDS, current_caller, error_response, json_body, services
 from .services import Services
 from .store import OPEN_STATES, TaskRow
 from .submission import (
@@ -259,7 +262,7 @@ async def list_models() -> Response:
     return openai_response(model_list(int(services().started_at)))
 
 
-@openai_routes.get("/models/<path:model_id>")
+@openai_routes.get("/models/<model_id>")
 async def get_model(model_id: str) -> Response:
     await current_caller()
     for model in model_list(int(services().started_at))["data"]:
@@ -367,7 +370,13 @@ async def audio_transcriptions() -> Response:
     return openai_response({"text": row.result or ""}, headers=headers)
 
 
-@openai_routes.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def unknown_route(rest: str) -> Response:
-    raise OpenAIError(404, f"Invalid URL ({request.method} /v1/{rest[:200]})", None,
-                      "unknown_url")
+@openai_routes.app_errorhandler(NotFound)
+@openai_routes.app_errorhandler(MethodNotAllowed)
+async def on_no_route(exc: HTTPException):  # type: ignore[no-untyped-def]
+    """No route for the request: under /v1 in OpenAI's shape, elsewhere the
+    reference's (as routes.py answers every other HTTP error)."""
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        return await on_openai_error(OpenAIError(
+            exc.code or 404, f"Invalid URL ({request.method} {request.path[:200]})", None,
+            "unknown_url"))
+    return error_response(exc.code or 404, exc.name, exc.description or exc.name)

@@ -56,9 +56,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     tokens_used INTEGER NOT NULL DEFAULT 0,
     processing_time REAL NOT NULL DEFAULT 0,
     content_type TEXT,
-    model_weights TEXT,
-    finish_reason TEXT,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0
+    model_weights TEXT
 );
 CREATE TABLE IF NOT EXISTS task_blobs (
     task_id TEXT NOT NULL,
@@ -182,7 +180,8 @@ TOTAL_COLUMNS = [*TOTAL_TERMS, "beta_signups"]
 READ_TOTALS = f"SELECT {', '.join(TOTAL_COLUMNS)} FROM task_totals WHERE id = 1"
 
 
-# by version 3: column -> its type
+# Columns added since version 2: column -> its type. A database that lacks one
+# (made before it, or a fresh one: the last two are not in TABLES) gains it.
 ADDED_COLUMNS = {"content_type": "TEXT", "model_weights": "TEXT", "finish_reason": "TEXT",
                  "prompt_tokens": "INTEGER NOT NULL DEFAULT 0"}
 
@@ -206,12 +205,12 @@ def prepare(conn: sqlite3.Connection) -> None:
             raise sqlite3.DatabaseError(
                 f"the database is at schema version {version}; this NeuroGrid knows up "
                 f"to {SCHEMA_VERSION}: upgrade NeuroGrid")
-        columns = {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
-        for column, sql_type in ADDED_COLUMNS.items():  # version 3, on an older database
-            if columns and column not in columns:
-                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} {sql_type}")
         for statement in split_script(TABLES + TOTALS):
             conn.execute(statement)
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
+        for column, sql_type in ADDED_COLUMNS.items():
+            if column not in columns:
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} {sql_type}")
         if conn.execute("SELECT 1 FROM task_totals WHERE id = 1").fetchone() is None:
             conn.execute(f"INSERT INTO task_totals (id, {', '.join(TOTAL_COLUMNS)}) "
                          f"SELECT 1, * FROM ({TOTALS_FROM_TASKS})")
