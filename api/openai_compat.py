@@ -166,6 +166,9 @@ async def final_row(s: Services, task_id: str) -> TaskRow:
 async def wait_for_end(task_id: str) -> TaskRow:
     s = services()
     with s.feed.subscribe(task_id) as receive:  # before reading: no end missed
+        # An end published before the subscription is committed by the barrier:
+        # without it the row could still read open, and nothing would come.
+        await s.store.barrier()
         row = await s.store.get_task(task_id)
         if row is not None and row.status in OPEN_STATES:
             async for _ in receive:  # closed by the feed when the task ends
@@ -207,6 +210,7 @@ async def stream_text(s: Services, task_id: str, text: TextRequest,
     streamed = ""  # the task's text as the feed delivered it
     yield sse_data(chunk("", None, None, True))
     with s.feed.subscribe(task_id) as receive:
+        await s.store.barrier()  # as in wait_for_end: an end published already is read
         row = await s.store.get_task(task_id)
         if row is not None and row.status in OPEN_STATES:
             while True:

@@ -217,6 +217,10 @@ async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
 
     async def events() -> AsyncIterator[bytes]:
         with s.feed.subscribe(task_id) as receive:
+            # The writer publishes a task's end right after queueing its commit: an end
+            # published before this subscription must be read from the store, so wait
+            # for what is queued (else the row may still read open, and nothing comes).
+            await s.store.barrier()
             row = await s.store.get_task(task_id)
             assert row is not None
             yield sse("status", {"status": row.status})
