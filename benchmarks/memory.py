@@ -23,7 +23,7 @@ from pathlib import Path
 import trio
 
 from api.app import ApiConfig, Services, process_memory, serve_services
-from api.routes import new_id
+from api.submission import new_id
 from api.store import TaskRow
 from engine.protocol import serve_websocket
 from engine.runtime import CoordinatorConfig
