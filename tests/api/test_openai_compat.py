@@ -158,6 +158,8 @@ async def test_errors_come_in_openai_shape(api: Harness) -> None:
     route = await api.client.get("/v1/nothing/here")
     assert route.status_code == 404
     assert (await route.get_json())["error"]["message"] == "Invalid URL (GET /v1/nothing/here)"
+    method = await api.client.get("/v1/chat/completions")
+    assert method.status_code == 405 and "error" in await method.get_json()
     not_json = await api.client.post("/v1/completions", data=b"{nope",
                                      headers={"Content-Type": "application/json"})
     assert not_json.status_code == 400
