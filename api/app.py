@@ -34,6 +34,7 @@ from engine.runtime import NodeIdentity, open_coordinator
 from .access import RateLimiter
 from .network_watch import WATCH_KEY, NetworkWatch
 from .nodes_ws import EndingWebsocketConnection
+from .openai_compat import openai_routes
 from .relay import Dispatcher, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .server import BODY_TIMEOUT_SECONDS, ClosingHTTPConnection
@@ -147,6 +148,7 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     hooks = install_observers(app)
     install_cors(app, config.cors_origins)
     install_closing(app)
+    app.register_blueprint(openai_routes)  # /v1: the OpenAI-compatible API
     stop = trio.Event()
     stopped = trio.Event()
     failure = app.extensions[FAILURE_KEY] = ServiceFailure()

@@ -266,6 +266,34 @@ PATHS: dict[str, Any] = {
     },
     "/openapi.json": {"get": {"summary": "This document",
                               "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    # The OpenAI-compatible API (openai_compat.py): OpenAI's own request and answer
+    # shapes (see OpenAI's API reference), errors as {"error": {message, type, param,
+    # code}}. Each POST is a task (X-NeuroGrid-Task-Id) and takes an Idempotency-Key.
+    "/v1/models": {"get": {"summary": "OpenAI-compatible: the catalog's models and aliases "
+                                      "(object: list)",
+                           "responses": {"200": {"description": "A list of model objects"}}}},
+    "/v1/models/{model_id}": {"get": {"summary": "OpenAI-compatible: one model object",
+                                      "responses": {"200": {"description": "A model"},
+                                                    "404": {"description": "Unknown model"}}}},
+    "/v1/chat/completions": {"post": {
+        "summary": "OpenAI-compatible chat completion (stream: true for server-sent "
+                   "chat.completion.chunk events); model, messages, temperature, top_p, "
+                   "max_tokens / max_completion_tokens, stop, seed, n (1), user, stream, "
+                   "stream_options; any other parameter is a 400",
+        "responses": {"200": {"description": "chat.completion, or an event stream"}}}},
+    "/v1/completions": {"post": {
+        "summary": "OpenAI-compatible text completion (stream: true for events); model, "
+                   "prompt, temperature, top_p, max_tokens, stop, seed, n (1), user, stream, "
+                   "stream_options",
+        "responses": {"200": {"description": "text_completion, or an event stream"}}}},
+    "/v1/images/generations": {"post": {
+        "summary": "OpenAI-compatible image generation: prompt, model, n (1), size (WxH), "
+                   "response_format (url, b64_json), user",
+        "responses": {"200": {"description": "{created, data: [{url | b64_json}]}"}}}},
+    "/v1/audio/transcriptions": {"post": {
+        "summary": "OpenAI-compatible transcription: multipart file, model, prompt, "
+                   "language, response_format (json, text)",
+        "responses": {"200": {"description": "{text} or plain text"}}}},
     "/api/nodes/connect": {
         "get": {"summary": "Websocket endpoint for workers (worker protocol v1, DESIGN.md); "
                            "authenticated by the token in `hello` "

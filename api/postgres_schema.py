@@ -162,6 +162,19 @@ TOTALS = [
 # version -> the statements that reach it from the version before
 MIGRATIONS: dict[int, list[str]] = {
     1: [s.strip() for s in TABLES.split(";\n")] + TOTALS,
+    # why a run ended and the prompt's share of the tokens (for /v1's usage), and the
+    # clients' idempotency keys, written in the task's own transaction
+    2: ["ALTER TABLE tasks ADD COLUMN finish_reason TEXT",
+        "ALTER TABLE tasks ADD COLUMN prompt_tokens BIGINT NOT NULL DEFAULT 0",
+        f"""CREATE TABLE idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at {REAL} NOT NULL,
+    PRIMARY KEY (owner, key)
+)""",
+        "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

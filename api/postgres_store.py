@@ -45,7 +45,8 @@ from .postgres_schema import (
 )
 from .postgres_writer import Connection, Writer
 from .records import (
-    OPEN_STATES, Blob, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
+    IDEMPOTENCY_TTL_SECONDS, OPEN_STATES, Blob, DuplicateTaskId, IdempotencyKeyTaken,
+    IdempotencyRecord, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
     StoreError, StoreHealth, StoreUnavailable, TaskChange, TaskRow, hash_secret, new_secret,
 )
 from .store_sql import CHANGE_COLUMNS, READ_TOTALS, TASK_COLUMNS
@@ -108,17 +109,52 @@ class PostgresStore:
 
     # ---- tasks ------------------------------------------------------------------
 
-    async def insert_task(self, row: TaskRow) -> None:
+    async def insert_task(self, row: TaskRow,
+                          idempotency: IdempotencyRecord | None = None) -> None:
+        """Insert a new task; with `idempotency`, its key too, in the same
+        transaction: when the owner holds that key already (a live one), nothing is
+        inserted and IdempotencyKeyTaken says which task holds it. Keys past
+        IDEMPOTENCY_TTL_SECONDS are purged here."""
         values = [Json(v) if k == "params" else v
                   for k, v in zip(TASK_COLUMNS, attrs.astuple(row, recurse=False))]
 
-        def op(conn: Connection) -> None:
+        def op(conn: Connection) -> IdempotencyRecord | None:
+            if idempotency is not None:
+                conn.execute("DELETE FROM idempotency_keys WHERE created_at < %s",
+                             (idempotency.created_at - IDEMPOTENCY_TTL_SECONDS,))
+                inserted = conn.execute(
+                    "INSERT INTO idempotency_keys (owner, key, body_hash, task_id, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (owner, key) DO NOTHING",
+                    attrs.astuple(idempotency)).rowcount
+                if inserted == 0:  # checked before the task: a lost race inserts nothing
+                    held = conn.execute(
+                        "SELECT owner, key, body_hash, task_id, created_at FROM "
+                        "idempotency_keys WHERE owner = %s AND key = %s",
+                        (idempotency.owner, idempotency.key)).fetchone()
+                    assert held is not None  # the conflict was on this row
+                    return IdempotencyRecord(**held)
             conn.execute(INSERT_TASK, values)
+            return None
 
         try:
-            await self.writer.write(op)
+            existing = await self.writer.write(op)
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
+        if existing is not None:
+            raise IdempotencyKeyTaken(existing)
+
+    async def find_idempotency_key(self, owner: str, key: str,
+                                   now: float) -> IdempotencyRecord | None:
+        """The owner's live record of `key` (not older than IDEMPOTENCY_TTL_SECONDS)."""
+
+        def query(conn: Connection) -> IdempotencyRecord | None:
+            row = conn.execute(
+                "SELECT owner, key, body_hash, task_id, created_at FROM idempotency_keys "
+                "WHERE owner = %s AND key = %s AND created_at >= %s",
+                (owner, key, now - IDEMPOTENCY_TTL_SECONDS)).fetchone()
+            return IdempotencyRecord(**row) if row is not None else None
+
+        return await self.read(query)
 
     @staticmethod
     def change_op(change: TaskChange) -> Callable[[Connection], TaskRow | None]:

@@ -52,6 +52,34 @@ class StoreHealth:
     refused_changes: int = 0
 
 
+# How long an idempotency key holds: a repeated request within this time answers
+# with the first one's task; an older key is ignored (and purged).
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
+
+
+@attrs.frozen
+class IdempotencyRecord:
+    """A client's idempotency key, stored with the task its first request created.
+    `body_hash` identifies that request's body (the same key with another body is
+    a conflict, not a repeat)."""
+
+    owner: str
+    key: str
+    body_hash: str
+    task_id: str
+    created_at: float
+
+
+class IdempotencyKeyTaken(StoreError):
+    """`insert_task` with a key the owner holds already (a live one): nothing was
+    inserted; `existing` is the record that holds it."""
+
+    def __init__(self, existing: IdempotencyRecord) -> None:
+        super().__init__(f"idempotency key {existing.key[:100]!r} is taken by task "
+                         f"{existing.task_id}")
+        self.existing = existing
+
+
 @attrs.frozen
 class TaskRow:
     id: str
@@ -77,6 +105,8 @@ class TaskRow:
     processing_time: float = 0.0
     content_type: str | None = None  # of the result: None for text, "image/png" for images
     model_weights: str | None = None  # the weights that ran, as the node named them
+    finish_reason: str | None = None  # why generation ended, as the runner said ("stop", "length")
+    prompt_tokens: int = 0  # of tokens_used, those of the prompt (as the node counted them)
     seq: int = 0  # the store's insertion order; 0 before insertion
 
 
@@ -99,6 +129,8 @@ class TaskChange:
     openai_cost: float | None = None
     content_type: str | None = None
     model_weights: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
 
 
 MAX_BLOB_BYTES = 32 * 1024 * 1024  # one stored file of a task (an image, an audio input)
@@ -184,7 +216,10 @@ class Store(Protocol):
     (`post_task_change` only queues; `barrier` waits for what is queued); reads see
     every write awaited before them."""
 
-    async def insert_task(self, row: TaskRow) -> None: ...
+    async def insert_task(self, row: TaskRow,
+                          idempotency: IdempotencyRecord | None = None) -> None: ...
+    async def find_idempotency_key(self, owner: str, key: str,
+                                   now: float) -> IdempotencyRecord | None: ...
     async def change_task(self, change: TaskChange) -> bool: ...
     async def post_task_change(self, change: TaskChange, blobs: tuple[Blob, ...] = ()) -> None: ...
     async def put_blobs(self, task_id: str, blobs: tuple[Blob, ...]) -> None: ...
@@ -214,8 +249,9 @@ class Store(Protocol):
 
 
 __all__ = [
-    "Blob", "DuplicateTaskId", "FAILED_STATES", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord",
-    "NodeTokenRecord", "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "StoreFailed",
-    "StoreHealth", "StoreUnavailable", "TaskChange", "TaskRow",
+    "Blob", "DuplicateTaskId", "FAILED_STATES", "IDEMPOTENCY_TTL_SECONDS", "IdempotencyKeyTaken",
+    "IdempotencyRecord", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord", "NodeTokenRecord",
+    "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "StoreFailed", "StoreHealth",
+    "StoreUnavailable", "TaskChange", "TaskRow",
     "hash_secret", "new_secret",
 ]

@@ -59,7 +59,9 @@ from engine.runtime import (
 
 from .access import RateLimiter
 from .media import MediaError, image_result, task_inputs
-from .store import OPEN_STATES, Blob, DuplicateTaskId, Store, TaskChange, TaskRow, receive_batch
+from .store import (
+    OPEN_STATES, Blob, DuplicateTaskId, IdempotencyRecord, Store, TaskChange, TaskRow, receive_batch,
+)
 from .transitions import TaskWatcher
 
 
@@ -100,19 +102,23 @@ class Dispatcher:
         self._waiting: set[str] = set()
 
     async def submit(self, row: TaskRow, fresh_id: Callable[[], str],
-                     files: tuple[Blob, ...] = ()) -> TaskRow:
-        """Store a new task (and its input files) and queue it for the coordinator;
-        returns the row as stored (with a `fresh_id()` should its id be taken, which
-        is astronomically rare). It counts in flight from before the insert."""
+                     files: tuple[Blob, ...] = (),
+                     idempotency: IdempotencyRecord | None = None) -> TaskRow:
+        """Store a new task (its input files, and its idempotency key when given: see
+        Store.insert_task) and queue it for the coordinator; returns the row as
+        stored (with a `fresh_id()` should its id be taken, which is astronomically
+        rare). It counts in flight from before the insert."""
         self.writer.open(row)
         try:
             try:
-                await self.store.insert_task(row)
+                await self.store.insert_task(row, idempotency)
             except DuplicateTaskId:  # a second draw settles it
                 self.writer.release(row.id)
                 row = attrs.evolve(row, id=fresh_id())
+                if idempotency is not None:
+                    idempotency = attrs.evolve(idempotency, task_id=row.id)
                 self.writer.open(row)
-                await self.store.insert_task(row)
+                await self.store.insert_task(row, idempotency)
             if files:  # before it is queued: the dispatcher reads them
                 await self.store.put_blobs(row.id, files)
         except BaseException:
@@ -304,7 +310,9 @@ class UpdateWriter:
                             cost=update.cost or 0.0,
                             tokens_used=usage.tokens + usage.prompt_tokens,
                             processing_time=usage.seconds, openai_cost=update.reference_cost,
-                            model_weights=update.model_weights or None)
+                            model_weights=update.model_weights or None,
+                            finish_reason=update.finish_reason or None,
+                            prompt_tokens=usage.prompt_tokens)
         try:
             image = image_result(update.task_id, update.result)
         except MediaError as exc:  # the node's claimed image is not one: no result

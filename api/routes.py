@@ -18,55 +18,41 @@ from __future__ import annotations
 import base64
 
 import json
-import secrets
-import string
 from typing import Any, AsyncIterator
 
-import attrs
 import trio
 from quart import (
     Blueprint, Response, current_app, g, has_websocket_context, jsonify, request, websocket,
 )
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from engine.core import MODELS, TaskState
+from engine.core import MODELS
 from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
 
 from . import views
 from .access import Admission, AuthError, Caller, client_address as peer_client, identify
-from .media import IMAGE_BLOB, input_files
-from .relay import task_spec
+from .errors import ApiError
+from .media import IMAGE_BLOB
 from .network_watch import WATCH_KEY
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
 from .services import Services, process_memory, service_failure
-from .store import (
-    OPEN_STATES, Signup, StoreFailed, StoreUnavailable, TaskRow,
+from .store import OPEN_STATES, Signup, StoreFailed, StoreUnavailable, TaskRow
+from .submission import (
+    IDEMPOTENCY_HEADER, REPLAYED_HEADER, create_task, idempotency_key, new_id,
 )
 from .validation import (
     MAX_BODY_BYTES, MAX_TASK_BODY_BYTES, MAX_UPLOAD_BYTES, InvalidRequest, parse_form_task,
-    parse_json_object, parse_page, parse_signup, parse_task,
+    parse_json_object, parse_page, parse_signup,
 )
 
 api_routes = Blueprint("neurogrid", __name__)
-ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_RANDOM_CHARS = 12  # 36**12 ids per second: collisions are not a practical concern
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def services() -> Services:
     found: Services = current_app.extensions["neurogrid"]
     return found
-
-
-def new_id(prefix: str, now: float) -> str:
-    """`task_1698234567_abc123`-style ids: prefix, unix seconds, random part."""
-    number = int.from_bytes(secrets.token_bytes(8), "big")  # 64 random bits
-    chars = []
-    for _ in range(ID_RANDOM_CHARS):  # 36**12 > 2**62: nearly all of them show
-        number, digit = divmod(number, 36)
-        chars.append(ID_ALPHABET[digit])
-    return f"{prefix}_{int(now)}_{''.join(chars)}"
 
 
 # What `jsonify` writes (compact separators, ASCII, keys in order, a final newline),
@@ -76,14 +62,6 @@ _ENCODE_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 def json_response(body: dict[str, Any]) -> Response:
     return Response(_ENCODE_JSON(body) + "\n", mimetype="application/json")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, details: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(details)
-        self.status, self.error, self.details = status, error, details
-        self.headers = headers or {}
 
 
 def error_response(status: int, error: str, details: str,
@@ -226,27 +204,18 @@ async def visible_task(caller: Caller, task_id: str) -> TaskRow:
 
 @api_routes.post("/api/tasks")
 async def submit_task():  # type: ignore[no-untyped-def]
-    s = services()
     caller = await current_caller()
-    task, files = await input_files(parse_task(await task_body()))
-    now = s.now()
-    admission = s.limiter.admit(caller, now)
-    g.admission = admission
-    if not admission.allowed:
-        raise ApiError(429, "Rate limit exceeded", admission.reason, admission.headers())
-    row = TaskRow(
-        new_id("task", now), caller.owner, task.model, task.priority.label, task.prompt,
-        task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0,
-    )
-    quote = s.coordinator.quote(task_spec(row))
-    row = attrs.evolve(row, estimated_cost=quote.estimated_cost,
-                       estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
-    # Counted in flight from before the insert: concurrent submissions cannot all
-    # pass the check.
-    row = await s.dispatcher.submit(row, lambda: new_id("task", now), files)
-    body = views.task_created(row, quote.node_id, quote.location or quote.region or None,
+    key = idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+    created = await create_task(services(), caller, await task_body(), idempotency_key=key)
+    if created.admission is not None:
+        g.admission = created.admission
+    quote = created.quote
+    body = views.task_created(created.row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)
-    return json_response(body)
+    response = json_response(body)
+    if created.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 @api_routes.get("/api/tasks/<task_id>")
@@ -311,6 +280,10 @@ async def stream_task(task_id: str):  # type: ignore[no-untyped-def]
 
     async def events() -> AsyncIterator[bytes]:
         with s.feed.subscribe(task_id) as receive:
+            # The writer publishes a task's end right after queueing its commit: an end
+            # published before this subscription must be read from the store, so wait
+            # for what is queued (else the row may still read open, and nothing comes).
+            await s.store.barrier()
             row = await s.store.get_task(task_id)
             assert row is not None
             yield sse("status", {"status": row.status})

@@ -16,8 +16,10 @@
 # - Schema changes are migrations keyed by `PRAGMA user_version`; `prepare`
 #   applies the missing ones in one write transaction, so two processes opening
 #   the same file at once cannot both apply them. Version 2 added the totals;
-#   version 3 the result's content type, the weights that ran, and task files
-#   (`task_blobs`: input audio, output images).
+#   version 3 the result's content type, the weights that ran, why generation
+#   ended and the prompt's share of the tokens (finish_reason, prompt_tokens), task files
+#   (`task_blobs`: input audio, output images) and clients' idempotency keys
+#   (`idempotency_keys`, written in the same transaction as the task they created).
 from __future__ import annotations
 
 import json
@@ -66,6 +68,15 @@ CREATE TABLE IF NOT EXISTS task_blobs (
     data BLOB NOT NULL,
     PRIMARY KEY (task_id, name)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE status IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -135,7 +146,10 @@ END;
 """
 
 
-ADDED_COLUMNS = ("content_type", "model_weights")  # by version 3
+# Columns added since version 2: column -> its type. A database that lacks one
+# (made before it, or a fresh one: the last two are not in TABLES) gains it.
+ADDED_COLUMNS = {"content_type": "TEXT", "model_weights": "TEXT", "finish_reason": "TEXT",
+                 "prompt_tokens": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -157,12 +171,12 @@ def prepare(conn: sqlite3.Connection) -> None:
             raise sqlite3.DatabaseError(
                 f"the database is at schema version {version}; this NeuroGrid knows up "
                 f"to {SCHEMA_VERSION}: upgrade NeuroGrid")
-        columns = {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
-        for column in ADDED_COLUMNS:  # version 3, on a database made before it
-            if columns and column not in columns:
-                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
         for statement in split_script(TABLES + TOTALS):
             conn.execute(statement)
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(tasks)")}
+        for column, sql_type in ADDED_COLUMNS.items():
+            if column not in columns:
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} {sql_type}")
         if conn.execute("SELECT 1 FROM task_totals WHERE id = 1").fetchone() is None:
             conn.execute(f"INSERT INTO task_totals (id, {', '.join(TOTAL_COLUMNS)}) "
                          f"SELECT 1, * FROM ({TOTALS_FROM_TASKS})")

@@ -40,8 +40,9 @@ import attrs
 import trio
 
 from .records import (
-    OPEN_STATES, Blob, DuplicateTaskId, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
-    StoreError, StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret,
+    IDEMPOTENCY_TTL_SECONDS, OPEN_STATES, Blob, DuplicateTaskId, IdempotencyKeyTaken,
+    IdempotencyRecord, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats, StoreError,
+    StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret,
 )
 from .sqlite_schema import (
     CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, TASK_COLUMNS, connect, key_record, prepare,
@@ -112,17 +113,48 @@ class SqliteStore:
 
     # ---- tasks ------------------------------------------------------------------
 
-    async def insert_task(self, row: TaskRow) -> None:
+    async def insert_task(self, row: TaskRow,
+                          idempotency: IdempotencyRecord | None = None) -> None:
+        """Insert a new task; with `idempotency`, its key too, in the same
+        transaction: when the owner holds that key already (a live one), nothing is
+        inserted and IdempotencyKeyTaken says which task holds it. Keys past
+        IDEMPOTENCY_TTL_SECONDS are purged here."""
         values = [json.dumps(v) if k == "params" else v
                   for k, v in zip(TASK_COLUMNS, attrs.astuple(row, recurse=False))]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> IdempotencyRecord | None:
+            if idempotency is not None:
+                conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?",
+                             (idempotency.created_at - IDEMPOTENCY_TTL_SECONDS,))
+                taken = conn.execute(
+                    "INSERT INTO idempotency_keys (owner, key, body_hash, task_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING",
+                    attrs.astuple(idempotency)).rowcount == 0
+                if taken:  # checked before the task: a lost race inserts nothing
+                    held = conn.execute("SELECT * FROM idempotency_keys WHERE owner = ? AND "
+                                        "key = ?", (idempotency.owner, idempotency.key)).fetchone()
+                    return IdempotencyRecord(**dict(held))
             conn.execute(INSERT_TASK, values)
+            return None
 
         try:
-            await self.writer.write(op)
+            existing = await self.writer.write(op)
         except sqlite3.IntegrityError as exc:
             raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
+        if existing is not None:
+            raise IdempotencyKeyTaken(existing)
+
+    async def find_idempotency_key(self, owner: str, key: str,
+                                   now: float) -> IdempotencyRecord | None:
+        """The owner's live record of `key` (not older than IDEMPOTENCY_TTL_SECONDS)."""
+
+        def query(conn: sqlite3.Connection) -> IdempotencyRecord | None:
+            row = conn.execute("SELECT * FROM idempotency_keys WHERE owner = ? AND key = ? "
+                               "AND created_at >= ?",
+                               (owner, key, now - IDEMPOTENCY_TTL_SECONDS)).fetchone()
+            return IdempotencyRecord(**dict(row)) if row is not None else None
+
+        return await self.read(query)
 
     async def health(self) -> StoreHealth:
         return self.writer.health()

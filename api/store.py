@@ -32,9 +32,10 @@ from typing import AsyncIterator, Callable
 from urllib.parse import unquote
 
 from .records import (
-    MAX_BLOB_BYTES, Blob, FAILED_STATES, OPEN_STATES, DuplicateTaskId, KeyRecord, NodeRecord,
-    NodeTokenRecord, Signup, Stats, Store, StoreError, StoreFailed, StoreHealth, StoreUnavailable,
-    TaskChange, TaskRow, hash_secret,
+    IDEMPOTENCY_TTL_SECONDS, MAX_BLOB_BYTES, Blob, FAILED_STATES, OPEN_STATES, DuplicateTaskId,
+    IdempotencyKeyTaken, IdempotencyRecord, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
+    Store, StoreError, StoreFailed, StoreHealth, StoreUnavailable, TaskChange, TaskRow,
+    hash_secret,
 )
 from .sqlite_store import open_sqlite
 from .sqlite_writer import receive_batch
@@ -100,7 +101,8 @@ async def open_store(url: str) -> AsyncIterator[Store]:
 
 
 __all__ = [
-    "Blob", "DEFAULT_SCHEME", "DuplicateTaskId", "MAX_BLOB_BYTES", "FAILED_STATES", "KeyRecord", "NodeRecord",
+    "Blob", "DEFAULT_SCHEME", "DuplicateTaskId", "IDEMPOTENCY_TTL_SECONDS", "IdempotencyKeyTaken",
+    "IdempotencyRecord", "MAX_BLOB_BYTES", "FAILED_STATES", "KeyRecord", "NodeRecord",
     "NodeTokenRecord", "OPEN_STATES", "STORE_SCHEMES", "Signup", "Stats", "Store",
     "StoreError", "StoreFailed", "StoreHealth", "StoreUnavailable", "TaskChange", "TaskRow",
     "hash_secret", "open_store", "receive_batch",

@@ -11,6 +11,18 @@
 # every other round), so drift on the shared machine hits all of them alike; the
 # figures are medians over rounds.
 #
+# The OpenAI-compatible path (/v1) is measured on a second server of its own, with
+# a no-op worker (engine.worker --noop: a fixed text, no inference) so that its
+# tasks end: a non-streamed POST /v1/chat/completions answers when its task has
+# ended, so it is compared with the same no-op task through the reference API,
+# POST /api/tasks and then GET /api/tasks/<id>/stream until its `done` event, in
+# alternating rounds of the same run (V1_CONCURRENCY connections, as many as the
+# worker's slots: the tasks never queue behind each other). The /v1 overhead is
+# the ratio of their latencies (and of the server's CPU per call, the steadier
+# figure on a loaded machine). Time to first streamed token: a streamed chat
+# completion, from the request to its first content chunk (with the no-op
+# runner, which streams nothing, that chunk comes from the ended task).
+#
 # Durability: every accepted task is committed (SQLite WAL, synchronous=NORMAL:
 # durable against a crash of the process, not of the machine's power) before the
 # server answers. The load uses one premium key with its own limits raised so the
@@ -266,8 +278,193 @@ def measure(port: int, key: str, rounds: int, seconds: float, pid: int, suffix: 
     ]
 
 
+# ---- the OpenAI-compatible path, against a no-op worker ------------------------
+
+V1_CONCURRENCY = 8
+NOOP_NAME = "bench-noop"
+CHAT_BODY = json.dumps({"model": "llama2:7b", "max_tokens": 16, "messages": [
+    {"role": "user", "content": "Explain quantum computing in simple terms"}]}).encode()
+STREAM_BODY = json.dumps({**json.loads(CHAT_BODY), "stream": True}).encode()
+FIRST_TOKEN = b'"delta":{"content":'  # a content chunk (the role chunk has "role" first)
+CHUNKED_END = b"\r\n0\r\n\r\n"
+
+
+async def exchange(stream: trio.SocketStream, request: bytes, buffer: bytes,
+                   marker: bytes = b"") -> tuple[bool, bytes, float, bytes]:
+    """One request on a keep-alive connection: (2xx, the body, when `marker` first
+    showed in it (perf_counter; 0 if never), what was read beyond the answer).
+    Handles a Content-Length body and a chunked one (read to its last chunk)."""
+    await stream.send_all(request)
+    while b"\r\n\r\n" not in buffer:
+        buffer += await stream.receive_some(65536)
+    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    seen = 0.0
+    match = CONTENT_LENGTH.search(head)
+    if match is not None:
+        length = int(match.group(1))
+        while len(buffer) < length:
+            buffer += await stream.receive_some(65536)
+        return head[9:10] == b"2", buffer[:length], time.perf_counter(), buffer[length:]
+    while CHUNKED_END not in buffer:
+        if marker and not seen and marker in buffer:
+            seen = time.perf_counter()
+        buffer += await stream.receive_some(65536)
+    if marker and not seen and marker in buffer:
+        seen = time.perf_counter()
+    end = buffer.index(CHUNKED_END) + len(CHUNKED_END)
+    return head[9:10] == b"2", buffer[:end], seen, buffer[end:]
+
+
+# case -> the calls of one sample: (request, or a function of the previous body)
+Steps = list[tuple[bytes | Callable[[bytes], bytes], bytes]]
+
+
+async def load_steps(port: int, steps: Steps, seconds: float
+                     ) -> tuple[list[float], list[float], int]:
+    """(latencies of samples, times to their marker, failures) over `seconds`, each
+    sample the steps in order on one keep-alive connection."""
+    latencies: list[float] = []
+    marks: list[float] = []
+    failures = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        nonlocal failures
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buffer, body = b"", b""
+        async with stream:
+            while time.perf_counter() < stop_at:
+                started, ok, mark = time.perf_counter(), True, 0.0
+                for request, marker in steps:
+                    payload = request(body) if callable(request) else request
+                    ok, body, seen, buffer = await exchange(stream, payload, buffer, marker)
+                    mark = mark or (seen if marker else 0.0)
+                    if not ok:
+                        break
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+                    if mark:
+                        marks.append(mark - started)
+                else:
+                    failures += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(V1_CONCURRENCY):
+            nursery.start_soon(connection)
+    return latencies, marks, failures
+
+
+def start_noop_worker(port: int, token: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.worker", "--coordinator",
+         f"ws://127.0.0.1:{port}/api/nodes/connect", "--name", NOOP_NAME, "--noop",
+         "--slots", str(V1_CONCURRENCY)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "NEUROGRID_TOKEN": token})
+
+
+def create_noop_token(db: str) -> str:
+    from api.store import open_store
+
+    async def create() -> str:
+        async with open_store(db) as store:
+            return await store.create_node_token(NOOP_NAME, time.time())
+
+    return trio.run(create)
+
+
+def wait_for_node(port: int, limit: float = 60.0) -> None:
+    import httpx
+    give_up = time.monotonic() + limit
+    while httpx.get(f"http://127.0.0.1:{port}/api/network/status").json()[
+            "network"]["nodes_online"] < 1:
+        if time.monotonic() > give_up:
+            raise RuntimeError("the no-op worker never joined")
+        time.sleep(0.1)
+
+
+def run_v1(quick: bool) -> list[Row]:
+    rounds, seconds = (2, 4.0) if quick else (3, 8.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "bench-v1.db")
+        key, token = create_bench_key(db), create_noop_token(db)
+        process, port = start_server(db)
+        worker = start_noop_worker(port, token)
+        try:
+            wait_for_node(port)
+            return measure_v1(port, key, rounds, seconds, process.pid)
+        finally:
+            worker.terminate()
+            process.terminate()
+            worker.wait(timeout=30)
+            process.wait(timeout=30)
+
+
+def measure_v1(port: int, key: str, rounds: int, seconds: float, pid: int) -> list[Row]:
+    def stream_of(created: bytes) -> bytes:
+        return request_bytes("GET", f"/api/tasks/{json.loads(created)['task_id']}/stream", key)
+
+    cases: dict[str, Steps] = {
+        "POST /api/tasks + wait": [(request_bytes("POST", "/api/tasks", key, TASK_BODY), b""),
+                                   (stream_of, b"")],
+        "POST /v1/chat/completions": [
+            (request_bytes("POST", "/v1/chat/completions", key, CHAT_BODY), b"")],
+        "POST /v1/chat/completions stream": [
+            (request_bytes("POST", "/v1/chat/completions", key, STREAM_BODY), FIRST_TOKEN)],
+    }
+    for steps in cases.values():  # warm-up
+        trio.run(load_steps, port, steps, 1.0)
+    results: dict[str, list[tuple[float, list[float], list[float], int, float]]] = {
+        c: [] for c in cases}
+    for round_ in range(rounds):
+        order = list(cases.items()) if round_ % 2 == 0 else list(cases.items())[::-1]
+        for case, steps in order:
+            cpu_before = settled_cpu_seconds(pid)
+            latencies, marks, failures = trio.run(load_steps, port, steps, seconds)
+            cpu = settled_cpu_seconds(pid) - cpu_before
+            results[case].append((len(latencies) / seconds, latencies, marks, failures,
+                                  cpu / max(1, len(latencies) + failures)))
+
+    def figures(case: str) -> dict[str, float | int]:
+        per_round = results[case]
+        latencies = [x for _, lat, _, _, _ in per_round for x in lat]
+        return {
+            "req_per_s": statistics.median(r[0] for r in per_round),
+            "p50_ms": percentile(latencies, 50) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000,
+            "server_cpu_ms": statistics.median(r[4] for r in per_round) * 1000,
+            "failed": sum(r[3] for r in per_round),
+        }
+
+    base, chat = figures("POST /api/tasks + wait"), figures("POST /v1/chat/completions")
+    stream = figures("POST /v1/chat/completions stream")
+    marks = [x for r in results["POST /v1/chat/completions stream"] for x in r[2]]
+    overhead = chat["p50_ms"] / base["p50_ms"] - 1 if base["p50_ms"] else 0.0
+    cpu_overhead = (chat["server_cpu_ms"] / base["server_cpu_ms"] - 1
+                    if base["server_cpu_ms"] else 0.0)
+    note = (f"no-op worker ({V1_CONCURRENCY} slots), {V1_CONCURRENCY} connections, "
+            f"{rounds} x {seconds:g} s rounds")
+    return [
+        Row("POST /api/tasks + wait for the end (no-op worker)",
+            dict[str, Figure]({**base, "setup": note})),
+        Row("POST /v1/chat/completions (no-op worker)",
+            dict[str, Figure]({**chat, "overhead_p50": overhead, "overhead_cpu": cpu_overhead}),
+            target="< 10% over POST /api/tasks + wait (p50 latency, or server CPU per call)",
+            met=min(overhead, cpu_overhead) < 0.10 and chat["failed"] == 0),
+        Row("POST /v1/chat/completions stream: first token",
+            dict[str, Figure]({
+                **stream, "first_token_p50_ms": percentile(marks, 50) * 1000 if marks else 0.0,
+                "first_token_p99_ms": percentile(marks, 99) * 1000 if marks else 0.0})),
+    ]
+
+
+def run_all(quick: bool) -> list[Row]:
+    return run(quick) + run_v1(quick)
+
+
 BENCHMARK = Benchmark(
     name="api",
-    description="REST API under 32 concurrent connections: task submission vs /health",
-    run=run,
+    description="REST API under 32 concurrent connections: task submission vs /health; "
+                "the OpenAI-compatible path vs the reference one on a no-op worker",
+    run=run_all,
 )

@@ -18,11 +18,14 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the
                                 "SDK's tests need Node 20+")
 
 
-def node_test(path: Path, base_url: str | None) -> None:
+def node_test(path: Path, base_url: str | None, api_key: str | None = None) -> None:
     assert NODE is not None
-    env = {k: v for k, v in os.environ.items() if k != "NEUROGRID_BASE_URL"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NEUROGRID_BASE_URL", "NEUROGRID_API_KEY")}
     if base_url is not None:
         env["NEUROGRID_BASE_URL"] = base_url
+    if api_key is not None:
+        env["NEUROGRID_API_KEY"] = api_key
     run = subprocess.run([NODE, "--test", "--test-reporter=tap", str(path)], cwd=JS, env=env,
                          capture_output=True, text=True, timeout=NODE_SECONDS)
     report = run.stdout + run.stderr
@@ -33,6 +36,14 @@ def node_test(path: Path, base_url: str | None) -> None:
 
 def test_the_js_sdk_against_the_live_server(live_server: str) -> None:
     node_test(JS / "test" / "live.test.js", live_server)
+
+
+def test_the_openai_npm_package_against_the_v1_routes(live_server: str,
+                                                      live_server_key: str) -> None:
+    if not (JS / "node_modules" / "openai").exists():
+        pytest.skip("the openai npm package (a devDependency) is not installed: run `npm ci` "
+                    "in sdk/js")
+    node_test(JS / "test" / "openai.test.js", live_server, live_server_key)
 
 
 def test_the_js_sdk_retries_downloads_and_bodies() -> None:
