@@ -111,8 +111,9 @@ async def nodes_create(store: Store, args: argparse.Namespace) -> int:
     token = await store.create_node_token(args.name, time.time())
     print(f"worker token for node_{args.name} (any earlier token of this name stops working):")
     print(token)
-    print(f"run: neurogrid worker --coordinator ws://HOST:PORT/api/nodes/connect --token {token}",
-          file=sys.stderr)
+    print(f"run: neurogrid worker --coordinator ws://HOST:PORT/api/nodes/connect --token {token}"
+          "\n(it serves every model this machine has weights for; --model NAME=DIR serves "
+          "your own export)", file=sys.stderr)
     return 0
 
 
