@@ -17,7 +17,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import attrs
 
@@ -27,12 +27,35 @@ Figure = float | int | str
 POSTGRES_VARIABLE = "NEUROGRID_BENCH_POSTGRES"
 
 
+def plain(value: object) -> Figure:
+    """A figure as a plain int, float or str (numpy scalars have `.item()`)."""
+    item = getattr(value, "item", None)
+    result = item() if callable(item) else value
+    if isinstance(result, bool):
+        return int(result)
+    if isinstance(result, (int, float, str)):
+        return result
+    return str(result)
+
+
+def plain_figures(figures: Mapping[str, object]) -> dict[str, Figure]:
+    return {name: plain(value) for name, value in figures.items()}
+
+
+def plain_verdict(met: object) -> bool | None:
+    return None if met is None else bool(met)
+
+
 @attrs.frozen
 class Row:
+    """One line of a benchmark's table. Figures and the verdict are kept as plain
+    Python values (a numpy scalar computed by a benchmark becomes its Python twin),
+    so the report is always valid JSON."""
+
     case: str
-    figures: dict[str, Figure]
+    figures: dict[str, Figure] = attrs.field(converter=plain_figures)
     target: str = ""  # the target in words, e.g. ">= 100,000 decisions/s"
-    met: bool | None = None  # None: no target for this row
+    met: bool | None = attrs.field(default=None, converter=plain_verdict)
 
 
 @attrs.frozen
