@@ -17,7 +17,9 @@
 # The registry that turns a model name into a loaded runner is registry.py.
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -31,6 +33,7 @@ __all__ = [
     "ProgressCallback",
     "RunResult",
     "StopCheck",
+    "read_json_object",
 ]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -44,6 +47,20 @@ class InvalidTaskInput(ValueError):
 
 class ModelLoadError(RuntimeError):
     """This node cannot load or serve the model (missing files, bad export, no device)."""
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in a model directory's file, {} when the file is absent;
+    ModelLoadError when it is unreadable or not an object."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return value
 
 
 @attrs.frozen

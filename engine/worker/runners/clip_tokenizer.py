@@ -17,7 +17,6 @@
 #   ModelLoadError naming the file.
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from engine.worker.runners.base import ModelLoadError
+from engine.worker.runners.base import ModelLoadError, read_json_object
 
 __all__ = [
     "BOS_TOKEN",
@@ -88,18 +87,6 @@ class ClipTokenizer:
         """Prompt tokens (without bos/eos), before truncation."""
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`, {} when the file is absent; ModelLoadError when unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return value
 
 
 def _token(settings: Mapping[str, Any], key: str, default: str) -> str:

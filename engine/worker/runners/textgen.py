@@ -47,7 +47,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import time
@@ -67,6 +66,7 @@ from engine.worker.runners.base import (
     FinishReason,
     InvalidTaskInput,
     ModelLoadError,
+    read_json_object,
     ProgressCallback,
     RunResult,
     StopCheck,
@@ -229,17 +229,6 @@ class _Detokenizer:
         return self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return value
-
 
 def _eos_ids(generation: Mapping[str, Any], config: Mapping[str, Any], tokenizer: Tokenizer) -> frozenset[int]:
     configured: frozenset[int] = frozenset()
@@ -348,9 +337,9 @@ class TextGenRunner:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise ModelLoadError(f"{where}: cannot load {tokenizer_path}: {exc}") from exc
-        config = _read_json(self.model_dir / "config.json")
-        generation = _read_json(self.model_dir / "generation_config.json")
-        chat = ChatTemplate.load(self.model_dir, _read_json(self.model_dir / "tokenizer_config.json"))
+        config = read_json_object(self.model_dir / "config.json")
+        generation = read_json_object(self.model_dir / "generation_config.json")
+        chat = ChatTemplate.load(self.model_dir, read_json_object(self.model_dir / "tokenizer_config.json"))
         session = open_session(model_path, choose_providers(self.providers_preference))
         specs = session.get_inputs()
         names = [spec.name for spec in specs]

@@ -42,7 +42,6 @@
 # masks). `run` keeps all per-task state in locals, so concurrent runs are safe.
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -58,6 +57,7 @@ from engine.worker.runners.base import (
     FinishReason,
     InvalidTaskInput,
     ModelLoadError,
+    read_json_object,
     ProgressCallback,
     RunResult,
     StopCheck,
@@ -75,17 +75,6 @@ PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _KNOWN_INPUTS = frozenset({"input_ids", "encoder_hidden_states", "use_cache_branch"})
 _DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return value
 
 
 @attrs.frozen
@@ -243,8 +232,8 @@ class WhisperRunner:
             raise ModelLoadError(f"{where}: no encoder_model.onnx (a Whisper ONNX export directory is expected)")
         if not (directory / "tokenizer.json").is_file():
             raise ModelLoadError(f"{where}: no tokenizer.json")
-        config = _read_json(directory / "config.json")
-        generation = _read_json(directory / "generation_config.json")
+        config = read_json_object(directory / "config.json")
+        generation = read_json_object(directory / "generation_config.json")
         providers = choose_providers(self.providers_preference)
         encoder = open_session(directory / "encoder_model.onnx", providers)
         features = encoder.get_inputs()[0]
@@ -265,7 +254,7 @@ class WhisperRunner:
             if 0 <= int(token) < vocab:
                 begin[int(token)] = True
         self._encoder, self._decoder, self._tokenizer, self._tokens = encoder, decoder, tokenizer, tokens
-        self._mel = MelSpec.from_preprocessor(_read_json(directory / "preprocessor_config.json"), n_mels)
+        self._mel = MelSpec.from_preprocessor(read_json_object(directory / "preprocessor_config.json"), n_mels)
         self._suppress, self._suppress_begin = suppress, begin
         self._text_context = int(generation.get("max_length", config.get("max_target_positions", 448)))
         self._feature_dtype = _DTYPES.get(features.type, np.float32)
