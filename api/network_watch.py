@@ -10,10 +10,11 @@
 #     one that comes back is online again. `observe` returns the joins and leaves
 #     (the coordinator logs them).
 #   - Activity is a transition listener (transitions.py): it counts the open tasks
-#     per (model, priority, state) and keeps each task that ended in the last hour
-#     (model, node, state, turnaround, cost, the OpenAI reference cost), from which
-#     `minutes` builds per-minute throughput and latency percentiles, and `recent`
-#     the latest tasks. Memory is bounded by the hour's ended tasks (MAX_ENDED).
+#     per (model, priority, state), and, for each minute of the last hour, the
+#     tasks that ended and a bounded sample of the completed ones' turnarounds,
+#     from which `minutes` builds per-minute throughput and latency percentiles; it
+#     keeps the latest tasks for `recent`. Memory is bounded by the window, never
+#     by the traffic.
 #
 # Rules:
 # - Status is a registry: NODE_STATUSES names what a listed node may be; `draining`
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import math
+import random
 from typing import Any
 
 import attrs
@@ -32,7 +34,7 @@ from .transitions import TaskTransition
 
 KEEP_OFFLINE_SECONDS = 3600.0  # a node that left is listed as offline this long
 WINDOW_SECONDS = 3600.0  # the dashboard's charts: the last hour
-MAX_ENDED = 200_000  # ended tasks kept for the charts, at most
+SAMPLES_PER_MINUTE = 500  # completed tasks' turnarounds kept a minute for the percentiles
 RECENT_TASKS = 20
 NODE_STATUSES = ("online", "draining", "offline")
 
@@ -91,15 +93,36 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
+@attrs.define
+class Minute:
+    """One minute of ended tasks: counts, and a bounded sample of the completed
+    tasks' turnarounds (for the percentiles)."""
+
+    index: int  # floor(time / 60)
+    ended: int = 0
+    completed: int = 0
+    samples: list[float] = attrs.field(factory=list)
+
+
 class Activity:
     """A transition listener: open tasks per model, priority and state; the last
-    hour's ended tasks."""
+    hour's ended tasks, minute by minute; the most recent ones.
 
-    def __init__(self, window_seconds: float = WINDOW_SECONDS, max_ended: int = MAX_ENDED) -> None:
+    Memory is bounded by the window, never by the traffic: at most one `Minute` a
+    minute of the window, each holding at most SAMPLES_PER_MINUTE turnarounds
+    (reservoir-sampled with a seeded generator, so a busy minute's percentiles are
+    an unbiased estimate), and RECENT_TASKS tasks. A dashboard read is O(window
+    minutes x samples), whatever the rate of tasks."""
+
+    def __init__(self, window_seconds: float = WINDOW_SECONDS,
+                 samples_per_minute: int = SAMPLES_PER_MINUTE) -> None:
         self.window_seconds = window_seconds
-        self.ended: collections.deque[EndedTask] = collections.deque(maxlen=max_ended)
+        self.samples_per_minute = samples_per_minute
+        self.by_minute: collections.deque[Minute] = collections.deque()
+        self.latest: collections.deque[EndedTask] = collections.deque(maxlen=RECENT_TASKS)
         self._state: dict[str, tuple[str, str, str]] = {}  # task -> (model, priority, state)
         self.open_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self._rng = random.Random(0)
 
     def __call__(self, t: TaskTransition) -> None:
         before = self._state.pop(t.task_id, None)
@@ -108,18 +131,36 @@ class Activity:
             if self.open_counts[before] <= 0:
                 del self.open_counts[before]
         if t.final:
-            self.ended.append(EndedTask(
+            task = EndedTask(
                 t.task_id, t.model, t.priority, t.status, t.at, t.node_id, t.node_gpu,
                 t.node_location, t.turnaround_seconds or 0.0, t.cost or 0.0,
-                t.openai_cost or 0.0))
+                t.openai_cost or 0.0)
+            self.latest.append(task)
+            self._count(task)
         else:
             key = (t.model, t.priority, t.status)
             self._state[t.task_id] = key
             self.open_counts[key] += 1
 
+    def _count(self, task: EndedTask) -> None:
+        index = int(task.at // 60)
+        if not self.by_minute or self.by_minute[-1].index < index:
+            self.by_minute.append(Minute(index))
+        minute = self.by_minute[-1]  # (a late transition counts in the current minute)
+        minute.ended += 1
+        if task.status == "completed":
+            minute.completed += 1
+            if len(minute.samples) < self.samples_per_minute:
+                minute.samples.append(task.seconds)
+            else:  # reservoir sampling: each completed task kept with equal chance
+                slot = self._rng.randrange(minute.completed)
+                if slot < self.samples_per_minute:
+                    minute.samples[slot] = task.seconds
+
     def prune(self, now: float) -> None:
-        while self.ended and now - self.ended[0].at > self.window_seconds:
-            self.ended.popleft()
+        oldest = int((now - self.window_seconds) // 60)
+        while self.by_minute and self.by_minute[0].index <= oldest:
+            self.by_minute.popleft()
 
     def queue(self) -> dict[str, dict[str, int]]:
         """model -> priority -> tasks queued."""
@@ -136,19 +177,20 @@ class Activity:
         slots = int(self.window_seconds // 60)
         start = now - slots * 60
         ended: list[int] = [0] * slots
+        completed: list[int] = [0] * slots
         latencies: list[list[float]] = [[] for _ in range(slots)]
-        for task in self.ended:
-            index = min(slots - 1, max(0, int((task.at - start) // 60)))
-            ended[index] += 1
-            if task.status == "completed":
-                latencies[index].append(task.seconds)
+        for minute in self.by_minute:
+            index = min(slots - 1, max(0, int((minute.index * 60 + 30 - start) // 60)))
+            ended[index] += minute.ended
+            completed[index] += minute.completed
+            latencies[index].extend(minute.samples)
         out = []
         for index in range(slots):
             values = sorted(latencies[index])
             out.append({
                 "t": start + 60 * (index + 1),
                 "ended": ended[index],
-                "completed": len(values),
+                "completed": completed[index],
                 "p50": percentile(values, 0.5) if values else None,
                 "p95": percentile(values, 0.95) if values else None,
                 "p99": percentile(values, 0.99) if values else None,
@@ -156,19 +198,17 @@ class Activity:
         return out
 
     def recent(self, count: int = RECENT_TASKS) -> list[EndedTask]:
-        return list(self.ended)[-count:][::-1]
+        return list(self.latest)[-count:][::-1]
 
     def hour_totals(self) -> dict[str, Any]:
-        completed = sorted(t.seconds for t in self.ended if t.status == "completed")
+        samples = sorted(v for minute in self.by_minute for v in minute.samples)
         return {
-            "ended": len(self.ended),
-            "completed": len(completed),
-            "p50": percentile(completed, 0.5) if completed else None,
-            "p95": percentile(completed, 0.95) if completed else None,
-            "p99": percentile(completed, 0.99) if completed else None,
+            "ended": sum(minute.ended for minute in self.by_minute),
+            "completed": sum(minute.completed for minute in self.by_minute),
+            "p50": percentile(samples, 0.5) if samples else None,
+            "p95": percentile(samples, 0.95) if samples else None,
+            "p99": percentile(samples, 0.99) if samples else None,
         }
-
-
 
 
 WATCH_KEY = "neurogrid.watch"  # app.extensions key
@@ -188,6 +228,6 @@ class NetworkWatch:
         return self.roster.offline()
 
 
-__all__ = ["Activity", "EndedTask", "GoneNode", "KEEP_OFFLINE_SECONDS", "NODE_STATUSES",
+__all__ = ["Activity", "EndedTask", "Minute", "GoneNode", "KEEP_OFFLINE_SECONDS", "NODE_STATUSES",
            "NetworkWatch", "NodeRoster", "WATCH_KEY", "WATCH_SECONDS", "WINDOW_SECONDS",
            "percentile"]

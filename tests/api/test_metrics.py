@@ -88,3 +88,18 @@ async def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
     assert value(other, "neurogrid_http_request_duration_seconds",
                  "neurogrid_http_request_duration_seconds_count", method="GET",
                  route="/unmatched", status="404") == 0
+
+
+def test_the_dashboard_activity_is_bounded_by_the_window_not_the_traffic() -> None:
+    from api.network_watch import RECENT_TASKS, Activity
+    from api.transitions import TaskTransition
+
+    activity = Activity(samples_per_minute=50)
+    for i in range(5_000):  # 50 seconds of 100 tasks a second
+        activity(TaskTransition(f"t{i}", "llama2:7b", "standard", "completed", 1_000.0 + i / 100,
+                                True, turnaround_seconds=float(i % 100)))
+    assert sum(m.ended for m in activity.by_minute) == 5_000  # every task counted
+    assert all(len(m.samples) <= 50 for m in activity.by_minute)  # a bounded sample
+    assert len(activity.recent()) == RECENT_TASKS
+    totals = activity.hour_totals()
+    assert totals["completed"] == 5_000 and 30 <= totals["p50"] <= 70
