@@ -10,7 +10,7 @@
 #   (its signature and IHDR size checked against what the node claims) and fit
 #   MAX_BLOB_BYTES, else the task's result is an error saying so.
 # - Audio from a client is kept as it came (WAV, FLAC, MP3, OGG) in the task's
-#   `input.audio` file and goes to the worker in the assign frame's input as base64.
+#   `input.audio` file (input_blob) and goes to the worker in the assign frame's input as base64.
 #   Its length in seconds is measured here, from the decoded file, and that is what
 #   the task is sized and metered by (not a number the client sends).
 from __future__ import annotations
@@ -29,12 +29,11 @@ from .records import MAX_BLOB_BYTES, Blob
 from .validation import MAX_UPLOAD_BYTES, InvalidRequest, TaskRequest
 
 __all__ = [
-    "AUDIO_BLOB", "IMAGE_BLOB", "ImageResult", "MediaError", "decode_base64", "image_path",
+    "IMAGE_BLOB", "ImageResult", "MediaError", "decode_base64", "image_path",
     "image_result", "input_blob", "input_files", "measure_audio", "task_inputs",
 ]
 
 IMAGE_BLOB = "image.png"
-AUDIO_BLOB = "input.audio"  # = input_blob("audio")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -124,7 +123,7 @@ async def input_files(task: TaskRequest) -> tuple[TaskRequest, tuple[Blob, ...]]
         raise InvalidRequest("The 'audio' field holds no sound (0 seconds)")
     fields = {k: v for k, v in task.fields.items() if k != "audio"}
     fields["audio_seconds"] = round(seconds, 3)
-    return attrs.evolve(task, fields=fields), (Blob(AUDIO_BLOB, "application/octet-stream", data),)
+    return attrs.evolve(task, fields=fields), (Blob(input_blob("audio"), "application/octet-stream", data),)
 
 
 async def task_inputs(store: Any, task_id: str, model: str, prompt: str) -> dict[str, Any]:

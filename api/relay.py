@@ -168,10 +168,12 @@ class Dispatcher:
                 continue
             for row in rows:
                 self._waiting.discard(row.id)
+            # the inputs (a task's files) are read before the clock starts: on_dispatch
+            # times the trip to the coordinator (placement), not the store
+            batch = [(task_spec(row), await task_inputs(self.store, row.id, row.model, row.prompt),
+                      row.params) for row in rows]
             started = time.perf_counter()
-            outcomes = await self.coordinator.submit_many(
-                [(task_spec(row), await task_inputs(self.store, row.id, row.model, row.prompt),
-                  row.params) for row in rows])
+            outcomes = await self.coordinator.submit_many(batch)
             if self.on_dispatch is not None:
                 self.on_dispatch(len(rows), time.perf_counter() - started)
             for row, outcome in zip(rows, outcomes):
