@@ -32,7 +32,9 @@ if ! pg_lsclusters --no-header | awk '{print $1 "/" $2}' | grep -qx "$VERSION/$C
 fi
 PORT="$(pg_conftool -s "$VERSION" "$CLUSTER" show port)"
 if ! pg_ctlcluster "$VERSION" "$CLUSTER" status >/dev/null 2>&1; then
-    pg_ctlcluster "$VERSION" "$CLUSTER" start
+    # 3>&-: the server must not inherit the URL's pipe, or the caller's $(...)
+    # waits for it to exit (a CI run hung here for its whole time limit)
+    pg_ctlcluster "$VERSION" "$CLUSTER" start 3>&- </dev/null
 fi
 for _ in $(seq 50); do  # until it accepts connections
     pg_isready -q -h 127.0.0.1 -p "$PORT" && break
