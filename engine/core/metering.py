@@ -35,10 +35,13 @@
 #     - with no tokenizer for the node's weights (counts None) tokens and prompt
 #       tokens are the node's, only bounded as usage_problem bounds them, and
 #       `metered_by` says so: METERED_BY_NODE, else METERED_BY_COORDINATOR;
-#     - seconds: at most `elapsed`, the run as the coordinator timed it itself. The
-#       charge bound (below) holds them to what the node's measured speed allows
-#       (speed.py): with SchedulerConfig.measured_speed the quote that bounds the
-#       charge is the node's measured class's.
+#     - seconds: at most max(elapsed, `speed_bound`), where elapsed is the run as
+#       the coordinator timed it itself and speed_bound what the node's measured
+#       speed allows for the task (speed.speed_seconds: the work at its measured
+#       pace, x SPEED_SLACK); a node not measured yet for the model (speed_bound
+#       None) is held only by usage_problem (elapsed + SECONDS_ALLOWANCE). An honest
+#       node's seconds, inside our timing, are never cut. The charge bound (below)
+#       then holds the charge to 2 x the quote of the node's measured class.
 #   count_problem(reported, counts) -> "" or why the node's own token count cannot
 #     be its output's: more than COUNT_MISMATCH x the coordinator's count +
 #     COUNT_ALLOWANCE (an honest count differs by special tokens that the text
@@ -75,6 +78,7 @@ SECONDS_ALLOWANCE = 5.0
 UNMETERED_CAP = 10_000_000
 PACE_WEIGHT = 0.2  # weight of the latest run in a node's measured pace
 COUNT_MISMATCH = 2.0  # a node's token count over the coordinator's (count_problem)
+SPEED_SLACK = 1.25  # seconds a node may bill beyond our timing: its measured pace x this
 METERED_BY_COORDINATOR = "coordinator"  # every priced figure counted by the coordinator
 METERED_BY_NODE = "node, bounded"  # the node's counts, held to the task's size
 
@@ -124,13 +128,16 @@ def usage_problem(spec: TaskSpec, usage: Usage, elapsed: float) -> str:
     return ""
 
 
-def metered_usage(spec: TaskSpec, reported: Usage, elapsed: float,
-                  counts: Counts | None) -> tuple[Usage, str]:
+def metered_usage(spec: TaskSpec, reported: Usage, elapsed: float, counts: Counts | None,
+                  speed_bound: float | None = None) -> tuple[Usage, str]:
     """The usage a run of `spec` is billed and shown by (see the top comment), and
     which way it was metered. `reported` has passed usage_problem."""
     model = MODELS.get(spec.model)
     metered = model.kind.usage_fields if model is not None else ()
-    changes: dict[str, Any] = {"seconds": min(reported.seconds, max(elapsed, 0.0))}
+    seconds = reported.seconds
+    if speed_bound is not None:
+        seconds = min(seconds, max(elapsed, speed_bound * SPEED_SLACK))
+    changes: dict[str, Any] = {"seconds": seconds}
     if "steps" in metered:
         changes["steps"] = spec.steps
     if "audio_seconds" in metered:
@@ -171,5 +178,5 @@ def next_pace(pace: float, expected: float, elapsed: float) -> float:
 
 __all__ = ["COUNT_ALLOWANCE", "COUNT_MISMATCH", "COUNT_SLACK", "Counts", "METERED_BY_COORDINATOR",
            "METERED_BY_NODE", "PROMPT_ALLOWANCE", "PROMPT_SLACK", "SECONDS_ALLOWANCE",
-           "SECONDS_SLACK", "UNMETERED_CAP", "count_problem", "metered_usage", "next_pace",
+           "SECONDS_SLACK", "SPEED_SLACK", "UNMETERED_CAP", "count_problem", "metered_usage", "next_pace",
            "run_bound", "usage_problem"]

@@ -93,6 +93,11 @@ def service_seconds(elapsed: float, latency: float, cold_seconds: float) -> floa
     return elapsed - latency - cold_seconds
 
 
+def speed_seconds(claimed_gpu: str, model: str, work: float, pace: float) -> float:
+    """Seconds of service a node of measured `pace` needs for `work` of `model`."""
+    return work * pace / gpu_rate(claimed_gpu, model)
+
+
 def round_rate(rate: float) -> float:
     """`rate` rounded to a quarter-octave step (class keys; see the top comment)."""
     steps = RATE_STEPS_PER_OCTAVE
@@ -147,4 +152,5 @@ def measured_speeds(claimed_gpu: str, price_per_hour: float, paces: Mapping[str,
 
 __all__ = ["CLAIM_TOLERANCE", "ClassTerms", "MAX_PACE", "MEASURED_GPU", "MIN_PACE",
            "MeasuredSpeed", "RATE_STEPS_PER_OCTAVE", "claim_contradicted", "class_terms",
-           "matched_gpu", "measured_pace", "measured_speeds", "round_rate", "service_seconds"]
+           "matched_gpu", "measured_pace", "measured_speeds", "round_rate", "service_seconds",
+           "speed_seconds"]

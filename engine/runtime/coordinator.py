@@ -50,7 +50,8 @@
 # - The usage that enters the core is metered here, not taken from the node
 #   (metering.metered_usage): tokens counted with the model's tokenizer (meter.py,
 #   found by the weights the node announced), steps and audio seconds from the task,
-#   seconds at most the run as this clock timed it; a node count its output cannot
+#   seconds at most what its measured speed allows beyond the run as this clock
+#   timed it; a node count its output cannot
 #   hold (metering.count_problem) is a fault like impossible usage. The completed
 #   update says who metered it (`metered_by`).
 # - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
@@ -75,6 +76,7 @@ from engine.core import (
     Tick, WakeAt, openai_cost, usage_problem,
 )
 from engine.core.metering import count_problem, metered_usage
+from engine.core.speed import speed_seconds
 from engine.protocol import (
     PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
@@ -444,10 +446,20 @@ class Coordinator:
                 if problem:
                     self._fault(session, task_id, problem)
                     return
-                usage, metered_by = metered_usage(record.spec, usage, elapsed, counts)
+                usage, metered_by = metered_usage(record.spec, usage, elapsed, counts,
+                                                  self._speed_bound(record))
             self._outputs[task_id] = (message.output, message.finish_reason, metered_by)
             self._apply(TaskFinished(task_id, session.node_id, usage))
             self._outputs.pop(task_id, None)  # still here: a stale result
+
+    def _speed_bound(self, record: TaskRecord) -> float | None:
+        """The service seconds the run's node needs for it at its measured speed, or
+        None when it has not been measured for the model (engine/core/speed.py)."""
+        node = self.scheduler.index.nodes.get(record.node_id or "")
+        pace = None if node is None else node.paces.get(record.model)
+        if node is None or pace is None:
+            return None
+        return speed_seconds(node.spec.gpu, record.model, record.work, pace)
 
     def _on_refused(self, session: NodeSession, message: Refused) -> None:
         # the session has answered the frame with `error` already

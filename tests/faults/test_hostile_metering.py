@@ -10,7 +10,7 @@ import trio
 from tokenizers import Tokenizer
 
 from engine.core import TaskSpec, TaskState
-from engine.core.metering import METERED_BY_COORDINATOR, METERED_BY_NODE
+from engine.core.metering import METERED_BY_COORDINATOR, METERED_BY_NODE, SPEED_SLACK
 from engine.protocol import AssignTask, Error, Gpu, Hello
 from engine.worker.packs.defaults import DEMO_WEIGHTS
 from engine.worker.runners.demo_pack import build_tokenizer
@@ -25,24 +25,30 @@ def demo_count(text: str) -> int:
     return len(Tokenizer.from_str(build_tokenizer()).encode(text, add_special_tokens=False).ids)
 
 
+HELD: dict[int, list[str]] = {}  # liar -> the tasks its heartbeats list
+
+
 async def liar_hello(liar: Hostile, token: str, model: str = MODEL,
                      weights: str = DEMO_WEIGHTS) -> None:
+    """Say hello announcing `weights`, then heartbeat (listing what it holds)."""
     await liar.send(Hello(token, Gpu("RTX 4090", 24.0), (model,), 1, name="liar",
-                          weights={model: weights}))
+                          loaded=(model,), weights={model: weights}))
+    held = HELD[id(liar)] = []
+    liar.net.nursery.start_soon(liar.heartbeat_forever, lambda: held)
+    await liar.net.until_nodes(1)
 
 
 async def run_liar(net, liar: Hostile, spec: TaskSpec, busy: float, output: str = OUTPUT,
                    **usage) -> None:
     """Take the task, keep it `busy` virtual seconds, report `usage` for `output`."""
-    held: list[str] = []
-    net.nursery.start_soon(liar.heartbeat_forever, lambda: held)
-    await net.until_nodes(1)
+    held = HELD[id(liar)]
     await net.c.submit(spec, {"prompt": "tell me about the cat"}, {})
     await liar.expect(AssignTask)
     await liar.accept(spec.task_id)
     held.append(spec.task_id)
     await trio.sleep(busy)
     await liar.send(result_text(spec.task_id, output=f'"{output}"', **usage))
+    held.remove(spec.task_id)
 
 
 async def test_inflated_tokens_and_seconds_are_billed_as_the_coordinator_counts(
@@ -51,10 +57,16 @@ async def test_inflated_tokens_and_seconds_are_billed_as_the_coordinator_counts(
     async with open_net(FAST, verify_token=tokens.verify) as net:
         liar = Hostile(net)
         await liar_hello(liar, "tok-liar")
-        spec = TaskSpec("t", MODEL, output_tokens=64, prompt_tokens=6)
         counted = demo_count(OUTPUT)
-        # within every bound of the node's word alone: 30 tokens <= 64 x 1.1 + 16,
-        # 6.9 s <= the 2 s it had the task + 5 s; but not what it did
+        # a first, honest run measures its speed: 64 tokens' work in 2 s
+        await run_liar(net, liar, TaskSpec("t0", MODEL, output_tokens=64), busy=2.0,
+                       tokens=counted, seconds=2.0)
+        await net.until_final("t0")
+        assert net.final("t0").usage.seconds == 2.0  # an honest report stands
+        (measured,) = net.c.snapshot().nodes[0].measured
+        # then a lie within every bound of the node's word alone: 30 tokens <= 64 x
+        # 1.1 + 16, 6.9 s <= the 2 s it had the task + 5 s; but not what it did
+        spec = TaskSpec("t", MODEL, output_tokens=64, prompt_tokens=6)
         await run_liar(net, liar, spec, busy=2.0, tokens=2 * counted - 2, seconds=6.9,
                        prompt_tokens=500)
         await net.until_final("t")
@@ -63,8 +75,12 @@ async def test_inflated_tokens_and_seconds_are_billed_as_the_coordinator_counts(
         assert final.metered_by == METERED_BY_COORDINATOR
         assert final.usage.tokens == counted < 2 * counted - 2
         assert final.usage.prompt_tokens <= demo_count("tell me about the cat") + 512
-        assert final.usage.seconds == pytest.approx(2.0, abs=0.01)  # as we timed it
-        assert final.cost == pytest.approx(PRICE / 3600 * 2.0, rel=0.01)
+        # at most what its measured speed allows beyond our 2 s: 2 s x SPEED_SLACK
+        assert final.usage.seconds == pytest.approx(2.0 * SPEED_SLACK, rel=0.01)
+        # it claimed an RTX 4090 and ran 32 tokens/s: re-classed, at a lower price
+        assert measured.reclassed and measured.price_per_hour < PRICE
+        assert final.cost == pytest.approx(
+            measured.price_per_hour / 3600 * final.usage.seconds, rel=0.01)
 
 
 async def test_a_token_count_the_output_cannot_hold_is_a_fault_and_not_paid(autojump_clock):

@@ -50,10 +50,15 @@ def test_metered_usage_takes_counts_from_the_coordinator_and_seconds_from_its_cl
     from engine.core.metering import (
         METERED_BY_COORDINATOR, PROMPT_ALLOWANCE, Counts, metered_usage,
     )
+    from engine.core.metering import SPEED_SLACK
     reported = Usage(9.0, tokens=20, prompt_tokens=900)
-    usage, by = metered_usage(TEXT, reported, 4.0, Counts(7, 10))
+    usage, by = metered_usage(TEXT, reported, 4.0, Counts(7, 10), speed_bound=2.0)
     assert by == METERED_BY_COORDINATOR
     assert usage == Usage(4.0, tokens=7, prompt_tokens=10 + PROMPT_ALLOWANCE)
+    # beyond our timing by at most what its measured speed allows
+    assert metered_usage(TEXT, reported, 4.0, None, 6.0)[0].seconds == 6.0 * SPEED_SLACK
+    # not measured yet: usage_problem alone holds it (to elapsed + its allowance)
+    assert metered_usage(TEXT, reported, 4.0, None)[0].seconds == 9.0
     honest, _ = metered_usage(TEXT, Usage(0.5, tokens=7, prompt_tokens=40), 1.0, Counts(7, 10))
     assert honest == Usage(0.5, tokens=7, prompt_tokens=40)  # an honest report is kept
     image, by = metered_usage(IMAGE, Usage(1.0, steps=45), 2.0, None)
