@@ -175,6 +175,8 @@ MIGRATIONS: dict[int, list[str]] = {
     PRIMARY KEY (owner, key)
 )""",
         "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)"],
+    # who metered a completed task's usage (engine.core.metering)
+    3: ["ALTER TABLE tasks ADD COLUMN metered_by TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

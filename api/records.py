@@ -107,6 +107,9 @@ class TaskRow:
     model_weights: str | None = None  # the weights that ran, as the node named them
     finish_reason: str | None = None  # why generation ended, as the runner said ("stop", "length")
     prompt_tokens: int = 0  # of tokens_used, those of the prompt (as the node counted them)
+    # who counted the usage it is billed by: "coordinator", or "node, bounded" when the
+    # coordinator had no tokenizer for the node's weights (engine.core.metering)
+    metered_by: str | None = None
     seq: int = 0  # the store's insertion order; 0 before insertion
 
 
@@ -131,6 +134,7 @@ class TaskChange:
     model_weights: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
+    metered_by: str | None = None
 
 
 MAX_BLOB_BYTES = 32 * 1024 * 1024  # one stored file of a task (an image, an audio input)

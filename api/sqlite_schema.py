@@ -147,9 +147,9 @@ END;
 
 
 # Columns added since version 2: column -> its type. A database that lacks one
-# (made before it, or a fresh one: the last two are not in TABLES) gains it.
+# (made before it, or a fresh one: the last three are not in TABLES) gains it.
 ADDED_COLUMNS = {"content_type": "TEXT", "model_weights": "TEXT", "finish_reason": "TEXT",
-                 "prompt_tokens": "INTEGER NOT NULL DEFAULT 0"}
+                 "prompt_tokens": "INTEGER NOT NULL DEFAULT 0", "metered_by": "TEXT"}
 
 
 def connect(path: str) -> sqlite3.Connection:

@@ -159,7 +159,8 @@ def journal_header(scenario: Scenario, policy: str, pricing: str, seed: int) -> 
     `.log` it is that run's journal (engine/core/journal.py)."""
     return JournalHeader(policy, pricing, f"{seed}/scheduler", SchedulerConfig(
         heartbeat_timeout=math.inf, keep_finished=False,
-        region_latency=dict(scenario.region_latency), max_queued=scenario.max_queued))
+        region_latency=dict(scenario.region_latency), max_queued=scenario.max_queued,
+        measured_speed=scenario.measured_speed, check_hardware=scenario.check_hardware))
 
 
 def make_scheduler(scenario: Scenario, policy: str, pricing: str, seed: int) -> Scheduler:

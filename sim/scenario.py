@@ -57,6 +57,9 @@ class NodeGroup:
     mttr: float = 300.0  # mean seconds to repair, exponential
     session_mean: float = math.inf  # churn: mean seconds online before leaving
     away_mean: float = 3600.0  # churn: mean seconds away before coming back
+    # its nodes' real speed as a fraction of the claimed `gpu`'s catalog speed: below
+    # 1 / CLAIM_TOLERANCE a false claim that check_hardware catches (engine/core/speed.py)
+    speed: float = 1.0
 
 
 @attrs.frozen
@@ -103,6 +106,9 @@ class Scenario:
     replications: int = 1
     source: str = "<scenario>"
     scripted_nodes: tuple[ScriptedNode, ...] = ()  # a journal's fleet (replay.py)
+    # the scheduler's measured-speed options (SchedulerConfig; off: the catalog's figures)
+    measured_speed: bool = False
+    check_hardware: bool = False
 
     def evolve(self, **changes: Any) -> Scenario:
         return attrs.evolve(self, **changes)
@@ -325,6 +331,7 @@ _NODE_SCHEMA: dict[str, Parser] = {
     "slots": _integer(1), "price_per_hour": _number(0.0), "vram_gb": _POSITIVE,
     "models": _models, "warm": _boolean,
     "mtbf": _POSITIVE, "mttr": _POSITIVE, "session_mean": _POSITIVE, "away_mean": _POSITIVE,
+    "speed": _POSITIVE,
 }
 
 _WORKLOAD_SCHEMA: dict[str, Parser] = {
@@ -341,6 +348,7 @@ _TOP_SCHEMA: dict[str, Parser] = {
     "pricing": _names(PRICING, "a pricing policy"),
     "service_noise": _number(0.0), "drain_limit": _number(0.0, allow_inf=True),
     "max_queued": _integer(1), "replications": _integer(1),
+    "measured_speed": _boolean, "check_hardware": _boolean,
     "nodes": lambda v, k, c: v, "workload": lambda v, k, c: v,  # checked below
     "network": lambda v, k, c: _table(v, k, c, {"latency": _latency_table}),
 }
@@ -367,6 +375,7 @@ def _node_group(raw: dict[str, Any], key: str, ctx: _Ctx) -> NodeGroup:
         price_per_hour=p.get("price_per_hour"), vram_gb=vram, models=models,
         warm=p.get("warm", True), mtbf=p.get("mtbf", math.inf), mttr=p.get("mttr", 300.0),
         session_mean=p.get("session_mean", math.inf), away_mean=p.get("away_mean", 3600.0),
+        speed=p.get("speed", 1.0),
     )
 
 
@@ -411,6 +420,8 @@ def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>",
         drain_limit=p.get("drain_limit", math.inf), max_queued=p.get("max_queued", 1_000_000),
         region_latency=p.get("network", {}).get("latency", {}),
         replications=p.get("replications", 1), source=source,
+        measured_speed=p.get("measured_speed", False),
+        check_hardware=p.get("check_hardware", False),
     )
 
 

@@ -29,7 +29,10 @@
 # execution timeout (metering.run_bound: the run is taken back, a Requeue, as a
 # fault of its node); earned slots and a cooldown after a fault (standing.py); at
 # most one loss per node per task, none for a reconnect (rejoin_grace); the charge
-# bound (pricing.py). A fault (TaskFaulted, an execution timeout) re-queues the task
+# bound (pricing.py); measured speed and checked hardware claims (speed.py: a
+# completed run, timed on our clock, moves its node to the class its measured speed
+# puts it in, and it is charged at that class's price). A fault (TaskFaulted, an
+# execution timeout) re-queues the task
 # without counting an attempt, like a lost node; max_node_losses fail it as poison.
 #
 # Rules: no I/O, no clocks, no global randomness (rng given at construction); the
@@ -80,7 +83,9 @@ class Scheduler:
         self.tasks: dict[str, TaskRecord] = {}
         self.queues: dict[str, ModelQueue] = {m: ModelQueue() for m in MODELS}
         self.index = NodeIndex(free_list=self.policy.needs_free_list,
-                               load_heap=self.policy.needs_load_heap)
+                               load_heap=self.policy.needs_load_heap,
+                               measured_speed=config.measured_speed,
+                               check_hardware=config.check_hardware)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._seq = 0
         self._ordinal = 0
@@ -237,8 +242,9 @@ class Scheduler:
         if now > node.last_seen:
             node.last_seen = now
         node.tasks_done += 1
-        record.cost = cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
         config = self.config
+        price = record.run_price if config.check_hardware else node.price_per_hour
+        record.cost = cost = charge(price, event.usage.seconds, record.multiplier)
         clamped = False
         if config.charge_cap_factor is not None:
             cap = charge_cap(record.quoted_cost, config.charge_cap_factor,
@@ -249,6 +255,9 @@ class Scheduler:
         if config.initial_slots is not None or config.execution_timeout_factor is not None:
             self._total_slots += self.standing.completed(
                 node, record.expected_seconds, now - record.assigned_at)
+        if self.index.measured:  # speed.py: the run, timed by us, measures the node
+            self.standing.timed(node, record.model, record.work, now - record.assigned_at,
+                                MODELS[record.model].load_seconds if record.run_cold else 0.0)
         self._end(record, TaskState.COMPLETED, now)
         out.append(Complete(task_id, node_id, cost, event.usage, clamped)
                    if clamped else Complete(task_id, node_id, cost, event.usage))
@@ -417,7 +426,7 @@ class Scheduler:
         config = self.config
         # the class it runs in, as placed (before warmth may move it)
         cls = (node.classes[model] if config.execution_timeout_factor is not None
-               or config.charge_cap_factor is not None else None)
+               or config.charge_cap_factor is not None or self.index.measured else None)
         cold = model not in node.loaded
         evicted = node.touch_model(model)
         node.running.add(task_id)
@@ -443,6 +452,7 @@ class Scheduler:
         self._runs += 1
         record.run = self._runs
         record.expected_seconds = cls.completion_seconds(record.work)
+        record.run_price, record.run_cold = cls.price_per_hour, not cls.warm
         record.quoted_cost = charge(cls.price_per_hour, cls.service_seconds(record.work),
                                     record.multiplier)
         factor = config.execution_timeout_factor

@@ -40,6 +40,12 @@ class SchedulerConfig:
     charge_cap_factor: float | None = None  # charge <= max(factor x quote, quote + allowance)
     charge_cap_allowance: float = 0.01  # dollars
     fault_cooldown: float | None = None  # seconds a node takes no new work after a fault
+    # Measured speed (speed.py): quotes and placement from each node's timed runs per
+    # model; and a node whose measured speed contradicts its claimed GPU re-classed,
+    # its price with it. Off: the catalog's figures for the claimed GPU, as the
+    # simulator's scenarios run.
+    measured_speed: bool = False
+    check_hardware: bool = False
 
 
 @attrs.define(eq=False)
@@ -69,6 +75,8 @@ class TaskRecord:
     assigned_at: float = 0.0
     expected_seconds: float = 0.0
     quoted_cost: float = 0.0
+    run_price: float = 0.0  # the price per hour of the class it runs in, as placed
+    run_cold: bool = False  # the node had to load the model first
     charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
 
 

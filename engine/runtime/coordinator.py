@@ -47,6 +47,13 @@
 #   error answered with `error`, and the run is a fault of that node (TaskFaulted:
 #   the task is re-queued, the node's earned slots halve). A charge the core clamped
 #   to its bound is logged.
+# - The usage that enters the core is metered here, not taken from the node
+#   (metering.metered_usage): tokens counted with the model's tokenizer (meter.py,
+#   found by the weights the node announced), steps and audio seconds from the task,
+#   seconds at most what its measured speed allows beyond the run as this clock
+#   timed it; a node count its output cannot
+#   hold (metering.count_problem) is a fault like impossible usage. The completed
+#   update says who metered it (`metered_by`).
 # - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
 #   closes a token's live sessions now, and every session re-checks its token each
 #   `reverify_interval` (`still_valid`), which is what makes a revocation by another
@@ -68,6 +75,8 @@ from engine.core import (
     TaskFailed, TaskFaulted, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted,
     Tick, WakeAt, openai_cost, usage_problem,
 )
+from engine.core.metering import count_problem, metered_usage
+from engine.core.speed import speed_seconds
 from engine.protocol import (
     PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
@@ -75,6 +84,7 @@ from engine.protocol import (
 
 from .config import CoordinatorConfig
 from .guard import ReconnectLimiter
+from .meter import Meter
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
@@ -128,7 +138,8 @@ class Coordinator:
         self._pending: list[TaskUpdate] = []
         self._sessions: dict[str, NodeSession] = {}
         self._inputs: dict[str, _Input] = {}
-        self._outputs: dict[str, tuple[Any, str]] = {}
+        self._outputs: dict[str, tuple[Any, str, str]] = {}  # output, finish, metered by
+        self.meter = Meter()
         self._dev_nodes = 0
         self._reconnects = ReconnectLimiter(config.reconnect_burst, config.reconnect_rate)
         self._on_message: dict[type, Callable[[Any], None]] = {
@@ -422,16 +433,33 @@ class Coordinator:
         task_id = message.task_id
         if self._reported(session, task_id):
             record = self.scheduler.tasks.get(task_id)
+            usage, metered_by = message.usage, ""
             if (self.config.check_usage and record is not None
                     and record.node_id == session.node_id and record.state is TaskState.RUNNING):
-                problem = usage_problem(record.spec, message.usage,
-                                        trio.current_time() - record.assigned_at)
+                elapsed = trio.current_time() - record.assigned_at
+                task = self._inputs.get(task_id)
+                counts = None if task is None else self.meter.count(
+                    task.model, session.weights.get(task.model, ""), message.output,
+                    task.payload)
+                problem = (usage_problem(record.spec, usage, elapsed)
+                           or count_problem(usage, counts))
                 if problem:
                     self._fault(session, task_id, problem)
                     return
-            self._outputs[task_id] = (message.output, message.finish_reason)
-            self._apply(TaskFinished(task_id, session.node_id, message.usage))
+                usage, metered_by = metered_usage(record.spec, usage, elapsed, counts,
+                                                  self._speed_bound(record))
+            self._outputs[task_id] = (message.output, message.finish_reason, metered_by)
+            self._apply(TaskFinished(task_id, session.node_id, usage))
             self._outputs.pop(task_id, None)  # still here: a stale result
+
+    def _speed_bound(self, record: TaskRecord) -> float | None:
+        """The service seconds the run's node needs for it at its measured speed, or
+        None when it has not been measured for the model (engine/core/speed.py)."""
+        node = self.scheduler.index.nodes.get(record.node_id or "")
+        pace = None if node is None else node.paces.get(record.model)
+        if node is None or pace is None:
+            return None
+        return speed_seconds(node.spec.gpu, record.model, record.work, pace)
 
     def _on_refused(self, session: NodeSession, message: Refused) -> None:
         # the session has answered the frame with `error` already
@@ -496,7 +524,7 @@ class Coordinator:
 
     def _do_complete(self, d: Complete, queue: list[Event]) -> None:
         task = self._forget(d.task_id)
-        output, finish_reason = self._outputs.pop(d.task_id, (None, ""))
+        output, finish_reason, metered_by = self._outputs.pop(d.task_id, (None, "", ""))
         usage = d.usage
         if d.clamped:
             log.warning("task %s: charge clamped to $%.6f (node %s reported %g s)",
@@ -505,7 +533,8 @@ class Coordinator:
             task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
         gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
         self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
-                                             reference, finish_reason, gpu, location, weights))
+                                             reference, finish_reason, gpu, location, weights,
+                                             metered_by))
 
     def _do_fail(self, d: Fail, queue: list[Event]) -> None:
         self._forget(d.task_id)

@@ -98,6 +98,9 @@ class CompletedUpdate:
     node_gpu: str = ""
     node_location: str = ""
     model_weights: str = ""
+    # who counted the usage it is billed by (engine.core.metering: "coordinator", or
+    # "node, bounded" when the coordinator has no tokenizer for the node's weights)
+    metered_by: str = ""
 
 
 @attrs.frozen
