@@ -163,7 +163,8 @@ class CoordinatorList:
     fail over: one leads, the others stand by). It connects to the leader when one
     was named (a standby's "not the leader" error says where: `redirect`), else to
     the current URL of the list; `failed` (no connection, or no welcome) forgets
-    the named leader, else moves on to the next URL."""
+    the named leader and moves on to the next URL of the list (a standby may name
+    a leader that has just died)."""
 
     def __init__(self, urls: list[str],
                  connector: Callable[[str], AbstractAsyncContextManager[Connection]]
@@ -185,10 +186,8 @@ class CoordinatorList:
         self.leader = leader
 
     def failed(self) -> None:
-        if self.leader:
-            self.leader = ""
-        else:
-            self.index = (self.index + 1) % len(self.urls)
+        self.leader = ""
+        self.index = (self.index + 1) % len(self.urls)
 
 
 class Worker:

@@ -42,6 +42,7 @@ class Deployment:
     db: str  # the schema's URL
     apis: tuple[str, ...]  # http://127.0.0.1:PORT
     coordinators: dict[int, subprocess.Popen[str]]  # pid -> process
+    coordinator_urls: tuple[str, ...]
     premium: str  # API keys (secrets)
     beta: str
     logs: Path
@@ -78,12 +79,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     with scratch_schema(POSTGRES) as db, ExitStack() as stack:
         tokens, premium, beta = prepare(db)
         coordinators: dict[int, subprocess.Popen[str]] = {}
-        worker_urls = []
+        worker_urls, coordinator_urls = [], []
         for i in (1, 2):
             process, url = stack.enter_context(launched(
                 serve("coordinator", db), logs / f"coordinator{i}.log",
                 "NeuroGrid coordinator on"))
             coordinators[process.pid] = process
+            coordinator_urls.append(url)
             worker_urls.append(url.replace("http://", "ws://") + WORKER_PATH)
         apis = tuple(stack.enter_context(launched(serve("api", db), logs / f"api{i}.log"))[1]
                      for i in (1, 2))
@@ -101,7 +103,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                       == 2 for api in apis):
             assert time.monotonic() < deadline, "the workers never joined: see " + str(logs)
             time.sleep(0.2)
-        yield Deployment(db, apis, coordinators, premium, beta, logs)
+        yield Deployment(db, apis, coordinators, tuple(coordinator_urls), premium, beta, logs)
 
 
 def stop(process: subprocess.Popen[str]) -> None:
@@ -132,6 +134,19 @@ def follow(api: str, key: str, task_id: str, seen: dict[str, Any]) -> None:
                 if kind == "done":
                     break
     seen[task_id] = events
+
+
+def test_each_process_serves_its_role(deployment: Deployment) -> None:
+    d = deployment
+    for url in d.coordinator_urls:  # a coordinator serves workers, health and metrics
+        answer = httpx.get(f"{url}/api/tasks")
+        assert answer.status_code == 404 and "coordinator process" in answer.json()["details"]
+        assert httpx.get(f"{url}/health").status_code == 200
+    for api in d.apis:  # the whole network, as the leader sees it, from any API process
+        health = httpx.get(f"{api}/health").json()
+        assert health["status"] == "OK" and health["network"]["nodes_online"] == 2, health
+        models = httpx.get(f"{api}/api/models").json()["models"]
+        assert next(m for m in models if m["id"] == "llama2:7b")["nodes_online"] == 2
 
 
 def test_the_standby_takes_over_and_every_accepted_task_completes_once(
