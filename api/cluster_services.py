@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any, Callable
 
 import attrs
@@ -66,6 +65,7 @@ STALE_NETWORK_SECONDS = 10.0  # older than this: no leader publishes, no nodes s
 INBOX_POLL_SECONDS = 1.0  # the leader claims the inbox at least this often
 SETTLE_SECONDS = 2.0  # an API process re-reads the tasks its SSE clients follow
 HELLO_WAIT_SECONDS = 5.0
+PROGRESS_BACKLOG = 10_000  # streamed output waiting for NOTIFY; beyond: dropped
 
 
 class NetworkElsewhere:
@@ -186,11 +186,15 @@ class ClusterFeed(TaskFeed):
         super().__init__()
         self.cluster = cluster
         self._send, self._receive = trio.open_memory_channel[tuple[str, dict[str, Any]]](
-            math.inf)
+            PROGRESS_BACKLOG)
+        self.dropped = 0  # progress not sent: the database fell behind
 
     def publish_progress(self, task_id: str, progress: dict[str, Any]) -> None:
         super().publish_progress(task_id, progress)
-        self._send.send_nowait((task_id, progress))
+        try:
+            self._send.send_nowait((task_id, progress))
+        except trio.WouldBlock:  # lossy by design, never a backlog without bound
+            self.dropped += 1
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -220,15 +224,17 @@ def feed_notifications(feed: TaskFeed, clock: Callable[[], float]
     return on_notify
 
 
-async def settle_followed(services: Services) -> None:
+async def settle_followed(services: Services, cluster: Cluster) -> None:
     """Every SETTLE_SECONDS, the end of each task an SSE client here follows, read
     from its row (a notification lost with a broken connection is not waited for)."""
     while True:
         await trio.sleep(SETTLE_SECONDS)
-        for task_id in services.feed.subscribed():
-            row = await services.store.get_task(task_id)
-            if row is not None and row.status not in OPEN_STATES:
-                services.feed.publish_state(task_id, TaskChange(task_id, row.status,
+        followed = services.feed.subscribed()
+        if not followed:
+            continue
+        for task_id, status in (await cluster.statuses(followed)).items():
+            if status not in OPEN_STATES:
+                services.feed.publish_state(task_id, TaskChange(task_id, status,
                                                                 services.now()))
 
 
@@ -258,7 +264,7 @@ async def serve_api_services(config: ApiConfig, stop: trio.Event, *,
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.serve)
             nursery.start_soon(away.follow, config.clock, services)
-            nursery.start_soon(settle_followed, services)
+            nursery.start_soon(settle_followed, services, cluster)
             nursery.start_soon(api_housekeeping, services, cluster)
             for actor in hooks.actors:
                 nursery.start_soon(actor, services)

@@ -28,6 +28,11 @@
 #   in-flight count (the owner's open task rows) and the insert are one
 #   transaction, judged by the same access.RateLimiter as in one process: a key's
 #   hourly quota and in-flight limit hold across every API process, exactly.
+#   Two processes' group commits that lock two callers' rows in opposite orders
+#   deadlock; PostgreSQL aborts one, and its writer commits each operation of
+#   that batch alone (postgres_writer.commit_each): slower, never wrong. The
+#   in-flight count reads the owner's open rows (an index of open tasks by
+#   owner), which the in-flight limit itself keeps few.
 # - Notifications are per schema (the channel names end in the schema's name), so
 #   several deployments (or tests) share a database without hearing each other.
 #   They are hints, never the only record: a status change is in its row, and an
@@ -204,6 +209,14 @@ class Cluster:
         if row is None or now - row["updated_at"] > stale_after:
             return None, {}
         return snapshot_from_json(row["snapshot"]), row["weights"]
+
+    async def statuses(self, task_ids: list[str]) -> dict[str, str]:
+        """The status of each of these tasks (one query)."""
+        def query(conn: Connection) -> dict[str, str]:
+            return {r["id"]: r["status"] for r in conn.execute(
+                "SELECT id, status FROM tasks WHERE id = ANY(%s)", (task_ids,)).fetchall()}
+
+        return await self.store.read(query)
 
     async def leader(self) -> tuple[str, int]:
         """The URL the current (or last) leader advertised ("" when none ever led)
