@@ -10,7 +10,13 @@
 # Rules:
 # - Defaults: 127.0.0.1:8080, ./neurogrid.db, one local worker, open auth. Port 0
 #   picks a free port; the line "NeuroGrid API on http://HOST:PORT" on stdout says
-#   which (tests and scripts read it).
+#   which (tests and scripts read it; a coordinator process says "NeuroGrid
+#   coordinator on ...").
+# - `--role all|api|coordinator` (roles.py): all, the default, is everything
+#   above in one process; api and coordinator are the processes of a deployment on
+#   PostgreSQL (a SQLite --db is refused for them, in one line, exit 2) and start
+#   no local workers. A coordinator advertises ws://HOST:PORT/api/nodes/connect of
+#   the address it listens on, or `--advertise-url`.
 # - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
 #   replaced at every start; the token reaches the worker in its environment
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.

@@ -3,7 +3,8 @@
 # needs nothing of this module: app -> routes, never back).
 #
 # Theory of operation: `create_app(config)` builds a QuartTrio app whose lifespan
-# runs `serve_services` in the app's nursery: it opens the store, opens the
+# runs `serve_services` (or a role's services: `create_app(config, serve)`,
+# roles.py and cluster_services.py) in the app's nursery: it opens the store, opens the
 # coordinator (engine.runtime) with a token verifier and an update callback, hands
 # every task the store still has open to the dispatcher (relay.py), which puts
 # them back on the coordinator with their own ids (running ones were re-queued by
