@@ -142,11 +142,13 @@ class Cluster:
         owner = caller.owner
 
         def op(conn: Connection) -> Submitted:
-            conn.execute("INSERT INTO rate_buckets (owner, capacity, tokens, updated_at) "
-                         "VALUES (%s, %s, %s, %s) ON CONFLICT (owner) DO NOTHING",
-                         (owner, caller.per_hour, caller.per_hour, now))
-            bucket = conn.execute("SELECT capacity, tokens, updated_at FROM rate_buckets "
-                                  "WHERE owner = %s FOR UPDATE", (owner,)).fetchone()
+            # the bucket, created full when new, and locked (the DO UPDATE locks it)
+            bucket = conn.execute(
+                "INSERT INTO rate_buckets (owner, capacity, tokens, updated_at) VALUES "
+                "(%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET owner = excluded.owner "
+                "RETURNING capacity, tokens, updated_at",
+                (owner, caller.per_hour, caller.per_hour, now)).fetchone()
+            # a statement of its own: its snapshot is taken once the lock is held
             counted = conn.execute(f"SELECT COUNT(*) AS n FROM tasks WHERE owner = %s AND "
                                    f"status IN ({OPEN_LIST})", (owner,)).fetchone()
             assert bucket is not None and counted is not None
@@ -162,19 +164,22 @@ class Cluster:
             if held is not None:  # a replay: nothing spent
                 return Submitted(admission, held)
             spent = limiter.buckets[owner]
-            conn.execute("UPDATE rate_buckets SET capacity = %s, tokens = %s, updated_at = %s "
-                         "WHERE owner = %s", (spent.capacity, spent.tokens, spent.updated, owner))
             if add_blobs is not None:
                 add_blobs(conn)
-            self.queue(conn, "submit", row.id)
+            conn.execute(  # spend, queue for the coordinator, wake it: one statement
+                "WITH spent AS (UPDATE rate_buckets SET capacity = %s, tokens = %s, "
+                "updated_at = %s WHERE owner = %s), queued AS (INSERT INTO task_inbox "
+                "(kind, task_id) VALUES ('submit', %s)) SELECT pg_notify(%s, '')",
+                (spent.capacity, spent.tokens, spent.updated, owner, row.id,
+                 self.inbox_channel))
             return Submitted(admission, None, (spent.capacity, spent.rate, spent.tokens,
                                                spent.updated))
 
         return op
 
     def queue(self, conn: Connection, kind: str, task_id: str) -> None:
-        conn.execute("INSERT INTO task_inbox (kind, task_id) VALUES (%s, %s)", (kind, task_id))
-        conn.execute("SELECT pg_notify(%s, '')", (self.inbox_channel,))
+        conn.execute("WITH queued AS (INSERT INTO task_inbox (kind, task_id) VALUES (%s, %s)) "
+                     "SELECT pg_notify(%s, '')", (kind, task_id, self.inbox_channel))
 
     def cancel_op(self, task_id: str, now: float) -> Callable[[Connection], bool]:
         """Write a task's cancellation (forward only: False when it had ended) and
