@@ -197,5 +197,6 @@ def create_app(config: ApiConfig = ApiConfig(),
     return app
 
 
-__all__ = ["ApiConfig", "ServeServices", "Services", "create_app", "housekeeping", "node_identity",
+__all__ = ["ApiConfig", "HOUSEKEEPING_SECONDS", "NO_HOOKS", "ServeServices", "Services", "create_app",
+           "housekeeping", "node_identity",
            "package_version", "process_memory", "serve_services"]

@@ -24,6 +24,9 @@
 #   non-zero (a supervisor restarts it as a standby).
 #
 # Rules:
+# - An API process rides out a database that is away for a moment (its requests
+#   answer 503, as in one process); a leader does not: any store error in its own
+#   actors ends the process (exit 1), and a standby takes over.
 # - Every accepted task is a committed row; the leader is the only process that
 #   runs tasks; a task's row moves forward only, so a task ends exactly once
 #   whatever the old and new leaders write.
@@ -45,15 +48,17 @@ from engine.protocol import Connection, ConnectionClosed, Error, encode
 from engine.runtime import CoordinatorConfig, open_coordinator, NodeIdentity
 
 from .access import Admission, Caller, RateLimiter
-from .app import NO_HOOKS, housekeeping, node_identity, package_version
+from .app import (
+    HOUSEKEEPING_SECONDS, NO_HOOKS, housekeeping, node_identity, package_version,
+)
 from .postgres_cluster import (
     INBOX_BATCH, Cluster, Leadership, Listener, open_cluster,
 )
 from .relay import AdmissionRefused, Dispatcher, TaskFeed, UpdateWriter
 from .services import ApiConfig, Services
 from .store import (
-    OPEN_STATES, Blob, DuplicateTaskId, IdempotencyKeyTaken, IdempotencyRecord, TaskChange,
-    TaskRow, open_store, receive_batch,
+    OPEN_STATES, Blob, DuplicateTaskId, IdempotencyKeyTaken, IdempotencyRecord, StoreError,
+    TaskChange, TaskRow, open_store, receive_batch,
 )
 from .transitions import ServiceHooks
 
@@ -232,18 +237,27 @@ async def settle_followed(services: Services, cluster: Cluster) -> None:
         followed = services.feed.subscribed()
         if not followed:
             continue
-        for task_id, status in (await cluster.statuses(followed)).items():
+        try:
+            statuses = await cluster.statuses(followed)
+        except StoreError as exc:  # the database away for a moment: next time
+            log.warning("cannot read the followed tasks: %s", exc)
+            continue
+        for task_id, status in statuses.items():
             if status not in OPEN_STATES:
                 services.feed.publish_state(task_id, TaskChange(task_id, status,
                                                                 services.now()))
 
 
 async def api_housekeeping(services: Services, cluster: Cluster) -> None:
+    """Each HOUSEKEEPING_SECONDS: forget full buckets, here and in the database."""
     while True:
-        await trio.sleep(60.0)
+        await trio.sleep(HOUSEKEEPING_SECONDS)
         now = services.now()
         services.limiter.prune(now)
-        await cluster.prune_buckets(now)
+        try:
+            await cluster.prune_buckets(now)
+        except StoreError as exc:  # the database away for a moment: next time
+            log.warning("cannot prune the rate-limit buckets: %s", exc)
 
 
 async def serve_api_services(config: ApiConfig, stop: trio.Event, *,

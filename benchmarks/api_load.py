@@ -51,7 +51,7 @@ from pathlib import Path
 
 import trio
 
-from .harness import POSTGRES_VARIABLE, Benchmark, Figure, Row, percentile
+from .harness import POSTGRES_VARIABLE, Figure, Row, percentile
 
 CONCURRENCY = 32
 POSTGRES_URL_VARIABLES = (POSTGRES_VARIABLE, "NEUROGRID_TEST_POSTGRES")
@@ -464,14 +464,5 @@ def measure_v1(port: int, key: str, rounds: int, seconds: float, pid: int) -> li
     ]
 
 
-def run_all(quick: bool) -> list[Row]:
-    from .api_scale import run_scale  # it builds on this module's load and servers
-    return run(quick) + run_scale(quick) + run_v1(quick)
-
-
-BENCHMARK = Benchmark(
-    name="api",
-    description="REST API under 32 concurrent connections: task submission vs /health; "
-                "the OpenAI-compatible path vs the reference one on a no-op worker",
-    run=run_all,
-)
+# The `api` benchmark (all its rows, one run) is composed in api_scale.py, which
+# builds on this module's load generator and servers.

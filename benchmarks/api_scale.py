@@ -1,4 +1,5 @@
-# Several API processes on one PostgreSQL database: POST /api/tasks through one
+# The `api` benchmark (BENCHMARK: api_load.py's rows, then these) and its rows for
+# several API processes on one PostgreSQL database: POST /api/tasks through one
 # and through two `neurogrid serve --role api` processes, with one
 # `--role coordinator` process taking the tasks from the database, in the same
 # run as api_load.py's single-process rows (SQLite, and PostgreSQL in one
@@ -29,10 +30,10 @@ import time
 import trio
 
 from .api_load import (
-    CONCURRENCY, TASK_BODY, load, postgres_cpu_seconds, postgres_url, request_bytes,
-    settled_cpu_seconds, start_server,
+    CONCURRENCY, TASK_BODY, load, postgres_cpu_seconds, postgres_url, request_bytes, run,
+    run_v1, settled_cpu_seconds, start_server,
 )
-from .harness import Figure, Row, percentile
+from .harness import Benchmark, Figure, Row, percentile
 
 API_PROCESSES = (1, 2)
 
@@ -113,4 +114,19 @@ def run_scale(quick: bool) -> list[Row]:
     return rows
 
 
-__all__ = ["API_PROCESSES", "create_keys", "measure_processes", "run_scale"]
+def run_all(quick: bool) -> list[Row]:
+    """Every row of the `api` benchmark, in one run: one process (SQLite, then
+    PostgreSQL), several API processes on PostgreSQL, the OpenAI-compatible path."""
+    return run(quick) + run_scale(quick) + run_v1(quick)
+
+
+BENCHMARK = Benchmark(
+    name="api",
+    description="REST API under 32 concurrent connections: task submission vs /health, "
+                "one process and several on PostgreSQL; the OpenAI-compatible path vs the "
+                "reference one on a no-op worker",
+    run=run_all,
+)
+
+__all__ = ["API_PROCESSES", "BENCHMARK", "create_keys", "measure_processes", "run_all",
+           "run_scale"]
