@@ -10,7 +10,13 @@
 # Rules:
 # - Defaults: 127.0.0.1:8080, ./neurogrid.db, one local worker, open auth. Port 0
 #   picks a free port; the line "NeuroGrid API on http://HOST:PORT" on stdout says
-#   which (tests and scripts read it).
+#   which (tests and scripts read it; a coordinator process says "NeuroGrid
+#   coordinator on ...").
+# - `--role all|api|coordinator` (roles.py): all, the default, is everything
+#   above in one process; api and coordinator are the processes of a deployment on
+#   PostgreSQL (a SQLite --db is refused for them, in one line, exit 2) and start
+#   no local workers. A coordinator advertises ws://HOST:PORT/api/nodes/connect of
+#   the address it listens on, or `--advertise-url`.
 # - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
 #   replaced at every start; the token reaches the worker in its environment
 #   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
@@ -45,12 +51,13 @@ from engine.protocol import MAX_FRAME_BYTES, WORKER_PATH
 from engine.runtime import CoordinatorConfig
 
 from .access import parse_networks
-from .app import ApiConfig, create_app
+from .app import ApiConfig
 from .cors import parse_origins
 from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
+from .roles import check_role, create_role_app
 from .server import KEEP_ALIVE_SECONDS, hypercorn_config
-from .services import service_failure
+from .services import ROLES, service_failure
 from .shutdown import app_closing
 from .store import StoreError, open_store
 
@@ -67,8 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=None,
                         help=f"the database: a SQLite file path or a store URL (sqlite:///PATH, "
                              f"postgresql://USER@HOST/DB); default: ${DB_ENV}, else ./{DEFAULT_DB}")
-    parser.add_argument("--local-workers", type=int, default=1, metavar="N",
-                        help="local worker processes to start (0: none)")
+    parser.add_argument("--role", choices=ROLES, default="all",
+                        help="all: the whole service in this process (the default); api: "
+                             "the REST API only; coordinator: the scheduler and the worker "
+                             "endpoint, leader or standby (api and coordinator share a "
+                             "postgresql:// --db)")
+    parser.add_argument("--advertise-url", default="", metavar="URL",
+                        help="coordinator role: the worker URL (ws://HOST:PORT"
+                             f"{WORKER_PATH}) other processes name to workers while this "
+                             "one leads; default: the address it listens on")
+    parser.add_argument("--local-workers", type=int, default=None, metavar="N",
+                        help="local worker processes to start (0: none; default 1 with "
+                             "--role all, else 0)")
     parser.add_argument("--local-models", choices=LOCAL_MODELS, default="installed",
                         help="what local workers serve: installed (a pack per model, built "
                              "once from installed weights), demo (the tiny demo text pack) "
@@ -106,7 +123,8 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
     return ApiConfig(db=choose_database(args.db).url, auth_required=args.auth == "required",
                      environment=args.environment, cors_origins=parse_origins(args.cors_origin),
                      trusted_proxies=args.trusted_proxy,
-                     coordinator=CoordinatorConfig(journal_path=args.journal))
+                     coordinator=CoordinatorConfig(journal_path=args.journal),
+                     role=args.role, advertise_url=args.advertise_url)
 
 
 def server_config(args: argparse.Namespace) -> HypercornConfig:
@@ -129,6 +147,8 @@ async def local_worker_tokens(db: str, count: int) -> list[str]:
 
 
 LOCAL_MODELS = {"installed": (), "demo": ("--demo",), "noop": ("--noop",)}
+# the first line a started server prints: "NeuroGrid API on http://HOST:PORT"
+ROLE_TITLES = {"all": "API", "api": "API", "coordinator": "coordinator"}
 
 
 def worker_command(url: str, name: str, models: str = "installed") -> list[str]:
@@ -168,7 +188,7 @@ async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
 async def serve_all(args: argparse.Namespace) -> str | None:
     """Serve until a signal (None) or until the services fail (their reason)."""
     tokens = await local_worker_tokens(args.db, args.local_workers)
-    app = create_app(api_config(args))
+    app = create_role_app(api_config(args))
     closing, failure = app_closing(app), service_failure(app)
     config = server_config(args)
     async with trio.open_nursery() as nursery:
@@ -208,9 +228,11 @@ async def serve_all(args: argparse.Namespace) -> str | None:
         note = getattr(args, "database_note", "")  # once the database has opened
         if note:
             log.info(note)
-        print(f"NeuroGrid API on {url}", flush=True)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-        nursery.start_soon(run_workers, f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}")
+        ws_url = f"ws://{host}:{url.rsplit(':', 1)[1]}{WORKER_PATH}"
+        app.extensions["neurogrid"].listening_at(ws_url)  # what a leader advertises
+        print(f"NeuroGrid {ROLE_TITLES[args.role]} on {url}", flush=True)
+        nursery.start_soon(run_workers, ws_url)
     print("NeuroGrid API stopped", flush=True)
     return failure.reason
 
@@ -227,8 +249,15 @@ def tune_garbage_collector() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.local_workers is None:
+        args.local_workers = 1 if args.role == "all" else 0
     if args.local_workers < 0:
         print("neurogrid serve: --local-workers must be 0 or more", file=sys.stderr)
+        return 2
+    if args.local_workers and args.role != "all":
+        print(f"neurogrid serve: --local-workers: a {args.role} process starts no workers "
+              "(run `neurogrid worker --coordinator URL ...` beside the coordinators)",
+              file=sys.stderr)
         return 2
     try:
         parse_origins(args.cors_origin)
@@ -246,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_format, access=args.access_log)
     database = choose_database(args.db)
     args.db = database.url
+    try:
+        check_role(args.role, args.db)
+    except ValueError as e:
+        print(f"neurogrid serve: {e}", file=sys.stderr)
+        return 2
     created = "" if database.exists() else ": new, created now"
     args.database_note = f"database {database.describe()}{created}"
     try:

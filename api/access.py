@@ -23,7 +23,10 @@
 #   From any other peer the header is ignored: a client cannot choose who it is.
 #
 # Limits live in this process's memory: buckets start full after a restart, and the
-# in-flight counts are rebuilt from the tasks the store still has open.
+# in-flight counts are rebuilt from the tasks the store still has open. Several API
+# processes (`--role api`, PostgreSQL) share them instead: the bucket is a row and
+# the in-flight count the owner's open task rows, judged by this same RateLimiter
+# in the submission's transaction (postgres_cluster.py).
 from __future__ import annotations
 
 import ipaddress

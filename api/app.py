@@ -3,7 +3,8 @@
 # needs nothing of this module: app -> routes, never back).
 #
 # Theory of operation: `create_app(config)` builds a QuartTrio app whose lifespan
-# runs `serve_services` in the app's nursery: it opens the store, opens the
+# runs `serve_services` (or a role's services: `create_app(config, serve)`,
+# roles.py and cluster_services.py) in the app's nursery: it opens the store, opens the
 # coordinator (engine.runtime) with a token verifier and an update callback, hands
 # every task the store still has open to the dispatcher (relay.py), which puts
 # them back on the coordinator with their own ids (running ones were re-queued by
@@ -22,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+from typing import Awaitable, Protocol
 
 import attrs
 
@@ -35,7 +37,7 @@ from .access import RateLimiter
 from .network_watch import WATCH_KEY, NetworkWatch
 from .nodes_ws import EndingWebsocketConnection
 from .openai_compat import openai_routes
-from .relay import Dispatcher, TaskFeed, UpdateWriter
+from .relay import Dispatcher, LocalIntake, TaskFeed, UpdateWriter
 from .routes import api_routes
 from .server import BODY_TIMEOUT_SECONDS, ClosingHTTPConnection
 from .services import FAILURE_KEY, ApiConfig, ServiceFailure, Services, process_memory
@@ -82,15 +84,16 @@ async def serve_services(config: ApiConfig, stop: trio.Event, *,
         coordinator_config = attrs.evolve(config.coordinator, publish_accepted=False)
         async with open_coordinator(coordinator_config, verify_token=verify_token,
                                     on_update=writer) as coordinator:
-            services = Services(config, store, coordinator, limiter, feed,
-                                Dispatcher(coordinator, store, limiter, config.clock, writer,
-                                           hooks.on_dispatch),
-                                config.clock(), package_version())
+            dispatcher = Dispatcher(coordinator, store, limiter, config.clock, writer,
+                                    hooks.on_dispatch)
+            services = Services(config, store, coordinator, limiter, feed, dispatcher,
+                                config.clock(), package_version(),
+                                intake=LocalIntake(limiter, dispatcher))
             for row in await store.reopen_tasks():  # accepted before a restart: again
-                services.dispatcher.hand_over(row)
+                dispatcher.hand_over(row)
             services.run_id = await store.start_run(services.now())
             async with trio.open_nursery() as nursery:
-                await nursery.start(services.dispatcher.serve)
+                await nursery.start(dispatcher.serve)
                 nursery.start_soon(housekeeping, services)
                 for actor in hooks.actors:
                     nursery.start_soon(actor, services)
@@ -133,7 +136,20 @@ def install_observers(app: QuartTrio) -> ServiceHooks:
                         actors=(functools.partial(watch_network, watch=watch),))
 
 
-def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
+class ServeServices(Protocol):
+    """A role's services (serve_services, or roles.py's): run until `stop`, hand
+    the running `Services` to `task_status`."""
+
+    def __call__(self, config: ApiConfig, stop: trio.Event, *, hooks: ServiceHooks = NO_HOOKS,
+                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED
+                 ) -> Awaitable[None]: ...
+
+
+def create_app(config: ApiConfig = ApiConfig(),
+               serve: ServeServices | None = None) -> QuartTrio:
+    """The app; its lifespan runs `serve` (by default `serve_services`: the whole
+    service in this process)."""
+    serve_role = serve_services if serve is None else serve
     app = QuartTrio("neurogrid")
     app.asgi_http_class = ClosingHTTPConnection
     app.asgi_websocket_class = EndingWebsocketConnection
@@ -157,7 +173,8 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
         started = False
         try:
             async with trio.open_nursery() as nursery:
-                services = await nursery.start(functools.partial(serve_services, config, stop, hooks=hooks))
+                services = await nursery.start(functools.partial(serve_role, config, stop,
+                                                                   hooks=hooks))
                 started = True
                 task_status.started(services)
         except Exception as exc:  # a failure at start-up fails the start
@@ -180,4 +197,6 @@ def create_app(config: ApiConfig = ApiConfig()) -> QuartTrio:
     return app
 
 
-__all__ = ["ApiConfig", "Services", "create_app", "process_memory", "serve_services"]
+__all__ = ["ApiConfig", "HOUSEKEEPING_SECONDS", "NO_HOOKS", "ServeServices", "Services", "create_app",
+           "housekeeping", "node_identity",
+           "package_version", "process_memory", "serve_services"]

@@ -115,6 +115,19 @@ class PostgresStore:
         transaction: when the owner holds that key already (a live one), nothing is
         inserted and IdempotencyKeyTaken says which task holds it. Keys past
         IDEMPOTENCY_TTL_SECONDS are purged here."""
+        try:
+            existing = await self.writer.write(self.insert_op(row, idempotency))
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
+        if existing is not None:
+            raise IdempotencyKeyTaken(existing)
+
+    @staticmethod
+    def insert_op(row: TaskRow, idempotency: IdempotencyRecord | None = None
+                  ) -> Callable[[Connection], IdempotencyRecord | None]:
+        """`insert_task`'s operation, to be run in a transaction of the writer's: it
+        returns the record that holds the key when the key is taken (nothing
+        inserted), else None; a task id taken raises UniqueViolation."""
         values = [Json(v) if k == "params" else v
                   for k, v in zip(TASK_COLUMNS, attrs.astuple(row, recurse=False))]
 
@@ -136,12 +149,7 @@ class PostgresStore:
             conn.execute(INSERT_TASK, values)
             return None
 
-        try:
-            existing = await self.writer.write(op)
-        except psycopg.errors.UniqueViolation as exc:
-            raise DuplicateTaskId(f"task id {row.id!r} already exists") from exc
-        if existing is not None:
-            raise IdempotencyKeyTaken(existing)
+        return op
 
     async def find_idempotency_key(self, owner: str, key: str,
                                    now: float) -> IdempotencyRecord | None:

@@ -57,7 +57,7 @@ from engine.runtime import (
     SubmitOutcome, TaskUpdate,
 )
 
-from .access import RateLimiter
+from .access import Admission, Caller, RateLimiter
 from .media import MediaError, image_result, task_inputs
 from .store import (
     OPEN_STATES, Blob, DuplicateTaskId, IdempotencyRecord, Store, TaskChange, TaskRow, receive_batch,
@@ -181,6 +181,45 @@ class Dispatcher:
                     await self.writer(RejectedUpdate(row.id, outcome.reason))
 
 
+class AdmissionRefused(Exception):
+    """The caller's limits refuse the submission (the API: 429); nothing was written."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__(admission.reason)
+        self.admission = admission
+
+
+class Intake(Protocol):
+    """How a submission is admitted and stored, and a cancellation made: in one
+    process by the rate limiter and the dispatcher (LocalIntake); in the api role
+    through the database, for a coordinator elsewhere (roles.py)."""
+
+    async def submit(self, caller: Caller, row: TaskRow, fresh_id: Callable[[], str],
+                     files: tuple[Blob, ...], idempotency: IdempotencyRecord | None,
+                     now: float) -> tuple[TaskRow, Admission]: ...
+
+    async def cancel(self, task_id: str, now: float) -> bool: ...
+
+
+class LocalIntake:
+    """The intake of one process: admitted by the in-memory rate limiter (it spends
+    the submission), stored and queued by the dispatcher (Dispatcher.submit)."""
+
+    def __init__(self, limiter: RateLimiter, dispatcher: Dispatcher) -> None:
+        self.limiter, self.dispatcher = limiter, dispatcher
+
+    async def submit(self, caller: Caller, row: TaskRow, fresh_id: Callable[[], str],
+                     files: tuple[Blob, ...], idempotency: IdempotencyRecord | None,
+                     now: float) -> tuple[TaskRow, Admission]:
+        admission = self.limiter.admit(caller, now)
+        if not admission.allowed:
+            raise AdmissionRefused(admission)
+        return await self.dispatcher.submit(row, fresh_id, files, idempotency), admission
+
+    async def cancel(self, task_id: str, now: float) -> bool:
+        return await self.dispatcher.cancel(task_id)
+
+
 # ---- out: the coordinator's updates -----------------------------------------
 
 Event = tuple[str, dict[str, Any]]
@@ -224,6 +263,10 @@ class TaskFeed:
 
     def subscriber_count(self, task_id: str) -> int:
         return len(self._subscribers.get(task_id, ()))
+
+    def subscribed(self) -> list[str]:
+        """The tasks somebody follows now."""
+        return list(self._subscribers)
 
 
 def result_text(output: Any) -> str | None:
@@ -328,5 +371,5 @@ class UpdateWriter:
             image.blob,)
 
 
-__all__ = ["Dispatcher", "TaskCoordinator", "TaskFeed", "UpdateWriter", "result_text",
-           "task_spec"]
+__all__ = ["AdmissionRefused", "Dispatcher", "Intake", "LocalIntake", "TaskCoordinator",
+           "TaskFeed", "UpdateWriter", "result_text", "task_spec"]

@@ -241,7 +241,8 @@ async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
     s = services()
     row = await visible_task(await current_caller(), task_id)
     if row.status in OPEN_STATES:
-        if await s.dispatcher.cancel(task_id):  # written by the relay's update writer
+        assert s.intake is not None
+        if await s.intake.cancel(task_id, s.now()):  # written by the relay's update writer
             await s.store.barrier()
             row = await s.store.get_task(task_id) or row
             return jsonify({"success": True, "message": "Task cancelled",

@@ -7,16 +7,34 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import attrs
 import trio
 
-from engine.runtime import Coordinator, CoordinatorConfig
+from engine.core import NetworkSnapshot, Quote, TaskSpec
+from engine.protocol import Connection
+from engine.runtime import CoordinatorConfig
 
 from .access import DEFAULT_TIERS, Network, RateLimiter, Tier, parse_networks
-from .relay import Dispatcher, TaskFeed
+from .relay import Dispatcher, Intake, TaskFeed
 from .store import Store
+
+ROLES = ("all", "api", "coordinator")  # `neurogrid serve --role` (roles.py)
+
+
+class NetworkView(Protocol):
+    """What the routes ask of the coordinator: engine.runtime.Coordinator in one
+    process; in the api role (and a standby coordinator) the network as the
+    leader publishes it, which turns workers away to the leader (roles.py)."""
+
+    def snapshot(self) -> NetworkSnapshot: ...
+
+    def node_weights(self) -> dict[str, dict[str, str]]: ...
+
+    def quote(self, spec: TaskSpec) -> Quote: ...
+
+    async def serve_connection(self, conn: Connection) -> None: ...
 
 
 def proxy_networks(addresses: Iterable[object]) -> tuple[Network, ...]:
@@ -35,22 +53,39 @@ class ApiConfig:
     # reverse proxies whose X-Forwarded-For names the client (access.client_address)
     trusted_proxies: tuple[Network, ...] = attrs.field(default=(), converter=proxy_networks)
     cors_origins: tuple[str, ...] = ()  # other origins whose pages may call the API (cors.py)
+    role: str = attrs.field(default="all")  # one of ROLES (roles.py)
+    # the URL workers reach this process's worker endpoint at (the coordinator
+    # role's leader records it, so that standbys and API processes can name it)
+    advertise_url: str = ""
+
+    @role.validator
+    def _known_role(self, attribute: Any, value: str) -> None:
+        if value not in ROLES:
+            raise ValueError(f"role {value!r}: one of {', '.join(ROLES)}")
 
 
 @attrs.define
 class Services:
     config: ApiConfig
     store: Store
-    coordinator: Coordinator
+    coordinator: NetworkView
     limiter: RateLimiter
     feed: TaskFeed
-    dispatcher: Dispatcher
+    dispatcher: Dispatcher | None  # None where no scheduler runs here (roles.py)
     started_at: float  # wall clock
     version: str
     run_id: int = 0  # this run in the store's service history
+    intake: Intake | None = None  # how a submission is admitted and stored
+    worker_url: str = ""  # where workers reach this process (once the server listens)
+    listening: trio.Event = attrs.field(factory=trio.Event)  # set with worker_url
 
     def now(self) -> float:
         return self.config.clock()
+
+    def listening_at(self, worker_url: str) -> None:
+        """The server listens: workers reach this process at `worker_url`."""
+        self.worker_url = worker_url
+        self.listening.set()
 
 
 
@@ -94,5 +129,5 @@ def process_memory() -> tuple[int, int]:
     return rss, total
 
 
-__all__ = ["ApiConfig", "FAILURE_KEY", "ServiceFailure", "Services", "process_memory",
-           "service_failure"]
+__all__ = ["ApiConfig", "FAILURE_KEY", "NetworkView", "ROLES", "ServiceFailure", "Services",
+           "process_memory", "service_failure"]

@@ -1,7 +1,8 @@
 # Creating a task: the one path every submission takes, whichever route it came
 # by (POST /api/tasks, the OpenAI-compatible /v1 routes): parse the body against
-# the model's task kind, admit the caller, quote, commit the row and queue it for
-# the coordinator (relay.Dispatcher.submit).
+# the model's task kind, quote, admit the caller, commit the row and queue it for
+# the coordinator (relay.Intake: the dispatcher in one process, the database's
+# inbox in the api role).
 #
 # Rules:
 # - Order of checks: the body is valid (400), the caller may submit (429), then
@@ -46,7 +47,7 @@ from engine.core.pricing import Quote
 from .access import Admission, Caller
 from .errors import ApiError
 from .media import input_files
-from .relay import task_spec
+from .relay import AdmissionRefused, task_spec
 from .services import Services
 from .store import IdempotencyKeyTaken, IdempotencyRecord, TaskRow
 from .validation import InvalidRequest, parse_task
@@ -122,9 +123,6 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
         held = await s.store.find_idempotency_key(caller.owner, idempotency_key, now)
         if held is not None:
             return await _replay(s, held, record)
-    admission = s.limiter.admit(caller, now)
-    if not admission.allowed:
-        raise ApiError(429, "Rate limit exceeded", admission.reason, admission.headers())
     row = TaskRow(
         new_id("task", now), caller.owner, task.model, task.priority.label, task.prompt,
         task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0,
@@ -132,12 +130,17 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
     quote = s.coordinator.quote(task_spec(row))
     row = attrs.evolve(row, estimated_cost=quote.estimated_cost,
                        estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
-    # Counted in flight from before the insert: concurrent submissions cannot all
-    # pass the check.
+    # Admitted by the intake (relay.Intake), counted in flight from before the
+    # insert: concurrent submissions cannot all pass the check.
+    assert s.intake is not None, "the services give every role an intake"
     try:
-        row = await s.dispatcher.submit(
-            row, lambda: new_id("task", now), files,
-            attrs.evolve(record, task_id=row.id) if record is not None else None)
+        row, admission = await s.intake.submit(
+            caller, row, lambda: new_id("task", now), files,
+            attrs.evolve(record, task_id=row.id) if record is not None else None, now)
+    except AdmissionRefused as refused:
+        admission = refused.admission
+        raise ApiError(429, "Rate limit exceeded", admission.reason,
+                       admission.headers()) from None
     except IdempotencyKeyTaken as taken:  # a concurrent request with the key won
         assert record is not None
         return await _replay(s, taken.existing, record)

@@ -29,7 +29,7 @@ MODULES = {
     "placement": "benchmarks.placement",
     "sim": "benchmarks.sim_speed",
     "runtime": "benchmarks.runtime_overhead",
-    "api": "benchmarks.api_load",
+    "api": "benchmarks.api_scale",
     "soak": "benchmarks.soak",
     "models": "benchmarks.models",
 }

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import trio
 
-from .harness import POSTGRES_VARIABLE, Benchmark, Figure, Row, percentile
+from .harness import POSTGRES_VARIABLE, Figure, Row, percentile
 
 CONCURRENCY = 32
 POSTGRES_URL_VARIABLES = (POSTGRES_VARIABLE, "NEUROGRID_TEST_POSTGRES")
@@ -89,16 +89,22 @@ async def receive_more(stream: trio.abc.ReceiveStream) -> bytes:
     return bytes(data)
 
 
-async def load(port: int, request: bytes, seconds: float) -> tuple[list[float], int, str]:
-    """(latencies of 2xx answers, other answers, the first 2xx body) over `seconds`."""
+async def load(port: int | Sequence[int], request: bytes | Sequence[bytes], seconds: float
+               ) -> tuple[list[float], int, str]:
+    """(latencies of 2xx answers, other answers, the first 2xx body) over `seconds`.
+    With several ports (API processes) or requests (one per caller), connection i
+    uses the i-th of each, round robin."""
+    ports = [port] if isinstance(port, int) else list(port)
+    requests = [request] if isinstance(request, bytes) else list(request)
     latencies: list[float] = []
     failures = 0
     sample = ""
     stop_at = time.perf_counter() + seconds
 
-    async def connection() -> None:
+    async def connection(index: int) -> None:
         nonlocal failures, sample
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        request = requests[index % len(requests)]
+        stream = await trio.open_tcp_stream("127.0.0.1", ports[index % len(ports)])
         buffer = b""
         async with stream:
             while time.perf_counter() < stop_at:
@@ -112,14 +118,14 @@ async def load(port: int, request: bytes, seconds: float) -> tuple[list[float], 
                     failures += 1
 
     async with trio.open_nursery() as nursery:
-        for _ in range(CONCURRENCY):
-            nursery.start_soon(connection)
+        for index in range(CONCURRENCY):
+            nursery.start_soon(connection, index)
     return latencies, failures, sample
 
 
 def start_server(db: str, extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen[str], int]:
     """`python -m api` on a free port with no local workers (`extra_args`: more
-    flags, e.g. ("--journal", PATH)): (the process, its port)."""
+    flags, e.g. ("--journal", PATH), ("--role", "api")): (the process, its port)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "api", "--port", "0", "--db", db, "--local-workers", "0",
          *extra_args],
@@ -127,7 +133,7 @@ def start_server(db: str, extra_args: Sequence[str] = ()) -> tuple[subprocess.Po
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
     for line in process.stdout:
-        if "NeuroGrid API on" in line:
+        if line.startswith("NeuroGrid ") and " on http" in line:  # any role's first line
             return process, int(line.rsplit(":", 1)[1])
     raise RuntimeError("python -m api did not start")
 
@@ -458,13 +464,5 @@ def measure_v1(port: int, key: str, rounds: int, seconds: float, pid: int) -> li
     ]
 
 
-def run_all(quick: bool) -> list[Row]:
-    return run(quick) + run_v1(quick)
-
-
-BENCHMARK = Benchmark(
-    name="api",
-    description="REST API under 32 concurrent connections: task submission vs /health; "
-                "the OpenAI-compatible path vs the reference one on a no-op worker",
-    run=run_all,
-)
+# The `api` benchmark (all its rows, one run) is composed in api_scale.py, which
+# builds on this module's load generator and servers.

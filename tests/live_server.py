@@ -31,21 +31,40 @@ class LiveServer:
 
 
 @contextmanager
+def launched(command: list[str], log_path: Path, marker: str = "NeuroGrid API on",
+             env: dict[str, str] | None = None
+             ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A `neurogrid serve` process (any role) that has printed its first line:
+    (the process, its URL). On the way out it gets SIGINT, unless it has already
+    ended (a test killed it), and is killed if it does not stop."""
+    log = open(log_path, "w")
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        line = ""
+        while marker not in line:
+            line = read_line(process, deadline - time.monotonic())
+            assert line or process.poll() is None, log_path.read_text()
+        yield process, line.split(" on ", 1)[1].strip()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+@contextmanager
 def run_live_server(tmp: Path, local_workers: int = 1) -> Iterator[LiveServer]:
     """A running server whose local workers have joined."""
     db = tmp / "live.db"
     command = [sys.executable, "-m", "api", "--port", "0", "--db", str(db),
                "--local-workers", str(local_workers), "--local-models", "demo"]
-    log = open(tmp / "serve.log", "w")
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with launched(command, tmp / "serve.log") as (process, url):
         deadline = time.monotonic() + START_SECONDS
-        line = ""
-        while "NeuroGrid API on" not in line:
-            line = read_line(process, deadline - time.monotonic())
-            assert line or process.poll() is None, (tmp / "serve.log").read_text()
-        url = line.split(" on ", 1)[1].strip()
         while httpx.get(f"{url}/api/network/status").json()["network"]["nodes_online"] < (
                 local_workers):
             assert time.monotonic() < deadline, "the local worker never joined"
@@ -53,10 +72,6 @@ def run_live_server(tmp: Path, local_workers: int = 1) -> Iterator[LiveServer]:
         yield LiveServer(url, db)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, (tmp / "serve.log").read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
 
 
 def create_key(db: Path, tier: str = "premium", name: str = "tests") -> str:

@@ -178,6 +178,9 @@ class Error:
     message: str
     retry: bool = True  # False: reconnecting as the same worker cannot help
     retry_after: float | None = None  # seconds to wait before reconnecting, when known
+    # a coordinator that does not lead (a standby, an API process): the worker URL
+    # of the one that does, when known ("" when not): connect there instead
+    leader: str = ""
 
 
 Message = (Hello | Heartbeat | Accepted | Progress | Result | Failed | Draining
@@ -341,7 +344,7 @@ SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
                  "verify": (_optional_object, OPTIONAL)},
     CancelTask: {"task_id": (_id, REQUIRED), "reason": (_str, OPTIONAL)},
     Error: {"message": (_str, REQUIRED), "retry": (_bool, OPTIONAL),
-            "retry_after": (_optional_number, OPTIONAL)},
+            "retry_after": (_optional_number, OPTIONAL), "leader": (_str, OPTIONAL)},
 }
 
 

@@ -7,15 +7,15 @@ runners in threads; ``runners`` holds the model runners themselves.
 from __future__ import annotations
 
 from engine.worker.agent import (
-    CoordinatorUnreachable, Executor, ProgressBuffer, Worker, WorkerConfig, WorkerRefused,
-    websocket_connector,
+    CoordinatorList, CoordinatorUnreachable, Executor, ProgressBuffer, Worker, WorkerConfig,
+    WorkerRefused, websocket_connector,
 )
 from engine.worker.node import (
     DEMO_MODEL, Hardware, ModelSource, ThreadedExecutor, detect_gpu, load_models, usable_gpu,
 )
 
 __all__ = [
-    "CoordinatorUnreachable", "Executor", "ProgressBuffer", "Worker", "WorkerConfig",
+    "CoordinatorList", "CoordinatorUnreachable", "Executor", "ProgressBuffer", "Worker", "WorkerConfig",
     "WorkerRefused", "websocket_connector",
     "DEMO_MODEL", "Hardware", "ModelSource", "ThreadedExecutor", "detect_gpu", "load_models",
     "usable_gpu",

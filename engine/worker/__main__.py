@@ -28,7 +28,7 @@ import trio
 
 from engine.core import GPU_CLASSES, gpu_class_name
 from engine.worker.agent import (
-    CoordinatorUnreachable, Worker, WorkerConfig, WorkerRefused, websocket_connector,
+    CoordinatorList, CoordinatorUnreachable, Worker, WorkerConfig, WorkerRefused,
 )
 from engine.worker.node import (
     DEMO_MODEL, Hardware, ModelSource, ThreadedExecutor, detect_gpu, host_memory_gb, load_models,
@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG, description="Run a NeuroGrid worker: connect to a coordinator and run "
         "the tasks it assigns on this machine's models.")
-    p.add_argument("--coordinator", default=os.environ.get("NEUROGRID_COORDINATOR"),
-                   metavar="URL", help="ws://HOST:PORT/api/nodes/connect "
-                   "(default: $NEUROGRID_COORDINATOR)")
+    p.add_argument("--coordinator", action="append", default=[], metavar="URL",
+                   help="ws://HOST:PORT/api/nodes/connect; repeatable: a deployment's "
+                   "coordinators, of which the worker finds the leader (default: "
+                   "$NEUROGRID_COORDINATOR, URLs separated by commas)")
     p.add_argument("--token", default=os.environ.get("NEUROGRID_TOKEN"),
                    help="this node's worker token, from `neurogrid nodes create` "
                    "(default: $NEUROGRID_TOKEN, which keeps it out of `ps`)")
@@ -117,9 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[ModelSource]:
     if not args.coordinator:
+        args.coordinator = [u.strip() for u in os.environ.get("NEUROGRID_COORDINATOR", "")
+                            .split(",") if u.strip()]
+    if not args.coordinator:
         p.error("--coordinator URL is required (or set NEUROGRID_COORDINATOR)")
-    if not args.coordinator.startswith(("ws://", "wss://")):
-        p.error(f"--coordinator must be a ws:// or wss:// URL, got {args.coordinator!r}")
+    for url in args.coordinator:
+        if not url.startswith(("ws://", "wss://")):
+            p.error(f"--coordinator must be a ws:// or wss:// URL, got {url!r}")
     if not args.token:
         p.error("--token is required (or set NEUROGRID_TOKEN)")
     if args.demo and args.noop:
@@ -204,15 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     executor = ThreadedExecutor(runners, max_threads=args.slots + 2)
     log.info("worker %r: %s, %.1f GB, %d slot(s), coordinator %s", args.name, hardware.gpu,
-             hardware.vram_gb, args.slots, args.coordinator)
-    worker = Worker(config, executor, lambda: websocket_connector(args.coordinator))
+             hardware.vram_gb, args.slots, ", ".join(args.coordinator))
+    worker = Worker(config, executor, CoordinatorList(args.coordinator))
     error = trio.run(_serve, worker)
     if isinstance(error, WorkerRefused):
         print(f"{PROG}: the coordinator refused this worker: {error}", file=sys.stderr)
         return 1
     if isinstance(error, CoordinatorUnreachable):
-        print(f"{PROG}: cannot reach the coordinator at {args.coordinator}: {error}",
-              file=sys.stderr)
+        print(f"{PROG}: cannot reach the coordinator at {', '.join(args.coordinator)}: "
+              f"{error}", file=sys.stderr)
         return 1
     log.info("worker stopped (%d task(s) completed)", worker.completed)
     return 0

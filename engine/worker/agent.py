@@ -25,6 +25,10 @@
 #   to `backoff_max`, each delay drawn from [d/2, d]), reset after a welcome; a
 #   refusal that says `retry_after` (the coordinator's reconnect rate limit) waits
 #   at least that long.
+# - Several coordinators (CoordinatorList, `--coordinator` repeated): a refusal
+#   that names the leader (a standby's, an API process's) is followed at once,
+#   within [0, backoff_initial]; a connection that fails or is refused otherwise
+#   moves on to the next URL, with the backoff above.
 # - Drain: send `draining`, take no new work, wait up to `drain_grace` for the
 #   running tasks, then close; what is still running is handed back (the
 #   coordinator re-queues a closed node's tasks). `stop()` closes at once.
@@ -154,6 +158,38 @@ async def websocket_connector(url: str, max_frame_bytes: int = MAX_FRAME_BYTES,
 CONNECT_ERRORS = (OSError, trio_websocket.HandshakeError)
 
 
+class CoordinatorList:
+    """A Connector over several coordinator URLs (a deployment whose coordinators
+    fail over: one leads, the others stand by). It connects to the leader when one
+    was named (a standby's "not the leader" error says where: `redirect`), else to
+    the current URL of the list; `failed` (no connection, or no welcome) forgets
+    the named leader and moves on to the next URL of the list (a standby may name
+    a leader that has just died)."""
+
+    def __init__(self, urls: list[str],
+                 connector: Callable[[str], AbstractAsyncContextManager[Connection]]
+                 = websocket_connector) -> None:
+        if not urls:
+            raise ValueError("at least one coordinator URL")
+        self.urls, self.connector = list(urls), connector
+        self.index = 0
+        self.leader = ""
+
+    @property
+    def url(self) -> str:
+        return self.leader or self.urls[self.index]
+
+    def __call__(self) -> AbstractAsyncContextManager[Connection]:
+        return self.connector(self.url)
+
+    def redirect(self, leader: str) -> None:
+        self.leader = leader
+
+    def failed(self) -> None:
+        self.leader = ""
+        self.index = (self.index + 1) % len(self.urls)
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, executor: Executor, connect: Connector,
                  rng: random.Random | None = None) -> None:
@@ -170,6 +206,8 @@ class Worker:
         self._idle.set()
         self._connection_scope = trio.CancelScope()
         self._retry_after = 0.0  # the last refusal's retry_after
+        self._redirected = False  # the last refusal named the leader: go there now
+        self.coordinators = connect if isinstance(connect, CoordinatorList) else None
 
     # ---- control -----------------------------------------------------------------
 
@@ -195,16 +233,21 @@ class Worker:
                     reason = "connection closed"
             except CONNECT_ERRORS as exc:
                 reason = _describe(exc)
+            redirected, self._redirected = self._redirected, False
             if welcomed:
                 failures = 0
             else:
                 failures += 1
+                if self.coordinators is not None and not redirected:
+                    self.coordinators.failed()
             if self._drain.is_set():
                 return
             if self.config.max_retries is not None and failures > self.config.max_retries:
                 raise CoordinatorUnreachable(reason)
             ceiling = self.config.backoff_initial * 2 ** max(0, failures - 1)
             delay = self.rng.uniform(0.5, 1.0) * min(self.config.backoff_max, ceiling)
+            if redirected:  # sent to the leader: go now (a second hop backs off)
+                delay = self.rng.uniform(0.0, self.config.backoff_initial)
             delay, self._retry_after = max(delay, self._retry_after), 0.0
             log.warning("coordinator: %s; reconnecting in %.1f s", reason, delay)
             with trio.move_on_after(delay):
@@ -230,6 +273,9 @@ class Worker:
                 raise WorkerRefused(welcome.message)
             log.warning("coordinator turned us away for now: %s", welcome.message)
             self._retry_after = welcome.retry_after or 0.0
+            if welcome.leader and self.coordinators is not None:
+                self.coordinators.redirect(welcome.leader)
+                self._redirected = True
             return False
         if not isinstance(welcome, Welcome):
             log.warning("handshake failed: expected welcome, got %s", type(welcome).__name__)
@@ -411,5 +457,5 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["CONNECT_ERRORS", "Connector", "CoordinatorUnreachable", "Executor", "ProgressBuffer",
+__all__ = ["CONNECT_ERRORS", "Connector", "CoordinatorList", "CoordinatorUnreachable", "Executor", "ProgressBuffer",
            "Worker", "WorkerConfig", "WorkerRefused", "websocket_connector"]
