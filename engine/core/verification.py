@@ -4,7 +4,10 @@
 # Theory of operation (the Scheduler drives it; DESIGN.md, "Verification"):
 #   1. A result arrives for a task whose `verify` mode asks for it (TaskSpec.verify:
 #      `always`, or `sampled` with the probability reputation.sampling_rate gives
-#      the producing node). The result is held: not delivered, not charged; the
+#      the producing node) from a node the operator does not trust (an operator-
+#      trusted node's results are taken as they are: Verified `skipped`; it is a
+#      validator, and a network with one validator could otherwise never check its
+#      results). The result is held: not delivered, not charged; the
 #      producer's slot is free again. The scheduler emits Hold and creates a
 #      verification job: a child task (a TaskRecord with `verifies` = the task's id)
 #      whose work is the kind's `verify_fraction` (kinds.py) of the task's, with its

@@ -122,14 +122,25 @@ def test_a_failed_result_is_never_placed_back_on_its_producer():
     assert rerun.node_id != "bad"
 
 
-def test_the_producer_never_validates_its_own_result():
+def test_a_trusted_nodes_result_is_taken_as_it_is():
     s = sched()
-    join(s, "only", trusted=True)
+    join(s, "v", trusted=True)
+    of(Assign, submit(s, "t"))
+    out = finish(s, "t", "v")
+    [verified] = of(Verified, out)
+    assert verified.status == "skipped" and "trusted" in verified.detail
+    assert of(Complete, out)
+
+
+def test_the_producer_never_validates_its_own_result():
+    # every node has earned the validator role (no verified results needed)
+    s = sched(TrustPolicy(validator_after=0, validator_score=0.0))
+    join(s, "only")
     of(Assign, submit(s, "t", deadline=100.0))
     out = finish(s, "t", "only")
     assert of(Hold, out) and not of(Assign, out)
     # the waiting job goes to the first other validator to join
-    [job] = of(Assign, join(s, "v2", trusted=True, now=2.0))
+    [job] = of(Assign, join(s, "v2", now=2.0))
     assert job.node_id == "v2" and job.verifies == "t"
 
 
@@ -283,7 +294,10 @@ def test_every_delivered_always_result_passed_a_verdict_by_another_node(gaps, po
                     ended[d.task_id] = d
                 if isinstance(d, Complete):
                     v = last_verified[d.task_id]
-                    assert v.status == "passed" and v.validator != d.node_id
+                    if d.node_id in ("v", "v2"):  # operator-trusted: taken as it is
+                        assert v.status == "skipped"
+                    else:
+                        assert v.status == "passed" and v.validator != d.node_id
             runs = [d for d in decisions if isinstance(d, Assign)]
             if not runs:
                 break
