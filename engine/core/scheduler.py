@@ -176,7 +176,7 @@ class Scheduler(VerificationSteps):
 
     def snapshot(self) -> NetworkSnapshot:
         return network_snapshot(self.index, self.queues, self._busy_slots, self.counters,
-                                self.utilization)
+                                self.utilization, self.trust)
 
     def quote(self, spec: TaskSpec) -> Quote:
         """Estimate cost and time for `spec` as the network stands now, without
