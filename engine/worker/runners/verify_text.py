@@ -44,6 +44,9 @@
 #   same u and the claimed token must be the one whose interval of the nucleus's
 #   cumulative distribution holds u, within REPLAY_SLACK (logit noise moves the
 #   intervals by ~1e-6). This makes a sampled result as checkable as a greedy one.
+#   A sampled result with no seed to replay (no proof, or one without a seed)
+#   FAILS: every producer of this version sends one, and without it a short fluent
+#   fabrication under pure temperature sampling is indistinguishable from a sample.
 # The decision is an aggregate: at most MAX_FAIL_FRACTION of the positions may
 # fail (rounded down: on a short output, none). The finish must be plausible too:
 # a `stop` (claimed, or implied by fewer than max_tokens tokens below the context
@@ -356,6 +359,8 @@ def judge_text(
         detail += f"; first at token {i} (id {ids[i]}, logit {float(rows[i][ids[i]]):.3f} vs max " \
                   f"{float(rows[i].max()):.3f})"
     passed = len(failed) <= allowed
+    if temperature >= GREEDY_BELOW and seed is None:
+        passed, detail = False, detail + "; sampled, but no seed to replay (neither the task nor the proof names one)"
     if temperature >= GREEDY_BELOW and n and seed is not None:
         replayed = replay_failures(rows, ids, temperature, top_p, seed)
         detail += f"; seeded replay: {len(replayed)} of {n} tokens differ (allowed {allowed})"
