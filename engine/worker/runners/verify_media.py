@@ -16,8 +16,11 @@
 # - Images: both PNGs are decoded, must have the same size, are averaged down to
 #   at most COMPARE_SIDE pixels a side (so a pixel's last-bit rounding does not
 #   count) and compared by PSNR (dB, 8-bit RGB); at least MIN_PSNR_DB passes.
-#   Honest reruns give identical or near-identical bytes (>= 40 dB); another seed,
-#   prompt, step count or model gives an unrelated image (~10-20 dB).
+#   Honest reruns under other ONNX Runtime threads / optimisation levels give
+#   identical or near-identical images (>= 98 dB measured on CPU; CPU vs CUDA is
+#   not calibrated yet: no GPU was lent); another seed gives ~20 dB, and even on
+#   the random-weight stand-in pack (whose images barely depend on the prompt)
+#   another step count, scheduler or guidance scale gives 23-34 dB.
 # - The score is the agreement: 1 - WER (floored at 0) for speech; 1 - RMSE/255
 #   for images (1.0 = identical).
 # A claimed value of the wrong shape is a failed verdict, never an exception.
@@ -39,7 +42,7 @@ __all__ = ["COMPARE_SIDE", "MAX_WER", "MIN_PSNR_DB", "judge_image", "judge_trans
 
 MAX_WER = 0.15
 COMPARE_SIDE = 64
-MIN_PSNR_DB = 30.0
+MIN_PSNR_DB = 40.0
 
 
 def _words(text: str) -> list[str]:
