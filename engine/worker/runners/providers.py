@@ -56,6 +56,7 @@ __all__ = [
     "cuda_problem",
     "open_session",
     "session_options",
+    "session_tuning",
 ]
 
 CPU = "CPUExecutionProvider"
@@ -93,6 +94,28 @@ def session_options() -> ort.SessionOptions:
                                  f"got {level!r}")
         options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
     return options
+
+
+@contextlib.contextmanager
+def session_tuning(threads: int | None, optimization: str | None) -> Iterator[None]:
+    """Sessions created inside use these threads / this optimisation level (None: the
+    default), as if the environment said so; the environment is restored after.
+    For tests and benchmarks that compare floating-point detail in one process."""
+    wanted = {THREADS_ENV: None if threads is None else str(threads), OPTIMIZATION_ENV: optimization}
+    saved = {name: os.environ.get(name) for name in wanted}
+    try:
+        for name, value in wanted.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def open_session(model_path: Path, providers: tuple[str, ...]) -> ort.InferenceSession:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from engine.worker.packs.sd_tiny import ensure_sd_tiny
 from engine.worker.runners.diffusion import DiffusionRunner
-from engine.worker.runners.providers import OPTIMIZATION_ENV, THREADS_ENV
+from engine.worker.runners.providers import session_tuning
 from engine.worker.runners.verify_media import (
     MIN_PSNR_DB, judge_image, judge_transcript, psnr, word_error_rate,
 )
@@ -25,25 +24,17 @@ from engine.worker.runners.verify_media import (
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
 
-def tuned(directory: Path, threads: str, level: str) -> DiffusionRunner:
-    saved = {name: os.environ.get(name) for name in (THREADS_ENV, OPTIMIZATION_ENV)}
-    os.environ[THREADS_ENV], os.environ[OPTIMIZATION_ENV] = threads, level
-    try:
+def tuned(directory: Path, threads: int, level: str) -> DiffusionRunner:
+    with session_tuning(threads, level):
         runner = DiffusionRunner("stable-diffusion", directory, providers_preference="cpu")
         runner.load()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return runner
 
 
 @pytest.fixture(scope="module")
 def runners(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiffusionRunner, DiffusionRunner]:
     pack = ensure_sd_tiny(tmp_path_factory.mktemp("packs") / "sd-tiny-random")
-    return tuned(pack, "1", "disable"), tuned(pack, "2", "all")
+    return tuned(pack, 1, "disable"), tuned(pack, 2, "all")
 
 
 def image(runner: DiffusionRunner, prompt: str = "a red fox", **params: Any) -> dict[str, Any]:

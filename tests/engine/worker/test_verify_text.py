@@ -5,7 +5,6 @@ output and forged proofs fail. SmolLM2-135M-Instruct is the real model (skipped 
 the install command when it is missing); the demo pack is the substitute."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from tokenizers import Tokenizer
 
 from engine.worker.runners import InvalidTaskInput, ModelLoadError, RunResult
 from engine.worker.runners.demo_pack import ensure_demo_pack
-from engine.worker.runners.providers import OPTIMIZATION_ENV, THREADS_ENV
+from engine.worker.runners.providers import OPTIMIZATION_ENV, THREADS_ENV, session_tuning
 from engine.worker.runners.textgen import TextGenRunner
 from engine.worker.runners.verify_text import (
     GREEDY_MARGIN, TextProof, judge_text, likelihood_z, token_passes,
@@ -26,21 +25,13 @@ PROMPTS = ("What is the capital of France?", "Name a primary color.", "Say hello
 GREEDY = {"temperature": 0, "max_tokens": 12}
 SAMPLED = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 12}
 PURE = {"temperature": 1.0, "max_tokens": 12}  # top_p 1: every token is a possible sample
-TUNINGS = (("1", "disable"), ("2", "all"), ("1", "basic"))
+TUNINGS = ((1, "disable"), (2, "all"), (1, "basic"))
 
 
-def tuned(directory: Path, threads: str, level: str) -> TextGenRunner:
-    saved = {name: os.environ.get(name) for name in (THREADS_ENV, OPTIMIZATION_ENV)}
-    os.environ[THREADS_ENV], os.environ[OPTIMIZATION_ENV] = threads, level
-    try:
+def tuned(directory: Path, threads: int, level: str) -> TextGenRunner:
+    with session_tuning(threads, level):
         runner = TextGenRunner("llama2:7b", directory, providers_preference="cpu")
         runner.load()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return runner
 
 

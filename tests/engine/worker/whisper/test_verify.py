@@ -4,35 +4,26 @@ transcript, another sentence's transcript or a claim of the wrong shape fails.""
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 
-from engine.worker.runners.providers import OPTIMIZATION_ENV, THREADS_ENV
+from engine.worker.runners.providers import session_tuning
 from engine.worker.runners.verify_media import MAX_WER
 from engine.worker.runners.whisper import WhisperRunner
 
 from .helpers import SECOND_SENTENCE, SENTENCE, word_error_rate
 
 
-def tuned(directory: Path, threads: str, level: str) -> WhisperRunner:
-    saved = {name: os.environ.get(name) for name in (THREADS_ENV, OPTIMIZATION_ENV)}
-    os.environ[THREADS_ENV], os.environ[OPTIMIZATION_ENV] = threads, level
-    try:
+def tuned(directory: Path, threads: int, level: str) -> WhisperRunner:
+    with session_tuning(threads, level):
         runner = WhisperRunner("whisper", directory, providers_preference="cpu")
         runner.load()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return runner
 
 
 def test_honest_transcripts_pass_and_wrong_ones_fail(tiny_pack: Path, speak: Callable[[str], bytes]) -> None:
-    producer, validator = tuned(tiny_pack, "1", "disable"), tuned(tiny_pack, "2", "all")
+    producer, validator = tuned(tiny_pack, 1, "disable"), tuned(tiny_pack, 2, "all")
     task = {"audio": base64.b64encode(speak(SENTENCE)).decode("ascii")}
     honest = producer.run(task, {}, lambda partial: None, lambda: False)
     verdict = validator.verify(task, {}, honest.output, honest.proof, lambda: False)
