@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -94,12 +95,14 @@ def text_rows(quick: bool) -> list[Row]:
 
         produce()  # warm-up
         made, checked, failed = _alternate(produce, check, repeats)
-        tokens = int(produce()[0].usage["tokens"])
+        last = produce()[0]
+        tokens = int(last.usage["tokens"])
         ratio = median_of(checked) / median_of(made)
         return Row(f"text: verify {tokens} claimed tokens vs generating them "
                    f"(prompt {len(runner.prompt_ids(prompt, params))} tokens, cpu)",
                    {"generate_s": median_of(made), "verify_s": median_of(checked),
-                    "validator_pct": 100 * ratio, "added_latency_s": median_of(checked), "failed": failed},
+                    "validator_pct": 100 * ratio, "added_latency_s": median_of(checked), "failed": failed,
+                    "proof_bytes": len(json.dumps(last.proof, separators=(",", ":")))},
                    target=f"validator < {TARGET_TEXT_RATIO:.0%} of the work", met=ratio < TARGET_TEXT_RATIO)
 
     default = {"temperature": 0, "max_tokens": max_tokens}
