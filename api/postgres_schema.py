@@ -175,6 +175,9 @@ MIGRATIONS: dict[int, list[str]] = {
     PRIMARY KEY (owner, key)
 )""",
         "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)"],
+    # the verification asked for and how the result fared (JSON text, as in SQLite)
+    3: ["ALTER TABLE tasks ADD COLUMN verify TEXT NOT NULL DEFAULT 'none'",
+        "ALTER TABLE tasks ADD COLUMN verification TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

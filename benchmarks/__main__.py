@@ -32,6 +32,7 @@ MODULES = {
     "api": "benchmarks.api_load",
     "soak": "benchmarks.soak",
     "models": "benchmarks.models",
+    "trust": "benchmarks.trust",
 }
 
 

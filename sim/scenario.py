@@ -20,8 +20,10 @@ from typing import Any, Callable, Mapping
 import attrs
 
 from engine.core import (
-    GPU_CLASSES, MODELS, POLICIES, PRICING, NodeSpec, Priority, resolve_model,
+    GPU_CLASSES, MODELS, POLICIES, PRICING, NodeSpec, Priority, TrustPolicy, resolve_model,
 )
+
+from .adversary import BEHAVIOURS, DEFAULT_DETECTION, Verification
 
 from .workload import (
     DISTRIBUTIONS, Arrival, Diurnal, Distribution, Mmpp, Poisson, Trace, TraceError,
@@ -57,6 +59,10 @@ class NodeGroup:
     mttr: float = 300.0  # mean seconds to repair, exponential
     session_mean: float = math.inf  # churn: mean seconds online before leaving
     away_mean: float = 3600.0  # churn: mean seconds away before coming back
+    # adversaries (adversary.py): what a share of its results is, and validators
+    behaviour: str = ""  # "" (honest) or a BEHAVIOURS name
+    fraction: float = 1.0  # the share of its results that behave so
+    trusted: bool = False  # the operator trusts it: it verifies others' results
 
 
 @attrs.frozen
@@ -103,6 +109,7 @@ class Scenario:
     replications: int = 1
     source: str = "<scenario>"
     scripted_nodes: tuple[ScriptedNode, ...] = ()  # a journal's fleet (replay.py)
+    verification: Verification | None = None  # [verification]: None, off
 
     def evolve(self, **changes: Any) -> Scenario:
         return attrs.evolve(self, **changes)
@@ -325,6 +332,18 @@ _NODE_SCHEMA: dict[str, Parser] = {
     "slots": _integer(1), "price_per_hour": _number(0.0), "vram_gb": _POSITIVE,
     "models": _models, "warm": _boolean,
     "mtbf": _POSITIVE, "mttr": _POSITIVE, "session_mean": _POSITIVE, "away_mean": _POSITIVE,
+    "behaviour": _choice(BEHAVIOURS, "an adversary behaviour"), "fraction": _number(0.0, 1.0),
+    "trusted": _boolean,
+}
+
+_FRACTION = _number(0.0, 1.0)
+_VERIFICATION_SCHEMA: dict[str, Parser] = {
+    "mode": _choice(("none", "sampled", "always"), "a verify mode"),
+    "probation": _integer(0), "rate_floor": _FRACTION, "rate_gain": _number(0.0),
+    "quarantine_below": _FRACTION, "validator_after": _integer(0),
+    "validator_score": _FRACTION, "job_deadline": _POSITIVE,
+    "false_positive": _FRACTION,
+    "detection": lambda v, k, c: _table(v, k, c, dict.fromkeys(BEHAVIOURS, _FRACTION)),
 }
 
 _WORKLOAD_SCHEMA: dict[str, Parser] = {
@@ -343,6 +362,7 @@ _TOP_SCHEMA: dict[str, Parser] = {
     "max_queued": _integer(1), "replications": _integer(1),
     "nodes": lambda v, k, c: v, "workload": lambda v, k, c: v,  # checked below
     "network": lambda v, k, c: _table(v, k, c, {"latency": _latency_table}),
+    "verification": lambda v, k, c: _table(v, k, c, _VERIFICATION_SCHEMA),
 }
 
 
@@ -367,7 +387,17 @@ def _node_group(raw: dict[str, Any], key: str, ctx: _Ctx) -> NodeGroup:
         price_per_hour=p.get("price_per_hour"), vram_gb=vram, models=models,
         warm=p.get("warm", True), mtbf=p.get("mtbf", math.inf), mttr=p.get("mttr", 300.0),
         session_mean=p.get("session_mean", math.inf), away_mean=p.get("away_mean", 3600.0),
+        behaviour=p.get("behaviour", ""), fraction=p.get("fraction", 1.0),
+        trusted=p.get("trusted", False),
     )
+
+
+def _verification(p: Mapping[str, Any]) -> Verification:
+    policy = {k: v for k, v in p.items()
+              if k in attrs.fields_dict(TrustPolicy)}
+    return Verification(p.get("mode", "sampled"), TrustPolicy(**policy),
+                        {**DEFAULT_DETECTION, **p.get("detection", {})},
+                        p.get("false_positive", 0.0))
 
 
 def _workload(raw: dict[str, Any], key: str, ctx: _Ctx) -> Workload:
@@ -411,6 +441,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>",
         drain_limit=p.get("drain_limit", math.inf), max_queued=p.get("max_queued", 1_000_000),
         region_latency=p.get("network", {}).get("latency", {}),
         replications=p.get("replications", 1), source=source,
+        verification=_verification(p["verification"]) if "verification" in p else None,
     )
 
 
