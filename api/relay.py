@@ -308,6 +308,9 @@ class UpdateWriter:
         change: TaskChange | None
         if isinstance(update, CompletedUpdate):
             change, blobs = self._completed_change(update, self.clock())
+            if update.verification is not None:
+                change = attrs.evolve(change,
+                                      verification=self._verification(update.verification))
         else:
             change = self._changes[type(update)](update, self.clock())
         if change is None:

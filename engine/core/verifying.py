@@ -131,15 +131,16 @@ class VerificationSteps:
                                            event.node_id, event.score, event.detail),
                           now, out)
             return
-        out.append(Verified(parent.spec.task_id, "failed", held.producer, event.node_id,
-                            event.score, event.detail, rerun=True))
         parent.held = None
         if parent.excluded is None:
             parent.excluded = set()
         parent.excluded.add(held.producer)
         parent.node_losses += 1  # charged to the producer, not to the task's attempts
         parent.attempts -= 1
-        if parent.node_losses >= self.config.max_node_losses:
+        rerun = parent.node_losses < self.config.max_node_losses
+        out.append(Verified(parent.spec.task_id, "failed", held.producer, event.node_id,
+                            event.score, event.detail, rerun=rerun))
+        if not rerun:
             parent.error = f"its result failed verification {parent.node_losses} times"
             self._end(parent, TaskState.FAILED, now)
             out.append(Fail(parent.spec.task_id, parent.error, held.producer))

@@ -142,6 +142,8 @@ class Coordinator:
         self._held: dict[str, tuple[Any, str, Any]] = {}  # results waiting for a verdict
         self._jobs: dict[str, str] = {}  # verification job id -> the task it checks
         self._job_of: dict[str, str] = {}  # task -> its verification job now
+        # a verdict that goes out with the task's completion (one stored change)
+        self._verdict: dict[str, VerificationUpdate] = {}
         self._dev_nodes = 0
         self._reconnects = ReconnectLimiter(config.reconnect_burst, config.reconnect_rate)
         self._on_message: dict[type, Callable[[Any], None]] = {
@@ -551,9 +553,13 @@ class Coordinator:
             task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
         gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
         self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
-                                             reference, finish_reason, gpu, location, weights))
+                                             reference, finish_reason, gpu, location, weights,
+                                             self._verdict.pop(d.task_id, None)))
 
     def _do_fail(self, d: Fail, queue: list[Event]) -> None:
+        verdict = self._verdict.pop(d.task_id, None)
+        if verdict is not None:
+            self._pending.append(verdict)
         self._forget(d.task_id)
         self._pending.append(FailedUpdate(d.task_id, d.error, d.node_id))
 
@@ -575,8 +581,12 @@ class Coordinator:
 
     def _do_verified(self, d: Verified, queue: list[Event]) -> None:
         self._jobs.pop(self._job_of.pop(d.task_id, ""), None)
-        self._pending.append(VerificationUpdate(d.task_id, d.status, d.producer, d.validator,
-                                                d.score, d.detail, d.rerun))
+        update = VerificationUpdate(d.task_id, d.status, d.producer, d.validator, d.score,
+                                    d.detail, d.rerun)
+        if d.rerun or d.status == "failed":  # no completion follows (it runs again)
+            self._pending.append(update)
+        else:  # a Complete or a Fail follows at once (scheduler: Verified, then it)
+            self._verdict[d.task_id] = update
 
     def _do_quarantine(self, d: Quarantine, queue: list[Event]) -> None:
         log.warning("node %s %s", d.node_id, d.reason)

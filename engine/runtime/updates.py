@@ -88,6 +88,30 @@ class ProgressUpdate:
 
 
 @attrs.frozen
+class VerificationUpdate:
+    """The verification of the task's result (engine/core/verification.py):
+    `status` pending | passed | failed | unverified | skipped; `rerun`: the result
+    failed and the task runs again on another node."""
+
+    kind: ClassVar[str] = "verification"
+    state: ClassVar[None] = None
+
+    task_id: str
+    status: str
+    producer: str = ""  # the node whose result is checked
+    validator: str | None = None
+    score: float | None = None
+    detail: str = ""
+    rerun: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The task JSON's `verification` object."""
+        return {"status": self.status, "producer": self.producer,
+                "validator": self.validator, "score": self.score, "detail": self.detail,
+                "rerun": self.rerun}
+
+
+@attrs.frozen
 class CompletedUpdate:
     kind: ClassVar[str] = "state"
     state: ClassVar[TaskState] = TaskState.COMPLETED
@@ -102,6 +126,9 @@ class CompletedUpdate:
     node_gpu: str = ""
     node_location: str = ""
     model_weights: str = ""
+    # how the result fared under verification, when it was considered for it (one
+    # stored change with the completion, not two)
+    verification: VerificationUpdate | None = None
 
 
 @attrs.frozen
@@ -139,30 +166,6 @@ class CancelledUpdate:
     state: ClassVar[TaskState] = TaskState.CANCELLED
 
     task_id: str
-
-
-@attrs.frozen
-class VerificationUpdate:
-    """The verification of the task's result (engine/core/verification.py):
-    `status` pending | passed | failed | unverified | skipped; `rerun`: the result
-    failed and the task runs again on another node."""
-
-    kind: ClassVar[str] = "verification"
-    state: ClassVar[None] = None
-
-    task_id: str
-    status: str
-    producer: str = ""  # the node whose result is checked
-    validator: str | None = None
-    score: float | None = None
-    detail: str = ""
-    rerun: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        """The task JSON's `verification` object."""
-        return {"status": self.status, "producer": self.producer,
-                "validator": self.validator, "score": self.score, "detail": self.detail,
-                "rerun": self.rerun}
 
 
 TaskUpdate = (QueuedUpdate | RequeuedUpdate | RunningUpdate | ProgressUpdate | CompletedUpdate

@@ -314,3 +314,39 @@ def test_every_delivered_always_result_passed_a_verdict_by_another_node(gaps, po
     assert ("bad" in quarantined) is produced_by_bad
     assert set(ended) == {f"t{i}" for i in range(len(gaps))}
     assert all(isinstance(d, Complete) for d in ended.values())
+
+
+def test_a_task_whose_results_keep_failing_fails_saying_so():
+    # every node is a validator (earned at once) and none is ever quarantined
+    s = sched(TrustPolicy(quarantine_below=0.0, validator_after=0, validator_score=0.0),
+              max_node_losses=2)
+    for name in ("a", "b", "c"):
+        join(s, name)
+    [run] = of(Assign, submit(s, "t"))
+    statuses = []
+    now = 1.0
+    for _ in range(2):
+        out = finish(s, "t", run.node_id, now)
+        [job] = [d for d in of(Assign, out) if d.verifies]
+        out = s.handle(VerificationReported(job.task_id, job.node_id, False), now + 0.1)
+        statuses += [(v.status, v.rerun) for v in of(Verified, out)]
+        reruns = [d for d in of(Assign, out) if d.task_id == "t"]
+        if reruns:
+            run = reruns[0]
+        now += 1
+    assert statuses == [("failed", True), ("failed", False)]
+    [fail] = of(Fail, out)
+    assert "failed verification 2 times" in fail.error
+
+
+@given(st.integers(0, 500), st.integers(0, 500), st.floats(0.0, 1.0), st.floats(0.0, 10.0))
+def test_the_sampling_rate_is_a_probability_that_falls_with_passes(passed, failed, floor, gain):
+    rate = sampling_rate(Reputation(passed, failed), 10, floor, gain)
+    assert 0.0 <= rate <= 1.0
+    assert rate >= min(1.0, floor)
+    more = sampling_rate(Reputation(passed + 1, failed), 10, floor, gain)
+    if passed + failed >= 10:
+        assert more <= rate
+    score = Reputation(passed, failed).score
+    assert 0.0 < score < 1.0
+    assert Reputation(passed + 1, failed).score > score > Reputation(passed, failed + 1).score

@@ -18,7 +18,7 @@ from engine.core import TaskSpec, TaskState, Usage
 from engine.protocol import (
     AssignTask, CancelTask, Error, Gpu, Heartbeat, Hello, Result, Welcome,
 )
-from engine.runtime import CoordinatorConfig, NodeIdentity, VerificationUpdate
+from engine.runtime import CompletedUpdate, CoordinatorConfig, NodeIdentity, VerificationUpdate
 from tests.engine.runtime.harness import MODEL, Net, RawClient, open_net
 
 CONFIG = CoordinatorConfig(heartbeat_interval=1.0, heartbeat_timeout=math.inf,
@@ -107,7 +107,14 @@ async def submit(net: Net, task_id: str, verify: str = "always") -> None:
 
 
 def verifications(net: Net, task_id: str) -> list[VerificationUpdate]:
-    return [u for u in net.of(task_id, "verification")]
+    """The task's verification updates, the one its completion carries included."""
+    out = []
+    for u in net.of(task_id):
+        if isinstance(u, VerificationUpdate):
+            out.append(u)
+        elif isinstance(u, CompletedUpdate) and u.verification is not None:
+            out.append(u.verification)
+    return out
 
 
 async def test_an_honest_result_is_verified_then_delivered(autojump_clock):
@@ -127,9 +134,9 @@ async def test_an_honest_result_is_verified_then_delivered(autojump_clock):
         assert job.verify == {"claimed": "done:t", "proof": {"commitments": ["abc"]}}
         # the job is not an API task: no update names it
         assert not net.of(job.task_id)
-        # the update explaining the result comes before the state it explains
-        kinds = [u.kind for u in net.of("t")]
-        assert kinds.index("verification") < len(kinds) - 1
+        # the verdict goes out with the completion it explains: one update
+        assert final.verification is not None and final.verification.status == "passed"
+        assert [u.kind for u in net.of("t")].count("verification") == 1  # the pending one
 
 
 async def test_a_fabricated_result_is_rerun_on_an_honest_node_and_its_node_quarantined(
