@@ -159,6 +159,9 @@ SCHEMAS: dict[str, Any] = {
             rerun={"type": "boolean",
                    "description": "a result of this task failed verification and it ran again"},
             failed_results={"type": "array", "items": obj()}),
+        metered_by=nullable(s("who counted the usage that cost and tokens_used follow: "
+                              "'coordinator', or 'node, bounded' when the coordinator has "
+                              "no tokenizer for the node's weights")),
     ),
 }
 
@@ -252,7 +255,11 @@ PATHS: dict[str, Any] = {
                                 cost_savings_vs_openai=s(), uptime=s("service availability")),
                     nodes={"type": "array", "items": obj(
                         id=s(), location=s(), status=s(enum=["online", "draining"]), gpu=s(),
-                        tasks_processed=i())},
+                        tasks_processed=i(),
+                        measured_speed={"type": "object", "description": (
+                            "model -> {rate, unit, gpu_class, price_per_hour, reclassed}: "
+                            "what its timed runs showed")},
+                        gpu_claim_contradicted={"type": "boolean"})},
                     stats=obj(beta_signups=i(), total_compute_time=s(), total_savings=s())))}},
     },
     "/api/models": {

@@ -178,6 +178,8 @@ MIGRATIONS: dict[int, list[str]] = {
     # the verification asked for and how the result fared (JSON text, as in SQLite)
     3: ["ALTER TABLE tasks ADD COLUMN verify TEXT NOT NULL DEFAULT 'none'",
         "ALTER TABLE tasks ADD COLUMN verification TEXT"],
+    # who metered a completed task's usage (engine.core.metering)
+    4: ["ALTER TABLE tasks ADD COLUMN metered_by TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

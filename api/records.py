@@ -110,6 +110,9 @@ class TaskRow:
     verify: str = "none"  # the verification asked for: none | sampled | always
     # how the result fared under verification, a JSON object (views.verification_view)
     verification: str | None = None
+    # who counted the usage it is billed by: "coordinator", or "node, bounded" when the
+    # coordinator had no tokenizer for the node's weights (engine.core.metering)
+    metered_by: str | None = None
     seq: int = 0  # the store's insertion order; 0 before insertion (the last field)
 
 
@@ -135,6 +138,7 @@ class TaskChange:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     verification: str | None = None  # JSON text (TaskRow.verification)
+    metered_by: str | None = None
 
 
 MAX_BLOB_BYTES = 32 * 1024 * 1024  # one stored file of a task (an image, an audio input)

@@ -338,7 +338,8 @@ class UpdateWriter:
                             processing_time=usage.seconds, openai_cost=update.reference_cost,
                             model_weights=update.model_weights or None,
                             finish_reason=update.finish_reason or None,
-                            prompt_tokens=usage.prompt_tokens)
+                            prompt_tokens=usage.prompt_tokens,
+                            metered_by=update.metered_by or None)
         try:
             image = image_result(update.task_id, update.result)
         except MediaError as exc:  # the node's claimed image is not one: no result

@@ -16,7 +16,7 @@ import math
 import time
 from typing import Any, Mapping, Sequence
 
-from engine.core import NetworkSnapshot, NodeSnapshot
+from engine.core import MODELS, NetworkSnapshot, NodeSnapshot
 
 from .network_watch import GoneNode
 from .store import OPEN_STATES, NodeRecord, Stats, StoreHealth, TaskRow
@@ -121,6 +121,9 @@ def task_view(row: TaskRow, base_url: str = "") -> dict[str, Any]:
         "model_weights": row.model_weights,
         "verify": row.verify,
         "verification": verification_view(row),
+        # who counted the usage `cost` and `tokens_used` follow: "coordinator", or
+        # "node, bounded" (no tokenizer here for the node's weights); null until done
+        "metered_by": row.metered_by,
     }
 
 
@@ -159,6 +162,16 @@ def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dic
         "reputation": {"score": round(node.reputation, 4), "verified": node.verified,
                        "failed": node.failed_verifications, "validator": node.validator},
         "quarantined": node.quarantined,
+        # what its timed runs showed (engine/core/speed.py), per model it has run:
+        # its rate, the GPU class that speed matches and its price for the model
+        "measured_speed": {m.model: {"rate": round(m.rate, 3),
+                                     "unit": f"{MODELS[m.model].work_unit}s per second",
+                                     "gpu_class": m.gpu,
+                                     "price_per_hour": round(m.price_per_hour, 6),
+                                     "reclassed": m.reclassed}
+                           for m in node.measured},
+        # its measured speed contradicted the GPU it claims (`gpu`) for some model
+        "gpu_claim_contradicted": node.reclassed,
     }
 
 

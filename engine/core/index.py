@@ -29,8 +29,11 @@ import attrs
 
 from .catalog import MODELS, gpu_rate
 from .events import NodeSpec
+from .speed import class_terms
 
 T = TypeVar("T", bound=Hashable)
+# (GPU class, region, warm?, price per hour, measured rate or 0.0)
+ClassKey = tuple[str, str, bool, float, float]
 VRAM_GB = {name: model.vram_gb for name, model in MODELS.items()}
 
 
@@ -94,6 +97,9 @@ class NodeState:
     credit: int = 0  # completions towards the next earned slot
     pace: float = 1.0  # measured elapsed / expected of its runs (metering.next_pace)
     benched: bool = False  # after a fault: takes no new work for a while (NodeIndex.bench)
+    # model -> its runs' measured pace against its claimed GPU (speed.py); absent
+    # until it has completed a run of the model under measured_speed/check_hardware
+    paces: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def node_id(self) -> str:
@@ -134,12 +140,13 @@ class NodeState:
 
 @attrs.define(eq=False)
 class NodeClass:
-    """Nodes of one model that are equal for placement: same GPU, region, warmth and
-    price. `rate` is work units per second; `cold_seconds` the load time if cold.
+    """Nodes of one model that are equal for placement: same GPU, region, warmth,
+    price and measured rate (0.0 when the catalog's: speed.py). `rate` is work
+    units per second; `cold_seconds` the load time if cold.
     `free` and `online` are dicts used as insertion-ordered sets (node id -> None):
     C-speed add and remove, and `next(reversed(free))` takes the newest in O(1)."""
 
-    key: tuple[str, str, bool, float]
+    key: ClassKey
     model: str
     rate: float
     price_per_hour: float
@@ -177,7 +184,7 @@ class ModelIndex:
     one IndexedSet (`free_list`, for uniform picks) and a lazy heap by load."""
 
     model: str
-    classes: dict[tuple[str, str, bool, float], NodeClass] = attrs.field(factory=dict)
+    classes: dict[ClassKey, NodeClass] = attrs.field(factory=dict)
     free_count: int = 0
     online_slots: int = 0  # slots of online, non-draining eligible nodes
     generation: int = 0  # bumped when a class appears: cached class orders go stale
@@ -201,8 +208,12 @@ class ModelIndex:
 class NodeIndex:
     """All online nodes, and per model the free-slot structures described above."""
 
-    def __init__(self, free_list: bool = False, load_heap: bool = False) -> None:
+    def __init__(self, free_list: bool = False, load_heap: bool = False,
+                 measured_speed: bool = False, check_hardware: bool = False) -> None:
         self.nodes: dict[str, NodeState] = {}
+        # classes by measured speed (speed.py; SchedulerConfig's options of these names)
+        self.measured = measured_speed or check_hardware
+        self.measured_speed, self.check_hardware = measured_speed, check_hardware
         self.free_lists = free_list  # every model has a free_list, or none has
         self.load_heaps = load_heap  # the same for the load heaps
         self.models: dict[str, ModelIndex] = {
@@ -260,12 +271,20 @@ class NodeIndex:
 
     def _class_for(self, node: NodeState, model: str, warm: bool) -> NodeClass:
         mi = self.models[model]
-        key = (node.spec.gpu, node.spec.region, warm, node.price_per_hour)
+        spec = node.spec
+        if self.measured:
+            terms = class_terms(spec.gpu, model, node.price_per_hour, node.paces.get(model),
+                                self.measured_speed, self.check_hardware)
+            gpu, rate, price, measured = (terms.gpu, terms.rate, terms.price_per_hour,
+                                          terms.measured_rate)
+        else:
+            gpu, rate, price, measured = spec.gpu, 0.0, node.price_per_hour, 0.0
+        key = (gpu, spec.region, warm, price, measured)
         cls = mi.classes.get(key)
         if cls is None:
             cls = NodeClass(
-                key, model, rate=gpu_rate(node.spec.gpu, model),
-                price_per_hour=node.price_per_hour, latency=node.latency,
+                key, model, rate=rate or gpu_rate(spec.gpu, model),
+                price_per_hour=price, latency=node.latency,
                 cold_seconds=MODELS[model].load_seconds, warm=warm, model_index=mi,
             )
             mi.classes[key] = cls
@@ -278,20 +297,30 @@ class NodeIndex:
         if mi.free_list is not None:
             mi.free_list.discard(node_id)
 
-    def _reclass(self, node: NodeState) -> None:
-        """Move the node to the class that matches its warmth, per model. A node's
-        GPU, region and price never change: only warmth moves it."""
+    def retime(self, node: NodeState, model: str) -> None:
+        """The node's measured pace for `model` changed: move it to the class its
+        speed now puts it in (speed.py), if that is another."""
+        if self.measured and model in node.classes:
+            self._reclass(node, retimed=model)
+
+    def _reclass(self, node: NodeState, retimed: str = "") -> None:
+        """Move the node to the class that matches its warmth, per model (and, for
+        the `retimed` model, its measured speed). A node's GPU, region and price
+        never change: only warmth and measured speed move it."""
         node_id, loaded, classes, in_free = node.node_id, node.loaded, node.classes, node.in_free
         for model in node.eligible_models:
             cls = classes.get(model)
             warm = model in loaded
-            if cls is not None and cls.warm is warm:
+            if cls is not None and cls.warm is warm and model != retimed:
+                continue
+            new = self._class_for(node, model, warm)
+            if new is cls:
                 continue
             if cls is not None:
                 del cls.online[node_id]
                 if in_free:
                     del cls.free[node_id]
-            cls = classes[model] = self._class_for(node, model, warm)
+            cls = classes[model] = new
             cls.online[node_id] = None
             if in_free:
                 cls.free[node_id] = None

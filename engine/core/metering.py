@@ -22,6 +22,32 @@
 #     and `pace` the node's measured slowness (elapsed / expected of its past runs,
 #     a moving average, clamped to [1, factor]).
 #
+#
+# Metered usage: what a task is billed and shown by never rests on the node's word.
+#   metered_usage(spec, reported, elapsed, counts) -> (usage, metered_by)
+#     - the figures a kind is priced by (TaskKind.usage_fields) come from the
+#       coordinator: `steps` and `audio_seconds` from the task itself (the API reads
+#       steps from its parameters and measures audio seconds from the decoded
+#       input), `tokens` from its own count of the result's text with the model's
+#       tokenizer (`counts`; the runtime's meter finds the tokenizer by the weights
+#       the node announced), and `prompt_tokens` at most its count of the prompt +
+#       PROMPT_ALLOWANCE (a chat template's preamble, which only the node sees);
+#     - with no tokenizer for the node's weights (counts None) tokens and prompt
+#       tokens are the node's, only bounded as usage_problem bounds them, and
+#       `metered_by` says so: METERED_BY_NODE, else METERED_BY_COORDINATOR;
+#     - seconds: at most max(elapsed, `speed_bound`), where elapsed is the run as
+#       the coordinator timed it itself and speed_bound what the node's measured
+#       speed allows for the task (speed.speed_seconds: the work at its measured
+#       pace, x SPEED_SLACK); a node not measured yet for the model (speed_bound
+#       None) is held only by usage_problem (elapsed + SECONDS_ALLOWANCE). An honest
+#       node's seconds, inside our timing, are never cut. The charge bound (below)
+#       then holds the charge to 2 x the quote of the node's measured class.
+#   count_problem(reported, counts) -> "" or why the node's own token count cannot
+#     be its output's: more than COUNT_MISMATCH x the coordinator's count +
+#     COUNT_ALLOWANCE (an honest count differs by special tokens that the text
+#     does not show and by re-tokenization, not by a factor). Like an impossible
+#     usage, a protocol error: the run is a fault of its node, never paid.
+#
 # The charge bound (enforced by the Scheduler's Complete decision when
 # SchedulerConfig.charge_cap_factor is set) lives in pricing.py with the price.
 #
@@ -30,6 +56,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import attrs
 
 from .catalog import MODELS
 from .events import TaskSpec, Usage
@@ -48,6 +77,19 @@ SECONDS_ALLOWANCE = 5.0
 # transcript's tokens, an image's CLIP tokens) is bounded by this alone.
 UNMETERED_CAP = 10_000_000
 PACE_WEIGHT = 0.2  # weight of the latest run in a node's measured pace
+COUNT_MISMATCH = 2.0  # a node's token count over the coordinator's (count_problem)
+SPEED_SLACK = 1.25  # seconds a node may bill beyond our timing: its measured pace x this
+METERED_BY_COORDINATOR = "coordinator"  # every priced figure counted by the coordinator
+METERED_BY_NODE = "node, bounded"  # the node's counts, held to the task's size
+
+
+@attrs.frozen
+class Counts:
+    """What the coordinator counted itself of a text task, with the model's tokenizer:
+    the result's tokens and the prompt's (without any chat template)."""
+
+    output_tokens: int
+    prompt_tokens: int
 
 
 def _over(value: float, limit: float, slack: float, allowance: float) -> bool:
@@ -86,6 +128,41 @@ def usage_problem(spec: TaskSpec, usage: Usage, elapsed: float) -> str:
     return ""
 
 
+def metered_usage(spec: TaskSpec, reported: Usage, elapsed: float, counts: Counts | None,
+                  speed_bound: float | None = None) -> tuple[Usage, str]:
+    """The usage a run of `spec` is billed and shown by (see the top comment), and
+    which way it was metered. `reported` has passed usage_problem."""
+    model = MODELS.get(spec.model)
+    metered = model.kind.usage_fields if model is not None else ()
+    seconds = reported.seconds
+    if speed_bound is not None:
+        seconds = min(seconds, max(elapsed, speed_bound * SPEED_SLACK))
+    changes: dict[str, Any] = {"seconds": seconds}
+    if "steps" in metered:
+        changes["steps"] = spec.steps
+    if "audio_seconds" in metered:
+        changes["audio_seconds"] = spec.audio_seconds
+    by = METERED_BY_COORDINATOR
+    if "tokens" in metered:
+        if counts is None:
+            by = METERED_BY_NODE
+        else:
+            changes["tokens"] = counts.output_tokens
+            changes["prompt_tokens"] = min(reported.prompt_tokens,
+                                           counts.prompt_tokens + PROMPT_ALLOWANCE)
+    return attrs.evolve(reported, **changes), by
+
+
+def count_problem(reported: Usage, counts: Counts | None) -> str:
+    """Why the node's token count cannot be that of the output it sent; "" when it
+    can (or when the coordinator has no count of its own)."""
+    if counts is not None and _over(reported.tokens, counts.output_tokens, COUNT_MISMATCH,
+                                    COUNT_ALLOWANCE):
+        return (f"usage.tokens {reported.tokens:g} is more than the output holds "
+                f"({counts.output_tokens} tokens by the model's tokenizer)")
+    return ""
+
+
 def run_bound(expected: float, pace: float, factor: float, floor: float) -> float:
     """Seconds a run expected to take `expected` may take on a node of measured
     `pace` before it is taken back."""
@@ -99,5 +176,7 @@ def next_pace(pace: float, expected: float, elapsed: float) -> float:
     return (1.0 - PACE_WEIGHT) * pace + PACE_WEIGHT * (elapsed / expected)
 
 
-__all__ = ["COUNT_ALLOWANCE", "COUNT_SLACK", "PROMPT_ALLOWANCE", "PROMPT_SLACK", "SECONDS_ALLOWANCE",
-           "SECONDS_SLACK", "UNMETERED_CAP", "next_pace", "run_bound", "usage_problem"]
+__all__ = ["COUNT_ALLOWANCE", "COUNT_MISMATCH", "COUNT_SLACK", "Counts", "METERED_BY_COORDINATOR",
+           "METERED_BY_NODE", "PROMPT_ALLOWANCE", "PROMPT_SLACK", "SECONDS_ALLOWANCE",
+           "SECONDS_SLACK", "SPEED_SLACK", "UNMETERED_CAP", "count_problem", "metered_usage", "next_pace",
+           "run_bound", "usage_problem"]

@@ -29,7 +29,10 @@
 # execution timeout (metering.run_bound: the run is taken back, a Requeue, as a
 # fault of its node); earned slots and a cooldown after a fault (standing.py); at
 # most one loss per node per task, none for a reconnect (rejoin_grace); the charge
-# bound (pricing.py). A fault (TaskFaulted, an execution timeout) re-queues the task
+# bound (pricing.py); measured speed and checked hardware claims (speed.py: a
+# completed run, timed on our clock, moves its node to the class its measured speed
+# puts it in, and it is charged at that class's price). A fault (TaskFaulted, an
+# execution timeout) re-queues the task
 # without counting an attempt, like a lost node; max_node_losses fail it as poison.
 #
 # Verification of results (SchedulerConfig.trust, off by default; verification.py
@@ -89,7 +92,9 @@ class Scheduler(VerificationSteps):
         self.tasks: dict[str, TaskRecord] = {}
         self.queues: dict[str, ModelQueue] = {m: ModelQueue() for m in MODELS}
         self.index = NodeIndex(free_list=self.policy.needs_free_list,
-                               load_heap=self.policy.needs_load_heap)
+                               load_heap=self.policy.needs_load_heap,
+                               measured_speed=config.measured_speed,
+                               check_hardware=config.check_hardware)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._seq = 0
         self._ordinal = 0
@@ -263,8 +268,9 @@ class Scheduler(VerificationSteps):
         if now > node.last_seen:
             node.last_seen = now
         node.tasks_done += 1
-        record.cost = cost = charge(node.price_per_hour, event.usage.seconds, record.multiplier)
         config = self.config
+        price = record.run_price if config.check_hardware else node.price_per_hour
+        record.cost = cost = charge(price, event.usage.seconds, record.multiplier)
         clamped = False
         if config.charge_cap_factor is not None:
             cap = charge_cap(record.quoted_cost, config.charge_cap_factor,
@@ -275,12 +281,15 @@ class Scheduler(VerificationSteps):
         if config.initial_slots is not None or config.execution_timeout_factor is not None:
             self._total_slots += self.standing.completed(
                 node, record.expected_seconds, now - record.assigned_at)
-        if self.trust is not None and (record.verifies is not None
-                                       or record.spec.verify is not VerifyMode.NONE):
-            if record.verifies is not None:  # a job answers with a verdict, not a result
-                self._on_faulted(TaskFaulted(task_id, node_id, "a verification job's "
-                                             "answer must be a verdict"), now, out)
-                return
+        if self.trust is not None and record.verifies is not None:
+            # a job answers with a verdict, not a result
+            self._on_faulted(TaskFaulted(task_id, node_id, "a verification job's "
+                                         "answer must be a verdict"), now, out)
+            return
+        if self.index.measured:  # speed.py: the run, timed by us, measures the node
+            self.standing.timed(node, record.model, record.work, now - record.assigned_at,
+                                MODELS[record.model].load_seconds if record.run_cold else 0.0)
+        if self.trust is not None and record.spec.verify is not VerifyMode.NONE:
             if self._hold(record, node_id, event.usage, cost, clamped, now, out):
                 return
         self._end(record, TaskState.COMPLETED, now)
@@ -474,7 +483,7 @@ class Scheduler(VerificationSteps):
         config = self.config
         # the class it runs in, as placed (before warmth may move it)
         cls = (node.classes[model] if config.execution_timeout_factor is not None
-               or config.charge_cap_factor is not None else None)
+               or config.charge_cap_factor is not None or self.index.measured else None)
         cold = model not in node.loaded
         evicted = node.touch_model(model)
         node.running.add(task_id)
@@ -501,6 +510,7 @@ class Scheduler(VerificationSteps):
         self._runs += 1
         record.run = self._runs
         record.expected_seconds = cls.completion_seconds(record.work)
+        record.run_price, record.run_cold = cls.price_per_hour, not cls.warm
         record.quoted_cost = charge(cls.price_per_hour, cls.service_seconds(record.work),
                                     record.multiplier)
         factor = config.execution_timeout_factor

@@ -12,10 +12,14 @@
 #           stretches its execution bound (metering.run_bound).
 #   benched after a fault it takes no new work for `fault_cooldown` seconds (it
 #           keeps what it runs), so the task it failed goes elsewhere if it can.
+#   paces   per model, its runs' measured pace against its claimed GPU (speed.py,
+#           with SchedulerConfig.measured_speed or check_hardware), which moves it
+#           to the class its measured speed puts it in (NodeIndex.retime).
 # A fault is an execution timeout or a report the driver refused (TaskFaulted).
 # A node that leaves is remembered for `rejoin_grace` seconds: back within it, it
-# keeps its usable slots, credit and pace (a reconnect neither resets a penalty
-# nor costs an honest node what it earned); later it is a newcomer again.
+# keeps its usable slots, credit and pace, and its measured paces if it claims the
+# same GPU (a reconnect neither resets a penalty nor costs an honest node what it
+# earned, nor wipes what its speed showed); later it is a newcomer again.
 #
 # Rules: pure, driven by the Scheduler (which owns the counts of slots: resize and
 # penalise return the change in usable slots); time is an argument.
@@ -24,8 +28,10 @@ from __future__ import annotations
 import heapq
 import math
 
+from .catalog import gpu_rate
 from .index import NodeIndex, NodeState
 from .metering import next_pace
+from .speed import measured_pace, service_seconds
 
 
 class Standing:
@@ -38,8 +44,10 @@ class Standing:
         self.rejoin_grace = rejoin_grace
         self.fault_cooldown = fault_cooldown
         self.benched: list[tuple[float, int, str]] = []  # (until, ordinal, node id)
-        # node id -> (left at, usable, credit, pace), oldest departure first
-        self.departed: dict[str, tuple[float, int, int, float]] = {}
+        # node id -> (left at, usable, credit, pace, (claimed GPU, measured paces)),
+        # oldest departure first
+        self.departed: dict[str, tuple[float, int, int, float,
+                                       tuple[str, dict[str, float]]]] = {}
 
     def resize(self, node: NodeState, usable: int) -> int:
         """Set the node's usable slots (1 to its claim); the change in slots that
@@ -57,6 +65,16 @@ class Standing:
                 node.credit = 0
                 return self.resize(node, node.usable + 1)
         return 0
+
+    def timed(self, node: NodeState, model: str, work: float, elapsed: float,
+              cold_seconds: float) -> None:
+        """A run of `work` of `model` that the scheduler timed at `elapsed` (with
+        `cold_seconds` of model load in it): the node's measured pace, and the
+        class its speed puts it in."""
+        service = service_seconds(elapsed, node.latency, cold_seconds)
+        node.paces[model] = measured_pace(node.paces.get(model), work,
+                                          gpu_rate(node.spec.gpu, model), service)
+        self.index.retime(node, model)
 
     def faulted(self, node: NodeState, now: float) -> int:
         """A fault of the node: its usable slots halve; it is benched a while."""
@@ -85,7 +103,8 @@ class Standing:
     def left(self, node: NodeState, now: float) -> None:
         if self.rejoin_grace is not None:
             self.departed.pop(node.node_id, None)
-            self.departed[node.node_id] = (now, node.usable, node.credit, node.pace)
+            self.departed[node.node_id] = (now, node.usable, node.credit, node.pace,
+                                           (node.spec.gpu, node.paces))
 
     def joining(self, node: NodeState, now: float) -> None:
         """A joining node's standing (before it is added to the index): what it had
@@ -100,8 +119,10 @@ class Standing:
         kept = departed.pop(node.node_id, None)
         claim = node.spec.slots
         if kept is not None:
-            _, usable, node.credit, node.pace = kept
+            _, usable, node.credit, node.pace, (gpu, paces) = kept
             node.usable = min(claim, usable)
+            if gpu == node.spec.gpu:
+                node.paces = {m: p for m, p in paces.items() if m in node.spec.models}
         elif self.initial_slots is not None:
             node.usable = min(claim, max(1, self.initial_slots))
 

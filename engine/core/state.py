@@ -43,6 +43,12 @@ class SchedulerConfig:
     fault_cooldown: float | None = None  # seconds a node takes no new work after a fault
     # verification of results and reputation (verification.py); None: off
     trust: TrustPolicy | None = None
+    # Measured speed (speed.py): quotes and placement from each node's timed runs per
+    # model; and a node whose measured speed contradicts its claimed GPU re-classed,
+    # its price with it. Off: the catalog's figures for the claimed GPU, as the
+    # simulator's scenarios run.
+    measured_speed: bool = False
+    check_hardware: bool = False
 
 
 @attrs.define(eq=False)
@@ -72,6 +78,8 @@ class TaskRecord:
     assigned_at: float = 0.0
     expected_seconds: float = 0.0
     quoted_cost: float = 0.0
+    run_price: float = 0.0  # the price per hour of the class it runs in, as placed
+    run_cold: bool = False  # the node had to load the model first
     charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
     # Verification (verification.py): on a verification job, the id of the task
     # whose result it checks; on a task, its result waiting for a verdict, and the

@@ -15,6 +15,7 @@ from .placement import ScoredPolicy
 from .pricing import PricingPolicy, Quote, charge, savings_pct
 from .queue import ModelQueue
 from .verification import Trust
+from .speed import MeasuredSpeed, measured_speeds
 
 
 @attrs.frozen
@@ -38,6 +39,14 @@ class NodeSnapshot:
     failed_verifications: int = 0
     quarantined: bool = False
     validator: bool = False  # it verifies others' results
+    # per model it has run, its measured speed and the class that puts it in
+    # (speed.py; empty unless SchedulerConfig.measured_speed or check_hardware)
+    measured: tuple[MeasuredSpeed, ...] = ()
+
+    @property
+    def reclassed(self) -> bool:
+        """Its measured speed contradicted its claimed GPU for some model."""
+        return any(m.reclassed for m in self.measured)
 
 
 @attrs.frozen
@@ -59,6 +68,8 @@ def network_snapshot(index: NodeIndex, queues: Mapping[str, ModelQueue], running
             n.node_id, n.spec.name, n.spec.gpu, n.spec.region, n.spec.location,
             n.slots, len(n.running), n.spec.models, tuple(n.loaded),
             n.price_per_hour, n.draining, n.last_seen, n.tasks_done,
+            measured=measured_speeds(n.spec.gpu, n.price_per_hour, n.paces, index.measured_speed,
+                            index.check_hardware) if n.paces else (),
         )
         for n in index.nodes.values()
     )

@@ -16,7 +16,11 @@
 #   charge_cap_factor 2.0, charge_cap_allowance $0.01
 #                                charge <= max(2 x quote, quote + $0.01)
 #   fault_cooldown 30 s          a node that faulted takes no new work meanwhile
-#   check_usage                  impossible usage is a protocol error (metering.py)
+#   check_usage                  impossible usage is a protocol error, and usage is
+#                                metered by the coordinator (metering.py, meter.py)
+#   measured_speed, check_hardware
+#                                quotes and placement from each node's measured
+#                                speed; a false GPU claim re-classed (speed.py)
 #   max_price_per_hour $1000     a hello asking more is refused
 #   reconnect_burst 10, reconnect_rate 0.5/s
 #                                hellos per worker token (guard.py)
@@ -70,6 +74,8 @@ class CoordinatorConfig:
     charge_cap_allowance: float = 0.01
     fault_cooldown: float | None = 30.0
     check_usage: bool = True
+    measured_speed: bool = True
+    check_hardware: bool = True
     max_price_per_hour: float = 1000.0
     reconnect_burst: float = 10.0
     reconnect_rate: float = 0.5
@@ -90,7 +96,9 @@ class CoordinatorConfig:
                                rejoin_grace=self.rejoin_grace,
                                charge_cap_factor=self.charge_cap_factor,
                                charge_cap_allowance=self.charge_cap_allowance,
-                               fault_cooldown=self.fault_cooldown, trust=self.trust)
+                               fault_cooldown=self.fault_cooldown, trust=self.trust,
+                               measured_speed=self.measured_speed,
+                               check_hardware=self.check_hardware)
 
     def make_scheduler(self) -> Scheduler:
         return Scheduler(self.policy, self.pricing, random.Random(self.seed),

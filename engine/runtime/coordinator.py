@@ -56,6 +56,13 @@
 #   error answered with `error`, and the run is a fault of that node (TaskFaulted:
 #   the task is re-queued, the node's earned slots halve). A charge the core clamped
 #   to its bound is logged.
+# - The usage that enters the core is metered here, not taken from the node
+#   (metering.metered_usage): tokens counted with the model's tokenizer (meter.py,
+#   found by the weights the node announced), steps and audio seconds from the task,
+#   seconds at most what its measured speed allows beyond the run as this clock
+#   timed it; a node count its output cannot
+#   hold (metering.count_problem) is a fault like impossible usage. The completed
+#   update says who metered it (`metered_by`).
 # - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
 #   closes a token's live sessions now, and every session re-checks its token each
 #   `reverify_interval` (`still_valid`), which is what makes a revocation by another
@@ -77,6 +84,8 @@ from engine.core import (
     TaskFailed, TaskFaulted, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted,
     Tick, VerificationReported, Verified, WakeAt, openai_cost, usage_problem,
 )
+from engine.core.metering import count_problem, metered_usage
+from engine.core.speed import speed_seconds
 from engine.protocol import (
     PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Error, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
@@ -84,6 +93,7 @@ from engine.protocol import (
 
 from .config import CoordinatorConfig
 from .guard import ReconnectLimiter
+from .meter import Meter
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
@@ -138,12 +148,13 @@ class Coordinator:
         self._pending: list[TaskUpdate] = []
         self._sessions: dict[str, NodeSession] = {}
         self._inputs: dict[str, _Input] = {}
-        self._outputs: dict[str, tuple[Any, str, Any]] = {}  # output, finish reason, proof
-        self._held: dict[str, tuple[Any, str, Any]] = {}  # results waiting for a verdict
+        self._outputs: dict[str, tuple[Any, str, Any, str]] = {}  # output, finish, proof, metered by
+        self._held: dict[str, tuple[Any, str, Any, str]] = {}  # results waiting for a verdict
         self._jobs: dict[str, str] = {}  # verification job id -> the task it checks
         self._job_of: dict[str, str] = {}  # task -> its verification job now
         # a verdict that goes out with the task's completion (one stored change)
         self._verdict: dict[str, VerificationUpdate] = {}
+        self.meter = Meter()
         self._dev_nodes = 0
         self._reconnects = ReconnectLimiter(config.reconnect_burst, config.reconnect_rate)
         self._on_message: dict[type, Callable[[Any], None]] = {
@@ -445,15 +456,24 @@ class Coordinator:
                 self._on_verdict(session, message)
                 return
             record = self.scheduler.tasks.get(task_id)
+            usage, metered_by = message.usage, ""
             if (self.config.check_usage and record is not None
                     and record.node_id == session.node_id and record.state is TaskState.RUNNING):
-                problem = usage_problem(record.spec, message.usage,
-                                        trio.current_time() - record.assigned_at)
+                elapsed = trio.current_time() - record.assigned_at
+                task = self._inputs.get(task_id)
+                counts = None if task is None else self.meter.count(
+                    task.model, session.weights.get(task.model, ""), message.output,
+                    task.payload)
+                problem = (usage_problem(record.spec, usage, elapsed)
+                           or count_problem(usage, counts))
                 if problem:
                     self._fault(session, task_id, problem)
                     return
-            self._outputs[task_id] = (message.output, message.finish_reason, message.proof)
-            self._apply(TaskFinished(task_id, session.node_id, message.usage))
+                usage, metered_by = metered_usage(record.spec, usage, elapsed, counts,
+                                                  self._speed_bound(record))
+            self._outputs[task_id] = (message.output, message.finish_reason, message.proof,
+                                    metered_by)
+            self._apply(TaskFinished(task_id, session.node_id, usage))
             self._outputs.pop(task_id, None)  # still here: a stale result
 
     def _on_verdict(self, session: NodeSession, message: Result) -> None:
@@ -465,6 +485,15 @@ class Coordinator:
         passed, score, detail = verdict
         self._apply(VerificationReported(message.task_id, session.node_id, passed, score,
                                          detail))
+
+    def _speed_bound(self, record: TaskRecord) -> float | None:
+        """The service seconds the run's node needs for it at its measured speed, or
+        None when it has not been measured for the model (engine/core/speed.py)."""
+        node = self.scheduler.index.nodes.get(record.node_id or "")
+        pace = None if node is None else node.paces.get(record.model)
+        if node is None or pace is None:
+            return None
+        return speed_seconds(node.spec.gpu, record.model, record.work, pace)
 
     def _on_refused(self, session: NodeSession, message: Refused) -> None:
         # the session has answered the frame with `error` already
@@ -500,7 +529,7 @@ class Coordinator:
             task = self._inputs[d.task_id]
         else:  # a verification job: the task's input, and the result under test
             task = self._inputs[d.verifies]
-            output, _, proof = self._held[d.verifies]
+            output, _, proof, _ = self._held[d.verifies]
             verify = {"claimed": output, "proof": proof}
         frame = AssignTask(d.task_id, d.model, task.payload, task.params,
                            self._finite(d.deadline - trio.current_time()), d.attempt,
@@ -543,8 +572,8 @@ class Coordinator:
     def _do_complete(self, d: Complete, queue: list[Event]) -> None:
         held = self._held.get(d.task_id)
         task = self._forget(d.task_id)
-        output, finish_reason, _ = (held if held is not None
-                                    else self._outputs.pop(d.task_id, (None, "", None)))
+        output, finish_reason, _, metered_by = (
+            held if held is not None else self._outputs.pop(d.task_id, (None, "", None, "")))
         usage = d.usage
         if d.clamped:
             log.warning("task %s: charge clamped to $%.6f (node %s reported %g s)",
@@ -554,7 +583,8 @@ class Coordinator:
         gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
         self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
                                              reference, finish_reason, gpu, location, weights,
-                                             self._verdict.pop(d.task_id, None)))
+                                             verification=self._verdict.pop(d.task_id, None),
+                                             metered_by=metered_by))
 
     def _do_fail(self, d: Fail, queue: list[Event]) -> None:
         verdict = self._verdict.pop(d.task_id, None)
@@ -574,7 +604,7 @@ class Coordinator:
         self._pending.append(ExpiredUpdate(d.task_id, d.node_id, error))
 
     def _do_hold(self, d: Hold, queue: list[Event]) -> None:
-        self._held[d.task_id] = self._outputs.pop(d.task_id, (None, "", None))
+        self._held[d.task_id] = self._outputs.pop(d.task_id, (None, "", None, ""))
         self._jobs[d.job_id] = d.task_id
         self._job_of[d.task_id] = d.job_id
         self._pending.append(VerificationUpdate(d.task_id, "pending", d.node_id))

@@ -129,6 +129,9 @@ class CompletedUpdate:
     # how the result fared under verification, when it was considered for it (one
     # stored change with the completion, not two)
     verification: VerificationUpdate | None = None
+    # who counted the usage it is billed by (engine.core.metering: "coordinator", or
+    # "node, bounded" when the coordinator has no tokenizer for the node's weights)
+    metered_by: str = ""
 
 
 @attrs.frozen
