@@ -300,11 +300,13 @@ PATHS: dict[str, Any] = {
         "summary": "OpenAI-compatible chat completion (stream: true for server-sent "
                    "chat.completion.chunk events); model, messages, temperature, top_p, "
                    "max_tokens / max_completion_tokens, stop, seed, n (1), user, stream, "
-                   "stream_options; any other parameter is a 400",
+                   "stream_options, and NeuroGrid's verify (none, sampled, always); any "
+                   "other parameter is a 400",
         "responses": {"200": {"description": "chat.completion, or an event stream"}}}},
     "/v1/completions": {"post": {
         "summary": "OpenAI-compatible text completion (stream: true for events); model, "
-                   "prompt, temperature, top_p, max_tokens, stop, seed, n (1), user, stream, "
+                   "prompt, temperature, top_p, max_tokens, stop, seed, verify, n (1), "
+                   "user, stream, "
                    "stream_options",
         "responses": {"200": {"description": "text_completion, or an event stream"}}}},
     "/v1/images/generations": {"post": {

@@ -86,6 +86,7 @@ class VerificationSteps:
                 return False
         job_spec = trust.job_spec(spec, now)
         self._detach(record)  # the producer's slot is free; the task stays running
+        record.run = 0  # its run is over: its execution timer is stale (runs count from 1)
         record.held = HeldResult(producer, usage, cost, clamped, job_spec.task_id)
         job = self._add_record(job_spec, record.key, now)
         job.verifies = task_id

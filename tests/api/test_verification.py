@@ -122,3 +122,25 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
     assert nodes[worker.node_id]["reputation"]["score"] == round(1 / 3, 4)
     assert nodes[validator.node_id]["reputation"]["validator"] is True
     assert "quarantined" in frame["message"]
+
+
+async def test_the_v1_routes_take_verify(api):
+    async with fake_worker(api, "worker") as worker:
+        response = await api.client.post("/v1/chat/completions", json={
+            "model": "llama2", "messages": [{"role": "user", "content": "hi"}],
+            "verify": "sometimes"})
+        assert response.status_code == 400
+        error = (await response.get_json())["error"]
+        assert error["param"] == "verify" and "none, sampled, always" in error["message"]
+        async with trio.open_nursery() as nursery:
+            async def answer() -> None:
+                assign = await worker.next_assign()
+                await worker.finish(assign["task_id"], "hello")
+            nursery.start_soon(answer)
+            response = await api.client.post("/v1/chat/completions", json={
+                "model": "llama2", "messages": [{"role": "user", "content": "hi"}],
+                "verify": "none"})
+        assert response.status_code == 200, await response.get_data()
+        task_id = response.headers["X-NeuroGrid-Task-Id"]
+        task = (await (await api.client.get(f"/api/tasks/{task_id}")).get_json())["task"]
+    assert task["verify"] == "none" and task["verification"]["status"] == "skipped"

@@ -350,3 +350,17 @@ def test_the_sampling_rate_is_a_probability_that_falls_with_passes(passed, faile
     score = Reputation(passed, failed).score
     assert 0.0 < score < 1.0
     assert Reputation(passed + 1, failed).score > score > Reputation(passed, failed + 1).score
+
+
+def test_a_held_result_outlives_its_runs_timer_and_its_producer():
+    s = sched(execution_timeout_factor=2.0, execution_timeout_floor=10.0)
+    join(s, "worker", gpu="RTX 4090")
+    of(Assign, submit(s, "t", deadline=1000.0))
+    assert of(Hold, finish(s, "t", "worker"))  # no validator yet: it waits
+    s.handle(NodeLost("worker"), 2.0)
+    out = s.handle(Tick(), 500.0)  # long past the run's execution bound
+    assert not of(Requeue, out) and not of(Fail, out)
+    [job] = of(Assign, join(s, "v", trusted=True, now=501.0))
+    out = s.handle(VerificationReported(job.task_id, "v", True), 502.0)
+    [complete] = of(Complete, out)
+    assert complete.node_id == "worker"  # paid, though it has left
