@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="append the scheduler's journal (every event and decision) "
                              "to PATH, for `python -m sim --replay PATH`; a PATH ending "
                              "in .gz is written gzip-compressed")
+    parser.add_argument("--trusted-node", action="append", default=[], metavar="NAME",
+                        help="a worker token name (or node id) whose node the operator "
+                             "trusts to verify other nodes' results (repeatable); other "
+                             "nodes earn it by reputation (docs/DESIGN.md, Verification)")
     return parser
 
 
@@ -123,7 +127,8 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
     return ApiConfig(db=choose_database(args.db).url, auth_required=args.auth == "required",
                      environment=args.environment, cors_origins=parse_origins(args.cors_origin),
                      trusted_proxies=args.trusted_proxy,
-                     coordinator=CoordinatorConfig(journal_path=args.journal),
+                     coordinator=CoordinatorConfig(journal_path=args.journal,
+                                                   trusted_nodes=tuple(args.trusted_node)),
                      role=args.role, advertise_url=args.advertise_url)
 
 

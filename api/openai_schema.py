@@ -10,7 +10,8 @@
 #   (`presence_penalty: 0`, `n: 1`, `logprobs: false`, ...). Any other parameter,
 #   or a neutral one at another value, is a 400 naming it (`param`): a client must
 #   never believe a setting took effect when it did not.
-# - Mapped: `temperature`, `top_p`, `seed` as they are; `max_tokens` (or
+# - Mapped: `temperature`, `top_p`, `seed` as they are, and NeuroGrid's own
+#   `verify` (none | sampled | always; with the OpenAI SDKs, `extra_body`); `max_tokens` (or
 #   `max_completion_tokens`, not both at different values) as the task's
 #   `max_tokens`; `stop` (a string or up to 4) is applied by the API to the text
 #   (NeuroGrid's workers have no stop sequences yet): the answer ends before the
@@ -91,7 +92,8 @@ class Params:
     neutral: Mapping[str, tuple[Any, ...]] = attrs.field(factory=dict)
 
 
-_SAMPLING = ("temperature", "top_p", "seed", "stop", "n", "user", "stream", "stream_options")
+_SAMPLING = ("temperature", "top_p", "seed", "stop", "n", "user", "stream", "stream_options",
+             "verify")
 ENDPOINT_PARAMS: dict[str, Params] = {
     "chat": Params(("model", "messages", "max_tokens", "max_completion_tokens", *_SAMPLING),
                    {"presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (False,),
@@ -218,7 +220,7 @@ def _text_request(body: Mapping[str, Any], endpoint: str, path: str, prompt: str
         limit, limit_param = other, "max_completion_tokens"
     if limit is not None:
         task["max_tokens"], params["max_tokens"] = limit, limit_param
-    for name in ("temperature", "top_p", "seed"):
+    for name in ("temperature", "top_p", "seed", "verify"):
         if body.get(name) is not None:
             task[name], params[name] = body[name], name
     return TextRequest(task, model.name, stream, include_usage, _stops(body.get("stop")), params)

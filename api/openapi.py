@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.core import MODELS, TASK_KINDS, RequestField
+from engine.core import MODELS, TASK_KINDS, VERIFY_FIELD, RequestField
 
 from .access import DEFAULT_TIERS
 from .openapi_observe import OBSERVE_PATHS
@@ -108,6 +108,7 @@ SCHEMAS: dict[str, Any] = {
                 enum=sorted([*MODELS, *(a for m in MODELS.values() for a in m.aliases)])),
         priority=s("default standard; higher is served first and costs more",
                    enum=["standard", "high", "critical"]),
+        verify=kind_field(VERIFY_FIELD, ["every kind"]),
         **kind_fields(),
     ) | {"additionalProperties": False},
     "TaskCreated": obj(
@@ -145,6 +146,19 @@ SCHEMAS: dict[str, Any] = {
         content_type=s("what `result` is: text/plain, or image/png for the URL of an image"),
         model_weights=nullable(s("the weights that ran the task, as its node named them; "
                                  "a stand-in for the requested model says so")),
+        verify=s("the verification asked for", enum=list(VERIFY_FIELD.choices)),
+        verification=obj(
+            ["mode", "status"], mode=s(enum=list(VERIFY_FIELD.choices)),
+            status=s("pending (waiting for a validator's verdict), passed, failed, unverified "
+                     "(delivered without a verdict: detail says why), skipped (not sampled, "
+                     "not requested, or produced by an operator-trusted node)",
+                     enum=["pending", "passed", "failed", "unverified", "skipped"]),
+            producer=nullable(s("the node whose result was checked")),
+            validator=nullable(s("the node that checked it")),
+            score=nullable(n("the validator's score")), detail=s(),
+            rerun={"type": "boolean",
+                   "description": "a result of this task failed verification and it ran again"},
+            failed_results={"type": "array", "items": obj()}),
         metered_by=nullable(s("who counted the usage that cost and tokens_used follow: "
                               "'coordinator', or 'node, bounded' when the coordinator has "
                               "no tokenizer for the node's weights")),
@@ -286,11 +300,13 @@ PATHS: dict[str, Any] = {
         "summary": "OpenAI-compatible chat completion (stream: true for server-sent "
                    "chat.completion.chunk events); model, messages, temperature, top_p, "
                    "max_tokens / max_completion_tokens, stop, seed, n (1), user, stream, "
-                   "stream_options; any other parameter is a 400",
+                   "stream_options, and NeuroGrid's verify (none, sampled, always); any "
+                   "other parameter is a 400",
         "responses": {"200": {"description": "chat.completion, or an event stream"}}}},
     "/v1/completions": {"post": {
         "summary": "OpenAI-compatible text completion (stream: true for events); model, "
-                   "prompt, temperature, top_p, max_tokens, stop, seed, n (1), user, stream, "
+                   "prompt, temperature, top_p, max_tokens, stop, seed, verify, n (1), "
+                   "user, stream, "
                    "stream_options",
         "responses": {"200": {"description": "text_completion, or an event stream"}}}},
     "/v1/images/generations": {"post": {

@@ -212,6 +212,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION task_status_notify()"],
     # who metered a completed task's usage (engine.core.metering)
     4: ["ALTER TABLE tasks ADD COLUMN metered_by TEXT"],
+    # the verification asked for and how the result fared (JSON text, as in SQLite)
+    5: ["ALTER TABLE tasks ADD COLUMN verify TEXT NOT NULL DEFAULT 'none'",
+        "ALTER TABLE tasks ADD COLUMN verification TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -107,10 +107,13 @@ class TaskRow:
     model_weights: str | None = None  # the weights that ran, as the node named them
     finish_reason: str | None = None  # why generation ended, as the runner said ("stop", "length")
     prompt_tokens: int = 0  # of tokens_used, those of the prompt (as the node counted them)
+    verify: str = "none"  # the verification asked for: none | sampled | always
+    # how the result fared under verification, a JSON object (views.verification_view)
+    verification: str | None = None
     # who counted the usage it is billed by: "coordinator", or "node, bounded" when the
     # coordinator had no tokenizer for the node's weights (engine.core.metering)
     metered_by: str | None = None
-    seq: int = 0  # the store's insertion order; 0 before insertion
+    seq: int = 0  # the store's insertion order; 0 before insertion (the last field)
 
 
 @attrs.frozen
@@ -134,6 +137,7 @@ class TaskChange:
     model_weights: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
+    verification: str | None = None  # JSON text (TaskRow.verification)
     metered_by: str | None = None
 
 

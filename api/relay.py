@@ -50,11 +50,11 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import attrs
 import trio
 
-from engine.core import MODELS, Priority, TaskSpec, estimate_prompt_tokens
+from engine.core import MODELS, Priority, TaskSpec, VerifyMode, estimate_prompt_tokens
 from engine.runtime import (
     FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
     ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
-    SubmitOutcome, TaskUpdate,
+    SubmitOutcome, TaskUpdate, VerificationUpdate,
 )
 
 from .access import Admission, Caller, RateLimiter
@@ -73,6 +73,7 @@ def task_spec(row: TaskRow) -> TaskSpec:
     return TaskSpec(
         task_id=row.id, model=row.model, priority=Priority.parse(row.priority),
         prompt_tokens=estimate_prompt_tokens(row.prompt), owner=row.owner,
+        verify=VerifyMode.parse(row.verify),
         **MODELS[row.model].kind.sizes(row.params),  # type: ignore[arg-type]
     )
 
@@ -306,6 +307,8 @@ class UpdateWriter:
             ExpiredUpdate: _final_change,
             CancelledUpdate: lambda update, now: TaskChange(update.task_id, "cancelled", now),
         }
+        # open task -> the results of it that failed verification (its re-runs)
+        self._failed_results: dict[str, list[dict[str, Any]]] = {}
 
     def open(self, row: TaskRow) -> None:
         """Count a task in its owner's in-flight tasks (idempotent)."""
@@ -315,9 +318,23 @@ class UpdateWriter:
 
     def release(self, task_id: str) -> None:
         """The task left flight: it ended, or its row was never stored."""
+        self._failed_results.pop(task_id, None)
         self.limiter.task_closed(task_id)
         for watcher in self.watchers:
             watcher.task_closed(task_id)
+
+    def _verification(self, update: VerificationUpdate) -> str:
+        """The task JSON's `verification` object (as JSON text): the latest outcome,
+        and every earlier result of the task that failed verification."""
+        failed = self._failed_results.setdefault(update.task_id, [])
+        body = update.as_json()
+        if update.status == "failed":
+            failed.append({k: body[k] for k in ("producer", "validator", "score", "detail")})
+        body["rerun"] = bool(failed)  # a failed result made the task run again
+        body["failed_results"] = list(failed)
+        if not failed:
+            del self._failed_results[update.task_id]
+        return json.dumps(body)
 
     async def __call__(self, update: TaskUpdate) -> None:
         task_id = update.task_id
@@ -326,10 +343,17 @@ class UpdateWriter:
         if isinstance(update, ProgressUpdate):  # streamed output, not stored
             self.feed.publish_progress(task_id, dict(update.partial))
             return
+        if isinstance(update, VerificationUpdate):  # stored; the task stays running
+            await self.store.post_task_change(TaskChange(
+                task_id, "running", self.clock(), verification=self._verification(update)))
+            return
         blobs: tuple[Blob, ...] = ()
         change: TaskChange | None
         if isinstance(update, CompletedUpdate):
             change, blobs = self._completed_change(update, self.clock())
+            if update.verification is not None:
+                change = attrs.evolve(change,
+                                      verification=self._verification(update.verification))
         else:
             change = self._changes[type(update)](update, self.clock())
         if change is None:

@@ -19,7 +19,10 @@
 #   version 3 the result's content type, the weights that ran, why generation
 #   ended and the prompt's share of the tokens (finish_reason, prompt_tokens), task files
 #   (`task_blobs`: input audio, output images) and clients' idempotency keys
-#   (`idempotency_keys`, written in the same transaction as the task they created).
+#   (`idempotency_keys`, written in the same transaction as the task they created);
+#   version 4 the verification asked for and its outcome (`verify`, `verification`:
+#   JSON text), engine/core/verification.py, and who metered a task (`metered_by`,
+#   engine/core/metering.py).
 from __future__ import annotations
 
 import json
@@ -31,7 +34,7 @@ from .store_sql import (
     adjust_totals,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000  # how long a connection waits for another process's lock
 
 TABLES = """
@@ -147,9 +150,11 @@ END;
 
 
 # Columns added since version 2: column -> its type. A database that lacks one
-# (made before it, or a fresh one: the last three are not in TABLES) gains it.
+# (made before it, or a fresh one: the added ones are not in TABLES) gains it.
 ADDED_COLUMNS = {"content_type": "TEXT", "model_weights": "TEXT", "finish_reason": "TEXT",
-                 "prompt_tokens": "INTEGER NOT NULL DEFAULT 0", "metered_by": "TEXT"}
+                 "prompt_tokens": "INTEGER NOT NULL DEFAULT 0",
+                 "verify": "TEXT NOT NULL DEFAULT 'none'", "verification": "TEXT",
+                 "metered_by": "TEXT"}
 
 
 def connect(path: str) -> sqlite3.Connection:

@@ -125,7 +125,7 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
             return await _replay(s, held, record)
     row = TaskRow(
         new_id("task", now), caller.owner, task.model, task.priority.label, task.prompt,
-        task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0,
+        task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0, verify=task.verify,
     )
     quote = s.coordinator.quote(task_spec(row))
     row = attrs.evolve(row, estimated_cost=quote.estimated_cost,

@@ -24,7 +24,8 @@ from typing import Any, Mapping
 import attrs
 
 from engine.core import (
-    DEFAULT_MODEL, MODELS, TASK_KINDS, CatalogError, Priority, RequestField, TaskState, resolve_model,
+    DEFAULT_MODEL, MODELS, TASK_KINDS, VERIFY_FIELD, CatalogError, Priority, RequestField,
+    TaskState, resolve_model,
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -58,6 +59,7 @@ class TaskRequest:
     model: str  # canonical name
     priority: Priority
     fields: Mapping[str, Any]  # the model's task-kind fields, defaults filled in
+    verify: str = str(VERIFY_FIELD.default)  # none | sampled | always (kinds.VERIFY_FIELD)
 
     def params(self) -> dict[str, Any]:
         """What the worker needs beside its input (the `assign` frame's params)."""
@@ -175,7 +177,7 @@ def _refuse_unknown(body: Mapping[str, Any], known: tuple[str, ...]) -> None:
         raise InvalidRequest(f"unknown field '{unknown[0][:100]}' (known: {', '.join(known)})")
 
 
-COMMON_TASK_FIELDS = ("prompt", "model", "priority")
+COMMON_TASK_FIELDS = ("prompt", "model", "priority", VERIFY_FIELD.name)
 
 
 def _kind_field(body: Mapping[str, Any], field: RequestField) -> Any:
@@ -236,7 +238,8 @@ def parse_task(body: Mapping[str, Any]) -> TaskRequest:
     _refuse_unknown(body, known)
     fields = {f.name: value for f in kind.fields
               if (value := _kind_field(body, f)) is not None}
-    return TaskRequest(prompt, model.name, priority, fields)
+    verify = _kind_field(body, VERIFY_FIELD)
+    return TaskRequest(prompt, model.name, priority, fields, verify)
 
 
 def parse_form_task(form: Mapping[str, str]) -> dict[str, Any]:

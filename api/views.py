@@ -11,6 +11,7 @@
 # - Pure functions of their arguments: time comes in as unix seconds.
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any, Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from engine.core import MODELS, NetworkSnapshot, NodeSnapshot
 
 from .network_watch import GoneNode
-from .store import NodeRecord, Stats, StoreHealth, TaskRow
+from .store import OPEN_STATES, NodeRecord, Stats, StoreHealth, TaskRow
 
 SIGNUP_BONUSES = {
     "free_tasks": 1000,
@@ -118,10 +119,29 @@ def task_view(row: TaskRow, base_url: str = "") -> dict[str, Any]:
         "content_type": row.content_type or "text/plain",
         # the weights that ran, as the node named them; a stand-in says so
         "model_weights": row.model_weights,
+        "verify": row.verify,
+        "verification": verification_view(row),
         # who counted the usage `cost` and `tokens_used` follow: "coordinator", or
         # "node, bounded" (no tokenizer here for the node's weights); null until done
         "metered_by": row.metered_by,
     }
+
+
+def verification_view(row: TaskRow) -> dict[str, Any]:
+    """How the task's result fared under verification (engine/core/verification.py):
+    status pending | passed | failed | unverified | skipped, the producing node, the
+    validator and its score and detail; `rerun` when a result failed verification and
+    the task ran again (`failed_results` lists those)."""
+    if row.verification is not None:
+        return {"mode": row.verify, **json.loads(row.verification)}
+    if row.verify == "none":
+        status, detail = "skipped", "not requested"
+    elif row.status in OPEN_STATES:
+        status, detail = "pending", ""
+    else:
+        status, detail = "skipped", "no verification took place"
+    return {"mode": row.verify, "status": status, "producer": None, "validator": None,
+            "score": None, "detail": detail, "rerun": False, "failed_results": []}
 
 
 def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dict[str, Any]:
@@ -138,6 +158,10 @@ def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dic
         "running": node.running if status != "offline" else 0,
         "price_per_hour": node.price_per_hour,
         "region": node.region,
+        # engine/core/reputation.py: the Beta(1 + passed, 1 + failed) posterior mean
+        "reputation": {"score": round(node.reputation, 4), "verified": node.verified,
+                       "failed": node.failed_verifications, "validator": node.validator},
+        "quarantined": node.quarantined,
         # what its timed runs showed (engine/core/speed.py), per model it has run:
         # its rate, the GPU class that speed matches and its price for the model
         "measured_speed": {m.model: {"rate": round(m.rate, 3),
@@ -162,6 +186,7 @@ def network_status(snapshot: NetworkSnapshot, stats: Stats, known_nodes: Mapping
     avg_response = stats.turnaround_seconds / stats.completed_tasks if stats.completed_tasks else 0.0
     savings = (100.0 * (1 - stats.cost / stats.openai_cost)) if stats.openai_cost > 0 else 0.0
     nodes = [node_view(node, known_nodes.get(node.node_id),
+                       "quarantined" if node.quarantined else
                        "draining" if node.draining else "online") for node in snapshot.nodes]
     for gone in offline:
         nodes.append(node_view(gone.node, known_nodes.get(gone.node.node_id), "offline")
@@ -235,4 +260,5 @@ def health(version: str, environment: str, uptime: float, rss_bytes: int, total_
 
 
 __all__ = ["SIGNUP_BONUSES", "SIGNUP_NEXT_STEPS", "dollars", "error_body", "health", "iso",
+           "verification_view",
            "network_status", "node_view", "percent", "task_created", "task_view"]

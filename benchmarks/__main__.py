@@ -32,6 +32,7 @@ MODULES = {
     "api": "benchmarks.api_scale",
     "soak": "benchmarks.soak",
     "models": "benchmarks.models",
+    "trust": "benchmarks.trust",
 }
 
 

@@ -119,7 +119,7 @@ def build_fleet(scenario: Scenario, seed: int) -> list[SimNode]:
             spec = NodeSpec(
                 node_id=node_id, gpu=group.gpu, vram_gb=group.vram_gb, models=group.models,
                 slots=group.slots, price_per_hour=price, region=group.region,
-                loaded=warm, name=node_id,
+                loaded=warm, name=node_id, trusted=group.trusted,
             )
             rng = random.Random(f"{seed}/node/{node_id}") if timed else None
             nodes.append(SimNode(node_id, spec, group, index[group.gpu], latency, rates, rng))

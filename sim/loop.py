@@ -67,6 +67,7 @@ from engine.core import (
 )
 from engine.core.journal import JournalEntry, JournalHeader
 
+from .adversary import AdversaryModel
 from .carry import CarryOut
 from .fleet import SimNode, SimTask, build_fleet, gpu_names
 from .recorder import StatsRecorder
@@ -127,6 +128,7 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
                     if workload.service_time else None)
     draw_noise = lognormal_noise(scenario.service_noise, size_gen).__next__
     priority, relative_deadline = workload.priority, workload.deadline
+    verify = scenario.verification.mode if scenario.verification is not None else "none"
     attempts = workload.max_attempts
     arrival = workload.arrival
     # A trace's rows carry their token counts; otherwise they are drawn at each
@@ -141,7 +143,7 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
         audio = draw_audio() if speech else 0.0
         work = work_units(name, prompt, output, steps, audio)
         spec = TaskSpec(f"w{index}.{k}", name, priority, prompt, output, steps, audio,
-                        t + relative_deadline, attempts, work=work)
+                        t + relative_deadline, attempts, work=work, verify=verify)
         service = draw_service() if draw_service is not None else -1.0
         yield t, spec, work, service, draw_noise()
 
@@ -160,7 +162,8 @@ def journal_header(scenario: Scenario, policy: str, pricing: str, seed: int) -> 
     return JournalHeader(policy, pricing, f"{seed}/scheduler", SchedulerConfig(
         heartbeat_timeout=math.inf, keep_finished=False,
         region_latency=dict(scenario.region_latency), max_queued=scenario.max_queued,
-        measured_speed=scenario.measured_speed, check_hardware=scenario.check_hardware))
+        measured_speed=scenario.measured_speed, check_hardware=scenario.check_hardware,
+        trust=scenario.verification.policy if scenario.verification is not None else None))
 
 
 def make_scheduler(scenario: Scenario, policy: str, pricing: str, seed: int) -> Scheduler:
@@ -205,6 +208,14 @@ class Simulation:
         self.tick = Tick()
         self.arrive: Item = self._arrive  # bound once: step takes it at every arrival
         self.handlers = self.carry.handlers
+        self.adversary: AdversaryModel | None = None
+        if scenario.verification is not None:  # adversary.py
+            self.adversary = AdversaryModel(
+                scenario.verification, self.carry.nodes, self.tasks, seed,
+                lambda spec, parent, now: SimTask(spec, now, spec.work, -1.0, parent.noise,
+                                                  False, now),
+                self.carry.release, self.gone)
+            self.carry.handlers = self.handlers = self.adversary.handlers(self.carry.handlers)
 
     def push(self, when: float, item: Item) -> None:
         if when == math.inf:
@@ -294,7 +305,8 @@ class Simulation:
     # ---- what the carry-out schedules (carry.Timers) -----------------------------
 
     def report(self, when: float, task: SimTask, run: int) -> None:
-        item: Item = partial(self._finish, task, run)
+        item: Item = partial(self._finish if self.adversary is None else self.adversary.finish,
+                             task, run)
         heappush(self.heap, (when, self.next_seq(), item))
 
     def wake(self, when: float) -> None:
@@ -393,6 +405,10 @@ class Simulation:
             "seed": self.seed, **stats.report(now, len(self.tasks)),
             "events": self.events, "sim_seconds": now, "wall_seconds": wall_seconds,
         }
+        trust = self.scheduler.trust
+        if self.adversary is not None and trust is not None:
+            run["trust"] = self.adversary.report(
+                trust.counters, trust.overhead, {n.node_id: n.join_at for n in self.nodes})
         if self.progress is not None:
             self.progress(1.0)
         log = tuple(self.log) if self.log is not None else None

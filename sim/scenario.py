@@ -20,8 +20,10 @@ from typing import Any, Callable, Mapping
 import attrs
 
 from engine.core import (
-    GPU_CLASSES, MODELS, POLICIES, PRICING, NodeSpec, Priority, resolve_model,
+    GPU_CLASSES, MODELS, POLICIES, PRICING, NodeSpec, Priority, TrustPolicy, resolve_model,
 )
+
+from .adversary import BEHAVIOURS, DEFAULT_DETECTION, Verification
 
 from .workload import (
     DISTRIBUTIONS, Arrival, Diurnal, Distribution, Mmpp, Poisson, Trace, TraceError,
@@ -60,6 +62,10 @@ class NodeGroup:
     # its nodes' real speed as a fraction of the claimed `gpu`'s catalog speed: below
     # 1 / CLAIM_TOLERANCE a false claim that check_hardware catches (engine/core/speed.py)
     speed: float = 1.0
+    # adversaries (adversary.py): what a share of its results is, and validators
+    behaviour: str = ""  # "" (honest) or a BEHAVIOURS name
+    fraction: float = 1.0  # the share of its results that behave so
+    trusted: bool = False  # the operator trusts it: it verifies others' results
 
 
 @attrs.frozen
@@ -109,6 +115,7 @@ class Scenario:
     # the scheduler's measured-speed options (SchedulerConfig; off: the catalog's figures)
     measured_speed: bool = False
     check_hardware: bool = False
+    verification: Verification | None = None  # [verification]: None, off
 
     def evolve(self, **changes: Any) -> Scenario:
         return attrs.evolve(self, **changes)
@@ -332,6 +339,18 @@ _NODE_SCHEMA: dict[str, Parser] = {
     "models": _models, "warm": _boolean,
     "mtbf": _POSITIVE, "mttr": _POSITIVE, "session_mean": _POSITIVE, "away_mean": _POSITIVE,
     "speed": _POSITIVE,
+    "behaviour": _choice(BEHAVIOURS, "an adversary behaviour"), "fraction": _number(0.0, 1.0),
+    "trusted": _boolean,
+}
+
+_FRACTION = _number(0.0, 1.0)
+_VERIFICATION_SCHEMA: dict[str, Parser] = {
+    "mode": _choice(("none", "sampled", "always"), "a verify mode"),
+    "probation": _integer(0), "rate_floor": _FRACTION, "rate_gain": _number(0.0),
+    "quarantine_below": _FRACTION, "validator_after": _integer(0),
+    "validator_score": _FRACTION, "job_deadline": _POSITIVE,
+    "false_positive": _FRACTION,
+    "detection": lambda v, k, c: _table(v, k, c, dict.fromkeys(BEHAVIOURS, _FRACTION)),
 }
 
 _WORKLOAD_SCHEMA: dict[str, Parser] = {
@@ -351,6 +370,7 @@ _TOP_SCHEMA: dict[str, Parser] = {
     "measured_speed": _boolean, "check_hardware": _boolean,
     "nodes": lambda v, k, c: v, "workload": lambda v, k, c: v,  # checked below
     "network": lambda v, k, c: _table(v, k, c, {"latency": _latency_table}),
+    "verification": lambda v, k, c: _table(v, k, c, _VERIFICATION_SCHEMA),
 }
 
 
@@ -376,7 +396,17 @@ def _node_group(raw: dict[str, Any], key: str, ctx: _Ctx) -> NodeGroup:
         warm=p.get("warm", True), mtbf=p.get("mtbf", math.inf), mttr=p.get("mttr", 300.0),
         session_mean=p.get("session_mean", math.inf), away_mean=p.get("away_mean", 3600.0),
         speed=p.get("speed", 1.0),
+        behaviour=p.get("behaviour", ""), fraction=p.get("fraction", 1.0),
+        trusted=p.get("trusted", False),
     )
+
+
+def _verification(p: Mapping[str, Any]) -> Verification:
+    policy = {k: v for k, v in p.items()
+              if k in attrs.fields_dict(TrustPolicy)}
+    return Verification(p.get("mode", "sampled"), TrustPolicy(**policy),
+                        {**DEFAULT_DETECTION, **p.get("detection", {})},
+                        p.get("false_positive", 0.0))
 
 
 def _workload(raw: dict[str, Any], key: str, ctx: _Ctx) -> Workload:
@@ -422,6 +452,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>",
         replications=p.get("replications", 1), source=source,
         measured_speed=p.get("measured_speed", False),
         check_hardware=p.get("check_hardware", False),
+        verification=_verification(p["verification"]) if "verification" in p else None,
     )
 
 

@@ -13,13 +13,15 @@ from .catalog import (
     estimate_prompt_tokens, gpu_class, gpu_class_name, gpu_rate, openai_cost, resolve_model,
     work_units,
 )
-from .kinds import TASK_KINDS, RequestField, TaskKind, UnknownTaskKind, task_kind
+from .kinds import TASK_KINDS, VERIFY_FIELD, RequestField, TaskKind, UnknownTaskKind, task_kind
 from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
-    Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority, Reject,
-    Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
-    TaskSubmitted, Tick, Usage, WakeAt,
+    Fail, Hold, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, NodeSpec, Priority,
+    Quarantine, Reject, Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished,
+    TaskSpec, TaskState, TaskSubmitted, Tick, Usage, VerificationReported, Verified,
+    VerifyMode, WakeAt,
 )
+from .reputation import Reputation, ReputationTable, sampling_rate
 from .metering import usage_problem
 from .ratelimit import TokenBucket, Verdict
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from .queue import DEFAULT_HEAD_START
     from .scheduler import Scheduler
     from .state import SchedulerConfig, TaskRecord
+    from .verification import TrustPolicy
     from .views import NetworkSnapshot, NodeSnapshot
 
 # The scheduler and what only it needs load on first use (PEP 562), so that a
@@ -47,6 +50,7 @@ _LAZY = {
     "scheduler": ("Scheduler",),
     "state": ("SchedulerConfig", "TaskRecord"),
     "views": ("NetworkSnapshot", "NodeSnapshot"),
+    "verification": ("TrustPolicy",),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -74,4 +78,6 @@ __all__ = [
     "DEFAULT_POLICY", "POLICIES", "make_policy", "PRICING", "Quote", "make_pricing",
     "DEFAULT_HEAD_START", "TokenBucket", "Verdict", "usage_problem",
     "NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig", "TaskRecord",
+    "VERIFY_FIELD", "Hold", "Quarantine", "VerificationReported", "Verified", "VerifyMode",
+    "Reputation", "ReputationTable", "sampling_rate", "TrustPolicy",
 ]

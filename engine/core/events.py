@@ -56,6 +56,26 @@ class TaskState(enum.Enum):
         return self not in (TaskState.QUEUED, TaskState.RUNNING)
 
 
+class VerifyMode(enum.StrEnum):
+    """Whether a task's result is checked by a validator node before it is
+    delivered (verification.py): never, on a sample (the rate set by the producing
+    node's reputation), or always."""
+
+    NONE = "none"
+    SAMPLED = "sampled"
+    ALWAYS = "always"
+
+    __hash__ = object.__hash__
+
+    @classmethod
+    def parse(cls, text: str) -> VerifyMode:
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"unknown verify mode {text!r} (expected one of: "
+                             f"{', '.join(m.value for m in cls)})") from None
+
+
 def _work_of(spec: TaskSpec) -> float:
     """The task's work in its kind's unit; 0 for a model the catalog does not know
     (the scheduler rejects such a task, naming the model)."""
@@ -83,6 +103,8 @@ class TaskSpec:
     max_attempts: int = 3  # runs allowed, counting retries after retryable failures
     owner: str = ""  # opaque: the API key or client that submitted it
     work: float = attrs.field(default=attrs.Factory(_work_of, takes_self=True))
+    # whether a validator checks the result before it is delivered (verification.py)
+    verify: VerifyMode = attrs.field(default=VerifyMode.NONE, converter=VerifyMode)
 
 
 @attrs.frozen
@@ -99,6 +121,7 @@ class NodeSpec:
     loaded: tuple[str, ...] = ()  # models already warm in GPU memory
     name: str = ""
     location: str = ""  # human-readable place, e.g. "Germany"
+    trusted: bool = False  # the operator trusts it to verify others' results
 
 
 @attrs.frozen
@@ -186,13 +209,25 @@ class NodeLost:
 
 
 @attrs.frozen
+class VerificationReported:
+    """A validator's verdict on a held result (the verification job `task_id`, run
+    by `node_id`; see verification.py)."""
+
+    task_id: str
+    node_id: str
+    passed: bool
+    score: float = 0.0
+    detail: str = ""
+
+
+@attrs.frozen
 class Tick:
     """Time has passed; let deadlines fire."""
 
 
 Event = (
     TaskSubmitted | TaskCancelled | TaskFinished | TaskFailed | TaskFaulted | DeliveryFailed
-    | NodeJoined | NodeHeartbeat | NodeDraining | NodeLost | Tick
+    | NodeJoined | NodeHeartbeat | NodeDraining | NodeLost | VerificationReported | Tick
 )
 
 
@@ -207,6 +242,9 @@ class Assign:
     attempt: int  # 1 for the first run
     deadline: float
     cold: bool  # the node must load the model first
+    # a verification job: the id of the task whose held result it checks (send the
+    # node that result's output and proof, and the task's own input)
+    verifies: str | None = None
 
 
 @attrs.frozen
@@ -270,11 +308,46 @@ class Drop:
 
 
 @attrs.frozen
+class Hold:
+    """The node's result for the task is held, not delivered nor charged, until the
+    verification job `job_id` gives its verdict: keep its output and proof."""
+
+    task_id: str
+    node_id: str
+    job_id: str
+
+
+@attrs.frozen
+class Verified:
+    """How a task's result fared under verification (verification.py), just before
+    its Complete, or its Requeue (`rerun`: the result failed and the task runs
+    again elsewhere), or its Fail.
+    status: passed | failed | unverified (delivered without a verdict: `detail`
+    says why) | skipped (not sampled)."""
+
+    task_id: str
+    status: str
+    producer: str  # the node whose result it was
+    validator: str | None = None
+    score: float | None = None
+    detail: str = ""
+    rerun: bool = False
+
+
+@attrs.frozen
+class Quarantine:
+    """The node gets no more tasks: tell its operator why (the worker's log)."""
+
+    node_id: str
+    reason: str
+
+
+@attrs.frozen
 class WakeAt:
     time: float
 
 
 Decision = (
     Assign | Reject | Requeue | Cancel | Complete | Fail | Expire | Cancelled | Drop
-    | WakeAt
+    | Hold | Verified | Quarantine | WakeAt
 )

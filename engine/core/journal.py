@@ -37,13 +37,14 @@ from . import events as ev
 from .events import Decision, Event, Priority
 from .scheduler import Scheduler
 from .state import SchedulerConfig
+from .verification import TrustPolicy
 
 FORMAT, VERSION = "neurogrid", 1
 
 _EVENTS = frozenset(typing.get_args(Event))
 _DECISIONS = frozenset(typing.get_args(Decision))
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in _EVENTS | _DECISIONS}
-_NESTED = (ev.TaskSpec, ev.NodeSpec, ev.Usage)
+_NESTED = (ev.TaskSpec, ev.NodeSpec, ev.Usage, TrustPolicy)
 
 
 class JournalError(ValueError):
@@ -152,6 +153,8 @@ def header_line(header: JournalHeader) -> str:
     config = attrs.asdict(header.config, recurse=False)
     config["head_start"] = {Priority(p).label: s for p, s in header.config.head_start.items()}
     config["region_latency"] = dict(header.config.region_latency)
+    if header.config.trust is not None:
+        config["trust"] = attrs.asdict(header.config.trust)
     return json.dumps({"journal": FORMAT, "version": VERSION, "policy": header.policy,
                        "pricing": header.pricing, "seed": header.seed,
                        "config": _plain(config)}, separators=(",", ":"))

@@ -14,6 +14,13 @@
 # - Request fields are data (`RequestField`): type, default, limits, and the size
 #   quantity they set. Validation (api/validation.py), the OpenAPI document and the
 #   worker's defaults read them; a default is defined here and nowhere else.
+# - Verification (verification.py) costs a fraction of the task's work, per kind
+#   (`verify_fraction`, data): text generation is checked teacher-forced, one
+#   parallel prefill pass over prompt + claimed output, (p + o) / PREFILL_SPEEDUP
+#   work units against o + p / PREFILL_SPEEDUP for the generation: at most 2/41 of it
+#   while the prompt is no longer than the output; speech-to-text and image
+#   generation are re-run with the same seed (the whole work again). The `verify`
+#   request field (VERIFY_FIELD) is common to every kind.
 # - An unknown kind is an error (`task_kind` raises UnknownTaskKind, a CatalogError),
 #   never a default.
 #
@@ -26,8 +33,8 @@ from typing import Callable, Mapping
 import attrs
 
 __all__ = [
-    "CatalogError", "IMAGE_GENERATION", "PREFILL_SPEEDUP", "RequestField", "SIZE_QUANTITIES", "SPEECH_TO_TEXT",
-    "TASK_KINDS", "TEXT_GENERATION", "TaskKind", "UnknownTaskKind", "task_kind",
+    "CatalogError", "IMAGE_GENERATION", "PREFILL_SPEEDUP", "RequestField", "SIZE_QUANTITIES",
+    "SPEECH_TO_TEXT", "TASK_KINDS", "VERIFY_FIELD", "TEXT_GENERATION", "TaskKind", "UnknownTaskKind", "task_kind",
 ]
 
 TEXT_GENERATION = "text-generation"
@@ -105,6 +112,8 @@ class TaskKind:
     # Sizes of a typical task for quantities no request field sets (the measured
     # ones): what a simulated workload draws when it does not say.
     typical: tuple[tuple[str, float], ...] = ()
+    # the work of verifying a result, as a fraction of the task's own (module top)
+    verify_fraction: float = 1.0
 
     def field(self, name: str) -> RequestField:
         for f in self.fields:
@@ -166,6 +175,12 @@ def _speech_cost(ref: Mapping[str, float], prompt_tokens: int, output_tokens: in
     return audio_seconds * ref["per_audio_second"]
 
 
+# Common to every kind (not in a kind's `fields`: it never reaches the worker).
+VERIFY_FIELD = RequestField(
+    "verify", "string", "sampled", choices=("none", "sampled", "always"),
+    description="whether a validator node checks the result before it is delivered: "
+                "none, sampled (a share set by the producing node's reputation) or always")
+
 MAX_SEED = 2**63 - 1
 _SEED = RequestField("seed", "integer", None, 0, MAX_SEED,
                      description="random seed: the same seed gives the same output on one node")
@@ -190,6 +205,7 @@ TASK_KINDS: dict[str, TaskKind] = {
             work=_text_work, reference_cost=_text_cost,
             quantities=("prompt_tokens", "output_tokens"),
             description="text generation from a prompt (LLM)",
+            verify_fraction=2.0 / (PREFILL_SPEEDUP + 1.0),
         ),
         TaskKind(
             IMAGE_GENERATION, work_unit="step", runner="diffusion",

@@ -35,6 +35,13 @@
 # execution timeout) re-queues the task
 # without counting an attempt, like a lost node; max_node_losses fail it as poison.
 #
+# Verification of results (SchedulerConfig.trust, off by default; verification.py
+# has the flow): a result that must be verified is held (Hold) while a verification
+# job - a child task placed on a validator node - checks it; the verdict
+# (VerificationReported) completes the task or re-queues it away from its producer,
+# whose reputation (reputation.py) falls and may quarantine it (Quarantine). A held
+# task stays `running` (off its producer's slot) until then.
+#
 # Rules: no I/O, no clocks, no global randomness (rng given at construction); the
 # same events at the same times with the same seed give the same decisions.
 from __future__ import annotations
@@ -51,7 +58,7 @@ from .events import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop, Event, Expire,
     Fail, NodeDraining, NodeHeartbeat, NodeJoined, NodeLost, Reject,
     Requeue, TaskCancelled, TaskFailed, TaskFaulted, TaskFinished, TaskSpec, TaskState,
-    TaskSubmitted, Tick, WakeAt,
+    TaskSubmitted, Tick, VerificationReported, VerifyMode, WakeAt,
 )
 from .index import NodeClass, NodeIndex, NodeState
 from .placement import (
@@ -62,6 +69,8 @@ from .pricing import PricingPolicy, Quote, charge, charge_cap, make_pricing
 from .queue import ModelQueue
 from .standing import Standing
 from .state import TRANSITIONS, SchedulerConfig, TaskRecord
+from .verification import Trust
+from .verifying import VerificationSteps
 from .views import NetworkSnapshot, NodeSnapshot, network_snapshot, quote_task
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
@@ -71,7 +80,7 @@ COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelle
             "rejected", "requeued", "nodes_joined", "nodes_lost")
 
 
-class Scheduler:
+class Scheduler(VerificationSteps):
     def __init__(self, policy: str | PlacementPolicy = DEFAULT_POLICY,
                  pricing: str | PricingPolicy = "static",
                  rng: random.Random | None = None,
@@ -102,6 +111,11 @@ class Scheduler:
         self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
         self._announced_wake = math.inf
         self._quote_ranking = ScoredPolicy("quote", balanced_score)
+        self.trust: Trust | None = None
+        if config.trust is not None:
+            self.trust = Trust(config.trust, self.index,
+                               self.policy.score if isinstance(self.policy, ScoredPolicy)
+                               else balanced_score)
         self._handlers: dict[type, Callable[[Any, float, list[Decision]], None]] = {
             TaskSubmitted: self._on_submitted,
             TaskCancelled: self._on_cancelled,
@@ -113,6 +127,7 @@ class Scheduler:
             NodeHeartbeat: self._on_heartbeat,
             NodeDraining: self._on_draining,
             NodeLost: self._on_lost,
+            VerificationReported: self._on_verdict,
             Tick: lambda event, now, out: None,
         }
 
@@ -126,6 +141,8 @@ class Scheduler:
         if handler is None:
             raise TypeError(f"not a scheduler event: {event!r}")
         handler(event, now, out)
+        if self.trust is not None and self.trust.queued:
+            self._place_jobs(now, out)
         if self._queued:
             self._place(now, out)
         # Without timers next_deadline() is inf: skip the call on the hot path.
@@ -164,7 +181,7 @@ class Scheduler:
 
     def snapshot(self) -> NetworkSnapshot:
         return network_snapshot(self.index, self.queues, self._busy_slots, self.counters,
-                                self.utilization)
+                                self.utilization, self.trust)
 
     def quote(self, spec: TaskSpec) -> Quote:
         """Estimate cost and time for `spec` as the network stands now, without
@@ -184,14 +201,8 @@ class Scheduler:
             return
         if spec.deadline == math.inf and self.config.default_deadline is not None:
             spec = attrs.evolve(spec, deadline=now + self.config.default_deadline)
-        self._seq += 1
-        seq = self._seq
-        key = now - self.config.head_start[priority]
-        self.tasks[task_id] = record = TaskRecord(spec, spec.work, key, seq, now,
-                                                  model, priority)
+        record = self._add_record(spec, now - self.config.head_start[priority], now)
         self.counters["submitted"] += 1
-        if spec.deadline < math.inf:
-            heapq.heappush(self._deadlines, (spec.deadline, seq, task_id))
         if not self._queued:
             # Nobody waits, so _place would consider this task alone: place it here
             # (the same policy call and the same decision, without the queue round trip).
@@ -201,8 +212,18 @@ class Scheduler:
                 if node is not None:
                     self._assign(record, node, now, out)
                     return
-        self.queues[model].push(task_id, key, seq)
+        self.queues[model].push(task_id, record.key, record.seq)
         self._queued += 1
+
+    def _add_record(self, spec: TaskSpec, key: float, now: float) -> TaskRecord:
+        """A new task's record, in the table, its deadline timed."""
+        self._seq += 1
+        seq = self._seq
+        self.tasks[spec.task_id] = record = TaskRecord(spec, spec.work, key, seq, now,
+                                                       spec.model, spec.priority)
+        if spec.deadline < math.inf:
+            heapq.heappush(self._deadlines, (spec.deadline, seq, spec.task_id))
+        return record
 
     def _rejection(self, spec: TaskSpec, now: float) -> str:
         if spec.task_id in self.tasks:
@@ -219,9 +240,12 @@ class Scheduler:
 
     def _on_cancelled(self, event: TaskCancelled, now: float, out: list[Decision]) -> None:
         record = self.tasks.get(event.task_id)
-        if record is None or record.state.is_final:
-            return
+        if record is None or record.state.is_final or record.verifies is not None:
+            return  # (a verification job ends with the task it checks)
         node_id = record.node_id if record.state is R else None
+        if record.held is not None:
+            self._drop_job(record, now, out)
+            node_id = None
         self._end(record, TaskState.CANCELLED, now)
         if node_id is not None:
             out.append(Cancel(record.spec.task_id, node_id))
@@ -229,14 +253,16 @@ class Scheduler:
 
     def _running_on(self, task_id: str, node_id: str) -> TaskRecord | None:
         record = self.tasks.get(task_id)
-        if record is None or record.state is not R or record.node_id != node_id:
+        if (record is None or record.state is not R or record.node_id != node_id
+                or record.held is not None):
             return None
         return record
 
     def _on_finished(self, event: TaskFinished, now: float, out: list[Decision]) -> None:
         task_id, node_id = event.task_id, event.node_id
         record = self.tasks.get(task_id)  # _running_on, inlined: the hottest handler
-        if record is None or record.state is not R or record.node_id != node_id:
+        if (record is None or record.state is not R or record.node_id != node_id
+                or record.held is not None):
             return
         node = self.index.nodes[node_id]
         if now > node.last_seen:
@@ -255,9 +281,17 @@ class Scheduler:
         if config.initial_slots is not None or config.execution_timeout_factor is not None:
             self._total_slots += self.standing.completed(
                 node, record.expected_seconds, now - record.assigned_at)
+        if self.trust is not None and record.verifies is not None:
+            # a job answers with a verdict, not a result
+            self._on_faulted(TaskFaulted(task_id, node_id, "a verification job's "
+                                         "answer must be a verdict"), now, out)
+            return
         if self.index.measured:  # speed.py: the run, timed by us, measures the node
             self.standing.timed(node, record.model, record.work, now - record.assigned_at,
                                 MODELS[record.model].load_seconds if record.run_cold else 0.0)
+        if self.trust is not None and record.spec.verify is not VerifyMode.NONE:
+            if self._hold(record, node_id, event.usage, cost, clamped, now, out):
+                return
         self._end(record, TaskState.COMPLETED, now)
         out.append(Complete(task_id, node_id, cost, event.usage, clamped)
                    if clamped else Complete(task_id, node_id, cost, event.usage))
@@ -268,6 +302,9 @@ class Scheduler:
             return
         if event.retryable and record.attempts < record.spec.max_attempts:
             self._requeue(record, f"retry after failure: {event.error}", out)
+            return
+        if record.verifies is not None:
+            self._job_failed(record, TaskState.FAILED, event.error, now, out)
             return
         record.error = event.error
         self._end(record, TaskState.FAILED, now)
@@ -316,6 +353,8 @@ class Scheduler:
         self.index.add(node)
         self._total_slots += node.slots
         self.counters["nodes_joined"] += 1
+        if self.trust is not None:
+            self._trust_joined(node, now, out)
         if self.config.heartbeat_timeout < math.inf:
             heapq.heappush(self._node_timers,
                            (now + self.config.heartbeat_timeout, node.ordinal, node.node_id))
@@ -362,14 +401,23 @@ class Scheduler:
 
     def _end(self, record: TaskRecord, to: TaskState, now: float) -> None:
         state = record.state
+        job = record.verifies is not None
         if state is R:
             self._detach(record)
         elif state is Q:
-            self.queues[record.model].remove(record.spec.task_id)
-            self._queued -= 1
+            if job and self.trust is not None:
+                self.trust.queues[record.model].remove(record.spec.task_id)
+                self.trust.queued -= 1
+            else:
+                self.queues[record.model].remove(record.spec.task_id)
+                self._queued -= 1
         self._move(record, to)
         record.ended_at = now
-        self.counters[_COUNTER_OF[to]] += 1
+        if job and self.trust is not None:
+            if to is not TaskState.COMPLETED:
+                self.trust.counters["jobs_failed"] += 1
+        else:
+            self.counters[_COUNTER_OF[to]] += 1
         if not self.config.keep_finished:
             del self.tasks[record.spec.task_id]
 
@@ -379,8 +427,12 @@ class Scheduler:
         self._move(record, Q)
         record.node_id = None
         self.counters["requeued"] += 1
-        self.queues[record.model].push(record.spec.task_id, record.key, record.seq)
-        self._queued += 1
+        if record.verifies is not None and self.trust is not None:
+            self.trust.queues[record.model].push(record.spec.task_id, record.key, record.seq)
+            self.trust.queued += 1
+        else:
+            self.queues[record.model].push(record.spec.task_id, record.key, record.seq)
+            self._queued += 1
         out.append(Requeue(record.spec.task_id, node_id, reason))
 
     def _lose(self, node: NodeState, reason: str, now: float, out: list[Decision],
@@ -396,6 +448,8 @@ class Scheduler:
             self._total_slots -= node.slots
         self.standing.left(node, now)
         self.index.remove(node)
+        if self.trust is not None:
+            self.trust.update(None, node.node_id)
         self.counters["nodes_lost"] += 1
 
     def _take_back(self, record: TaskRecord, node: NodeState, reason: str, now: float,
@@ -413,6 +467,9 @@ class Scheduler:
             record.node_losses += 1
         if record.node_losses >= self.config.max_node_losses:
             record.error = f"its node was lost {record.node_losses} times"
+            if record.verifies is not None:
+                self._job_failed(record, TaskState.FAILED, record.error, now, out)
+                return
             self._end(record, TaskState.FAILED, now)
             out.append(Fail(record.spec.task_id, record.error, node.node_id))
         else:
@@ -443,7 +500,8 @@ class Scheduler:
         if record.started_at is None:
             record.started_at = now
         self.counters["assigned"] += 1
-        out.append(Assign(task_id, node_id, model, attempt, spec.deadline, cold))
+        out.append(Assign(task_id, node_id, model, attempt, spec.deadline, cold,
+                          record.verifies))
 
     def _start_run(self, record: TaskRecord, node: NodeState, cls: NodeClass,
                    now: float) -> None:
@@ -476,7 +534,8 @@ class Scheduler:
                 if task_id is None:
                     break
                 record = tasks[task_id]
-                node = policy.choose(record, mi, index, rng)
+                node = (policy.choose(record, mi, index, rng) if record.excluded is None
+                        else self._choose_excluding(record, mi))
                 if node is None:
                     break
                 queue.pop_peeked()
@@ -520,9 +579,14 @@ class Scheduler:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, task_id = heapq.heappop(self._deadlines)
             record = self.tasks[task_id]
-            node_id = record.node_id if record.state is R else None
-            self._end(record, TaskState.EXPIRED, now)
-            out.append(Expire(task_id, node_id))
+            if record.verifies is not None:
+                self._job_failed(record, TaskState.EXPIRED, "it timed out", now, out)
+            elif record.held is not None:
+                self._held_expired(record, now, out)
+            else:
+                node_id = record.node_id if record.state is R else None
+                self._end(record, TaskState.EXPIRED, now)
+                out.append(Expire(task_id, node_id))
             self._settle_deadlines()
         self._settle_node_timers()
         while self._node_timers and self._node_timers[0][0] <= now:

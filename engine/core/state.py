@@ -9,6 +9,7 @@ import attrs
 
 from .events import Priority, TaskSpec, TaskState
 from .queue import DEFAULT_HEAD_START
+from .verification import HeldResult, TrustPolicy
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
 # (from, to) pairs the scheduler may take; anything else is a bug (asserted).
@@ -40,6 +41,8 @@ class SchedulerConfig:
     charge_cap_factor: float | None = None  # charge <= max(factor x quote, quote + allowance)
     charge_cap_allowance: float = 0.01  # dollars
     fault_cooldown: float | None = None  # seconds a node takes no new work after a fault
+    # verification of results and reputation (verification.py); None: off
+    trust: TrustPolicy | None = None
     # Measured speed (speed.py): quotes and placement from each node's timed runs per
     # model; and a node whose measured speed contradicts its claimed GPU re-classed,
     # its price with it. Off: the catalog's figures for the claimed GPU, as the
@@ -78,6 +81,12 @@ class TaskRecord:
     run_price: float = 0.0  # the price per hour of the class it runs in, as placed
     run_cold: bool = False  # the node had to load the model first
     charged_nodes: set[str] | None = None  # nodes charged a loss (with rejoin_grace)
+    # Verification (verification.py): on a verification job, the id of the task
+    # whose result it checks; on a task, its result waiting for a verdict, and the
+    # nodes whose results for it failed verification (never placed there again).
+    verifies: str | None = None
+    held: HeldResult | None = None
+    excluded: set[str] | None = None
 
 
 __all__ = ["SchedulerConfig", "TRANSITIONS", "TaskRecord"]

@@ -14,6 +14,7 @@ from .index import NodeIndex
 from .placement import ScoredPolicy
 from .pricing import PricingPolicy, Quote, charge, savings_pct
 from .queue import ModelQueue
+from .verification import Trust
 from .speed import MeasuredSpeed, measured_speeds
 
 
@@ -32,6 +33,12 @@ class NodeSnapshot:
     draining: bool
     last_seen: float
     tasks_done: int  # `slots` is what it may use now (earned), at most its claim
+    # verification (reputation.py), when the scheduler verifies results
+    reputation: float = 0.5  # the Beta posterior mean of its verified results
+    verified: int = 0  # its results checked by a validator
+    failed_verifications: int = 0
+    quarantined: bool = False
+    validator: bool = False  # it verifies others' results
     # per model it has run, its measured speed and the class that puts it in
     # (speed.py; empty unless SchedulerConfig.measured_speed or check_hardware)
     measured: tuple[MeasuredSpeed, ...] = ()
@@ -54,17 +61,24 @@ class NetworkSnapshot:
 
 
 def network_snapshot(index: NodeIndex, queues: Mapping[str, ModelQueue], running: int,
-                     counters: Mapping[str, int], utilization: float) -> NetworkSnapshot:
+                     counters: Mapping[str, int], utilization: float,
+                     trust: Trust | None = None) -> NetworkSnapshot:
     nodes = tuple(
         NodeSnapshot(
             n.node_id, n.spec.name, n.spec.gpu, n.spec.region, n.spec.location,
             n.slots, len(n.running), n.spec.models, tuple(n.loaded),
             n.price_per_hour, n.draining, n.last_seen, n.tasks_done,
-            measured_speeds(n.spec.gpu, n.price_per_hour, n.paces, index.measured_speed,
+            measured=measured_speeds(n.spec.gpu, n.price_per_hour, n.paces, index.measured_speed,
                             index.check_hardware) if n.paces else (),
         )
         for n in index.nodes.values()
     )
+    if trust is not None:
+        nodes = tuple(attrs.evolve(
+            n, reputation=(rep := trust.reputation.get(n.node_id)).score,
+            verified=rep.verified, failed_verifications=rep.failed,
+            quarantined=rep.quarantined, validator=n.node_id in trust.validators)
+            for n in nodes)
     return NetworkSnapshot(
         nodes=nodes,
         queued=sum(len(q) for q in queues.values()),

@@ -27,7 +27,7 @@ from .session import (
 from .updates import (
     FINAL_UPDATES, CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate,
     FinalUpdate, ProgressUpdate, QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate,
-    StateUpdate, SubmitOutcome, TaskUpdate, UpdateSink,
+    StateUpdate, SubmitOutcome, TaskUpdate, UpdateSink, VerificationUpdate,
 )
 
 __all__ = [
@@ -41,5 +41,5 @@ __all__ = [
     "ReconnectLimiter",
     "FINAL_UPDATES", "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FailedUpdate",
     "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
-    "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink",
+    "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink", "VerificationUpdate",
 ]

@@ -27,13 +27,18 @@
 #   reverify_interval 10 s       a live session's token is checked again this often:
 #                                a token revoked anywhere (the admin CLI's process
 #                                included) closes its sessions within this
+#   trust TrustPolicy()          results are verified by validator nodes
+#                                (engine/core/verification.py): the API's tasks
+#                                default to `sampled`; `trusted_nodes` names the
+#                                validators the operator trusts (node ids or worker
+#                                token names), others earn it by reputation
 from __future__ import annotations
 
 import random
 
 import attrs
 
-from engine.core import DEFAULT_POLICY, Scheduler, SchedulerConfig
+from engine.core import DEFAULT_POLICY, Scheduler, SchedulerConfig, TrustPolicy
 from engine.core.journal import JournalHeader
 from engine.protocol import MAX_FRAME_BYTES
 
@@ -75,6 +80,8 @@ class CoordinatorConfig:
     reconnect_burst: float = 10.0
     reconnect_rate: float = 0.5
     reverify_interval: float | None = 10.0  # None: never re-check a live session's token
+    trust: TrustPolicy | None = TrustPolicy()  # verification of results; None: off
+    trusted_nodes: tuple[str, ...] = ()  # validators by node id or worker token name
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(heartbeat_timeout=self.heartbeat_timeout,
@@ -89,7 +96,7 @@ class CoordinatorConfig:
                                rejoin_grace=self.rejoin_grace,
                                charge_cap_factor=self.charge_cap_factor,
                                charge_cap_allowance=self.charge_cap_allowance,
-                               fault_cooldown=self.fault_cooldown,
+                               fault_cooldown=self.fault_cooldown, trust=self.trust,
                                measured_speed=self.measured_speed,
                                check_hardware=self.check_hardware)
 

@@ -15,12 +15,21 @@
 #   Assign   -> an `assign` frame on the node's session (or DeliveryFailed back in)
 #   Requeue / Cancel / Expire -> a `cancel` frame to the node that ran the task
 #   Drop     -> close the node's session with the reason
-#   Complete / Fail / Cancelled / Expire / Reject / Requeue -> a TaskUpdate
+#   Complete / Fail / Cancelled / Expire / Reject / Requeue / Verified -> a TaskUpdate
 #   (updates.py: one precise type per change, carrying what a store row needs:
 #   the node's GPU and location, the usage, cost and reference cost)
 # Carrying out never blocks: frames go to bounded session outboxes with
 # send_nowait, updates to an unbounded queue drained by a separate notifier task
 # that awaits `on_update` (so a slow database never stalls scheduling).
+#
+# Verification (engine/core/verification.py): on Hold the actor keeps the held
+# result's output and proof (the node's `result` frame's `proof`); the job's Assign
+# (Assign.verifies) becomes an `assign` with the task's own input and params plus
+# `verify: {claimed, proof}`; the validator's `result` for it carries the verdict
+# {passed, score, detail} as its output, which becomes VerificationReported (any
+# other output is the validator's protocol fault: TaskFaulted). Jobs are not API
+# tasks: no TaskUpdate names them. Quarantine is an `error` frame to the node (its
+# operator reads why in the worker's log); the node stays connected, idle.
 #
 # Rules:
 # - Time is `trio.current_time()` only, so the whole runtime runs in virtual time
@@ -70,15 +79,15 @@ import trio
 
 from engine.core import (
     Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
-    Event, Expire, Fail, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
-    NodeLost, NodeSpec, Quote, Reject, Requeue, Scheduler, TaskCancelled,
+    Event, Expire, Fail, Hold, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
+    NodeLost, NodeSpec, Quarantine, Quote, Reject, Requeue, Scheduler, TaskCancelled,
     TaskFailed, TaskFaulted, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted,
-    Tick, WakeAt, openai_cost, usage_problem,
+    Tick, VerificationReported, Verified, WakeAt, openai_cost, usage_problem,
 )
 from engine.core.metering import count_problem, metered_usage
 from engine.core.speed import speed_seconds
 from engine.protocol import (
-    PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Failed,
+    PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Error, Failed,
     Heartbeat, Message, Progress, Result, Welcome,
 )
 
@@ -94,8 +103,9 @@ from .session import NodeIdentity, NodeReport, NodeSession, Refused
 from .updates import (
     CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate, ProgressUpdate,
     QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate, SubmitOutcome, TaskUpdate,
-    UpdateSink,
+    UpdateSink, VerificationUpdate,
 )
+from .verdicts import parse_verdict
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +148,12 @@ class Coordinator:
         self._pending: list[TaskUpdate] = []
         self._sessions: dict[str, NodeSession] = {}
         self._inputs: dict[str, _Input] = {}
-        self._outputs: dict[str, tuple[Any, str, str]] = {}  # output, finish, metered by
+        self._outputs: dict[str, tuple[Any, str, Any, str]] = {}  # output, finish, proof, metered by
+        self._held: dict[str, tuple[Any, str, Any, str]] = {}  # results waiting for a verdict
+        self._jobs: dict[str, str] = {}  # verification job id -> the task it checks
+        self._job_of: dict[str, str] = {}  # task -> its verification job now
+        # a verdict that goes out with the task's completion (one stored change)
+        self._verdict: dict[str, VerificationUpdate] = {}
         self.meter = Meter()
         self._dev_nodes = 0
         self._reconnects = ReconnectLimiter(config.reconnect_burst, config.reconnect_rate)
@@ -153,7 +168,8 @@ class Coordinator:
             Assign: self._do_assign, Reject: self._do_reject, Requeue: self._do_requeue,
             Cancel: self._do_cancel, Cancelled: self._do_cancelled,
             Complete: self._do_complete, Fail: self._do_fail, Expire: self._do_expire,
-            Drop: self._do_drop, WakeAt: lambda decision, queue: None}
+            Drop: self._do_drop, Hold: self._do_hold, Verified: self._do_verified,
+            Quarantine: self._do_quarantine, WakeAt: lambda decision, queue: None}
 
     # ---- the public interface ---------------------------------------------------
 
@@ -270,8 +286,8 @@ class Coordinator:
         record = self.scheduler.tasks.get(message.task_id)
         node_id = session.node_id
         if (self._updates is None or record is None or record.node_id != node_id
-                or record.state is not TaskState.RUNNING):
-            return  # stale: the task moved on
+                or record.state is not TaskState.RUNNING or record.verifies is not None):
+            return  # stale (the task moved on), or a verification job's
         if self._updates.statistics().current_buffer_used < self.config.max_pending_updates:
             self._publish(ProgressUpdate(message.task_id, node_id, message.partial))
 
@@ -385,6 +401,10 @@ class Coordinator:
 
     def _on_join(self, message: SessionJoined) -> None:
         session, spec = message.session, message.spec
+        trusted = self.config.trusted_nodes
+        if trusted and (spec.node_id in trusted or (
+                session.identity is not None and session.identity.name in trusted)):
+            spec = attrs.evolve(spec, trusted=True)
         old = self._sessions.get(spec.node_id)
         if old is not None:
             old.close("replaced by a newer connection of the same node")
@@ -432,6 +452,9 @@ class Coordinator:
     def _on_result(self, session: NodeSession, message: Result) -> None:
         task_id = message.task_id
         if self._reported(session, task_id):
+            if task_id in self._jobs:
+                self._on_verdict(session, message)
+                return
             record = self.scheduler.tasks.get(task_id)
             usage, metered_by = message.usage, ""
             if (self.config.check_usage and record is not None
@@ -448,9 +471,20 @@ class Coordinator:
                     return
                 usage, metered_by = metered_usage(record.spec, usage, elapsed, counts,
                                                   self._speed_bound(record))
-            self._outputs[task_id] = (message.output, message.finish_reason, metered_by)
+            self._outputs[task_id] = (message.output, message.finish_reason, message.proof,
+                                    metered_by)
             self._apply(TaskFinished(task_id, session.node_id, usage))
             self._outputs.pop(task_id, None)  # still here: a stale result
+
+    def _on_verdict(self, session: NodeSession, message: Result) -> None:
+        verdict = parse_verdict(message.output)
+        if isinstance(verdict, str):
+            self._fault(session, message.task_id, f"verification job {message.task_id}: "
+                                                  f"{verdict}")
+            return
+        passed, score, detail = verdict
+        self._apply(VerificationReported(message.task_id, session.node_id, passed, score,
+                                         detail))
 
     def _speed_bound(self, record: TaskRecord) -> float | None:
         """The service seconds the run's node needs for it at its measured speed, or
@@ -490,17 +524,28 @@ class Coordinator:
 
     def _do_assign(self, d: Assign, queue: list[Event]) -> None:
         session = self._sessions.get(d.node_id)
-        task = self._inputs[d.task_id]
+        verify = None
+        if d.verifies is None:
+            task = self._inputs[d.task_id]
+        else:  # a verification job: the task's input, and the result under test
+            task = self._inputs[d.verifies]
+            output, _, proof, _ = self._held[d.verifies]
+            verify = {"claimed": output, "proof": proof}
         frame = AssignTask(d.task_id, d.model, task.payload, task.params,
-                           self._finite(d.deadline - trio.current_time()), d.attempt)
+                           self._finite(d.deadline - trio.current_time()), d.attempt,
+                           verify)
         if session is None or not session.deliver(frame):
             queue.append(DeliveryFailed(d.task_id, d.node_id))
             return
         session.tasks.assigned(d.task_id)
+        if d.verifies is not None:
+            return
         gpu, location, weights = self._place(d.node_id, d.model)
         self._pending.append(RunningUpdate(d.task_id, d.node_id, gpu, location, weights))
 
     def _forget(self, task_id: str) -> _Input | None:
+        self._held.pop(task_id, None)
+        self._jobs.pop(self._job_of.pop(task_id, ""), None)
         return self._inputs.pop(task_id, None)
 
     def _do_reject(self, d: Reject, queue: list[Event]) -> None:
@@ -513,7 +558,9 @@ class Coordinator:
         session = self._sessions.get(d.node_id)
         if session is not None and session.tasks.holds(d.task_id):
             session.deliver(CancelTask(d.task_id, d.reason))
-        self._pending.append(RequeuedUpdate(d.task_id, d.reason))
+        if d.task_id not in self._jobs:
+            self._held.pop(d.task_id, None)  # a result that failed its verification
+            self._pending.append(RequeuedUpdate(d.task_id, d.reason))
 
     def _do_cancel(self, d: Cancel, queue: list[Event]) -> None:
         self._tell(d.node_id, CancelTask(d.task_id, "cancelled"))
@@ -523,8 +570,10 @@ class Coordinator:
         self._pending.append(CancelledUpdate(d.task_id))
 
     def _do_complete(self, d: Complete, queue: list[Event]) -> None:
+        held = self._held.get(d.task_id)
         task = self._forget(d.task_id)
-        output, finish_reason, metered_by = self._outputs.pop(d.task_id, (None, "", ""))
+        output, finish_reason, _, metered_by = (
+            held if held is not None else self._outputs.pop(d.task_id, (None, "", None, "")))
         usage = d.usage
         if d.clamped:
             log.warning("task %s: charge clamped to $%.6f (node %s reported %g s)",
@@ -534,9 +583,13 @@ class Coordinator:
         gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
         self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
                                              reference, finish_reason, gpu, location, weights,
-                                             metered_by))
+                                             verification=self._verdict.pop(d.task_id, None),
+                                             metered_by=metered_by))
 
     def _do_fail(self, d: Fail, queue: list[Event]) -> None:
+        verdict = self._verdict.pop(d.task_id, None)
+        if verdict is not None:
+            self._pending.append(verdict)
         self._forget(d.task_id)
         self._pending.append(FailedUpdate(d.task_id, d.error, d.node_id))
 
@@ -549,6 +602,26 @@ class Coordinator:
                 task.model not in models or not models[task.model].online_slots):
             error = f"deadline passed with no online node serving {task.model}"
         self._pending.append(ExpiredUpdate(d.task_id, d.node_id, error))
+
+    def _do_hold(self, d: Hold, queue: list[Event]) -> None:
+        self._held[d.task_id] = self._outputs.pop(d.task_id, (None, "", None, ""))
+        self._jobs[d.job_id] = d.task_id
+        self._job_of[d.task_id] = d.job_id
+        self._pending.append(VerificationUpdate(d.task_id, "pending", d.node_id))
+
+    def _do_verified(self, d: Verified, queue: list[Event]) -> None:
+        self._jobs.pop(self._job_of.pop(d.task_id, ""), None)
+        update = VerificationUpdate(d.task_id, d.status, d.producer, d.validator, d.score,
+                                    d.detail, d.rerun)
+        if d.rerun or d.status == "failed":  # no completion follows (it runs again)
+            self._pending.append(update)
+        else:  # a Complete or a Fail follows at once (scheduler: Verified, then it)
+            self._verdict[d.task_id] = update
+
+    def _do_quarantine(self, d: Quarantine, queue: list[Event]) -> None:
+        log.warning("node %s %s", d.node_id, d.reason)
+        self._tell(d.node_id, Error(f"this node is {d.reason}; it gets no more tasks",
+                                    retry=False))
 
     def _do_drop(self, d: Drop, queue: list[Event]) -> None:
         session = self._sessions.pop(d.node_id, None)

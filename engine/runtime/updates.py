@@ -22,6 +22,10 @@
 #   RejectedUpdate   refused at submission            |
 #   ExpiredUpdate    its deadline passed              |
 #   CancelledUpdate  cancelled                       /
+#   VerificationUpdate  how its result fares under verification (kind
+#                    "verification"): pending (held for a validator's verdict),
+#                    then passed / failed (re-run elsewhere) / unverified / skipped;
+#                    published before the state change it explains
 #
 # Rules: frozen attrs values, no behaviour; times never travel in them (the
 # receiver stamps its own wall clock). Names end in "Update" so that they never
@@ -84,6 +88,30 @@ class ProgressUpdate:
 
 
 @attrs.frozen
+class VerificationUpdate:
+    """The verification of the task's result (engine/core/verification.py):
+    `status` pending | passed | failed | unverified | skipped; `rerun`: the result
+    failed and the task runs again on another node."""
+
+    kind: ClassVar[str] = "verification"
+    state: ClassVar[None] = None
+
+    task_id: str
+    status: str
+    producer: str = ""  # the node whose result is checked
+    validator: str | None = None
+    score: float | None = None
+    detail: str = ""
+    rerun: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The task JSON's `verification` object."""
+        return {"status": self.status, "producer": self.producer,
+                "validator": self.validator, "score": self.score, "detail": self.detail,
+                "rerun": self.rerun}
+
+
+@attrs.frozen
 class CompletedUpdate:
     kind: ClassVar[str] = "state"
     state: ClassVar[TaskState] = TaskState.COMPLETED
@@ -98,6 +126,9 @@ class CompletedUpdate:
     node_gpu: str = ""
     node_location: str = ""
     model_weights: str = ""
+    # how the result fared under verification, when it was considered for it (one
+    # stored change with the completion, not two)
+    verification: VerificationUpdate | None = None
     # who counted the usage it is billed by (engine.core.metering: "coordinator", or
     # "node, bounded" when the coordinator has no tokenizer for the node's weights)
     metered_by: str = ""
@@ -141,7 +172,8 @@ class CancelledUpdate:
 
 
 TaskUpdate = (QueuedUpdate | RequeuedUpdate | RunningUpdate | ProgressUpdate | CompletedUpdate
-              | FailedUpdate | RejectedUpdate | ExpiredUpdate | CancelledUpdate)
+              | FailedUpdate | RejectedUpdate | ExpiredUpdate | CancelledUpdate
+              | VerificationUpdate)
 StateUpdate = (QueuedUpdate | RequeuedUpdate | RunningUpdate | CompletedUpdate | FailedUpdate
                | RejectedUpdate | ExpiredUpdate | CancelledUpdate)
 FinalUpdate = CompletedUpdate | FailedUpdate | RejectedUpdate | ExpiredUpdate | CancelledUpdate
@@ -164,4 +196,5 @@ __all__ = [
     "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FINAL_UPDATES", "FailedUpdate",
     "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
     "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink",
+    "VerificationUpdate",
 ]

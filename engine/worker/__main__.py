@@ -12,6 +12,11 @@
 # ends with exactly one line on stderr saying what and why, and exit status 1
 # (2 for usage errors). The first Ctrl-C / SIGTERM drains (finish or hand back the
 # running tasks within --drain-grace); a second one stops at once.
+#
+# `main(argv, parser=..., variant=...)` runs a variant of this worker on the same
+# flags and start-up (the adversary suite, benchmarks/adversaries.py: lying workers
+# for the trust tests). A variant may change what is served before the models load
+# and wrap the executor and the configuration after; the worker itself never has one.
 from __future__ import annotations
 
 import argparse
@@ -22,13 +27,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import trio
 
 from engine.core import GPU_CLASSES, gpu_class_name
 from engine.worker.agent import (
-    CoordinatorList, CoordinatorUnreachable, Worker, WorkerConfig, WorkerRefused,
+    CoordinatorList, CoordinatorUnreachable, Executor, Worker, WorkerConfig, WorkerRefused,
 )
 from engine.worker.node import (
     DEMO_MODEL, Hardware, ModelSource, ThreadedExecutor, detect_gpu, host_memory_gb, load_models,
@@ -71,14 +76,28 @@ def _non_negative(text: str) -> float:
     return value
 
 
+class WorkerVariant(Protocol):
+    """A variant of the worker on the same command line (see the top comment)."""
+
+    def sources(self, args: argparse.Namespace,
+                sources: list[ModelSource]) -> list[ModelSource]:
+        """What to serve instead of `sources` (what the flags chose)."""
+        ...
+
+    def adapt(self, args: argparse.Namespace, config: WorkerConfig,
+              executor: ThreadedExecutor) -> tuple[WorkerConfig, Executor]:
+        """The configuration and executor the worker runs with."""
+        ...
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not the whole usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = _Parser(
-        prog=PROG, description="Run a NeuroGrid worker: connect to a coordinator and run "
+        prog=prog, description="Run a NeuroGrid worker: connect to a coordinator and run "
         "the tasks it assigns on this machine's models.")
     p.add_argument("--coordinator", action="append", default=[], metavar="URL",
                    help="ws://HOST:PORT/api/nodes/connect; repeatable: a deployment's "
@@ -189,12 +208,15 @@ async def _on_signals(signals: AsyncIterator[int], worker: Worker) -> None:
             worker.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
+         variant: WorkerVariant | None = None) -> int:
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(message)s")
     sources = _check(parser, args)
+    if variant is not None:
+        sources = variant.sources(args, sources)
     hardware = _hardware(args, sources)
     try:
         runners = load_models(sources, args.demo_dir, args.provider)
@@ -207,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         price_per_hour=args.price_per_hour, drain_grace=args.drain_grace,
         max_retries=args.max_retries, weights=served_weights(sources),
     )
-    executor = ThreadedExecutor(runners, max_threads=args.slots + 2)
-    log.info("worker %r: %s, %.1f GB, %d slot(s), coordinator %s", args.name, hardware.gpu,
-             hardware.vram_gb, args.slots, ", ".join(args.coordinator))
+    threaded = ThreadedExecutor(runners, max_threads=args.slots + 2)
+    executor: Executor = threaded
+    if variant is not None:
+        config, executor = variant.adapt(args, config, threaded)
+    log.info("worker %r: %s, %.1f GB, %d slot(s), coordinator %s", args.name, config.gpu,
+             config.vram_gb, args.slots, ", ".join(args.coordinator))
     worker = Worker(config, executor, CoordinatorList(args.coordinator))
     error = trio.run(_serve, worker)
     if isinstance(error, WorkerRefused):

@@ -15,6 +15,12 @@
 # streamer sends every task's new progress each `progress_interval`, merged, so a
 # fast model does not send one frame per token. When the connection
 # ends, every task on it is cancelled: the coordinator has re-queued them.
+# A verification job (an assign with `verify`: {claimed, proof} of another node's
+# result) goes the same way, slot, cancel and all, but runs the executor's
+# `verify` instead of `run`; its result's output is the verdict {passed, score,
+# detail}, its usage the validator's own seconds (tokens 0), and it carries no
+# progress or proof. A `verify` without `claimed`, or with a proof that is not an
+# object, is refused as `failed` (not retryable): the job itself is malformed.
 #
 # Rules:
 # - A task is listed in heartbeats from before its `accepted` until after its
@@ -56,7 +62,7 @@ from engine.protocol import (
     ConnectionClosed, Draining, Error, Failed, Gpu, Heartbeat, Hello, Message, Progress,
     ProtocolError, Result, WebSocketConnection, Welcome, decode, encode,
 )
-from engine.worker.runners.base import InvalidTaskInput, RunResult
+from engine.worker.runners.base import InvalidTaskInput, RunResult, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,11 @@ class Executor(Protocol):
 
     async def run(self, model: str, inputs: Mapping[str, Any], params: Mapping[str, Any],
                   on_progress: Callable[[dict[str, Any]], None]) -> RunResult: ...
+
+    async def verify(self, model: str, inputs: Mapping[str, Any], params: Mapping[str, Any],
+                     claimed: Any, proof: Mapping[str, Any] | None) -> Verdict:
+        """Judge another node's output `claimed` (and its proof) for this task."""
+        ...
 
 
 Connector = Callable[[], AbstractAsyncContextManager[Connection]]
@@ -344,16 +355,18 @@ class Worker:
                 await self._send(conn, Accepted(task_id))
                 reply: Message
                 try:
-                    result = await self.executor.run(assign.model, assign.input, assign.params,
-                                                     buffer.add)
+                    if assign.verify is not None:
+                        reply = await self._verify(assign)
+                    else:
+                        result = await self.executor.run(assign.model, assign.input,
+                                                         assign.params, buffer.add)
+                        reply = Result(task_id, result.output, _usage(result.usage),
+                                       result.finish_reason, result.proof)
                 except InvalidTaskInput as exc:
                     reply = Failed(task_id, str(exc), retryable=False)
                 except Exception as exc:  # a runner's failure must not end the worker
                     log.exception("task %s failed", task_id)
                     reply = Failed(task_id, f"{type(exc).__name__}: {exc}", retryable=True)
-                else:
-                    reply = Result(task_id, result.output, _usage(result.usage),
-                                   result.finish_reason)
                 partial = buffer.take()
                 if partial and isinstance(reply, Result):
                     await self._send(conn, Progress(task_id, partial))
@@ -364,6 +377,24 @@ class Worker:
             del self.running[task_id]
             if not self.running:
                 self._idle.set()
+
+    async def _verify(self, assign: AssignTask) -> Message:
+        """Run a verification job; its verdict as a result (or a refusal as failed)."""
+        job = assign.verify or {}
+        proof = job.get("proof")
+        if "claimed" not in job:
+            return Failed(assign.task_id, "assign.verify must hold 'claimed' (the output to "
+                          "verify)", retryable=False)
+        if proof is not None and not isinstance(proof, Mapping):
+            return Failed(assign.task_id, f"assign.verify.proof must be an object or null, got "
+                          f"{type(proof).__name__}", retryable=False)
+        started = trio.current_time()
+        verdict = await self.executor.verify(assign.model, assign.input, assign.params,
+                                             job["claimed"], proof)
+        log.info("verified task %s: %s (score %.3f) %s", assign.task_id,
+                 "passed" if verdict.passed else "FAILED", verdict.score, verdict.detail)
+        return Result(assign.task_id, verdict.to_json(),
+                      Usage(seconds=trio.current_time() - started), "stop")
 
     async def _stream(self, conn: Connection) -> None:
         """Every progress_interval, send what each running task produced meanwhile."""

@@ -19,16 +19,17 @@ import os
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import attrs
 import trio
 
 from engine.worker.packs.defaults import DEMO_WEIGHTS, DefaultPack, build_default
-from engine.worker.runners.base import ModelRunner, NoopRunner, RunResult
+from engine.worker.runners.base import ModelRunner, NoopRunner, RunResult, Verdict
 from engine.worker.runners.registry import load_runner
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEMO_MODEL = "llama2:7b"  # the model name the demo pack stands in for
 DEMO_WARNING = ("serving %s with the DEMO model pack (tiny random weights): its text is "
@@ -148,14 +149,23 @@ class ThreadedExecutor:
     async def run(self, model: str, inputs: Mapping[str, Any], params: Mapping[str, Any],
                   on_progress: Callable[[dict[str, Any]], None]) -> RunResult:
         runner = self.runners[model]
+        return await self._in_thread(runner.run, inputs, params, on_progress)
+
+    async def verify(self, model: str, inputs: Mapping[str, Any], params: Mapping[str, Any],
+                     claimed: Any, proof: Mapping[str, Any] | None) -> Verdict:
+        """A verification job on the model's runner, in a worker thread like `run`."""
+        runner = self.runners[model]
+        return await self._in_thread(runner.verify, inputs, params, claimed, proof)
+
+    async def _in_thread(self, call: Callable[..., _T], *args: Any) -> _T:
+        """`call(*args, should_stop)` in a worker thread; trio cancellation sets should_stop."""
         stop = threading.Event()
         try:
             # On cancel the task ends at once and the thread is told to stop; it
             # returns at the runner's next should_stop() check (one token) and only
             # then gives its limiter slot back.
             return await trio.to_thread.run_sync(
-                runner.run, inputs, params, on_progress, stop.is_set,
-                abandon_on_cancel=True, limiter=self._limiter)
+                lambda: call(*args, stop.is_set), abandon_on_cancel=True, limiter=self._limiter)
         except trio.Cancelled:
             stop.set()
             raise

@@ -10,6 +10,12 @@
 #   work (tokens, steps) and returns early with `finish_reason="cancelled"`.
 # - Partial output goes out through `on_progress(dict)`; the dict is merged into
 #   the worker's `progress` frame as-is, so it must be JSON-able.
+# - `verify` judges another node's result for the same task (a verification job):
+#   it returns a Verdict, never raises for a claimed output of the wrong shape or a
+#   malformed proof (that is a failed verdict), and raises InvalidTaskInput only
+#   when the task itself is bad. It is called like `run` (a worker thread, polling
+#   should_stop) and is as re-entrant. How each kind checks is its runner's module
+#   comment (text: verify_text.py; speech, images: verify_media.py).
 # - Errors are typed: `InvalidTaskInput` means the task itself is bad (retrying on
 #   another node will not help); `ModelLoadError` means this node cannot serve
 #   the model. Anything else is an unexpected failure of the node.
@@ -95,6 +101,10 @@ class Verdict:
     score: float
     detail: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The verdict as a verification job's result output."""
+        return {"passed": self.passed, "score": float(self.score), "detail": self.detail}
+
 
 class ModelRunner(Protocol):
     """A model that the worker can load once and run many tasks on."""
@@ -112,6 +122,16 @@ class ModelRunner(Protocol):
         should_stop: StopCheck,
     ) -> RunResult:
         """Run one task. Raises InvalidTaskInput for unusable inputs or params."""
+
+    def verify(
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, Any],
+        claimed: Any,
+        proof: Mapping[str, Any] | None,
+        should_stop: StopCheck,
+    ) -> Verdict:
+        """Judge `claimed` (another node's output for this task, with its proof)."""
 
     def unload(self) -> None:
         """Release what `load` acquired; the runner may be loaded again later."""
@@ -141,6 +161,19 @@ class NoopRunner:
         should_stop: StopCheck,
     ) -> RunResult:
         return RunResult(output=self.OUTPUT, usage={"tokens": 0, "prompt_tokens": 0, "seconds": 0.0})
+
+    def verify(
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, Any],
+        claimed: Any,
+        proof: Mapping[str, Any] | None,
+        should_stop: StopCheck,
+    ) -> Verdict:
+        """Passed when the claim is the placeholder this runner returns (no inference)."""
+        same = claimed == self.OUTPUT
+        return Verdict(same, 1.0 if same else 0.0,
+                       "the no-op placeholder" if same else "not the no-op runner's placeholder")
 
     def unload(self) -> None:
         return None

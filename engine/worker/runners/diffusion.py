@@ -33,6 +33,9 @@
 #   the same dict with image_png_base64 None and finish_reason "cancelled".
 #   usage: steps (denoising steps run), seconds (wall time), prompt_tokens, and
 #   tokens 0 (the RunResult contract: no tokens are generated).
+# - Verification (`verify`): the task is re-run here with the seed the claimed
+#   output reports (when the params gave none) and the images compared by PSNR
+#   (verify_media.judge_image); no proof is used.
 # - Progress: on_progress({"step": i, "steps": n}) after each denoising step;
 #   should_stop() is polled before each step.
 #
@@ -65,6 +68,7 @@ from engine.worker.runners.base import (
     ProgressCallback,
     RunResult,
     StopCheck,
+    Verdict,
 )
 from engine.worker.runners.clip_tokenizer import (
     ClipTokenizer,
@@ -72,6 +76,7 @@ from engine.worker.runners.clip_tokenizer import (
     read_json_object,
 )
 from engine.worker.runners.providers import choose_providers, open_session
+from engine.worker.runners.verify_media import judge_image
 from engine.worker.runners.schedulers import (
     SCHEDULERS,
     SchedulerError,
@@ -414,3 +419,25 @@ class DiffusionRunner:
             output["image_png_base64"] = base64.b64encode(png).decode("ascii")
         usage = {"steps": done, "seconds": time.perf_counter() - start, "prompt_tokens": prompt_tokens, "tokens": 0}
         return RunResult(output=output, usage=usage, finish_reason="cancelled" if cancelled else "stop")
+
+    def verify(
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, Any],
+        claimed: Any,
+        proof: Mapping[str, Any] | None,
+        should_stop: StopCheck,
+    ) -> Verdict:
+        """Re-run the task with the claimed seed and compare images (verify_media.py)."""
+        if not isinstance(claimed, (Mapping, str)):
+            return Verdict(False, 0.0, f"the claimed output is a {type(claimed).__name__}, not an image")
+        seed = params.get("seed")
+        if seed is None:  # the producer drew it and reports it in its output
+            seed = claimed.get("seed") if isinstance(claimed, Mapping) else None
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                return Verdict(False, 0.0, f"the claimed output's seed {seed!r} is not an integer in "
+                                           f"[0, {MAX_SEED}] (the task gave none)")
+        mine = self.run(inputs, {**params, "seed": seed}, lambda partial: None, should_stop)
+        if mine.finish_reason == "cancelled":
+            return Verdict(False, 0.0, "cancelled")
+        return judge_image(str(mine.output["image_png_base64"]), claimed)

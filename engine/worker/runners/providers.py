@@ -17,6 +17,14 @@
 # to stderr. The captured text is mined for the reason (e.g. which .so is missing)
 # so the one log line can say why, and the spam never reaches the terminal.
 # Sessions are then created with log severity ERROR, so they stay quiet too.
+#
+# Floating-point detail: `session_options` also applies the operator's tuning from
+# the environment, NEUROGRID_ORT_THREADS (intra-op threads, >= 1; default ONNX
+# Runtime's: one per core) and NEUROGRID_ORT_OPTIMIZATION (the graph optimisation
+# level by name: disable, basic, extended, all; default all). Both change the
+# order of floating-point operations, so two honest nodes' logits differ in the
+# last bits: result verification (engine/worker/runners/verify_text.py) is tested
+# and benchmarked across them. A bad value is a ModelLoadError naming the variable.
 # The CUDA runtime libraries come from the `gpu` install extra
 # (`pip install ".[gpu]"`: onnxruntime-gpu[cuda,cudnn], NVIDIA's wheels), which the
 # probe preloads; a system CUDA install works too.
@@ -40,16 +48,29 @@ from engine.worker.runners.base import ModelLoadError
 __all__ = [
     "CPU",
     "CUDA",
+    "OPTIMIZATION_ENV",
+    "OPTIMIZATION_LEVELS",
     "PROVIDER_ENV",
+    "THREADS_ENV",
     "choose_providers",
     "cuda_problem",
     "open_session",
     "session_options",
+    "session_tuning",
 ]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 PROVIDER_ENV = "NEUROGRID_ORT_PROVIDER"
+THREADS_ENV = "NEUROGRID_ORT_THREADS"
+OPTIMIZATION_ENV = "NEUROGRID_ORT_OPTIMIZATION"
+# graph optimisation level by name (NEUROGRID_ORT_OPTIMIZATION)
+OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 _PREFERENCES = ("auto", "cpu", "cuda")
 _ORT_ERROR = 3  # onnxruntime severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
@@ -57,10 +78,44 @@ log = logging.getLogger(__name__)
 
 
 def session_options() -> ort.SessionOptions:
-    """Session options shared by every runner: only errors get logged."""
+    """Session options shared by every runner: only errors get logged; threads and
+    the optimisation level from the environment (see the module comment)."""
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR
+    threads = os.environ.get(THREADS_ENV, "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ModelLoadError(f"{THREADS_ENV} must be an integer >= 1, got {threads!r}")
+        options.intra_op_num_threads = int(threads)
+    level = os.environ.get(OPTIMIZATION_ENV, "").strip().lower()
+    if level:
+        if level not in OPTIMIZATION_LEVELS:
+            raise ModelLoadError(f"{OPTIMIZATION_ENV} must be one of {', '.join(OPTIMIZATION_LEVELS)}, "
+                                 f"got {level!r}")
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
     return options
+
+
+@contextlib.contextmanager
+def session_tuning(threads: int | None, optimization: str | None) -> Iterator[None]:
+    """Sessions created inside use these threads / this optimisation level (None: the
+    default), as if the environment said so; the environment is restored after.
+    For tests and benchmarks that compare floating-point detail in one process."""
+    wanted = {THREADS_ENV: None if threads is None else str(threads), OPTIMIZATION_ENV: optimization}
+    saved = {name: os.environ.get(name) for name in wanted}
+    try:
+        for name, value in wanted.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def open_session(model_path: Path, providers: tuple[str, ...]) -> ort.InferenceSession:

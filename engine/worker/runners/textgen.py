@@ -39,6 +39,14 @@
 #   new suffix goes to on_progress({"tokens": [piece], "index": n}). A suffix is
 #   held back while the text ends in an incomplete UTF-8 sequence (U+FFFD) or no
 #   longer extends what was sent, so the pieces concatenate to the final output.
+# - Proof: every result carries RunResult.proof (verify_text.TextProof): the
+#   generated ids, the finish reason, the sampler's seed (drawn here from OS
+#   entropy when the task gave none) and top-k logit commitments every
+#   COMMIT_EVERY tokens. `verify` checks another node's claimed text by teacher
+#   forcing: one parallel prefill of prompt + claimed ids (`teacher_forced`, in
+#   PREFILL_CHUNK-token passes with the KV cache), then verify_text.judge_text.
+#   Without a proof the text is re-tokenized (its ids may differ from what was
+#   generated; nothing is replayed or compared beyond the tokens).
 #
 # Theory of operation: `load` builds one InferenceSession (providers from
 # providers.choose_providers) and reads the directory's metadata into immutable
@@ -46,17 +54,15 @@
 # in local variables, so concurrent runs on one runner are safe.
 from __future__ import annotations
 
-import datetime
 import logging
 import math
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
-import jinja2
-import jinja2.sandbox
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
@@ -70,8 +76,16 @@ from engine.worker.runners.base import (
     ProgressCallback,
     RunResult,
     StopCheck,
+    Verdict,
 )
+from engine.worker.runners.chat_template import ChatTemplate
 from engine.worker.runners.providers import choose_providers, open_session
+from engine.worker.runners.verify_text import (
+    GREEDY_BELOW,
+    CommitmentRecorder,
+    TextProof,
+    judge_text,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -91,6 +105,7 @@ DEFAULT_TEMPERATURE = float(_TEXT.default("temperature") or 0.0)
 DEFAULT_TOP_P = float(_TEXT.default("top_p") or 1.0)
 MODEL_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+PREFILL_CHUNK = 256  # tokens per forward pass of a verification prefill (bounds its memory)
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}
 _EOS_TOKENS = ("</s>", "<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<eos>", "<|end|>")
 _DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -184,10 +199,6 @@ class Sampling:
         return sampling
 
 
-# Below this temperature sampling is greedy: the distribution is one-hot to float64
-# precision anyway, and the API refuses such values (the kind's least_positive).
-GREEDY_BELOW = 1e-6
-
 
 def pick_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
     """Greedy argmax when temperature is (nearly) 0, else temperature + nucleus (top-p)
@@ -242,70 +253,6 @@ def _eos_ids(generation: Mapping[str, Any], config: Mapping[str, Any], tokenizer
             break
     special = {added.content: index for index, added in tokenizer.get_added_tokens_decoder().items() if added.special}
     return configured | {special[token] for token in _EOS_TOKENS if token in special}
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-def _strftime_now(format: str) -> str:
-    return datetime.datetime.now().strftime(format)
-
-
-def _token_text(value: Any) -> str:
-    """tokenizer_config token entries are strings or {"content": ...} objects."""
-    if isinstance(value, Mapping):
-        value = value.get("content")
-    return value if isinstance(value, str) else ""
-
-
-@attrs.frozen
-class ChatTemplate:
-    """A model's chat template, compiled (see the module rules)."""
-
-    template: jinja2.Template
-    bos_token: str = ""
-    eos_token: str = ""
-
-    @classmethod
-    def load(cls, model_dir: Path, tokenizer_config: Mapping[str, Any]) -> ChatTemplate | None:
-        """The template of `model_dir`, or None when it has none."""
-        source: Any = None
-        jinja_file = model_dir / "chat_template.jinja"
-        if jinja_file.is_file():
-            source = jinja_file.read_text(encoding="utf-8")
-        else:
-            source = tokenizer_config.get("chat_template")
-            if isinstance(source, list):  # [{"name": ..., "template": ...}]
-                named = {entry.get("name"): entry.get("template") for entry in source if isinstance(entry, Mapping)}
-                source = named.get("default")
-        if source is None:
-            return None
-        if not isinstance(source, str):
-            raise ModelLoadError(f"{model_dir}: chat_template must be a string, got {type(source).__name__}")
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now  # Llama 3.x templates date their system turn
-        try:
-            template = env.from_string(source)
-        except jinja2.TemplateError as exc:
-            raise ModelLoadError(f"{model_dir}: the chat template does not compile: {exc}") from exc
-        return cls(template, _token_text(tokenizer_config.get("bos_token")),
-                   _token_text(tokenizer_config.get("eos_token")))
-
-    def render(self, prompt: str) -> str:
-        """The prompt as one user turn, followed by the assistant's generation prompt."""
-        try:
-            return self.template.render(
-                messages=[{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-            )
-        except jinja2.TemplateError as exc:
-            raise InvalidTaskInput(f"the model's chat template rejected the prompt: {exc}") from exc
 
 
 @attrs.define
@@ -391,6 +338,13 @@ class TextGenRunner:
         self, ids: Sequence[int], offset: int, past: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits after the last of `ids` (at positions offset..), and the new past."""
+        logits, new_past = self._forward_all(ids, offset, past)
+        return logits[-1].astype(np.float32), new_past
+
+    def _forward_all(
+        self, ids: Sequence[int], offset: int, past: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [len(ids), vocab] at every position of `ids` (offset..), and the new past."""
         assert self._session is not None
         total = offset + len(ids)
         feeds: dict[str, np.ndarray] = {
@@ -404,7 +358,7 @@ class TextGenRunner:
             feeds["use_cache_branch"] = np.asarray([offset > 0])
         logits, *presents = self._session.run(self._output_names(self._kv), feeds)
         new_past = dict(zip(self._kv.names, presents)) if self._kv else {}
-        return logits[0, -1].astype(np.float32), new_past
+        return logits[0], new_past
 
     def run(
         self,
@@ -416,18 +370,16 @@ class TextGenRunner:
         start = time.perf_counter()
         if self._session is None or self._tokenizer is None:
             raise ModelLoadError(f"model {self.model_name!r} is not loaded")
-        sampling = Sampling.from_params(params)
-        prompt = inputs.get("prompt")
-        if not isinstance(prompt, str):
-            raise InvalidTaskInput(f"input.prompt must be a string, got {type(prompt).__name__}")
-        prompt_ids = self.prompt_ids(prompt, params)
-        if not prompt_ids:
-            raise InvalidTaskInput("the prompt encodes to no tokens")
+        sampling, prompt_ids = self._task_prompt(inputs, params)
         limit = self._max_positions or math.inf
         if len(prompt_ids) >= limit:
             raise InvalidTaskInput(f"the prompt is {len(prompt_ids)} tokens; this model's context is {limit}")
 
-        rng = np.random.default_rng(sampling.seed)
+        # a seed drawn here when the task gave none (fresh OS entropy still), so the
+        # proof can name it and a validator can replay the sampler
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        rng = np.random.default_rng(seed)
+        recorder = CommitmentRecorder()
         detokenizer = _Detokenizer(self._tokenizer)
         finish: FinishReason = "length"
         pending, offset = list(prompt_ids), 0
@@ -437,6 +389,7 @@ class TextGenRunner:
                 finish = "cancelled"
                 break
             logits, past = self._forward(pending, offset, past)
+            recorder.observe(len(detokenizer.ids), logits)
             token = pick_token(logits, sampling.temperature, sampling.top_p, rng)
             if token in self._eos:
                 finish = "stop"
@@ -456,4 +409,84 @@ class TextGenRunner:
             "prompt_tokens": len(prompt_ids),
             "seconds": time.perf_counter() - start,
         }
-        return RunResult(output=output, usage=usage, finish_reason=finish)
+        proof = TextProof(tuple(detokenizer.ids), finish, recorder.commitments(len(detokenizer.ids)), seed)
+        return RunResult(output=output, usage=usage, finish_reason=finish, proof=proof.to_json())
+
+    def _task_prompt(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[Sampling, list[int]]:
+        """The validated sampling params and prompt ids of a task (InvalidTaskInput if bad)."""
+        sampling = Sampling.from_params(params)
+        prompt = inputs.get("prompt")
+        if not isinstance(prompt, str):
+            raise InvalidTaskInput(f"input.prompt must be a string, got {type(prompt).__name__}")
+        prompt_ids = self.prompt_ids(prompt, params)
+        if not prompt_ids:
+            raise InvalidTaskInput("the prompt encodes to no tokens")
+        return sampling, prompt_ids
+
+    def teacher_forced(self, prompt_ids: Sequence[int], ids: Sequence[int],
+                       should_stop: StopCheck) -> np.ndarray | None:
+        """The logits that chose each of `ids` after `prompt_ids`, and after the last of
+        them (len(ids) + 1 rows; len(ids) when that would pass the context limit): one
+        parallel prefill, in PREFILL_CHUNK-token passes with the KV cache (the whole
+        sequence at once without one). None when should_stop() said so."""
+        sequence = [*prompt_ids, *ids]
+        limit = self._max_positions or math.inf
+        first = len(prompt_ids) - 1  # the position whose logits chose ids[0]
+        rows: list[np.ndarray] = []
+        past = self._kv.empty() if self._kv else {}
+        chunk = PREFILL_CHUNK if self._kv else len(sequence)
+        for start in range(0, len(sequence), chunk):
+            if should_stop():
+                return None
+            logits, past = self._forward_all(sequence[start:start + chunk], start if self._kv else 0, past)
+            keep = max(0, first - start)
+            rows.extend(logits[keep:].astype(np.float32))
+        if len(sequence) > limit:
+            rows = rows[:len(ids)]
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+    def verify(
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, Any],
+        claimed: Any,
+        proof: Mapping[str, Any] | None,
+        should_stop: StopCheck,
+    ) -> Verdict:
+        """Teacher-forced check of a claimed output (verify_text.py has the rules)."""
+        if self._session is None or self._tokenizer is None:
+            raise ModelLoadError(f"model {self.model_name!r} is not loaded")
+        sampling, prompt_ids = self._task_prompt(inputs, params)
+        if not isinstance(claimed, str):
+            return Verdict(False, 0.0, f"the claimed output is a {type(claimed).__name__}, not text")
+        parsed: TextProof | None = None
+        if proof is not None:
+            try:
+                parsed = TextProof.from_json(proof)
+            except ValueError as exc:
+                return Verdict(False, 0.0, f"malformed proof: {exc}")
+        vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        if parsed is None:  # re-tokenized: may differ from the generated ids
+            ids = list(self._tokenizer.encode(claimed, add_special_tokens=False).ids)
+            how = "no proof: the text re-tokenized; "
+        else:
+            ids, how = list(parsed.token_ids), ""
+            if any(token >= vocab for token in ids):
+                return Verdict(False, 0.0, f"proof.token_ids hold ids outside the vocabulary ({vocab})")
+            decoded = self._tokenizer.decode(ids, skip_special_tokens=True)
+            if decoded != claimed:
+                return Verdict(False, 0.0, "proof.token_ids do not decode to the claimed text")
+        if len(ids) > sampling.max_tokens:
+            return Verdict(False, 0.0, f"{len(ids)} tokens claimed; max_tokens is {sampling.max_tokens}")
+        limit = self._max_positions or math.inf
+        if len(prompt_ids) + len(ids) > limit:
+            return Verdict(False, 0.0, f"prompt + output is {len(prompt_ids) + len(ids)} tokens; "
+                                       f"the model's context is {limit}")
+        rows = self.teacher_forced(prompt_ids, ids, should_stop)
+        if rows is None:
+            return Verdict(False, 0.0, "cancelled")
+        verdict = judge_text(rows, ids, self._eos, sampling.temperature, sampling.top_p, sampling.max_tokens,
+                             parsed.finish_reason if parsed else None, len(prompt_ids) + len(ids) >= limit,
+                             parsed.commitments if parsed else None,
+                             sampling.seed if sampling.seed is not None else parsed.seed if parsed else None)
+        return attrs.evolve(verdict, detail=how + verdict.detail)

@@ -34,6 +34,8 @@
 #   initial prompt) and seconds (wall time). finish_reason is "length" when
 #   max_tokens cut the transcript, "cancelled" when should_stop() said so (checked
 #   before every decoder step), else "stop".
+# - Verification (`verify`): the task is re-run here and the claimed transcript
+#   compared by word error rate (verify_media.judge_transcript); no proof is used.
 # - Streaming as the text runner does: on_progress({"tokens": [piece], "index": n})
 #   with pieces that concatenate to the output.
 #
@@ -61,9 +63,11 @@ from engine.worker.runners.base import (
     ProgressCallback,
     RunResult,
     StopCheck,
+    Verdict,
 )
 from engine.worker.runners.mel import MelSpec, log_mel_spectrogram, windows
 from engine.worker.runners.providers import choose_providers, open_session
+from engine.worker.runners.verify_media import judge_transcript
 from engine.worker.runners.whisper_tokens import WhisperTokens
 
 __all__ = ["TASKS", "Transcription", "WhisperRunner"]
@@ -411,3 +415,19 @@ class WhisperRunner:
         usage = {"audio_seconds": round(seconds, 3), "tokens": generated, "prompt_tokens": len(prompt_ids),
                  "seconds": time.perf_counter() - started}
         return RunResult(output=output, usage=usage, finish_reason=finish)
+
+    def verify(
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, Any],
+        claimed: Any,
+        proof: Mapping[str, Any] | None,
+        should_stop: StopCheck,
+    ) -> Verdict:
+        """Re-run the task and compare transcripts (verify_media.py has the rule)."""
+        if not isinstance(claimed, str):
+            return judge_transcript("", claimed)
+        mine = self.run(inputs, params, lambda partial: None, should_stop)
+        if mine.finish_reason == "cancelled":
+            return Verdict(False, 0.0, "cancelled")
+        return judge_transcript(str(mine.output), claimed)

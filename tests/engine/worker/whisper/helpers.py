@@ -7,6 +7,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from engine.worker.runners.verify_media import word_error_rate
+
+__all__ = ["SECOND_SENTENCE", "SENTENCE", "espeak_available", "espeak_wav", "word_error_rate"]
+
 SENTENCE = "The quick brown fox jumps over the lazy dog while the farmer reads a newspaper in the garden."
 SECOND_SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
 
@@ -22,17 +26,3 @@ def espeak_wav(text: str, words_per_minute: int = 150) -> bytes:
         subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", str(path), text], check=True,
                        capture_output=True)
         return path.read_bytes()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance / reference length, ignoring case and punctuation."""
-    def words(text: str) -> list[str]:
-        return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
-
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        previous, row[0] = row[0], i
-        for j, other in enumerate(hyp, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != other))
-    return row[len(hyp)] / max(1, len(ref))
