@@ -277,7 +277,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neurogrid serve: cannot open the journal file {args.journal!r}: "
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
-    configure_logging(args.log_format, access=args.access_log)
     database = choose_database(args.db)
     args.db = database.url
     try:
@@ -285,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"neurogrid serve: {e}", file=sys.stderr)
         return 2
+    configure_logging(args.log_format, access=args.access_log)  # after every refusal
     created = "" if database.exists() else ": new, created now"
     args.database_note = f"database {database.describe()}{created}"
     try:
