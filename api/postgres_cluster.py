@@ -32,7 +32,7 @@
 #   deadlock; PostgreSQL aborts one, and its writer commits each operation of
 #   that batch alone (postgres_writer.commit_each): slower, never wrong. The
 #   in-flight count reads the owner's open rows (an index of open tasks by
-#   owner), which the in-flight limit itself keeps few.
+#   owner), up to the limit: a bounded scan.
 # - Notifications are per schema (the channel names end in the schema's name), so
 #   several deployments (or tests) share a database without hearing each other.
 #   They are hints, never the only record: a status change is in its row, and an
@@ -148,9 +148,11 @@ class Cluster:
                 "(%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET owner = excluded.owner "
                 "RETURNING capacity, tokens, updated_at",
                 (owner, caller.per_hour, caller.per_hour, now)).fetchone()
-            # a statement of its own: its snapshot is taken once the lock is held
-            counted = conn.execute(f"SELECT COUNT(*) AS n FROM tasks WHERE owner = %s AND "
-                                   f"status IN ({OPEN_LIST})", (owner,)).fetchone()
+            # a statement of its own: its snapshot is taken once the lock is held;
+            # counted up to the limit only (all the check needs: a bounded scan)
+            counted = conn.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE "
+                                   f"owner = %s AND status IN ({OPEN_LIST}) LIMIT %s) flying",
+                                   (owner, caller.in_flight)).fetchone()
             assert bucket is not None and counted is not None
             capacity = bucket["capacity"]
             limiter = RateLimiter(
