@@ -71,7 +71,7 @@ class SqliteStore:
     def close(self) -> None:
         self._reader.close()
         self._patient_reader.close()
-        self.writer.conn.close()
+        self.writer.close()
 
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only `query` on the loop's reader; when the database is locked,

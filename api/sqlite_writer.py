@@ -211,6 +211,14 @@ class Writer:
         self.on_commit: Callable[[int, float], None] | None = None
         self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
         self._identity = file_identity(self.path)
+        # The header is read through a descriptor held open for the store's life:
+        # closing ANY descriptor of the file drops every POSIX lock this process
+        # holds on it (fcntl semantics), so an open()/close() here released SQLite's
+        # locks; another process then took the file for unused, checkpointed and
+        # deleted the WAL, and this process's readers kept reading their old
+        # snapshot (keys created by `neurogrid keys create` were refused as unknown).
+        # SQLite's "How To Corrupt An SQLite Database File", 2.2.
+        self._header_fd = os.open(self.path, os.O_RDONLY) if self._identity else -1
         self._checked_at = -math.inf
         self.held: collections.deque[Pending] = collections.deque()
         self._retry_at = math.inf  # when held changes (or the probe) are tried again
@@ -218,6 +226,13 @@ class Writer:
         self._reason = ""  # why the store is degraded; "" when it is not
         self._failed_writes = 0
         self._refused_changes = 0
+
+    def close(self) -> None:
+        """Close the connection, then the header's descriptor (last: see __init__)."""
+        self.conn.close()
+        if self._header_fd >= 0:
+            os.close(self._header_fd)
+            self._header_fd = -1
 
     def health(self) -> StoreHealth:
         return StoreHealth(bool(self._reason), self._reason, len(self.held),
@@ -432,8 +447,7 @@ class Writer:
             return
         self._checked_at = now
         try:
-            with open(self.path, "rb") as file:
-                header = file.read(len(SQLITE_HEADER))
+            header = os.pread(self._header_fd, len(SQLITE_HEADER), 0)
         except OSError as exc:
             raise StoreFailed(f"the database file {self.path!r} cannot be read: {exc}") from exc
         if header and header != SQLITE_HEADER:

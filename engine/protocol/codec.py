@@ -36,12 +36,18 @@
 #     accepted   {task_id}
 #     progress   {task_id, ...partial output, e.g. tokens[], index}
 #     result     {task_id, output, usage{tokens|steps|audio_seconds, seconds,
-#                 +prompt_tokens}, +finish_reason}
+#                 +prompt_tokens}, +finish_reason, +proof{}}
+#                 proof: what the runner commits to beside its output so that a
+#                 validator can check it cheaply (e.g. activation commitments)
 #     failed     {task_id, error, retryable}
 #     +draining  {}   the worker takes no new work and will leave when done
 #   coordinator -> worker
 #     welcome    {node_id, heartbeat_interval, +heartbeat_timeout, +protocol}
-#     assign     {task_id, model, input, params, deadline, +attempt}
+#     assign     {task_id, model, input, params, deadline, +attempt, +verify{}}
+#                 verify: present when the job is a verification of another node's
+#                 result: {claimed: <that result's output>, proof: <its proof>};
+#                 the worker answers with a result whose output is the verdict
+#                 {passed: bool, score: number, detail: str}
 #     cancel     {task_id, +reason}
 #     error      {message, +retry}   (then, when fatal, the coordinator closes;
 #                 retry false: a refusal that reconnecting cannot fix, e.g. a bad token)
@@ -125,6 +131,7 @@ class Result:
     output: Any
     usage: Usage
     finish_reason: str = ""
+    proof: Mapping[str, Any] | None = None  # the runner's commitments, for a validator
 
 
 @attrs.frozen
@@ -155,6 +162,9 @@ class AssignTask:
     params: Mapping[str, Any] = attrs.field(factory=dict)
     deadline: float | None = None  # seconds left, from receipt; None: no deadline
     attempt: int = 1
+    # a verification job: {"claimed": output, "proof": proof-or-null} of the result
+    # under test; None for an ordinary run
+    verify: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -250,6 +260,10 @@ def _object(value: Any) -> dict[str, Any]:
     return value
 
 
+def _optional_object(value: Any) -> dict[str, Any] | None:
+    return None if value is None else _object(value)
+
+
 def _any(value: Any) -> Any:
     return value
 
@@ -317,7 +331,8 @@ SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
     Accepted: {"task_id": (_id, REQUIRED)},
     Progress: {"task_id": (_id, REQUIRED)},
     Result: {"task_id": (_id, REQUIRED), "output": (_any, REQUIRED),
-             "usage": (_usage, REQUIRED), "finish_reason": (_str, OPTIONAL)},
+             "usage": (_usage, REQUIRED), "finish_reason": (_str, OPTIONAL),
+             "proof": (_optional_object, OPTIONAL)},
     Failed: {"task_id": (_id, REQUIRED), "error": (_str, REQUIRED),
              "retryable": (_bool, OPTIONAL)},
     Draining: {},
@@ -325,7 +340,8 @@ SCHEMAS: dict[type, dict[str, tuple[Kind, bool]]] = {
               "heartbeat_timeout": (_optional_number, OPTIONAL), "protocol": (_int, OPTIONAL)},
     AssignTask: {"task_id": (_id, REQUIRED), "model": (_id, REQUIRED),
                  "input": (_object, REQUIRED), "params": (_object, OPTIONAL),
-                 "deadline": (_optional_number, OPTIONAL), "attempt": (_int, OPTIONAL)},
+                 "deadline": (_optional_number, OPTIONAL), "attempt": (_int, OPTIONAL),
+                 "verify": (_optional_object, OPTIONAL)},
     CancelTask: {"task_id": (_id, REQUIRED), "reason": (_str, OPTIONAL)},
     Error: {"message": (_str, REQUIRED), "retry": (_bool, OPTIONAL),
             "retry_after": (_optional_number, OPTIONAL), "leader": (_str, OPTIONAL)},
@@ -414,7 +430,7 @@ def decode(text: str, max_bytes: int = MAX_FRAME_BYTES) -> Message:
                                 "is not valid Unicode", None if task_id is None
                                 or _not_unicode(task_id) else task_id, type_name)
     if cls is Result or cls is Progress:  # free-form values: ints must fit too
-        big = _out_of_range(data.get("output") if cls is Result else data)
+        big = _out_of_range(data)
         if big is not None:
             raise ProtocolError(f"{type_name}: an integer of {len(str(big))} digits does "
                                 "not fit in 64 bits", task_id, type_name)

@@ -83,7 +83,7 @@ export interface Cost {
 
 export interface RetryOptions { maxRetries?: number; backoffBase?: number; backoffMax?: number; maxRetryAfter?: number }
 export interface ClientOptions {
-  /** Default: process.env.NEUROGRID_BASE_URL under Node, then http://127.0.0.1:8080. */
+  /** Default: process.env.NEUROGRID_BASE_URL under Node; in a browser page, the page's origin; then http://127.0.0.1:8080. */
   baseUrl?: string;
   /** Default: process.env.NEUROGRID_API_KEY under Node, then none. */
   apiKey?: string;
@@ -150,6 +150,7 @@ export class Task {
   refresh(): Promise<TaskView>;
   status(): Promise<TaskStatus>;
   events(options?: WaitOptions): AsyncGenerator<StreamEvent, void, undefined>;
+  /** The generated text piece by piece; the pieces add up to the result (what the stream missed comes last). */
   stream(options?: WaitOptions): AsyncGenerator<string, void, undefined>;
   wait(options?: WaitOptions): Promise<TaskView>;
   getResponse(options?: WaitOptions): Promise<string>;

@@ -198,3 +198,38 @@ async def test_a_read_that_finds_the_file_locked_waits_off_the_loop(tmp_path: Pa
             assert await store.read(query) == "t"
             nursery.cancel_scope.cancel()
         assert threads == [True, False] and ticks >= 10  # the loop ran meanwhile
+
+
+KEY_IN_ANOTHER_PROCESS = """
+import sys, time, trio
+from api.store import open_store
+
+async def create():
+    async with open_store(sys.argv[1]) as store:
+        secret, _ = await store.create_key("premium", "other process", None, None, time.time())
+        print(secret)
+
+trio.run(create)
+"""
+
+
+async def test_writes_by_another_process_stay_visible_after_the_file_checks(tmp_path: Path) -> None:
+    """The writer's periodic header check must not drop this process's SQLite locks
+    (closing any descriptor of the file does, under POSIX): then another process
+    that closes the file takes itself for its last user, checkpoints and deletes
+    the WAL, and this store's reader is left on its old snapshot for good."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "shared.db"
+    async with open_store(str(db)) as store:
+        secrets = []
+        for _ in range(2):
+            await store.insert_task(row(f"t{len(secrets)}"))  # a write: the header is checked
+            made = await trio.to_thread.run_sync(lambda: subprocess.run(
+                [sys.executable, "-c", KEY_IN_ANOTHER_PROCESS, str(db)], capture_output=True,
+                text=True, check=True, cwd=Path(__file__).parents[2]))
+            secrets.append(made.stdout.strip())
+            for secret in secrets:
+                assert await store.find_key(secret) is not None, f"key {len(secrets)} unseen"
+        assert (tmp_path / "shared.db-wal").exists()  # nobody deleted it under us

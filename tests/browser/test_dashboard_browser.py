@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +24,8 @@ from tests.e2e.test_serve import read_line
 
 REPO = Path(__file__).resolve().parents[2]
 START_SECONDS = 90.0
-CHROMIUM = os.environ.get("NEUROGRID_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                "NEUROGRID_CHROMIUM)", allow_module_level=True)
 
 
 def worker_pids(server_pid: int) -> list[int]:
@@ -68,15 +62,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
         if process.poll() is None:
             process.kill()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def screenshot(page: Any, name: str) -> None:

@@ -118,9 +118,6 @@ def raw_submit(url: str, body: bytes, key: str, secret: str,
     return head, json.loads(payload)
 
 
-@pytest.mark.xfail(strict=False, reason="after the merge with the dashboard's database rule, "
-                   "a key created in the live server's file mid-session is refused as unknown "
-                   "here (passes alone against a fresh server): under investigation")
 def test_a_submit_retried_after_the_connection_dropped_is_one_task(live: LiveServer) -> None:
     secret = create_key(live.db, name="dropped-connection")
     auth = {"Authorization": f"Bearer {secret}"}

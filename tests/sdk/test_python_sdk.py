@@ -101,6 +101,17 @@ def test_stream_yields_the_tokens_that_make_up_the_result(live_server: str) -> N
         assert task.last == stored  # the stream's `done` event is the stored task
 
 
+def test_a_stream_opened_after_the_task_ended_still_adds_up_to_the_result(
+        live_server: str) -> None:
+    with NeuroGrid(live_server) as client:
+        task = client.submit_task(prompt="Hello world", model="llama2", max_tokens=8)
+        stored = task.wait(timeout=60)
+        assert stored["status"] == "completed"
+        # a fresh handle: its stream opens on an ended task (no token is replayed)
+        again = client.task(task.task_id)
+        assert list(again.stream(timeout=30)) == [stored["result"]]
+
+
 def test_cancel_a_queued_task(live_server: str) -> None:
     with NeuroGrid(live_server) as client:
         blocker = client.submit_task(prompt="keep busy", max_tokens=BLOCKER_TOKENS)

@@ -33,6 +33,7 @@ __all__ = [
     "ProgressCallback",
     "RunResult",
     "StopCheck",
+    "Verdict",
     "read_json_object",
 ]
 
@@ -75,6 +76,24 @@ class RunResult:
     output: Any
     usage: Mapping[str, float | int]
     finish_reason: FinishReason = "stop"
+    # what the runner commits to beside its output, for a validator to check cheaply
+    # (the `proof` of the protocol's result frame); None: nothing beyond the output
+    proof: Mapping[str, Any] | None = None
+
+
+@attrs.frozen
+class Verdict:
+    """A validator's judgement of another node's result (the output of a
+    verification job: the protocol's `assign` with `verify`).
+
+    `passed` is the decision; `score` the measured agreement it rests on (1.0 =
+    identical; its meaning is the runner's: a token match rate, a similarity);
+    `detail` says in words what was compared and, on failure, where it diverged.
+    """
+
+    passed: bool
+    score: float
+    detail: str = ""
 
 
 class ModelRunner(Protocol):

@@ -16,7 +16,7 @@ import {
   urlFor,
 } from './protocol.js';
 import { RetryPolicy } from './retry.js';
-import { EventParser, tokensOf } from './sse.js';
+import { EventParser, missedText, tokensOf } from './sse.js';
 
 export const STREAM_READ_TIMEOUT = 45000; // ms of silence before a reconnect (keep-alives: 15 s)
 const FINAL_STATUSES = new Set(['completed', 'failed', 'cancelled', 'expired', 'rejected']);
@@ -258,9 +258,18 @@ export class Task {
     }
   }
 
-  /** The generated text, piece by piece, as the worker produces it. */
+  /** The generated text, piece by piece, as the worker produces it; the pieces add
+   * up to the result (what the stream missed comes last, from the result). */
   async *stream({ timeout = null } = {}) {
-    for await (const event of this.events({ timeout })) yield* tokensOf(event);
+    let streamed = '';
+    for await (const event of this.events({ timeout })) {
+      for (const token of tokensOf(event)) {
+        streamed += token;
+        yield token;
+      }
+    }
+    const rest = missedText(streamed, this.last);
+    if (rest) yield rest;
   }
 
   /** The task once it has ended (any final status). */

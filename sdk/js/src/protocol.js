@@ -1,5 +1,6 @@
 // The API as data: configuration (arguments, then NEUROGRID_BASE_URL and
-// NEUROGRID_API_KEY from process.env under Node, then the local server), the
+// NEUROGRID_API_KEY from process.env under Node, then in a browser the page's own
+// origin, then the local server), the
 // requests of each call, and the bodies they send.
 //
 // Rules (as in the Python SDK's protocol.py):
@@ -39,9 +40,16 @@ function environment() {
   return globalThis.process?.env ?? {};
 }
 
+// In a browser page (no process.env), the server that served the page is the
+// natural default: a page of the NeuroGrid server talks to its own origin.
+function pageOrigin() {
+  const origin = globalThis.location?.origin;
+  return typeof origin === 'string' && /^https?:/.test(origin) ? origin : null;
+}
+
 export function resolveConfig({ baseUrl, apiKey, timeout = DEFAULT_TIMEOUT } = {}) {
   const env = environment();
-  const base = String(baseUrl || env[BASE_URL_ENV] || DEFAULT_BASE_URL).replace(/\/+$/, '');
+  const base = String(baseUrl || env[BASE_URL_ENV] || pageOrigin() || DEFAULT_BASE_URL).replace(/\/+$/, '');
   let parsed;
   try {
     parsed = new URL(base);

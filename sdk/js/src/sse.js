@@ -59,6 +59,16 @@ export function parseData(text) {
 }
 
 /** The generated text pieces a `progress` event carries (none for other events). */
+// The end of a completed text task's result that the stream did not carry (tokens
+// generated while no stream was open are not replayed: a fast task may end before
+// the stream opens), so that a stream's pieces always add up to the result; ''
+// when there is nothing to add or the stream is not a prefix of it.
+export function missedText(streamed, task) {
+  if (!task || task.status !== 'completed' || typeof task.result !== 'string') return '';
+  if ((task.content_type ?? 'text/plain') !== 'text/plain') return '';
+  return task.result.startsWith(streamed) ? task.result.slice(streamed.length) : '';
+}
+
 export function tokensOf(event) {
   if (event.event !== 'progress' || !Array.isArray(event.data.tokens)) return [];
   return event.data.tokens.filter((token) => typeof token === 'string');

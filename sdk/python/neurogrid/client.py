@@ -17,7 +17,7 @@ from .errors import error_from_reply
 from .handle import TaskHandleCore, deadline_after
 from .protocol import AudioInput, Call, Reply, Request, Sleep, TransportFailure
 from .retry import RetryPolicy
-from .sse import TaskWatch, tokens_of
+from .sse import TaskWatch, missed_text, tokens_of
 from .types import (
     BetaSignup, CancelResult, Health, ModelList, NetworkStatus, StreamEvent, Submission,
     TaskPage, TaskView,
@@ -167,9 +167,16 @@ class Task(TaskHandleCore):
             yield event
 
     def stream(self, timeout: float | None = None) -> Iterator[str]:
-        """The generated text, piece by piece, as the worker produces it."""
+        """The generated text, piece by piece, as the worker produces it; the pieces
+        add up to the result (what the stream missed comes last, from the result)."""
+        streamed: list[str] = []
         for event in self.events(timeout):
-            yield from tokens_of(event)
+            for token in tokens_of(event):
+                streamed.append(token)
+                yield token
+        rest = missed_text("".join(streamed), self.last)
+        if rest:
+            yield rest
 
     def wait(self, timeout: float | None = DEFAULT_WAIT) -> TaskView:
         """The task once it has ended (any final status)."""

@@ -87,6 +87,19 @@ def tokens_of(event: StreamEvent) -> list[str]:
     return [t for t in tokens if isinstance(t, str)] if isinstance(tokens, list) else []
 
 
+def missed_text(streamed: str, task: TaskView | None) -> str:
+    """The end of a completed text task's result that the stream did not carry
+    (tokens generated while no stream was open are not replayed: a fast task may
+    end before the stream opens), so that a stream's pieces always add up to the
+    result; "" when there is nothing to add or the stream is not a prefix of it."""
+    if task is None or task.get("status") != "completed":
+        return ""
+    result = task.get("result")
+    if not isinstance(result, str) or task.get("content_type", "text/plain") != "text/plain":
+        return ""
+    return result[len(streamed):] if result.startswith(streamed) else ""
+
+
 class TaskWatch:
     """One task's stream, followed to its `done` event across reconnects."""
 
@@ -133,4 +146,5 @@ class TaskWatch:
         return delay if self.deadline is None else max(0.0, min(delay, self.deadline - now))
 
 
-__all__ = ["EventParser", "STREAM_READ_TIMEOUT", "TaskWatch", "parse_data", "tokens_of"]
+__all__ = ["EventParser", "STREAM_READ_TIMEOUT", "TaskWatch", "missed_text", "parse_data",
+           "tokens_of"]
