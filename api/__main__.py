@@ -265,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        check_role(args.role, choose_database(args.db).url)
+    except ValueError as e:
+        print(f"neurogrid serve: {e}", file=sys.stderr)
+        return 2
+    try:
         parse_origins(args.cors_origin)
         parse_networks(args.trusted_proxy)
     except ValueError as e:
@@ -277,14 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neurogrid serve: cannot open the journal file {args.journal!r}: "
                   f"{e.strerror or e}", file=sys.stderr)
             return 2
+    configure_logging(args.log_format, access=args.access_log)
     database = choose_database(args.db)
     args.db = database.url
-    try:
-        check_role(args.role, args.db)
-    except ValueError as e:
-        print(f"neurogrid serve: {e}", file=sys.stderr)
-        return 2
-    configure_logging(args.log_format, access=args.access_log)  # after every refusal
     created = "" if database.exists() else ": new, created now"
     args.database_note = f"database {database.describe()}{created}"
     try:

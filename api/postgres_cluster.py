@@ -28,11 +28,12 @@
 #   in-flight count (the owner's open task rows) and the insert are one
 #   transaction, judged by the same access.RateLimiter as in one process: a key's
 #   hourly quota and in-flight limit hold across every API process, exactly.
-#   Two processes' group commits that lock two callers' rows in opposite orders
-#   deadlock; PostgreSQL aborts one, and its writer commits each operation of
-#   that batch alone (postgres_writer.commit_each): slower, never wrong. The
+#   A submission or cancellation locks the totals row first (TOTALS_FIRST), so
+#   API processes' transactions do not deadlock each other; one that deadlocks
+#   with a coordinator's (which locks task rows, then the totals) is rolled back
+#   by PostgreSQL and tried again by its writer (postgres_writer.commit_each). The
 #   in-flight count reads the owner's open rows (an index of open tasks by
-#   owner), which the in-flight limit itself keeps few.
+#   owner), up to the limit: a bounded scan.
 # - Notifications are per schema (the channel names end in the schema's name), so
 #   several deployments (or tests) share a database without hearing each other.
 #   They are hints, never the only record: a status change is in its row, and an
@@ -75,6 +76,11 @@ INBOX_BATCH = 256
 LOCK_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                    "keepalives_count": 2}
 OPEN_LIST = ", ".join(f"'{s}'" for s in sorted(OPEN_STATES))
+# Every transaction that adds or ends a task updates the one `task_totals` row (its
+# triggers). Taking that row's lock before any other (a bucket, a task row) keeps
+# two API processes' transactions from locking the same two rows in opposite
+# orders; the lock is held to the commit either way, so it costs no concurrency.
+TOTALS_FIRST = "SELECT 1 FROM task_totals WHERE id = 1 FOR UPDATE"
 
 
 class LeadershipLost(RuntimeError):
@@ -142,15 +148,18 @@ class Cluster:
         owner = caller.owner
 
         def op(conn: Connection) -> Submitted:
-            # the bucket, created full when new, and locked (the DO UPDATE locks it)
+            # the totals row first (TOTALS_FIRST), then the bucket, created full when
+            # new, and locked (the DO UPDATE locks it)
             bucket = conn.execute(
-                "INSERT INTO rate_buckets (owner, capacity, tokens, updated_at) VALUES "
-                "(%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET owner = excluded.owner "
-                "RETURNING capacity, tokens, updated_at",
+                f"WITH totals AS ({TOTALS_FIRST}) INSERT INTO rate_buckets (owner, capacity, "
+                "tokens, updated_at) SELECT %s, %s, %s, %s FROM totals ON CONFLICT (owner) "
+                "DO UPDATE SET owner = excluded.owner RETURNING capacity, tokens, updated_at",
                 (owner, caller.per_hour, caller.per_hour, now)).fetchone()
-            # a statement of its own: its snapshot is taken once the lock is held
-            counted = conn.execute(f"SELECT COUNT(*) AS n FROM tasks WHERE owner = %s AND "
-                                   f"status IN ({OPEN_LIST})", (owner,)).fetchone()
+            # a statement of its own: its snapshot is taken once the lock is held;
+            # counted up to the limit only (all the check needs: a bounded scan)
+            counted = conn.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE "
+                                   f"owner = %s AND status IN ({OPEN_LIST}) LIMIT %s) flying",
+                                   (owner, caller.in_flight)).fetchone()
             assert bucket is not None and counted is not None
             capacity = bucket["capacity"]
             limiter = RateLimiter(
@@ -187,6 +196,7 @@ class Cluster:
         change = self.store.change_op(TaskChange(task_id, "cancelled", now))
 
         def op(conn: Connection) -> bool:
+            conn.execute(TOTALS_FIRST)
             if change(conn) is None:
                 return False
             self.queue(conn, "cancel", task_id)

@@ -14,8 +14,10 @@
 # - One commit path (`commit`): a transaction around the batch's operations; on
 #   any error it is rolled back and, should the batch have more than one
 #   operation, each is committed again alone, so a failure stays with its caller
-#   (`Pending.error`). A batch that cannot be committed fails its callers, never
-#   the writer: the writer goes on with the next batch.
+#   (`Pending.error`); one rolled back by a deadlock with another process's
+#   transaction (several processes write: api/postgres_cluster.py) is tried
+#   again. A batch that cannot be committed fails its callers, never the writer:
+#   the writer goes on with the next batch.
 # - Each batch takes a connection from the pool and gives it back: a connection
 #   that broke (the server restarted) is dropped by the pool, and the next batch
 #   gets a new one.
@@ -46,6 +48,7 @@ Connection = psycopg.Connection[dict[str, Any]]
 Operation = Callable[[Connection], Any]
 MAX_BATCH = 512  # operations per group commit
 QUEUE_SIZE = 10_000  # queued operations before `write`/`post` wait for room
+ROLLBACK_ATTEMPTS = 5  # an operation rolled back by a deadlock is tried this often
 log = logging.getLogger("neurogrid.store")
 
 
@@ -74,19 +77,32 @@ def commit(conn: Connection, batch: list[Pending]) -> None:
 
 def commit_each(conn: Connection, batch: list[Pending]) -> None:
     """Commit the batch; should it fail, commit each operation alone, so a failure
-    stays with its caller (`pending.error`)."""
+    stays with its caller (`pending.error`). An operation the server rolled back
+    for a deadlock or a serialization failure (another process's transaction
+    crossed it) is tried again, up to ROLLBACK_ATTEMPTS times."""
     try:
         commit(conn, batch)
         return
     except Exception as exc:
-        if len(batch) == 1:
+        if len(batch) == 1 and not rolled_back(exc):
             batch[0].error = exc
             return
     for pending in batch:
-        try:
-            commit(conn, [pending])
-        except Exception as exc:
-            pending.error = exc
+        for _ in range(ROLLBACK_ATTEMPTS):
+            try:
+                commit(conn, [pending])
+                pending.error = None
+                break
+            except Exception as exc:
+                pending.error = exc
+                if not rolled_back(exc):
+                    break
+
+
+def rolled_back(exc: Exception) -> bool:
+    """The server rolled the transaction back for what another one did (SQLSTATE
+    class 40: a deadlock, a serialization failure): trying again can succeed."""
+    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40")
 
 
 class Writer:
@@ -175,4 +191,5 @@ class Writer:
         await self._send.aclose()
 
 
-__all__ = ["Connection", "MAX_BATCH", "Operation", "Pending", "Writer", "commit", "commit_each"]
+__all__ = ["Connection", "MAX_BATCH", "Operation", "Pending", "ROLLBACK_ATTEMPTS", "Writer",
+           "commit", "commit_each", "rolled_back"]

@@ -2,6 +2,10 @@
 #
 #   neurogrid worker --coordinator ws://HOST:PORT/api/nodes/connect --token T
 #
+# `--coordinator` may be repeated (a deployment's coordinators: one leads, the
+# others stand by): the worker connects down the list and follows a standby's
+# "not the leader" error to the leader it names (agent.CoordinatorList).
+#
 # With no --model, --demo or --noop it serves, for each model of the catalog, the
 # best pack this machine can build from installed weights (packs/defaults.py:
 # SmolLM2 for llama2:7b, Whisper base for whisper, the random-weight image pack

@@ -2,11 +2,14 @@
 api/cluster_services.py), on a real server (NEUROGRID_TEST_POSTGRES): two stores
 stand for two API processes. Shared admission is exact under concurrency (hourly
 budget and in-flight limit), the inbox hands over what was accepted and the
-cancellations, status changes are notified, and the leader lock has one holder,
-passes on when it is released, and is lost with its connection."""
+cancellations, status changes are notified, the leader lock has one holder,
+passes on when it is released, and is lost with its connection, and a write that
+another process's transaction deadlocked is tried again."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -141,3 +144,43 @@ async def test_a_leader_whose_lock_connection_dies_has_lost_leadership(url):
             await leader.hold()
     finally:
         leader.close()
+
+
+async def test_a_write_rolled_back_by_a_deadlock_is_tried_again(url):
+    # Another process's transaction and ours lock two rows in opposite orders; the
+    # other waits longer before looking for deadlocks, so ours is the victim.
+    with connect(url) as conn:
+        conn.execute("CREATE TABLE pair (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+        conn.execute("INSERT INTO pair VALUES (1, 0), (2, 0)")
+    holding, crossed = threading.Event(), threading.Event()
+
+    def other_process() -> None:
+        with connect(url) as other:
+            other.execute("SET deadlock_timeout = '20s'")
+            with other.transaction():
+                other.execute("UPDATE pair SET v = v + 10 WHERE id = 2")
+                holding.set()
+                crossed.wait(10)
+                other.execute("UPDATE pair SET v = v + 10 WHERE id = 1")
+
+    attempts: list[int] = []
+
+    def op(conn) -> None:
+        attempts.append(len(attempts) + 1)
+        conn.execute("UPDATE pair SET v = v + 1 WHERE id = 1")
+        if len(attempts) == 1:
+            crossed.set()
+            time.sleep(0.3)  # the other transaction now waits for row 1
+        conn.execute("UPDATE pair SET v = v + 1 WHERE id = 2")
+
+    async with open_store(url) as store:
+        thread = threading.Thread(target=other_process)
+        thread.start()
+        holding.wait(10)
+        await store.writer.write(op)
+        thread.join(10)
+    with connect(url) as conn:
+        values = {r["id"]: r["v"] for r in conn.execute("SELECT id, v FROM pair").fetchall()}
+    # tried again (twice, should the retry cross the other transaction again), once
+    # committed: each transaction's increments are there once
+    assert 2 <= len(attempts) <= 3 and values == {1: 11, 2: 11}, (attempts, values)
