@@ -54,6 +54,7 @@ import trio
 from psycopg.rows import dict_row
 
 from engine.core import NetworkSnapshot, NodeSnapshot, TokenBucket
+from engine.core.speed import MeasuredSpeed
 
 from .access import Admission, Caller, RateLimiter
 from .postgres_schema import TASK_CHANNEL, connect
@@ -120,8 +121,10 @@ def snapshot_json(snapshot: NetworkSnapshot) -> dict[str, Any]:
 
 
 def snapshot_from_json(data: dict[str, Any]) -> NetworkSnapshot:
-    nodes = tuple(NodeSnapshot(**{**n, "models": tuple(n["models"]),
-                                  "loaded": tuple(n["loaded"])}) for n in data["nodes"])
+    nodes = tuple(NodeSnapshot(**{
+        **n, "models": tuple(n["models"]), "loaded": tuple(n["loaded"]),
+        "measured": tuple(MeasuredSpeed(**m) for m in n.get("measured", ()))})
+        for n in data["nodes"])
     return NetworkSnapshot(nodes=nodes, queued=data["queued"], running=data["running"],
                            queued_by_model=data["queued_by_model"],
                            nodes_by_model=data["nodes_by_model"], counters=data["counters"],
