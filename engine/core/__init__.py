@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .pricing import PRICING, Quote, make_pricing
     from .queue import DEFAULT_HEAD_START
     from .scheduler import Scheduler
+    from .speed import MeasuredSpeed
     from .state import SchedulerConfig, TaskRecord
     from .views import NetworkSnapshot, NodeSnapshot
 
@@ -45,6 +46,7 @@ _LAZY = {
     "pricing": ("PRICING", "Quote", "make_pricing"),
     "queue": ("DEFAULT_HEAD_START",),
     "scheduler": ("Scheduler",),
+    "speed": ("MeasuredSpeed",),
     "state": ("SchedulerConfig", "TaskRecord"),
     "views": ("NetworkSnapshot", "NodeSnapshot"),
 }
@@ -74,4 +76,5 @@ __all__ = [
     "DEFAULT_POLICY", "POLICIES", "make_policy", "PRICING", "Quote", "make_pricing",
     "DEFAULT_HEAD_START", "TokenBucket", "Verdict", "usage_problem",
     "NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig", "TaskRecord",
+    "MeasuredSpeed",
 ]
