@@ -122,6 +122,15 @@ def test_a_node_at_cpu_speed_is_a_measured_class_priced_by_its_speed():
         slowest.price_per_hour / slowest.rates[LLAMA] * 1.0001)
 
 
+def test_a_node_that_says_it_is_a_cpu_is_measured_not_caught_lying():
+    s = sched(check_hardware=True)
+    join(s, "local", gpu="cpu")
+    run(s, "t0", 200 / 8.0, now=0.0)
+    (measured,) = s.snapshot().nodes[0].measured
+    assert measured.gpu == MEASURED_GPU and not measured.reclassed
+    assert measured.price_per_hour < GPU_CLASSES["RTX 3090"].price_per_hour
+
+
 def test_an_honest_node_within_the_tolerance_keeps_its_class_and_price():
     s = sched(measured_speed=True, check_hardware=True)
     join(s, "honest", gpu="RTX 3090", model=SD)
@@ -152,3 +161,13 @@ def test_the_measured_pace_is_a_moving_average_set_by_the_first_run():
     assert measured_pace(None, 100.0, 10.0, -5.0) > 0  # never zero or negative
     assert measured_pace(None, 100.0, 10.0, 1e12) == 4096.0  # clamped
     assert measured_pace(2.0, 0.0, 10.0, 5.0) == 2.0  # no work: nothing learnt
+
+
+def test_a_run_the_load_time_swallowed_teaches_nothing():
+    s = sched(measured_speed=True)
+    s.handle(NodeJoined(NodeSpec("cold", "RTX 4090", 80.0, (LLAMA,), 1)), 0.0)  # not loaded
+    run(s, "t0", 1.5, now=0.0)  # less than the catalog's 2 s model load: no service left
+    assert s.index.nodes["cold"].paces == {}
+    run(s, "t1", 2.0, now=100.0)  # warm now: measured
+    assert s.index.nodes["cold"].paces[LLAMA] == pytest.approx(
+        2.0 / (200 / gpu_rate("RTX 4090", LLAMA)))
