@@ -40,6 +40,28 @@ function renderSummary(view) {
   $("s-saved").textContent = usd(view.cost.saved_usd) + " (" + view.cost.savings + ")";
 }
 
+// The node's GPU as claimed, and what its timed runs showed when they contradict it.
+function gpuCell(node) {
+  if (!node.gpu_claim_contradicted) return node.gpu;
+  const classes = [...new Set(Object.values(node.measured_speed || {})
+    .filter((m) => m.reclassed).map((m) => m.gpu_class))];
+  return el("span", { class: "contradicted", "data-contradicted": "true",
+    title: "its measured speed contradicts the GPU it claims; it is priced as " + classes.join(", ") },
+  node.gpu, el("br"), el("small", {}, "runs like " + classes.join(", ")));
+}
+
+// Reputation: the Beta posterior mean of its verified results (engine/core/reputation.py).
+function trustCell(node) {
+  const rep = node.reputation;
+  if (!rep) return "–";
+  const label = rep.verified ? `${Math.round(rep.score * 100)}% of ${rep.verified} checked`
+    : "new: on probation";
+  const parts = [el("span", { "data-reputation": String(rep.score) }, label)];
+  if (rep.failed) parts.push(el("br"), el("small", { class: "status-offline" }, `${rep.failed} failed`));
+  if (rep.validator) parts.push(el("br"), el("small", { class: "muted" }, "validator"));
+  return el("span", {}, ...parts);
+}
+
 function renderNodes(nodes) {
   const box = $("nodes");
   if (!nodes.length) {
@@ -57,16 +79,17 @@ function renderNodes(nodes) {
     const rows = list.map((node) => el("tr", { "data-node-id": node.id },
       el("th", { scope: "row" }, node.name || node.id, el("br"), el("small", { class: "muted" }, node.id)),
       el("td", {}, el("span", { class: "status status-" + node.status, "data-status": node.status }, node.status)),
-      el("td", {}, node.gpu),
+      el("td", {}, gpuCell(node)),
       el("td", {}, (node.models || []).join(", ")),
       el("td", {}, node.status === "offline" ? "–" : `${node.running} / ${node.slots}`),
       el("td", {}, node.tasks_processed),
+      el("td", {}, trustCell(node)),
       el("td", {}, "$" + Number(node.price_per_hour).toFixed(2) + "/h"),
     ));
     const table = el("table", {},
       el("caption", { class: "visually-hidden" }, "Nodes in " + region),
       el("thead", {}, el("tr", {}, ...["Node", "Status", "GPU", "Models", "Slots in use",
-        "Tasks", "Price"].map((h) => el("th", { scope: "col" }, h)))),
+        "Tasks", "Trust", "Price"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...rows));
     parts.push(el("div", { class: "region" }, el("h3", {}, region + " (" + list.length + ")"),
       el("div", { class: "scroll" }, table)));

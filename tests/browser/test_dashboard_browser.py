@@ -83,6 +83,9 @@ def test_dashboard_lists_nodes_streams_a_prompt_and_shows_a_node_leaving(
     rows = page.locator("#nodes tr[data-node-id]")
     expect(rows).to_have_count(2, timeout=10_000)
     expect(page.locator('#nodes [data-status="online"]')).to_have_count(2)
+    # each node's reputation (new nodes: on probation, nothing verified yet)
+    expect(page.locator("#nodes [data-reputation]")).to_have_count(2)
+    expect(page.locator("#nodes [data-reputation]").first).to_contain_text("probation")
     expect(page.locator("#connection")).to_have_text("Live")
     expect(page.locator("#s-nodes")).to_have_text("2")
 
