@@ -53,8 +53,7 @@ import psycopg
 import trio
 from psycopg.rows import dict_row
 
-from engine.core import NetworkSnapshot, NodeSnapshot, TokenBucket
-from engine.core.speed import MeasuredSpeed
+from engine.core import MeasuredSpeed, NetworkSnapshot, NodeSnapshot, TokenBucket
 
 from .access import Admission, Caller, RateLimiter
 from .postgres_schema import TASK_CHANNEL, connect
