@@ -111,7 +111,7 @@ def build_fleet(scenario: Scenario, seed: int) -> list[SimNode]:
     for g, group in enumerate(scenario.nodes):
         price = group.price_per_hour
         latency = scenario.region_latency.get(group.region, 0.0)
-        rates = {m: gpu_rate(group.gpu, m) for m in group.models}
+        rates = {m: gpu_rate(group.gpu, m) * group.speed for m in group.models}
         warm = warm_models(group)
         timed = group.mtbf < math.inf or group.session_mean < math.inf
         for i in range(group.count):

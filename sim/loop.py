@@ -162,7 +162,8 @@ def journal_header(scenario: Scenario, policy: str, pricing: str, seed: int) -> 
     return JournalHeader(policy, pricing, f"{seed}/scheduler", SchedulerConfig(
         heartbeat_timeout=math.inf, keep_finished=False,
         region_latency=dict(scenario.region_latency), max_queued=scenario.max_queued,
-        trust=scenario.verification.policy if scenario.verification is not None else None))
+        trust=scenario.verification.policy if scenario.verification is not None else None,
+        measured_speed=scenario.measured_speed, check_hardware=scenario.check_hardware))
 
 
 def make_scheduler(scenario: Scenario, policy: str, pricing: str, seed: int) -> Scheduler:

@@ -63,6 +63,9 @@ class NodeGroup:
     behaviour: str = ""  # "" (honest) or a BEHAVIOURS name
     fraction: float = 1.0  # the share of its results that behave so
     trusted: bool = False  # the operator trusts it: it verifies others' results
+    # its nodes' real speed as a fraction of the claimed `gpu`'s catalog speed: below
+    # 1 / CLAIM_TOLERANCE a false claim that check_hardware catches (engine/core/speed.py)
+    speed: float = 1.0
 
 
 @attrs.frozen
@@ -110,6 +113,9 @@ class Scenario:
     source: str = "<scenario>"
     scripted_nodes: tuple[ScriptedNode, ...] = ()  # a journal's fleet (replay.py)
     verification: Verification | None = None  # [verification]: None, off
+    # the scheduler's measured-speed options (SchedulerConfig; off: the catalog's figures)
+    measured_speed: bool = False
+    check_hardware: bool = False
 
     def evolve(self, **changes: Any) -> Scenario:
         return attrs.evolve(self, **changes)
@@ -333,7 +339,7 @@ _NODE_SCHEMA: dict[str, Parser] = {
     "models": _models, "warm": _boolean,
     "mtbf": _POSITIVE, "mttr": _POSITIVE, "session_mean": _POSITIVE, "away_mean": _POSITIVE,
     "behaviour": _choice(BEHAVIOURS, "an adversary behaviour"), "fraction": _number(0.0, 1.0),
-    "trusted": _boolean,
+    "trusted": _boolean, "speed": _POSITIVE,
 }
 
 _FRACTION = _number(0.0, 1.0)
@@ -360,6 +366,7 @@ _TOP_SCHEMA: dict[str, Parser] = {
     "pricing": _names(PRICING, "a pricing policy"),
     "service_noise": _number(0.0), "drain_limit": _number(0.0, allow_inf=True),
     "max_queued": _integer(1), "replications": _integer(1),
+    "measured_speed": _boolean, "check_hardware": _boolean,
     "nodes": lambda v, k, c: v, "workload": lambda v, k, c: v,  # checked below
     "network": lambda v, k, c: _table(v, k, c, {"latency": _latency_table}),
     "verification": lambda v, k, c: _table(v, k, c, _VERIFICATION_SCHEMA),
@@ -389,6 +396,7 @@ def _node_group(raw: dict[str, Any], key: str, ctx: _Ctx) -> NodeGroup:
         session_mean=p.get("session_mean", math.inf), away_mean=p.get("away_mean", 3600.0),
         behaviour=p.get("behaviour", ""), fraction=p.get("fraction", 1.0),
         trusted=p.get("trusted", False),
+        speed=p.get("speed", 1.0),
     )
 
 
@@ -442,6 +450,8 @@ def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>",
         region_latency=p.get("network", {}).get("latency", {}),
         replications=p.get("replications", 1), source=source,
         verification=_verification(p["verification"]) if "verification" in p else None,
+        measured_speed=p.get("measured_speed", False),
+        check_hardware=p.get("check_hardware", False),
     )
 
 

@@ -17,9 +17,9 @@
 #
 # With SchedulerConfig.measured_speed, a node's class for a model runs at its
 # measured rate, so the quote (views.quote_task) and the scoring placement policies
-# see the node that will run the task. The rate is rounded to quarter-octaves
+# see the node that will run the task. The rate is rounded to eighth-octaves
 # (RATE_STEPS_PER_OCTAVE) in the class key, so the number of classes stays bounded
-# (one per rate step, not per node); rounding moves an estimate by at most ~9%.
+# (one per rate step, not per node); rounding moves an estimate by at most ~4.4%.
 #
 # With SchedulerConfig.check_hardware, a node whose measured rate is below its
 # claimed GPU's catalog rate by more than CLAIM_TOLERANCE contradicts its claim and
@@ -47,7 +47,7 @@ from .metering import next_pace
 
 CLAIM_TOLERANCE = 2.0  # measured this many times slower than claimed: a contradiction
 MEASURED_GPU = "measured"  # the class of a node slower than every listed GPU class
-RATE_STEPS_PER_OCTAVE = 4  # rate rounding in class keys (quarter-octaves)
+RATE_STEPS_PER_OCTAVE = 8  # rate rounding in class keys (eighth-octaves)
 MIN_PACE, MAX_PACE = 1.0 / 64, 4096.0  # the measured pace is kept within these
 MIN_SERVICE = 1e-3  # seconds: a run's service time is never taken as less
 
