@@ -41,8 +41,8 @@ import attrs
 
 from benchmarks.trust_net import TrustNet, WorkerPlan
 
-__all__ = ["HONEST", "HONEST_TUNINGS", "Judge", "LIARS", "LiarReport", "RoundReport", "TRUSTED",
-           "honest_round", "liar_plans", "run_round"]
+__all__ = ["HONEST", "HONEST_TUNINGS", "HonestReport", "Judge", "LIARS", "LiarReport", "MODES",
+           "RoundReport", "TRUSTED", "honest_round", "liar_plans", "run_round"]
 
 LIARS = ("fabricate", "substitute", "truncate", "inflate", "false-gpu")
 TRUSTED = ("validator-1", "validator-2")
@@ -106,7 +106,7 @@ class RoundReport:
     tasks: int
     completed: int
     liars: dict[str, LiarReport]
-    honest_flagged: int  # verification failures of honest nodes' results
+    honest_flagged: list[str]  # verification failures of honest nodes' results, why
 
 
 def _submit(net: TrustNet, count: int, max_tokens: int, params_cycle: Sequence[dict[str, Any]],
@@ -122,13 +122,15 @@ def _submit(net: TrustNet, count: int, max_tokens: int, params_cycle: Sequence[d
     return sent
 
 
-def _honest_flagged(tasks: dict[str, dict[str, Any]], honest_ids: set[str]) -> int:
-    flagged = 0
+def _honest_flagged(tasks: dict[str, dict[str, Any]], honest_ids: set[str]) -> list[str]:
+    """Each failed verification of an honest node's result: its task's params and why."""
+    flagged = []
     for task in tasks.values():
         verification = task["verification"]
-        flagged += sum(f["producer"] in honest_ids for f in verification["failed_results"])
+        failures = [f for f in verification["failed_results"] if f["producer"] in honest_ids]
         if verification["status"] == "failed" and verification["producer"] in honest_ids:
-            flagged += 1
+            failures.append(verification)
+        flagged += [f"{task['id']} {task['params']}: {f['detail']}" for f in failures]
     return flagged
 
 
@@ -209,7 +211,7 @@ class HonestReport:
     tasks: int
     completed: int
     verified: int  # results a validator checked (status passed or failed)
-    false_positives: int
+    false_positives: list[str]  # each failed verification: the task's params and why
     honest_quarantined: int
 
 

@@ -194,7 +194,9 @@ def image_rows(quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    return [*text_rows(quick), *speech_rows(quick), *image_rows(quick)]
+    from benchmarks.trust_e2e import rows as end_to_end_rows  # the adversary suite, live
+
+    return [*text_rows(quick), *speech_rows(quick), *image_rows(quick), *end_to_end_rows(quick)]
 
 
 BENCHMARK = Benchmark("trust", "result verification: validator overhead, added latency, honest false positives",

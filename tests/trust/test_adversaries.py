@@ -98,6 +98,6 @@ def test_a_false_gpu_claim_is_reclassed_and_priced_by_its_measured_speed(
 
 
 def test_honest_nodes_are_never_flagged(played: RoundReport) -> None:
-    assert played.honest_flagged == 0
+    assert played.honest_flagged == []
     for name in ("inflate", "false-gpu"):  # honest output, lying metadata
         assert played.liars[name].bad == 0 and not played.liars[name].quarantined
