@@ -3,7 +3,7 @@
 # false-positive run.
 #
 # Rules:
-# - Liars: rounds of text tasks (16 x 8 tokens quick; full: 3 rounds of 24), `verify`
+# - Liars: rounds of text tasks (12 x 8 tokens quick; full: 3 rounds of 24), `verify`
 #   alternating `always` and `sampled`, on one server with two operator-trusted
 #   validators and an untrusted honest worker; each round brings every liar back
 #   under a fresh identity (a new worker token: the Sybil case - a new name starts
@@ -15,9 +15,9 @@
 #   unflagged under `always`.
 # - Inflated usage: what the liar claimed beside what the coordinator billed; a
 #   false GPU claim: the class and price its measured speed gave it.
-# - Honest: >= 500 tasks (quick: 40, and the row says so) on a trusted validator
-#   and four honest workers of different ONNX Runtime thread counts and graph
-#   optimisation levels (adversary_suite.HONEST_TUNINGS), all verified (`always`),
+# - Honest: >= 500 tasks (quick: 24 on two of the workers, and the row says so) on a
+#   trusted validator and four honest workers of different ONNX Runtime thread counts
+#   and graph optimisation levels (adversary_suite.HONEST_TUNINGS), all verified (`always`),
 #   greedy and sampled; goal: 0 false positives. CPU only here (no CUDA machine).
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def adversary_rows(quick: bool) -> list[Row]:
         smollm2_gguf_path()
     except PackError as exc:
         return [Row("adversaries end to end: not measured", {"why": str(exc)})]
-    rounds, tasks = (1, 16) if quick else (3, 24)
+    rounds, tasks = (1, 12) if quick else (3, 24)
     judge = Judge(ensure_smollm2_pack())
     reports: dict[str, list[LiarReport]] = {b: [] for b in LIARS}
     honest_flagged: list[str] = []
@@ -110,7 +110,7 @@ def adversary_rows(quick: bool) -> list[Row]:
                      "metered_by": ",".join(sorted({m for f in inflate for m in f["metered_by"]})),
                      "quarantined_rounds": sum(r.quarantined for r in reports["inflate"])},
                     target="output tokens billed by the coordinator's count",
-                    met=claimed == 2 * counted and counted > 0))
+                    met=claimed >= 1.5 * counted > 0))
     gpu = [r.figures for r in reports["false-gpu"]]
     rows.append(Row("adversary false-gpu: claims an H100, runs on this CPU",
                     {"delivered": sum(f["delivered"] for f in gpu), "gpu_claimed": gpu[0]["gpu_claimed"],
@@ -136,16 +136,16 @@ def honest_rows(quick: bool) -> list[Row]:
     except PackError as exc:
         return [Row("honest end to end: not measured", {"why": str(exc)})]
     ensure_smollm2_pack()
-    count = 40 if quick else 504
+    count, tunings = (24, HONEST_TUNINGS[:2]) if quick else (504, HONEST_TUNINGS)
     plans = [WorkerPlan("validator-1")] + [
         WorkerPlan(f"honest-t{threads}-{level}", threads=threads, optimization=level)
-        for threads, level in HONEST_TUNINGS]
+        for threads, level in tunings]
     start = time.perf_counter()
     with open_trust_net(Path(tempfile.mkdtemp(prefix="trust-honest-")), plans,
                         trusted=("validator-1",)) as net:
         report = honest_round(net, count)
     note = "quick: fewer than the 500 of a full run" if quick else "CPU provider only (no GPU here)"
-    return [Row(f"honest end to end: {count} tasks on {len(HONEST_TUNINGS)} workers of different "
+    return [Row(f"honest end to end: {count} tasks on {len(tunings)} workers of different "
                 f"ORT threads/optimisation, all verified, greedy/top_p/temperature",
                 {"tasks": report.tasks, "completed": report.completed, "verified": report.verified,
                  "false_positives": len(report.false_positives),
