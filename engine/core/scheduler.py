@@ -32,8 +32,8 @@
 # bound (pricing.py); measured speed and checked hardware claims (speed.py: a
 # completed run, timed on our clock, moves its node to the class its measured speed
 # puts it in, and it is charged at that class's price). A fault (TaskFaulted, an
-# execution timeout) re-queues the task
-# without counting an attempt, like a lost node; max_node_losses fail it as poison.
+# execution timeout) re-queues the task without counting an attempt, like a lost
+# node; max_node_losses fail it as poison.
 #
 # Verification of results (SchedulerConfig.trust, off by default; verification.py
 # has the flow): a result that must be verified is held (Hold) while a verification

@@ -73,7 +73,7 @@ class MeasuredSpeed:
     pace: float  # measured / catalog service time of its claimed GPU
     gpu: str  # the GPU class it is taken for (its claim unless re-classed)
     price_per_hour: float  # its price for the model (lowered when re-classed)
-    reclassed: bool  # its measured speed contradicted its claimed GPU
+    reclassed: bool  # its measured speed contradicted its claimed (listed) GPU
 
 
 def measured_pace(pace: float | None, work: float, catalog_rate: float,
@@ -145,8 +145,11 @@ def measured_speeds(claimed_gpu: str, price_per_hour: float, paces: Mapping[str,
         pace = paces[model]
         terms = class_terms(claimed_gpu, model, price_per_hour, pace, measured_speed,
                             check_hardware)
+        # a claim outside the catalog ("cpu") is taken as the slowest class: moving
+        # it to MEASURED_GPU is no contradiction of what it said
+        reclassed = claimed_gpu in GPU_CLASSES and terms.gpu != claimed_gpu
         out.append(MeasuredSpeed(model, gpu_rate(claimed_gpu, model) / pace, pace, terms.gpu,
-                                 terms.price_per_hour, terms.gpu != claimed_gpu))
+                                 terms.price_per_hour, reclassed))
     return tuple(out)
 
 

@@ -60,9 +60,9 @@
 #   (metering.metered_usage): tokens counted with the model's tokenizer (meter.py,
 #   found by the weights the node announced), steps and audio seconds from the task,
 #   seconds at most what its measured speed allows beyond the run as this clock
-#   timed it; a node count its output cannot
-#   hold (metering.count_problem) is a fault like impossible usage. The completed
-#   update says who metered it (`metered_by`).
+#   timed it; a node count its output cannot hold (metering.count_problem) is a
+#   fault like impossible usage. The completed update says who metered it
+#   (`metered_by`).
 # - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
 #   closes a token's live sessions now, and every session re-checks its token each
 #   `reverify_interval` (`still_valid`), which is what makes a revocation by another

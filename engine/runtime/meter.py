@@ -12,9 +12,11 @@
 # have no tokenizer here: the node's counts are then only bounded (metering.py)
 # and the task says so (metered_by "node, bounded").
 #
-# A tokenizer is loaded once, on the first result that needs it, and kept; a
-# count is one encode of the result's text (well under a millisecond for a
-# thousand tokens) on the actor. The weights a node names are its claim: a node
+# A tokenizer is loaded once, on the first result that needs it, and kept (so is
+# its absence: a pack built here later is used after a restart); words that no
+# source knows are never cached (a node may announce any). A count is one encode
+# of the result's text (well under a millisecond for a thousand tokens) on the
+# actor. The weights a node names are its claim: a node
 # that names weights it does not run is a substitution, which verification (not
 # metering) catches; the count is still of the text it sent.
 #
@@ -74,20 +76,21 @@ class Meter:
 
     def tokenizer(self, weights: str) -> Tokenizer | None:
         """The tokenizer of these weights, or None when the coordinator has none."""
+        source = self.sources.get(weights)
+        if source is None:  # not cached: the words are the node's, of any number
+            return None
         if weights in self._loaded:
             return self._loaded[weights]
-        source = self.sources.get(weights)
         tokenizer = None
-        if source is not None:
-            try:
-                text = source()
-                tokenizer = Tokenizer.from_str(text) if text is not None else None
-            except Exception as exc:  # tokenizers raises plain Exception subclasses
-                log.warning("no tokenizer for %r: %s", weights, exc)
+        try:
+            text = source()
+            tokenizer = Tokenizer.from_str(text) if text is not None else None
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            log.warning("no tokenizer for %r: %s", weights, exc)
         if tokenizer is None:
             log.info("no tokenizer here for the weights %r: their token counts are the "
                      "node's, bounded", weights)
-        self._loaded[weights] = tokenizer
+        self._loaded[weights] = tokenizer  # at most one entry per source
         return tokenizer
 
     def count(self, model: str, weights: str, output: Any,

@@ -29,9 +29,9 @@ HELD: dict[int, list[str]] = {}  # liar -> the tasks its heartbeats list
 
 
 async def liar_hello(liar: Hostile, token: str, model: str = MODEL,
-                     weights: str = DEMO_WEIGHTS) -> None:
+                     weights: str = DEMO_WEIGHTS, gpu: str = "RTX 4090") -> None:
     """Say hello announcing `weights`, then heartbeat (listing what it holds)."""
-    await liar.send(Hello(token, Gpu("RTX 4090", 24.0), (model,), 1, name="liar",
+    await liar.send(Hello(token, Gpu(gpu, 80.0), (model,), 1, name="liar",
                           loaded=(model,), weights={model: weights}))
     held = HELD[id(liar)] = []
     liar.net.nursery.start_soon(liar.heartbeat_forever, lambda: held)
@@ -144,3 +144,34 @@ async def test_image_steps_come_from_the_task_not_the_node(autojump_clock):
         final = net.final("t")
         assert final.state is TaskState.COMPLETED
         assert final.usage.steps == 20 and final.metered_by == METERED_BY_COORDINATOR
+
+
+async def test_a_false_gpu_claim_is_re_classed_and_its_price_follows(autojump_clock):
+    tokens = Tokens("liar")
+    async with open_net(FAST, verify_token=tokens.verify) as net:
+        liar = Hostile(net)
+        await liar_hello(liar, "tok-liar", gpu="H100")  # $4.76/h, 133.8 tokens/s claimed
+        before = net.c.quote(TaskSpec("q", MODEL, output_tokens=64))
+        assert before.gpu == "H100"
+        # 64 tokens in 10 s: 6.4 tokens/s, as a CPU runs it
+        await run_liar(net, liar, TaskSpec("t0", MODEL, output_tokens=64), busy=10.0,
+                       tokens=demo_count(OUTPUT), seconds=10.0)
+        await net.until_final("t0")
+        first = net.final("t0")
+        # before it was caught: the H100's price, held to the charge bound of its quote
+        assert first.cost == pytest.approx(before.estimated_cost + 0.01, rel=0.01)
+        assert first.cost < 4.76 / 3600 * 10.0
+        (node,) = net.c.snapshot().nodes
+        assert node.gpu == "H100" and node.reclassed
+        (measured,) = node.measured
+        assert measured.gpu == "measured" and measured.rate == pytest.approx(6.4, rel=0.01)
+        after = net.c.quote(TaskSpec("q", MODEL, output_tokens=64))
+        assert after.gpu == "measured"
+        assert after.estimated_seconds == pytest.approx(10.0, rel=0.05)  # its real speed
+        assert after.estimated_cost < before.estimated_cost / 5
+        await run_liar(net, liar, TaskSpec("t1", MODEL, output_tokens=64), busy=10.0,
+                       tokens=demo_count(OUTPUT), seconds=10.0)
+        await net.until_final("t1")
+        assert net.final("t1").cost == pytest.approx(
+            measured.price_per_hour / 3600 * 10.0, rel=0.01)  # charged as what it is
+        assert net.final("t1").cost < first.cost / 5

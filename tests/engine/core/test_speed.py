@@ -122,6 +122,15 @@ def test_a_node_at_cpu_speed_is_a_measured_class_priced_by_its_speed():
         slowest.price_per_hour / slowest.rates[LLAMA] * 1.0001)
 
 
+def test_a_node_that_says_it_is_a_cpu_is_measured_not_caught_lying():
+    s = sched(check_hardware=True)
+    join(s, "local", gpu="cpu")
+    run(s, "t0", 200 / 8.0, now=0.0)
+    (measured,) = s.snapshot().nodes[0].measured
+    assert measured.gpu == MEASURED_GPU and not measured.reclassed
+    assert measured.price_per_hour < GPU_CLASSES["RTX 3090"].price_per_hour
+
+
 def test_an_honest_node_within_the_tolerance_keeps_its_class_and_price():
     s = sched(measured_speed=True, check_hardware=True)
     join(s, "honest", gpu="RTX 3090", model=SD)
