@@ -33,7 +33,7 @@ from benchmarks.adversary_suite import (
 from benchmarks.harness import Row
 from benchmarks.trust_net import WorkerPlan, open_trust_net
 
-__all__ = ["adversary_rows", "honest_rows", "rows"]
+__all__ = ["adversary_rows", "honest_rows", "main", "rows"]
 
 QUARANTINE_GOAL = 10  # results a fabricator or substitute may send before quarantine
 UNFLAGGED_GOAL = 0.01  # wrong answers delivered unflagged under `always`, at most
@@ -158,3 +158,26 @@ def honest_rows(quick: bool) -> list[Row]:
 
 def rows(quick: bool) -> list[Row]:
     return [*adversary_rows(quick), *honest_rows(quick)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.trust_e2e [--quick]`: these rows alone."""
+    import argparse
+
+    from benchmarks.harness import render
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.trust_e2e", description=main.__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("adversaries", "honest"))
+    args = parser.parse_args(argv)
+    chosen = {"adversaries": adversary_rows, "honest": honest_rows}
+    found: list[Row] = []
+    for name, make in chosen.items():
+        if args.only in (None, name):
+            found += make(args.quick)
+    print(render("trust (end to end)", found))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
