@@ -14,6 +14,7 @@
 #   delivered_unflagged per mode: its bad results that reached the client as the
 #                       task's `completed` result without a failed verification
 #   until_quarantine    results it sent before it was quarantined (None: never)
+#   verdicts            its results that passed and failed verification
 #   affected_ok         every task it sent a bad result for ended `completed` with a
 #                       correct result (Judge) from a node that sent no wrong answer
 #   paid_for_bad        dollars charged for tasks whose delivered result was its bad one
@@ -91,6 +92,7 @@ class LiarReport:
     delivered_unflagged: dict[str, int]
     quarantined: bool
     until_quarantine: int | None
+    verdicts: tuple[int, int]  # its results that passed, failed verification (its reputation)
     affected: int  # tasks it sent a bad result for
     affected_ok: bool
     paid_for_bad: float
@@ -170,7 +172,9 @@ def run_round(net: TrustNet, liars: Sequence[str], honest: Sequence[str], tasks:
         reports[name] = LiarReport(
             name, lines[0]["behaviour"] if lines else name, len(lines), len(bad_lines),
             bad_by_mode, unflagged, bool(node["quarantined"]),
-            len(lines) if node["quarantined"] else None, len(bad_lines), affected_ok, paid,
+            len(lines) if node["quarantined"] else None,
+            (node["reputation"]["verified"] - node["reputation"]["failed"],
+             node["reputation"]["failed"]), len(bad_lines), affected_ok, paid,
             _figures(net, node, lines, by_prompt, final))
     completed = sum(task["status"] == "completed" for task in final.values())
     return RoundReport(len(final), completed, reports, _honest_flagged(final, honest_ids))
