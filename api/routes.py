@@ -357,8 +357,10 @@ async def list_models():  # type: ignore[no-untyped-def]
     models = []
     for name, model in MODELS.items():
         serving = [n for n in snapshot.nodes if name in n.models and not n.draining]
-        # The cheapest work unit on offer now; with no node online, the reference GPU.
-        offers = [(n.price_per_hour / 3600 / gpu_rate(n.gpu, name), n.gpu) for n in serving]
+        # The cheapest work unit on offer now (at a node's measured speed and price
+        # when it has been measured: engine/core/speed.py); with no node online, the
+        # reference GPU.
+        offers = [views.unit_offer(n, name) for n in serving]
         per_unit, gpu = min(offers) if offers else (
             default_price(REFERENCE_GPU) / 3600 / gpu_rate(REFERENCE_GPU, name), REFERENCE_GPU)
         models.append({

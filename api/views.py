@@ -16,7 +16,7 @@ import math
 import time
 from typing import Any, Mapping, Sequence
 
-from engine.core import MODELS, NetworkSnapshot, NodeSnapshot
+from engine.core import MODELS, NetworkSnapshot, NodeSnapshot, gpu_rate
 
 from .network_watch import GoneNode
 from .store import OPEN_STATES, NodeRecord, Stats, StoreHealth, TaskRow
@@ -144,6 +144,15 @@ def verification_view(row: TaskRow) -> dict[str, Any]:
             "score": None, "detail": detail, "rerun": False, "failed_results": []}
 
 
+def unit_offer(node: NodeSnapshot, model: str) -> tuple[float, str]:
+    """(dollars per work unit of `model`, the GPU class) a node offers: at its
+    measured speed and price for the model once measured, else its claimed GPU's."""
+    measured = next((m for m in node.measured if m.model == model), None)
+    if measured is not None:
+        return measured.price_per_hour / 3600 / measured.quoted_rate, measured.gpu
+    return node.price_per_hour / 3600 / gpu_rate(node.gpu, model), node.gpu
+
+
 def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dict[str, Any]:
     """One node of /api/network/status (and the dashboard)."""
     return {
@@ -260,5 +269,5 @@ def health(version: str, environment: str, uptime: float, rss_bytes: int, total_
 
 
 __all__ = ["SIGNUP_BONUSES", "SIGNUP_NEXT_STEPS", "dollars", "error_body", "health", "iso",
-           "verification_view",
-           "network_status", "node_view", "percent", "task_created", "task_view"]
+           "verification_view", "network_status", "node_view", "percent", "task_created",
+           "task_view", "unit_offer"]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .pricing import PRICING, Quote, make_pricing
     from .queue import DEFAULT_HEAD_START
     from .scheduler import Scheduler
+    from .speed import MeasuredSpeed
     from .state import SchedulerConfig, TaskRecord
     from .verification import TrustPolicy
     from .views import NetworkSnapshot, NodeSnapshot
@@ -48,6 +49,7 @@ _LAZY = {
     "pricing": ("PRICING", "Quote", "make_pricing"),
     "queue": ("DEFAULT_HEAD_START",),
     "scheduler": ("Scheduler",),
+    "speed": ("MeasuredSpeed",),
     "state": ("SchedulerConfig", "TaskRecord"),
     "views": ("NetworkSnapshot", "NodeSnapshot"),
     "verification": ("TrustPolicy",),
@@ -80,4 +82,5 @@ __all__ = [
     "NetworkSnapshot", "NodeSnapshot", "Scheduler", "SchedulerConfig", "TaskRecord",
     "VERIFY_FIELD", "Hold", "Quarantine", "VerificationReported", "Verified", "VerifyMode",
     "Reputation", "ReputationTable", "sampling_rate", "TrustPolicy",
+    "MeasuredSpeed",
 ]

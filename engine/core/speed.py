@@ -9,7 +9,10 @@
 #     service = elapsed - region latency - (the model's load time, when it ran cold)
 #     pace    = moving average of service / (work / catalog rate of the claimed GPU)
 # by metering.next_pace, the rule of the node-wide pace of the execution bound; the
-# node's first run of the model sets it (no prior pulls it towards the catalog).
+# node's first run of the model sets it (no prior pulls it towards the catalog). A
+# run whose service is under MIN_SERVICE_SHARE of its elapsed time teaches nothing:
+# the catalog's load time or the network swallowed it (a cold run of a model that
+# loads faster than the catalog says), and it is not measured.
 # The work is the task's as submitted (what a quote is asked for), so the pace also
 # learns how much of its max_tokens a node's answers use. Its measured rate is
 #     rate = catalog rate (claimed GPU) / pace        (work units per second)
@@ -50,6 +53,7 @@ MEASURED_GPU = "measured"  # the class of a node slower than every listed GPU cl
 RATE_STEPS_PER_OCTAVE = 8  # rate rounding in class keys (eighth-octaves)
 MIN_PACE, MAX_PACE = 1.0 / 64, 4096.0  # the measured pace is kept within these
 MIN_SERVICE = 1e-3  # seconds: a run's service time is never taken as less
+MIN_SERVICE_SHARE = 0.5  # of a run's elapsed time, for the run to be measured
 
 
 @attrs.frozen
@@ -73,6 +77,7 @@ class MeasuredSpeed:
     pace: float  # measured / catalog service time of its claimed GPU
     gpu: str  # the GPU class it is taken for (its claim unless re-classed)
     price_per_hour: float  # its price for the model (lowered when re-classed)
+    quoted_rate: float  # the rate its class is quoted and placed at (rounded)
     reclassed: bool  # its measured speed contradicted its claimed (listed) GPU
 
 
@@ -88,9 +93,11 @@ def measured_pace(pace: float | None, work: float, catalog_rate: float,
     return min(max(new, MIN_PACE), MAX_PACE)
 
 
-def service_seconds(elapsed: float, latency: float, cold_seconds: float) -> float:
-    """The work part of a run the scheduler timed at `elapsed`."""
-    return elapsed - latency - cold_seconds
+def service_seconds(elapsed: float, latency: float, cold_seconds: float) -> float | None:
+    """The work part of a run the scheduler timed at `elapsed`, or None when it is
+    too small a part to measure the node by (see the top comment)."""
+    service = elapsed - latency - cold_seconds
+    return service if service >= MIN_SERVICE_SHARE * elapsed and service > 0 else None
 
 
 def speed_seconds(claimed_gpu: str, model: str, work: float, pace: float) -> float:
@@ -149,11 +156,12 @@ def measured_speeds(claimed_gpu: str, price_per_hour: float, paces: Mapping[str,
         # it to MEASURED_GPU is no contradiction of what it said
         reclassed = claimed_gpu in GPU_CLASSES and terms.gpu != claimed_gpu
         out.append(MeasuredSpeed(model, gpu_rate(claimed_gpu, model) / pace, pace, terms.gpu,
-                                 terms.price_per_hour, reclassed))
+                                 terms.price_per_hour, terms.rate, reclassed))
     return tuple(out)
 
 
 __all__ = ["CLAIM_TOLERANCE", "ClassTerms", "MAX_PACE", "MEASURED_GPU", "MIN_PACE",
+           "MIN_SERVICE_SHARE",
            "MeasuredSpeed", "RATE_STEPS_PER_OCTAVE", "claim_contradicted", "class_terms",
            "matched_gpu", "measured_pace", "measured_speeds", "round_rate", "service_seconds",
            "speed_seconds"]

@@ -72,6 +72,8 @@ class Standing:
         `cold_seconds` of model load in it): the node's measured pace, and the
         class its speed puts it in."""
         service = service_seconds(elapsed, node.latency, cold_seconds)
+        if service is None:
+            return
         node.paces[model] = measured_pace(node.paces.get(model), work,
                                           gpu_rate(node.spec.gpu, model), service)
         self.index.retime(node, model)

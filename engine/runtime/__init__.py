@@ -15,6 +15,7 @@ from .config import CoordinatorConfig
 from .coordinator import Coordinator, CoordinatorClosed, TokenVerifier
 from .journal import FileJournal, JournalFile, JournalFileError, JournalSink, ListJournal
 from .guard import ReconnectLimiter
+from .meter import Meter, TokenizerSource
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
     SubmitRequest, Submission,
@@ -38,7 +39,7 @@ __all__ = [
     "SessionReported", "SubmitRequest", "Submission",
     "NodeTasks",
     "NodeIdentity", "NodeReport", "NodeSession", "Refused", "SessionHost", "SessionLimits",
-    "ReconnectLimiter",
+    "ReconnectLimiter", "Meter", "TokenizerSource",
     "FINAL_UPDATES", "CancelledUpdate", "CompletedUpdate", "ExpiredUpdate", "FailedUpdate",
     "FinalUpdate", "ProgressUpdate", "QueuedUpdate", "RejectedUpdate", "RequeuedUpdate",
     "RunningUpdate", "StateUpdate", "SubmitOutcome", "TaskUpdate", "UpdateSink", "VerificationUpdate",

@@ -161,3 +161,13 @@ def test_the_measured_pace_is_a_moving_average_set_by_the_first_run():
     assert measured_pace(None, 100.0, 10.0, -5.0) > 0  # never zero or negative
     assert measured_pace(None, 100.0, 10.0, 1e12) == 4096.0  # clamped
     assert measured_pace(2.0, 0.0, 10.0, 5.0) == 2.0  # no work: nothing learnt
+
+
+def test_a_run_the_load_time_swallowed_teaches_nothing():
+    s = sched(measured_speed=True)
+    s.handle(NodeJoined(NodeSpec("cold", "RTX 4090", 80.0, (LLAMA,), 1)), 0.0)  # not loaded
+    run(s, "t0", 1.5, now=0.0)  # less than the catalog's 2 s model load: no service left
+    assert s.index.nodes["cold"].paces == {}
+    run(s, "t1", 2.0, now=100.0)  # warm now: measured
+    assert s.index.nodes["cold"].paces[LLAMA] == pytest.approx(
+        2.0 / (200 / gpu_rate("RTX 4090", LLAMA)))
