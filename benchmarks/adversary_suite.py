@@ -14,6 +14,7 @@
 #   delivered_unflagged per mode: its bad results that reached the client as the
 #                       task's `completed` result without a failed verification
 #   until_quarantine    results it sent before it was quarantined (None: never)
+#   verdicts            its results that passed and failed verification
 #   affected_ok         every task it sent a bad result for ended `completed` with a
 #                       correct result (Judge) from a node that sent no wrong answer
 #   paid_for_bad        dollars charged for tasks whose delivered result was its bad one
@@ -41,8 +42,8 @@ import attrs
 
 from benchmarks.trust_net import TrustNet, WorkerPlan
 
-__all__ = ["HONEST", "HONEST_TUNINGS", "Judge", "LIARS", "LiarReport", "RoundReport", "TRUSTED",
-           "honest_round", "liar_plans", "run_round"]
+__all__ = ["HONEST", "HONEST_TUNINGS", "HonestReport", "Judge", "LIARS", "LiarReport", "MODES",
+           "RoundReport", "TRUSTED", "honest_round", "liar_plans", "run_round"]
 
 LIARS = ("fabricate", "substitute", "truncate", "inflate", "false-gpu")
 TRUSTED = ("validator-1", "validator-2")
@@ -91,6 +92,7 @@ class LiarReport:
     delivered_unflagged: dict[str, int]
     quarantined: bool
     until_quarantine: int | None
+    verdicts: tuple[int, int]  # its results that passed, failed verification (its reputation)
     affected: int  # tasks it sent a bad result for
     affected_ok: bool
     paid_for_bad: float
@@ -106,7 +108,7 @@ class RoundReport:
     tasks: int
     completed: int
     liars: dict[str, LiarReport]
-    honest_flagged: int  # verification failures of honest nodes' results
+    honest_flagged: list[str]  # verification failures of honest nodes' results, why
 
 
 def _submit(net: TrustNet, count: int, max_tokens: int, params_cycle: Sequence[dict[str, Any]],
@@ -122,13 +124,15 @@ def _submit(net: TrustNet, count: int, max_tokens: int, params_cycle: Sequence[d
     return sent
 
 
-def _honest_flagged(tasks: dict[str, dict[str, Any]], honest_ids: set[str]) -> int:
-    flagged = 0
+def _honest_flagged(tasks: dict[str, dict[str, Any]], honest_ids: set[str]) -> list[str]:
+    """Each failed verification of an honest node's result: its task's params and why."""
+    flagged = []
     for task in tasks.values():
         verification = task["verification"]
-        flagged += sum(f["producer"] in honest_ids for f in verification["failed_results"])
+        failures = [f for f in verification["failed_results"] if f["producer"] in honest_ids]
         if verification["status"] == "failed" and verification["producer"] in honest_ids:
-            flagged += 1
+            failures.append(verification)
+        flagged += [f"{task['id']} {task['params']}: {f['detail']}" for f in failures]
     return flagged
 
 
@@ -168,7 +172,9 @@ def run_round(net: TrustNet, liars: Sequence[str], honest: Sequence[str], tasks:
         reports[name] = LiarReport(
             name, lines[0]["behaviour"] if lines else name, len(lines), len(bad_lines),
             bad_by_mode, unflagged, bool(node["quarantined"]),
-            len(lines) if node["quarantined"] else None, len(bad_lines), affected_ok, paid,
+            len(lines) if node["quarantined"] else None,
+            (node["reputation"]["verified"] - node["reputation"]["failed"],
+             node["reputation"]["failed"]), len(bad_lines), affected_ok, paid,
             _figures(net, node, lines, by_prompt, final))
     completed = sum(task["status"] == "completed" for task in final.values())
     return RoundReport(len(final), completed, reports, _honest_flagged(final, honest_ids))
@@ -209,7 +215,7 @@ class HonestReport:
     tasks: int
     completed: int
     verified: int  # results a validator checked (status passed or failed)
-    false_positives: int
+    false_positives: list[str]  # each failed verification: the task's params and why
     honest_quarantined: int
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from benchmarks.harness import Benchmark, Row, median_of
 
-__all__ = ["BENCHMARK", "run"]
+__all__ = ["BENCHMARK", "false_positive_rows", "image_rows", "run", "speech_rows", "text_rows"]
 
 TARGET_TEXT_RATIO = 0.10
 PROMPTS = ("Tell me a long story about a dragon who learns to fly.", "What is the capital of France?",
@@ -67,8 +67,6 @@ def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
 
 def text_rows(quick: bool) -> list[Row]:
     from engine.worker.packs import PackError, ensure_smollm2_pack, smollm2_gguf_path
-    from engine.worker.runners.demo_pack import ensure_demo_pack
-    from engine.worker.runners.providers import session_tuning
     from engine.worker.runners.textgen import DEFAULT_MAX_TOKENS, TextGenRunner
 
     try:
@@ -110,9 +108,23 @@ def text_rows(quick: bool) -> list[Row]:
     if not quick:
         rows.append(overhead(PROMPTS[0], {"temperature": 0.7, "top_p": 0.9, "max_tokens": max_tokens}, 3))
     runner.unload()
+    return rows
 
-    # false positives across floating-point detail, and substitutes rejected
-    count = 16 if quick else 504
+
+def false_positive_rows(quick: bool, count: int | None = None) -> list[Row]:
+    """Honest verifications across floating-point detail, and substitutes rejected."""
+    from engine.worker.packs import PackError, ensure_smollm2_pack, smollm2_gguf_path
+    from engine.worker.runners.demo_pack import ensure_demo_pack
+    from engine.worker.runners.providers import session_tuning
+    from engine.worker.runners.textgen import TextGenRunner
+
+    try:
+        smollm2_gguf_path()
+    except PackError as exc:
+        return [Row("text false positives: not measured", {"why": str(exc)})]
+    pack = ensure_smollm2_pack()
+    stop = lambda: False  # noqa: E731
+    count = count or (16 if quick else 504)
     tuned = []
     for threads, level in TUNINGS:
         with session_tuning(threads, level):
@@ -122,7 +134,7 @@ def text_rows(quick: bool) -> list[Row]:
                          providers_preference="cpu")
     demo.load()
     cases = itertools.islice(itertools.cycle(itertools.product(PROMPTS, PARAMS)), count)
-    flagged, substitutes_passed, worst = 0, 0, 1.0
+    flagged, substitutes_passed, worst, first = 0, 0, 1.0, ""
     start = time.perf_counter()
     for i, (prompt, params) in enumerate(cases):
         params = {**params, "max_tokens": 16}
@@ -132,19 +144,19 @@ def text_rows(quick: bool) -> list[Row]:
         result = producer.run({"prompt": prompt}, params, lambda p: None, stop)
         verdict = validator.verify({"prompt": prompt}, params, result.output, result.proof, stop)
         flagged += not verdict.passed
+        first = first or ("" if verdict.passed else f"{prompt!r} {params}: {verdict.detail}")
         worst = min(worst, verdict.score)
         if i % 4 == 0:  # a substitute: the demo pack's text under the same model name
             fake = demo.run({"prompt": prompt}, params, lambda p: None, stop)
             substitutes_passed += validator.verify({"prompt": prompt}, params, fake.output, fake.proof,
                                                    stop).passed
-    rows.append(Row(
+    return [Row(
         f"text: honest verifications across {len(TUNINGS)} ORT thread/optimisation settings "
         f"x greedy/top_p/temperature",
         {"verifications": count, "false_positives": flagged, "lowest_score": worst,
          "substitutes_tried": (count + 3) // 4, "substitutes_passed": substitutes_passed,
-         "seconds": time.perf_counter() - start},
-        target="0 false positives, 0 substitutes passed", met=flagged == 0 and substitutes_passed == 0))
-    return rows
+         "seconds": time.perf_counter() - start, **({"first_flagged": first} if first else {})},
+        target="0 false positives, 0 substitutes passed", met=flagged == 0 and substitutes_passed == 0)]
 
 
 def speech_rows(quick: bool) -> list[Row]:
@@ -194,7 +206,10 @@ def image_rows(quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    return [*text_rows(quick), *speech_rows(quick), *image_rows(quick)]
+    from benchmarks.trust_e2e import rows as end_to_end_rows  # the adversary suite, live
+
+    return [*text_rows(quick), *false_positive_rows(quick), *speech_rows(quick), *image_rows(quick),
+            *end_to_end_rows(quick)]
 
 
 BENCHMARK = Benchmark("trust", "result verification: validator overhead, added latency, honest false positives",

@@ -24,35 +24,25 @@
 #   maximum. Floating-point detail (thread counts, fused kernels, one-token decode
 #   steps vs. one parallel prefill) moves logits by ~1e-4; a margin far above that
 #   and far below a real preference absorbs exact and near ties.
-# - sampling: the greedy rule, or the token lies inside the nucleus (top_p widened
-#   by NUCLEUS_SLACK) at the task's temperature AND its log-probability is above
-#   LOGPROB_FLOOR (with top_p = 1 the floor is the only test: a sample below it
-#   happens with probability < vocab x e^floor).
-# - sampling, as a whole: with top_p = 1 every token is a possible sample, so a
-#   fluent fabrication passes the per-token rules; the claimed tokens must also be
-#   about as likely as the validator's own samples would be. With s_i =
-#   max(log q_i(token), LIKELIHOOD_CLIP) under the validator's full distribution q
-#   at the temperature (the nucleus only makes honest samples likelier), the sum
-#   of s_i - E[s_i] is a martingale with known variance; z = sum / sqrt(sum Var +
-#   VARIANCE_FLOOR) below -LIKELIHOOD_Z fails. Clipping bounds what one unlucky
-#   honest sample can cost (|clip| / sqrt(floor) < LIKELIHOOD_Z: one rare token
-#   never fails a result); a fabricated or other-model text is unlikely at most
-#   of its positions and fails by many sigmas.
-# - sampling with a known seed (the task's, else the one the producer drew and
-#   sent in the proof): the sampler is replayed. textgen.pick_token draws one
-#   uniform u per sampled token (Generator.choice), so the validator draws the
-#   same u and the claimed token must be the one whose interval of the nucleus's
-#   cumulative distribution holds u, within REPLAY_SLACK (logit noise moves the
-#   intervals by ~1e-6). This makes a sampled result as checkable as a greedy one.
-#   A sampled result with no seed to replay (no proof, or one without a seed)
-#   FAILS: every producer of this version sends one, and without it a short fluent
-#   fabrication under pure temperature sampling is indistinguishable from a sample.
+# - sampling: the sampler is replayed with the task's seed, else the one the
+#   producer drew and sent in the proof. textgen.pick_token draws one uniform u per
+#   token (Generator.choice over the top_p nucleus at the temperature, in float64),
+#   so the validator draws the same u's and each claimed token's interval of the
+#   nucleus's cumulative distribution must hold its u, within REPLAY_SLACK (logit
+#   noise moves the intervals by ~1e-6). This pins every token as tightly as greedy
+#   decoding does, and has no false positives where a per-token plausibility rule
+#   does: at temperature 1 with top_p 1 an honest sample from a flat distribution's
+#   tail (p < 1e-7) is rare, not impossible, and a floor on log-probability failed
+#   one honest result in our tests. Without a seed to replay (no proof, or a proof
+#   without one) a sampled result FAILS: every producer of this version sends one,
+#   and without it a short fluent fabrication is indistinguishable from a sample.
 # The decision is an aggregate: at most MAX_FAIL_FRACTION of the positions may
 # fail (rounded down: on a short output, none). The finish must be plausible too:
 # a `stop` (claimed, or implied by fewer than max_tokens tokens below the context
-# limit) needs an end-of-sequence token that passes the same rule at rows[n] (a
-# truncated output does not); a `length` needs exactly max_tokens tokens or the
-# context limit; no claimed token may be an end-of-sequence token.
+# limit) needs an end-of-sequence token at rows[n] (greedy: within the margin of
+# the maximum; sampled: the replayed draw there lands on one), so a truncated output
+# fails; a `length` needs exactly max_tokens tokens or the context limit; no
+# claimed token may be an end-of-sequence token.
 # Commitments: at each committed position the validator's top-K must be the claimed
 # one within COMMIT_TOLERANCE (logit units): every claimed index's value matches
 # the claimed value, and no unclaimed value exceeds the smallest claimed one by
@@ -79,19 +69,16 @@ __all__ = [
     "COMMIT_TOLERANCE",
     "GREEDY_BELOW",
     "GREEDY_MARGIN",
-    "LIKELIHOOD_Z",
-    "LOGPROB_FLOOR",
     "MAX_FAIL_FRACTION",
-    "NUCLEUS_SLACK",
     "PROOF_SCHEME",
+    "REPLAY_SLACK",
     "VALUE_DECIMALS",
     "Commitments",
     "CommitmentRecorder",
     "TextProof",
+    "greedy_passes",
     "judge_text",
-    "likelihood_z",
-    "replay_failures",
-    "token_passes",
+    "replay_sampler",
 ]
 
 PROOF_SCHEME = "neurogrid-text/1"
@@ -99,16 +86,11 @@ COMMIT_EVERY = 8  # a commitment every N generated tokens
 COMMIT_K = 8  # of the top K logits
 VALUE_DECIMALS = 3  # committed values are rounded to this many decimals
 MAX_EVERY, MAX_K = 4096, 64
-GREEDY_MARGIN = 0.25  # logits; honest runs differ by < 1e-2 (benchmarks/trust.py measures it)
-NUCLEUS_SLACK = 0.02  # probability mass added to top_p before testing a sampled token
-LOGPROB_FLOOR = math.log(1e-7)  # natural log, at the task's temperature
+GREEDY_MARGIN = 0.25  # logits; honest runs differ by ~1e-4 (benchmarks/trust.py measures it)
+REPLAY_SLACK = 1e-3  # of cumulative probability, each side of the claimed token's interval
 MAX_FAIL_FRACTION = 0.05  # of the positions; rounded down
 COMMIT_TOLERANCE = 0.1  # logits; rounding contributes 5e-4
 MAX_COMMIT_FAIL_FRACTION = 0.0  # every commitment must match
-REPLAY_SLACK = 1e-3  # of cumulative probability, each side of the claimed token's interval
-LIKELIHOOD_CLIP = math.log(1e-3)  # a token's log-likelihood counts at most this low
-LIKELIHOOD_Z = 5.0  # standard deviations below the expected log-likelihood that fail
-VARIANCE_FLOOR = 4.0  # added to the variance: one clipped token moves z by < 3.5
 # Below this temperature sampling is greedy (textgen.pick_token): the distribution is
 # one-hot to float64 precision anyway, and the API refuses such values (the kind's
 # least_positive).
@@ -239,69 +221,56 @@ class TextProof:
                    seed)
 
 
-def _log_softmax(row: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = row.astype(np.float64) / temperature
-    scaled -= scaled.max()
-    result: np.ndarray = scaled - np.log(np.exp(scaled).sum())
-    return result
+def greedy_passes(row: np.ndarray, token: int) -> bool:
+    """Whether greedy decoding could have picked `token` from logits `row`: within
+    GREEDY_MARGIN of the maximum."""
+    return float(row[token]) >= float(row.max()) - GREEDY_MARGIN
 
 
-def token_passes(row: np.ndarray, token: int, temperature: float, top_p: float) -> bool:
-    """Whether an honest run could have picked `token` from logits `row` (module rules)."""
-    value, best = float(row[token]), float(row.max())
-    if value >= best - GREEDY_MARGIN:
-        return True
-    if temperature < GREEDY_BELOW:
-        return False
-    logp = _log_softmax(row, temperature)
-    if logp[token] < LOGPROB_FLOOR:
-        return False
-    probs = np.exp(logp)
-    before = float(probs[probs > probs[token]].sum())  # mass of the tokens sampled before it
-    return before < min(1.0, top_p + NUCLEUS_SLACK) or top_p >= 1.0
-
-
-def replay_failures(rows: np.ndarray, ids: Sequence[int], temperature: float, top_p: float,
-                    seed: int) -> list[int]:
-    """Positions whose claimed token is not what the seeded sampler picks (module rules)."""
+def replay_sampler(rows: np.ndarray, temperature: float, top_p: float,
+                   seed: int) -> list[tuple[np.ndarray, float, float]]:
+    """For each row, what textgen.pick_token's seeded draw saw: the token
+    probabilities (float64, as it computes them), the mass of its nucleus and the
+    uniform u it drew."""
     rng = np.random.default_rng(seed)
-    failed = []
-    for i, (row, token) in enumerate(zip(rows, ids)):
+    draws = []
+    for row in rows:
         values = row.astype(np.float64)
         probs = np.exp((values - values.max()) / temperature)
         probs /= probs.sum()
-        # only tokens that can hold u matter: the rest (< 1e-12 each, < 1e-7 together)
-        # are left out of the sort, which is what costs (the vocabulary is ~50k)
-        candidates = np.flatnonzero(probs > 1e-12)
-        order = candidates[np.argsort(-probs[candidates], kind="stable")]
-        keep = min(int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1, len(order))
-        kept = order[:keep]
-        cdf = np.cumsum(probs[kept])
-        cdf /= cdf[-1]
-        u = rng.random()
-        where = np.flatnonzero(kept == token)
-        if not len(where):
-            failed.append(i)
+        draws.append((probs, _nucleus_mass(probs, top_p), float(rng.random())))
+    return draws
+
+
+def _nucleus_mass(probs: np.ndarray, top_p: float) -> float:
+    """The probability mass pick_token keeps: the most likely tokens until their sum
+    reaches top_p (all of it for top_p = 1). Sorts only the head it needs."""
+    if top_p >= 1.0:
+        return 1.0
+    head = min(len(probs), 256)
+    while True:
+        top = np.argpartition(-probs, head - 1)[:head] if head < len(probs) else np.arange(len(probs))
+        ordered = np.sort(probs[top])[::-1]
+        total = np.cumsum(ordered)
+        if total[-1] >= top_p or head == len(probs):
+            return float(total[min(int(np.searchsorted(total, top_p)), len(total) - 1)])
+        head = min(len(probs), head * 8)
+
+
+def _holds(draw: tuple[np.ndarray, float, float], tokens: frozenset[int], top_p: float) -> bool:
+    """Whether the draw lands (within REPLAY_SLACK) on one of `tokens`: the token's
+    interval of the nucleus's cumulative distribution, in pick_token's order (most
+    likely first, ties by id), holds u."""
+    probs, mass, u = draw
+    for token in tokens:
+        p = probs[token]
+        before = float(probs[probs > p].sum() + probs[:token][probs[:token] == p].sum())
+        if before >= min(1.0, top_p) + REPLAY_SLACK:  # outside the nucleus
             continue
-        j = int(where[0])
-        low = float(cdf[j - 1]) if j else 0.0
-        if not low - REPLAY_SLACK <= u <= float(cdf[j]) + REPLAY_SLACK:
-            failed.append(i)
-    return failed
-
-
-def likelihood_z(rows: np.ndarray, ids: Sequence[int], temperature: float) -> float:
-    """How many standard deviations the claimed tokens' clipped log-likelihood lies
-    above (+) or below (-) what the validator's own samples would score (module rules)."""
-    scaled = rows[:len(ids)].astype(np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    logq = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-    q = np.exp(logq)
-    clipped = np.maximum(logq, LIKELIHOOD_CLIP)
-    mean = (q * clipped).sum(axis=1)
-    variance = np.maximum(0.0, (q * clipped * clipped).sum(axis=1) - mean * mean)
-    total = float(clipped[np.arange(len(ids)), list(ids)].sum())
-    return (total - float(mean.sum())) / math.sqrt(float(variance.sum()) + VARIANCE_FLOOR)
+        low, high = before / mass, (before + float(p)) / mass
+        if low - REPLAY_SLACK <= u <= high + REPLAY_SLACK:
+            return True
+    return False
 
 
 def _commitment_failures(rows: np.ndarray, commitments: Commitments, generated: int) -> tuple[int, str]:
@@ -349,37 +318,34 @@ def judge_text(
     inside = [i for i, token in enumerate(ids) if token in eos]
     if inside:
         return Verdict(False, 0.0, f"claimed token {inside[0]} is an end-of-sequence token")
-    failed = [i for i, token in enumerate(ids) if not token_passes(rows[i], token, temperature, top_p)]
+    greedy = temperature < GREEDY_BELOW
+    stopped = finish == "stop" or (finish is None and n < max_tokens and not limit_hit)
+    if not greedy and seed is None:
+        return Verdict(False, 0.0, f"sampled (T={temperature:g}), but no seed to replay: neither the task "
+                                   "nor the proof names one")
+    draws = [] if greedy or seed is None else replay_sampler(rows[:n + 1], temperature, top_p, seed)
+    if greedy:
+        failed = [i for i, token in enumerate(ids) if not greedy_passes(rows[i], token)]
+    else:
+        failed = [i for i, token in enumerate(ids) if not _holds(draws[i], frozenset([token]), top_p)]
     allowed = int(MAX_FAIL_FRACTION * n)
     score = 1.0 - len(failed) / n if n else 1.0
-    detail = (f"teacher-forced check of {n} tokens: {len(failed)} implausible (allowed {allowed}); "
-              f"{'greedy' if temperature < GREEDY_BELOW else f'T={temperature:g}, top_p={top_p:g}'}")
+    how = "greedy" if greedy else f"seeded replay, T={temperature:g}, top_p={top_p:g}"
+    detail = f"teacher-forced check of {n} tokens ({how}): {len(failed)} implausible (allowed {allowed})"
     if failed:
         i = failed[0]
         detail += f"; first at token {i} (id {ids[i]}, logit {float(rows[i][ids[i]]):.3f} vs max " \
                   f"{float(rows[i].max()):.3f})"
     passed = len(failed) <= allowed
-    if temperature >= GREEDY_BELOW and seed is None:
-        passed, detail = False, detail + "; sampled, but no seed to replay (neither the task nor the proof names one)"
-    if temperature >= GREEDY_BELOW and n and seed is not None:
-        replayed = replay_failures(rows, ids, temperature, top_p, seed)
-        detail += f"; seeded replay: {len(replayed)} of {n} tokens differ (allowed {allowed})"
-        if len(replayed) > allowed:
-            passed, score = False, min(score, 1.0 - len(replayed) / n)
-    if temperature >= GREEDY_BELOW and n:
-        z = likelihood_z(rows, ids, temperature)
-        detail += f"; log-likelihood z {z:+.2f} (fails below -{LIKELIHOOD_Z:g})"
-        if z < -LIKELIHOOD_Z:
-            passed, score = False, min(score, max(0.0, 1.0 + z / (2 * LIKELIHOOD_Z)))
     if finish == "cancelled":
         return Verdict(False, score, detail + "; a cancelled run is not a result")
-    stopped = finish == "stop" or (finish is None and n < max_tokens and not limit_hit)
     if finish == "length" and n < max_tokens and not limit_hit:
         passed, detail = False, detail + f"; finish 'length' claimed with {n} of max_tokens {max_tokens} tokens"
     if stopped:
+        ends = frozenset(token for token in eos if len(rows) > n and token < len(rows[n]))
         if len(rows) <= n:
             passed, detail = False, detail + "; a stop claimed at the context limit"
-        elif not any(token_passes(rows[n], token, temperature, top_p) for token in eos if token < len(rows[n])):
+        elif not (any(greedy_passes(rows[n], token) for token in ends) if greedy else _holds(draws[n], ends, top_p)):
             passed = False
             detail += f"; the output cannot end after token {n} (no end-of-sequence is plausible: truncated?)"
     if commitments is not None:

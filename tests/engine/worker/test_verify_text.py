@@ -16,10 +16,8 @@ from tokenizers import Tokenizer
 from engine.worker.runners import InvalidTaskInput, ModelLoadError, RunResult
 from engine.worker.runners.demo_pack import ensure_demo_pack
 from engine.worker.runners.providers import OPTIMIZATION_ENV, THREADS_ENV, session_tuning
-from engine.worker.runners.textgen import TextGenRunner
-from engine.worker.runners.verify_text import (
-    GREEDY_MARGIN, TextProof, judge_text, likelihood_z, token_passes,
-)
+from engine.worker.runners.textgen import TextGenRunner, pick_token
+from engine.worker.runners.verify_text import GREEDY_MARGIN, TextProof, greedy_passes, judge_text
 
 PROMPTS = ("What is the capital of France?", "Name a primary color.", "Say hello in Spanish.")
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -201,16 +199,30 @@ def rows_for(tokens: list[int], vocab: int = 10, peak: float = 5.0) -> np.ndarra
 
 def test_greedy_accepts_ties_within_the_margin_only() -> None:
     row = np.array([1.0, 3.0, 3.0 - GREEDY_MARGIN / 2, 3.0 - 2 * GREEDY_MARGIN], np.float32)
-    assert token_passes(row, 1, 0.0, 1.0) and token_passes(row, 2, 0.0, 1.0)
-    assert not token_passes(row, 3, 0.0, 1.0) and not token_passes(row, 0, 0.0, 1.0)
+    assert greedy_passes(row, 1) and greedy_passes(row, 2)
+    assert not greedy_passes(row, 3) and not greedy_passes(row, 0)
 
 
-def test_sampling_accepts_the_nucleus_and_refuses_the_tail() -> None:
-    row = np.log(np.array([0.5, 0.3, 0.15, 0.05 - 1e-9, 1e-9]))
-    assert all(token_passes(row, t, 1.0, 0.9) for t in (0, 1, 2))
-    assert not token_passes(row, 3, 1.0, 0.9)  # after 0.95 of the mass, beyond top_p + slack
-    assert token_passes(row, 3, 1.0, 1.0)
-    assert not token_passes(row, 4, 1.0, 1.0)  # below the log-probability floor
+@pytest.mark.parametrize("top_p", [0.9, 1.0])
+def test_the_seeded_sampler_is_replayed(top_p: float) -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.normal(0, 2, (41, 50)).astype(np.float32)  # a flat-ish distribution: tails get sampled
+    sampler = np.random.default_rng(7)
+    ids = [pick_token(row, 1.0, top_p, sampler) for row in rows[:40]]
+    eos = frozenset([pick_token(rows[40], 1.0, top_p, sampler)])  # the draw after the last token ended it
+    ids_ok = [i for i in ids if i not in eos]
+    if len(ids_ok) != len(ids):
+        pytest.skip("the sampled text holds the stand-in EOS id")
+    noisy = rows + rng.normal(0, 1e-4, rows.shape).astype(np.float32)  # another machine's logits
+    assert judge_text(noisy, ids, eos, 1.0, top_p, 40, "stop", False, None, seed=7).passed
+    assert not judge_text(noisy, ids, eos, 1.0, top_p, 40, "stop", False, None, seed=8).passed
+    assert not judge_text(noisy, ids, eos, 1.0, top_p, 40, "stop", False, None).passed  # no seed: fails closed
+    changed = list(ids)
+    for i in (5, 15, 25):  # more than the 5% (2 of 40) that may fail
+        changed[i] = next(t for t in range(50) if t != ids[i] and t not in eos)
+    verdict = judge_text(noisy, changed, eos, 1.0, top_p, 40, "stop", False, None, seed=7)
+    assert not verdict.passed and verdict.score == 1 - 3 / 40
+    assert not judge_text(noisy, ids[:30], eos, 1.0, top_p, 40, "stop", False, None, seed=7).passed  # cut
 
 
 def test_the_finish_must_be_plausible() -> None:
@@ -227,14 +239,3 @@ def test_the_finish_must_be_plausible() -> None:
     assert judge_text(early, ids, eos, 0.0, 1.0, 10, "length", True, None).passed  # context full
     assert not judge_text(rows_for([1, 9]), [1, 9], eos, 0.0, 1.0, 10, "stop", False, None).passed
     assert not judge_text(rows_for(ids), ids, eos, 0.0, 1.0, 2, "length", False, None).passed
-
-
-def test_the_likelihood_test_tells_samples_from_unlikely_text() -> None:
-    rng = np.random.default_rng(0)
-    rows = rng.normal(0, 3, (200, 50)).astype(np.float32)
-    probs = np.exp(rows - rows.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    sampled = [int(rng.choice(50, p=p)) for p in probs]
-    unlikely = [int(np.argmin(row)) for row in rows]
-    assert abs(likelihood_z(rows, sampled, 1.0)) < 5
-    assert likelihood_z(rows, unlikely, 1.0) < -5
