@@ -101,7 +101,10 @@ def text_rows(quick: bool) -> list[Row]:
                    {"generate_s": median_of(made), "verify_s": median_of(checked),
                     "validator_pct": 100 * ratio, "added_latency_s": median_of(checked), "failed": failed,
                     "proof_bytes": len(json.dumps(last.proof, separators=(",", ":")))},
-                   target=f"validator < {TARGET_TEXT_RATIO:.0%} of the work", met=ratio < TARGET_TEXT_RATIO)
+                   # the goal is stated at the default settings: a quick run's shorter output
+                   # costs relatively more (the prompt's prefill is repeated), so it has none
+                   target="" if quick else f"validator < {TARGET_TEXT_RATIO:.0%} of the work at the defaults",
+                   met=None if quick else ratio < TARGET_TEXT_RATIO)
 
     default = {"temperature": 0, "max_tokens": max_tokens}
     rows.append(overhead(PROMPTS[0], default, 1 if quick else 3))
