@@ -122,6 +122,9 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
     assert nodes[worker.node_id]["reputation"]["failed"] == 1
     assert nodes[worker.node_id]["reputation"]["score"] == round(1 / 3, 4)
     assert nodes[validator.node_id]["reputation"]["validator"] is True
+    # a node that is not operator-trusted is limited (probation), a trusted one is not
+    assert nodes[worker.node_id]["reputation"]["probation_limit"] == 2
+    assert nodes[validator.node_id]["reputation"]["probation_limit"] is None
     assert "quarantined" in frame["message"]
 
 
