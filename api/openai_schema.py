@@ -11,7 +11,8 @@
 #   or a neutral one at another value, is a 400 naming it (`param`): a client must
 #   never believe a setting took effect when it did not.
 # - Mapped: `temperature`, `top_p`, `seed` as they are, and NeuroGrid's own
-#   `verify` (none | sampled | always; with the OpenAI SDKs, `extra_body`); `max_tokens` (or
+#   `verify` (none | sampled | always; with the OpenAI SDKs, `extra_body`; also on the
+#   image and transcription routes, a form field on the latter); `max_tokens` (or
 #   `max_completion_tokens`, not both at different values) as the task's
 #   `max_tokens`; `stop` (a string or up to 4) is applied by the API to the text
 #   (NeuroGrid's workers have no stop sequences yet): the answer ends before the
@@ -102,8 +103,9 @@ ENDPOINT_PARAMS: dict[str, Params] = {
     "completion": Params(("model", "prompt", "max_tokens", *_SAMPLING),
                          {"presence_penalty": (0,), "frequency_penalty": (0,), "echo": (False,),
                           "best_of": (1,), "logprobs": (), "suffix": (), "logit_bias": ({},)}),
-    "image": Params(("prompt", "model", "n", "size", "response_format", "user")),
-    "transcription": Params(("file", "model", "prompt", "language", "response_format")),
+    "image": Params(("prompt", "model", "n", "size", "response_format", "user", "verify")),
+    "transcription": Params(("file", "model", "prompt", "language", "response_format",
+                             "verify")),
 }
 
 
@@ -440,6 +442,8 @@ def parse_image(body: Mapping[str, Any]) -> ImageRequest:
         if match is None:
             raise invalid("'size' must be 'WIDTHxHEIGHT', e.g. '512x512'", "size")
         task["width"], task["height"] = int(match.group(1)), int(match.group(2))
+    if body.get("verify") is not None:
+        task["verify"] = body["verify"]  # checked with the task (kinds.VERIFY_FIELD)
     response_format = body.get("response_format") or "url"
     if response_format not in IMAGE_FORMATS:
         raise invalid(f"'response_format' must be one of {', '.join(IMAGE_FORMATS)}",
@@ -467,6 +471,8 @@ def parse_transcription(form: Mapping[str, str], has_file: bool) -> Transcriptio
     for name in ("prompt", "language"):
         if form.get(name):
             task[name] = form[name]
+    if form.get("verify") is not None:  # (an empty value is refused, naming it)
+        task["verify"] = form["verify"]
     response_format = form.get("response_format") or "json"
     if response_format not in TRANSCRIPTION_FORMATS:
         raise invalid(f"'response_format' must be one of {', '.join(TRANSCRIPTION_FORMATS)}",

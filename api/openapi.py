@@ -311,11 +311,13 @@ PATHS: dict[str, Any] = {
         "responses": {"200": {"description": "text_completion, or an event stream"}}}},
     "/v1/images/generations": {"post": {
         "summary": "OpenAI-compatible image generation: prompt, model, n (1), size (WxH), "
-                   "response_format (url, b64_json), user",
+                   "response_format (url, b64_json), user, and NeuroGrid's verify (none, "
+                   "sampled, always)",
         "responses": {"200": {"description": "{created, data: [{url | b64_json}]}"}}}},
     "/v1/audio/transcriptions": {"post": {
         "summary": "OpenAI-compatible transcription: multipart file, model, prompt, "
-                   "language, response_format (json, text)",
+                   "language, response_format (json, text), and NeuroGrid's verify (none, "
+                   "sampled, always)",
         "responses": {"200": {"description": "{text} or plain text"}}}},
     "/api/nodes/connect": {
         "get": {"summary": "Websocket endpoint for workers (worker protocol v1, DESIGN.md); "

@@ -169,7 +169,10 @@ def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dic
         "region": node.region,
         # engine/core/reputation.py: the Beta(1 + passed, 1 + failed) posterior mean
         "reputation": {"score": round(node.reputation, 4), "verified": node.verified,
-                       "failed": node.failed_verifications, "validator": node.validator},
+                       "failed": node.failed_verifications, "validator": node.validator,
+                       # on probation or scoring low: at most this many of its tasks
+                       # running or held for a verdict (engine/core/verification.py)
+                       "probation_limit": node.probation_limit},
         "quarantined": node.quarantined,
         # what its timed runs showed (engine/core/speed.py), per model it has run:
         # its rate, the GPU class that speed matches and its price for the model

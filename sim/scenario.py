@@ -349,6 +349,7 @@ _VERIFICATION_SCHEMA: dict[str, Parser] = {
     "probation": _integer(0), "rate_floor": _FRACTION, "rate_gain": _number(0.0),
     "quarantine_below": _FRACTION, "validator_after": _integer(0),
     "validator_score": _FRACTION, "job_deadline": _POSITIVE,
+    "probation_tasks": _integer(0), "limit_score": _FRACTION,  # probation_tasks 0: no limit
     "false_positive": _FRACTION,
     "detection": lambda v, k, c: _table(v, k, c, dict.fromkeys(BEHAVIOURS, _FRACTION)),
 }
@@ -404,6 +405,8 @@ def _node_group(raw: dict[str, Any], key: str, ctx: _Ctx) -> NodeGroup:
 def _verification(p: Mapping[str, Any]) -> Verification:
     policy = {k: v for k, v in p.items()
               if k in attrs.fields_dict(TrustPolicy)}
+    if policy.get("probation_tasks") == 0:
+        policy["probation_tasks"] = None  # TrustPolicy's "no probation limit"
     return Verification(p.get("mode", "sampled"), TrustPolicy(**policy),
                         {**DEFAULT_DETECTION, **p.get("detection", {})},
                         p.get("false_positive", 0.0))

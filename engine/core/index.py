@@ -14,7 +14,8 @@
 # - only where the policy needs them: `free_list`, an IndexedSet of those nodes
 #   (O(1) uniform random pick), and a lazy heap of (load, ordinal, node id).
 # A node is *accepting* when it is online, not draining nor benched and has a free
-# slot (of its `usable` ones: SchedulerConfig.initial_slots); it is
+# slot (of its `open_slots`: its `usable` ones, SchedulerConfig.initial_slots, and
+# at most its trust `cap`, verification.py's probation limit); it is
 # in a model's free sets exactly when it is accepting and eligible for the model
 # (serves it and has the VRAM). `NodeIndex.refresh(node)` restores that invariant
 # after any change to the node and costs O(models the node serves).
@@ -35,6 +36,7 @@ T = TypeVar("T", bound=Hashable)
 # (GPU class, region, warm?, price per hour, measured rate or 0.0)
 ClassKey = tuple[str, str, bool, float, float]
 VRAM_GB = {name: model.vram_gb for name, model in MODELS.items()}
+NO_CAP = 1 << 30  # NodeState.cap when nothing limits the node's tasks
 
 
 class IndexedSet(Generic[T]):
@@ -94,6 +96,13 @@ class NodeState:
     # earns them (SchedulerConfig.initial_slots); changed through NodeIndex.resize.
     usable: int = attrs.field(default=attrs.Factory(lambda self: self.spec.slots,
                                                     takes_self=True))
+    # At most this many tasks may run on it now (verification.py: the probation
+    # limit; NodeIndex.limit); no limit by default.
+    cap: int = NO_CAP
+    # What the free-slot test reads: min(usable, cap), kept by NodeIndex (add,
+    # resize, limit), so the hot path reads one field, as it did before the cap.
+    open_slots: int = attrs.field(default=attrs.Factory(lambda self: self.usable,
+                                                        takes_self=True))
     credit: int = 0  # completions towards the next earned slot
     pace: float = 1.0  # measured elapsed / expected of its runs (metering.next_pace)
     benched: bool = False  # after a fault: takes no new work for a while (NodeIndex.bench)
@@ -111,7 +120,7 @@ class NodeState:
 
     @property
     def free_slots(self) -> int:
-        return self.usable - len(self.running)
+        return self.open_slots - len(self.running)
 
     @property
     def load(self) -> float:
@@ -119,7 +128,7 @@ class NodeState:
 
     @property
     def accepting(self) -> bool:
-        return not self.draining and not self.benched and len(self.running) < self.usable
+        return not self.draining and not self.benched and len(self.running) < self.open_slots
 
     def is_warm(self, model: str) -> bool:
         return model in self.loaded
@@ -229,6 +238,7 @@ class NodeIndex:
     def add(self, node: NodeState) -> None:
         self.nodes[node.node_id] = node
         node.eligible_models = tuple(m for m in node.spec.models if self.eligible(node.spec, m))
+        node.open_slots = min(node.usable, node.cap)
         for model in node.eligible_models:
             self.models[model].online_slots += node.slots
         self.refresh(node)
@@ -267,6 +277,17 @@ class NodeIndex:
                 for model in node.classes:
                     self.models[model].online_slots += usable - node.usable
             node.usable = usable
+            node.open_slots = min(usable, node.cap)
+            self.refresh(node, warmth_changed=False)
+
+    def limit(self, node: NodeState, cap: int) -> None:
+        """At most `cap` tasks may run on the node (0: none now), whatever its usable
+        slots (verification.py's probation limit). Its slot counts do not change: the
+        cap holds back what it may take, not what it has."""
+        cap = max(0, cap)
+        if cap != node.cap:
+            node.cap = cap
+            node.open_slots = min(node.usable, cap)
             self.refresh(node, warmth_changed=False)
 
     def _class_for(self, node: NodeState, model: str, warm: bool) -> NodeClass:
@@ -332,7 +353,7 @@ class NodeIndex:
         if warmth_changed:
             self._reclass(node)
         accepting = (not node.draining and not node.benched
-                     and len(node.running) < node.usable)
+                     and len(node.running) < node.open_slots)
         if accepting is not node.in_free:
             node.in_free = accepting
             node_id = node.spec.node_id

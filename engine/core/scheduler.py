@@ -245,6 +245,7 @@ class Scheduler(VerificationSteps):
         node_id = record.node_id if record.state is R else None
         if record.held is not None:
             self._drop_job(record, now, out)
+            self._unhold(record)
             node_id = None
         self._end(record, TaskState.CANCELLED, now)
         if node_id is not None:

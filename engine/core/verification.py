@@ -35,6 +35,31 @@
 #      `always` one failed.
 # The overhead (validator work / work of the verified tasks) is kept in `counters`.
 #
+# Reputation feeds placement: the probation limit (TrustPolicy.probation_tasks, K).
+#   A node that is *limited* - not operator-trusted, and on probation (fewer than
+#   `probation` verified results) or scoring below `limit_score` - has at most K
+#   unjudged tasks at a time: running on it, or finished and held for a verdict.
+#   So a newcomer (or a node that failed a check) can spoil at most K tasks before
+#   a verdict on it is in; a fabricator that answers at once cannot race through
+#   the queue while its first results wait for a validator (its slot is free again
+#   after each result, so a cap on running tasks alone would not bound that); and
+#   since its first failure quarantines it (reputation.py), a fresh identity costs
+#   the network at most K spoilt runs. The limit is the index's `cap` of the node
+#   (NodeIndex.limit): K - (its held results) while limited, none otherwise; the
+#   free-slot test reads min(usable slots, cap), kept as one field, so placement -
+#   every policy - pays nothing for it on its hot path, and a network without
+#   verification runs the code it ran before. The cap is recomputed, O(1) plus the
+#   index refresh (O(models the node serves)), only when it can change: the node
+#   joins, a result of it is held or settled (Trust.pending), a verdict on it.
+#   Honest newcomers lose little: their results are all verified during probation
+#   anyway, and K (2) running-or-held tasks keep a slot busy while one waits.
+#   The alternatives, and why not: a penalty on the placement score by reputation,
+#   or preferring higher-reputation nodes among equal candidates, would put a per-
+#   node figure into a ranking that is over node *classes* (placement.py, index.py):
+#   a class per reputation value would multiply the classes (placement is
+#   O(classes) when saturated), and a per-node tie-break would need a per-class
+#   order by score, updated at each verdict; neither bounds what a newcomer can do.
+#
 # Rules: pure, no I/O; randomness only from the scheduler's rng and only drawn for a
 # `sampled` task of a node whose rate is below 1 (so a run without verification, or
 # with `none`, draws exactly what it drew before). Costs: the sampling decision and
@@ -49,7 +74,7 @@ import attrs
 
 from .catalog import MODELS
 from .events import Priority, TaskSpec, Usage, VerifyMode
-from .index import NodeIndex, NodeState
+from .index import NO_CAP, NodeIndex, NodeState
 from .placement import ClassScore, balanced_score
 from .queue import ModelQueue
 from .reputation import Reputation, ReputationTable, sampling_rate
@@ -67,6 +92,15 @@ class TrustPolicy:
     validator_after: int = 20  # verified results a node needs to become a validator
     validator_score: float = 0.95  # ... and the score
     job_deadline: float = 120.0  # seconds a `sampled` task's verification may take
+    # the probation limit (module top): a limited node's unjudged tasks (running or
+    # held) at most this many; None: no limit
+    probation_tasks: int | None = 2
+    limit_score: float = 0.9  # ... limited also after probation while its score is below
+
+    def __attrs_post_init__(self) -> None:
+        if self.probation_tasks is not None and self.probation_tasks < 1:
+            raise ValueError(f"probation_tasks must be at least 1 (or None: no limit), "
+                             f"not {self.probation_tasks}")
 
 
 @attrs.define(eq=False)
@@ -97,6 +131,7 @@ class Trust:
         self.queues: dict[str, ModelQueue] = {m: ModelQueue() for m in MODELS}
         self.queued = 0
         self.jobs = 0
+        self.pending: dict[str, int] = {}  # node id -> its results held for a verdict
         self.counters: dict[str, float] = dict.fromkeys(VERIFY_COUNTERS, 0)
         self.counters["validator_work"] = 0.0  # work units the validators ran
         self.counters["verified_work"] = 0.0  # work units of the results they checked
@@ -143,6 +178,40 @@ class Trust:
                 best, best_key = node, key
         return best
 
+    # ---- the probation limit (module top) ------------------------------------------
+
+    def limited(self, node: NodeState) -> bool:
+        policy = self.policy
+        if policy.probation_tasks is None or node.spec.trusted:
+            return False
+        rep = self.reputation.get(node.node_id)
+        return rep.verified < policy.probation or rep.score < policy.limit_score
+
+    def cap(self, node: NodeState) -> int:
+        """How many tasks may run on the node now: K less its held results while
+        it is limited, else no limit."""
+        k = self.policy.probation_tasks
+        if k is None or not self.limited(node):
+            return NO_CAP
+        return k - self.pending.get(node.node_id, 0)
+
+    def relimit(self, node_id: str) -> None:
+        """Apply the node's cap to the index (if it is online)."""
+        node = self.index.nodes.get(node_id)
+        if node is not None:
+            self.index.limit(node, self.cap(node))
+
+    def held(self, producer: str, delta: int) -> None:
+        """One more (+1) or one fewer (-1) result of the producer is held."""
+        pending = self.pending
+        count = pending.get(producer, 0) + delta
+        if count:
+            pending[producer] = count
+        else:
+            pending.pop(producer, None)
+        if self.policy.probation_tasks is not None:
+            self.relimit(producer)
+
     # ---- what is verified ------------------------------------------------------
 
     def rate(self, node_id: str) -> float:
@@ -179,6 +248,8 @@ class Trust:
         counters["validator_work"] += job_work
         counters["verified_work"] += task_work
         rep = self.reputation.record(producer, passed)
+        if self.policy.probation_tasks is not None:
+            self.relimit(producer)  # its score and count moved
         if passed or rep.quarantined or rep.score >= self.policy.quarantine_below:
             self.update(self.index.nodes.get(producer), producer)
             return ""

@@ -88,6 +88,7 @@ class VerificationSteps:
         self._detach(record)  # the producer's slot is free; the task stays running
         record.run = 0  # its run is over: its execution timer is stale (runs count from 1)
         record.held = HeldResult(producer, usage, cost, clamped, job_spec.task_id)
+        trust.held(producer, +1)
         job = self._add_record(job_spec, record.key, now)
         job.verifies = task_id
         trust.queues[spec.model].push(job_spec.task_id, job.key, job.seq)
@@ -126,13 +127,14 @@ class VerificationSteps:
         if parent is None or parent.held is None or parent.held.job_id != event.task_id:
             return
         held = parent.held
+        if not event.passed:
+            self._unhold(parent)  # (a pass is released below, which unholds it)
         reason = self.trust.judged(held.producer, event.passed, job.work, parent.work)
         if event.passed:
             self._release(parent, Verified(parent.spec.task_id, "passed", held.producer,
                                            event.node_id, event.score, event.detail),
                           now, out)
             return
-        parent.held = None
         if parent.excluded is None:
             parent.excluded = set()
         parent.excluded.add(held.producer)
@@ -153,14 +155,21 @@ class VerificationSteps:
     def _release(self, record: TaskRecord, verified: Verified, now: float,
                  out: list[Decision]) -> None:
         """Deliver a held result: it completes, charged, its producer paid."""
-        held = record.held
-        assert held is not None
-        record.held = None
+        held = self._unhold(record)
         record.cost = held.cost
         out.append(verified)
         self._end(record, TaskState.COMPLETED, now)
         out.append(Complete(record.spec.task_id, held.producer, held.cost, held.usage,
                             held.clamped))
+
+    def _unhold(self, record: TaskRecord) -> HeldResult:
+        """The task's held result is settled (delivered, failed or dropped): it no
+        longer counts against its producer's probation limit."""
+        held = record.held
+        assert held is not None and self.trust is not None
+        record.held = None
+        self.trust.held(held.producer, -1)
+        return held
 
     def _job_failed(self, job: TaskRecord, to: TaskState, reason: str, now: float,
                     out: list[Decision]) -> None:
@@ -186,7 +195,7 @@ class VerificationSteps:
                                            detail=why), now, out)
             return
         out.append(Verified(task_id, "unverified", held.producer, detail=why))
-        record.held = None
+        self._unhold(record)
         record.error = f"its result could not be verified: {why}"
         self._end(record, TaskState.FAILED, now)
         out.append(Fail(task_id, record.error, held.producer))
@@ -233,6 +242,8 @@ class VerificationSteps:
             out.append(Quarantine(node.node_id, rep.reason))
             self._on_draining(NodeDraining(node.node_id), now, out)
         trust.update(node, node.node_id)
+        if trust.policy.probation_tasks is not None:
+            trust.relimit(node.node_id)
 
     def _choose_excluding(self, record: TaskRecord, mi: ModelIndex) -> NodeState | None:
         """The policy's choice among the free nodes, leaving out the task's excluded

@@ -39,6 +39,9 @@ class NodeSnapshot:
     failed_verifications: int = 0
     quarantined: bool = False
     validator: bool = False  # it verifies others' results
+    # the probation limit (verification.py): at most this many of its tasks running
+    # or held for a verdict while it is on probation or scores low; None: no limit
+    probation_limit: int | None = None
     # per model it has run, its measured speed and the class that puts it in
     # (speed.py; empty unless SchedulerConfig.measured_speed or check_hardware)
     measured: tuple[MeasuredSpeed, ...] = ()
@@ -77,7 +80,9 @@ def network_snapshot(index: NodeIndex, queues: Mapping[str, ModelQueue], running
         nodes = tuple(attrs.evolve(
             n, reputation=(rep := trust.reputation.get(n.node_id)).score,
             verified=rep.verified, failed_verifications=rep.failed,
-            quarantined=rep.quarantined, validator=n.node_id in trust.validators)
+            quarantined=rep.quarantined, validator=n.node_id in trust.validators,
+            probation_limit=(trust.policy.probation_tasks
+                             if trust.limited(index.nodes[n.node_id]) else None))
             for n in nodes)
     return NetworkSnapshot(
         nodes=nodes,

@@ -31,7 +31,9 @@
 #                                (engine/core/verification.py): the API's tasks
 #                                default to `sampled`; `trusted_nodes` names the
 #                                validators the operator trusts (node ids or worker
-#                                token names), others earn it by reputation
+#                                token names), others earn it by reputation; a node
+#                                on probation has at most 2 tasks running or held
+#                                for a verdict (TrustPolicy.probation_tasks)
 from __future__ import annotations
 
 import random

@@ -6,6 +6,7 @@ answers the verification `assign` (the one with `verify`) with a verdict the tes
 chooses: the boundary stand-in for the worker side (engine/worker)."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import trio
 from engine.core import Usage
 from engine.protocol import Result, encode
 from engine.runtime import CoordinatorConfig
-from tests.api.conftest import fake_worker, running_app, wait_for_status
+from tests.api.conftest import agent_worker, fake_worker, running_app, wait_for_status
 
 TRUSTING = CoordinatorConfig(trusted_nodes=("validator",))
 
@@ -121,6 +122,9 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
     assert nodes[worker.node_id]["reputation"]["failed"] == 1
     assert nodes[worker.node_id]["reputation"]["score"] == round(1 / 3, 4)
     assert nodes[validator.node_id]["reputation"]["validator"] is True
+    # a node that is not operator-trusted is limited (probation), a trusted one is not
+    assert nodes[worker.node_id]["reputation"]["probation_limit"] == 2
+    assert nodes[validator.node_id]["reputation"]["probation_limit"] is None
     assert "quarantined" in frame["message"]
 
 
@@ -144,3 +148,40 @@ async def test_the_v1_routes_take_verify(api):
         task_id = response.headers["X-NeuroGrid-Task-Id"]
         task = (await (await api.client.get(f"/api/tasks/{task_id}")).get_json())["task"]
     assert task["verify"] == "none" and task["verification"]["status"] == "skipped"
+
+
+async def test_the_image_and_transcription_routes_take_verify(api):
+    from quart.datastructures import FileStorage
+
+    from tests.api.test_openai_compat import EchoAudioRunner, wav_bytes
+
+    refused = await api.client.post("/v1/images/generations", json={
+        "prompt": "a red fox", "verify": "sometimes"})
+    assert refused.status_code == 400
+    error = (await refused.get_json())["error"]
+    assert error["param"] == "verify" and "none, sampled, always" in error["message"]
+
+    def audio() -> dict[str, Any]:
+        return {"file": FileStorage(io.BytesIO(wav_bytes()), "a.wav", "file", "audio/wav")}
+
+    for bad in ("sometimes", ""):
+        refused = await api.client.post("/v1/audio/transcriptions", form={
+            "model": "whisper", "verify": bad}, files=audio())
+        assert refused.status_code == 400, bad
+        error = (await refused.get_json())["error"]
+        assert error["param"] == "verify", (bad, error)
+        assert "none, sampled, always" in error["message"]  # checked, not unsupported
+    async with agent_worker(api, {"whisper": EchoAudioRunner()}):
+        with trio.fail_after(30):
+            response = await api.client.post("/v1/audio/transcriptions", form={
+                "model": "whisper", "verify": "none"}, files=audio())
+        assert response.status_code == 200, await response.get_data()
+        task_id = response.headers["X-NeuroGrid-Task-Id"]
+        task = (await (await api.client.get(f"/api/tasks/{task_id}")).get_json())["task"]
+    assert task["verify"] == "none" and task["verification"]["status"] == "skipped"
+
+
+def test_an_image_request_carries_verify_into_its_task():
+    from api.openai_schema import parse_image
+    assert parse_image({"prompt": "x", "verify": "always"}).task["verify"] == "always"
+    assert "verify" not in parse_image({"prompt": "x"}).task  # the task's default: sampled

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from engine.core import (
     MODELS, Assign, Cancel, Complete, Fail, Hold, NodeJoined, NodeLost, NodeSpec, Quarantine,
-    Requeue, Reputation, Scheduler, SchedulerConfig, TaskFinished, TaskSpec, TaskSubmitted,
+    Requeue, Reputation, Scheduler, SchedulerConfig, TaskCancelled, TaskFinished, TaskSpec,
+    TaskSubmitted,
     Tick, TrustPolicy, Usage, VerificationReported, Verified, VerifyMode, sampling_rate,
 )
 from engine.core.journal import JournalHeader, header_line, parse_line
@@ -364,3 +365,156 @@ def test_a_held_result_outlives_its_runs_timer_and_its_producer():
     out = s.handle(VerificationReported(job.task_id, "v", True), 502.0)
     [complete] = of(Complete, out)
     assert complete.node_id == "worker"  # paid, though it has left
+
+
+# ---- the probation limit: reputation feeds placement -------------------------------
+
+
+def running_on(s: Scheduler, node_id: str) -> int:
+    return len(s.index.nodes[node_id].running)
+
+
+def test_a_newcomer_has_at_most_k_unjudged_tasks_running_or_held():
+    s = sched(TrustPolicy(probation_tasks=2))
+    join(s, "validator", trusted=True, slots=1)
+    join(s, "new", gpu="RTX 4090", slots=8)  # the fastest class: placed there first
+    for i in range(3):
+        submit(s, f"t{i}")
+    assert running_on(s, "new") == 2  # of its 8 slots: t2 went to the slower node
+    assert s.task("t2").node_id == "validator"
+    finish(s, "t2", "validator")  # operator-trusted: delivered as it is
+    out = finish(s, "t0", "new")
+    [hold] = of(Hold, out)
+    [job] = of(Assign, out)
+    assert job.node_id == "validator"
+    # one held, one running: two unjudged, so a new task waits rather than go there
+    assert not of(Assign, submit(s, "t3", now=1.5))
+    assert running_on(s, "new") == 1 and s.trust.pending == {"new": 1}
+    out = s.handle(VerificationReported(job.task_id, "validator", True), 2.0)
+    assert of(Complete, out)
+    # the verdict is in: the waiting task goes to it
+    assert [(d.task_id, d.node_id) for d in of(Assign, out)] == [("t3", "new")]
+    assert running_on(s, "new") == 2 and "new" not in s.trust.pending
+
+
+def test_without_the_limit_a_newcomer_takes_as_many_tasks_as_it_claims_slots():
+    s = sched(TrustPolicy(probation_tasks=None))
+    join(s, "validator", trusted=True, slots=1)
+    join(s, "new", gpu="RTX 4090", slots=8)
+    for i in range(6):
+        submit(s, f"t{i}")
+    assert running_on(s, "new") == 6
+    plain = Scheduler("fastest", rng=random.Random(0),
+                      config=SchedulerConfig(heartbeat_timeout=math.inf))  # trust off
+    plain.handle(NodeJoined(NodeSpec("new", "RTX 4090", 80.0, (LLAMA,), 8)), 0.0)
+    for i in range(6):
+        submit(plain, f"t{i}", verify="none")
+    assert running_on(plain, "new") == 6
+
+
+def test_the_limit_lifts_after_probation_and_returns_with_a_low_score():
+    s = sched(TrustPolicy(probation=2, limit_score=0.7, probation_tasks=1,
+                          quarantine_below=0.0))
+    join(s, "validator", trusted=True, slots=1)
+    join(s, "new", gpu="RTX 4090", slots=4)
+
+    def judge(task_id: str, passed: bool, now: float) -> list:
+        finish(s, task_id, "new", now)
+        job = s.task(s.task(task_id).held.job_id)
+        return s.handle(VerificationReported(job.spec.task_id, job.node_id, passed), now)
+
+    submit(s, "a")
+    assert running_on(s, "new") == 1
+    judge("a", True, 1.0)
+    submit(s, "b", now=1.5)
+    judge("b", True, 2.0)  # two passes: score 3/4 >= 0.7, off probation
+    for i in range(4):
+        submit(s, f"c{i}", now=3.0)
+    assert running_on(s, "new") == 4  # its whole claim
+    [job] = of(Assign, finish(s, "c0", "new", 4.0))
+    s.handle(VerificationReported(job.task_id, job.node_id, False), 4.5)
+    # a failure: score 3/5 < 0.7, limited again; c0 goes elsewhere, the other three
+    # keep running (the limit holds back new work, it takes nothing away)
+    assert s.trust.reputation.get("new").score == pytest.approx(3 / 5)
+    assert s.index.nodes["new"].cap == 1 and running_on(s, "new") == 3
+    assert s.task("c0").node_id == "validator"
+    s2 = sched(TrustPolicy(probation=2, limit_score=0.8, probation_tasks=1,
+                           quarantine_below=0.0))
+    s2.trust.reputation.nodes["new"] = Reputation(passed=5, failed=1)  # 6/8 < 0.8
+    join(s2, "validator", trusted=True, slots=1)
+    join(s2, "new", gpu="RTX 4090", slots=4)
+    for i in range(4):
+        submit(s2, f"t{i}")
+    assert running_on(s2, "new") == 1  # limited again: its score is below limit_score
+
+
+def test_an_operator_trusted_node_is_never_limited():
+    s = sched(TrustPolicy(probation_tasks=1))
+    join(s, "v", trusted=True, slots=4, gpu="RTX 4090")
+    join(s, "v2", trusted=True, slots=1)
+    for i in range(4):
+        submit(s, f"t{i}")
+    assert running_on(s, "v") == 4
+
+
+def test_the_probation_limit_is_at_least_one():
+    with pytest.raises(ValueError):
+        TrustPolicy(probation_tasks=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["submit"] * 4 + ["finish"] * 3 + [
+                                           "verdict", "cancel", "lose", "tick"]),
+                          st.integers(0, 1000), st.booleans()),
+                min_size=1, max_size=80),
+       st.integers(1, 3), st.sampled_from(["fastest", "random", "round_robin"]))
+def test_a_limited_node_never_has_more_than_k_unjudged_tasks(ops, k, policy):
+    """Random submissions (some with deadlines), finishes, verdicts (pass or fail),
+    cancels and node losses: after every event, every limited node runs or has held
+    at most K tasks, and Trust.pending counts exactly the held results by producer."""
+    s = Scheduler(policy, rng=random.Random(k),
+                  config=SchedulerConfig(heartbeat_timeout=math.inf, max_node_losses=100,
+                                         trust=TrustPolicy(probation_tasks=k,
+                                                           quarantine_below=0.2)))
+    join(s, "v", trusted=True, slots=1)
+    for name, slots in (("a", 4), ("b", 3)):
+        join(s, name, gpu="RTX 4090", slots=slots)
+    now, n = 0.0, 0
+    trust = s.trust
+    assert trust is not None
+    for kind, pick, flag in ops:
+        now += 0.5
+        running = sorted((r for r in s.tasks.values() if r.state.value == "running"
+                          and r.held is None), key=lambda r: r.seq)
+        if kind == "submit":
+            n += 1
+            submit(s, f"t{n}", now=now, deadline=now + 5.0 if pick % 4 == 0 else math.inf)
+        elif kind == "finish" and running:
+            r = running[pick % len(running)]
+            if r.verifies is None:
+                finish(s, r.spec.task_id, r.node_id, now)
+            else:
+                s.handle(VerificationReported(r.spec.task_id, r.node_id, flag), now)
+        elif kind == "verdict":
+            jobs = [r for r in running if r.verifies is not None]
+            if jobs:
+                r = jobs[pick % len(jobs)]
+                s.handle(VerificationReported(r.spec.task_id, r.node_id, flag), now)
+        elif kind == "cancel" and n:
+            s.handle(TaskCancelled(f"t{pick % n + 1}"), now)
+        elif kind == "lose":
+            name = "ab"[pick % 2]
+            if name in s.index.nodes:
+                s.handle(NodeLost(name), now)
+            else:
+                join(s, name, gpu="RTX 4090", slots=4, now=now)
+        else:
+            s.handle(Tick(), now)
+        held: dict[str, int] = {}
+        for r in s.tasks.values():
+            if r.held is not None:
+                held[r.held.producer] = held.get(r.held.producer, 0) + 1
+        assert trust.pending == held
+        for node in s.index.nodes.values():
+            if trust.limited(node):
+                assert len(node.running) + held.get(node.node_id, 0) <= k, node.node_id
