@@ -60,14 +60,10 @@ def test_a_liar_is_quarantined_by_its_first_verdicts(played: RoundReport, liar: 
     assert report.quarantined and passed == 0 and 1 <= failed <= report.sent
 
 
-# The goal. Not met reliably yet: a node on probation keeps taking tasks while
-# its first held result waits for a validator (the producer's slot is freed at the
-# hold), so a liar faster than the validators sends several results before its first
-# verdict quarantines it - up to 22 of 24 tasks in the benchmark's rounds
-# (`python -m benchmarks.trust_e2e`). Bounding the held results of a node on
-# probation (engine/core/verifying.py) would bound this at its slots.
-@pytest.mark.xfail(strict=False, reason="a liar on probation keeps taking tasks until its "
-                   "first verdict (see the comment above)")
+# The goal: quarantined within 10 tasks. A node on probation may have at
+# most TrustPolicy.probation_tasks results running or held for a verdict
+# (engine/core/verification.py), so a liar faster than the validators cannot race
+# through the queue before its first verdict quarantines it.
 @pytest.mark.parametrize("liar", ["fabricate", "substitute"])
 def test_fabrication_and_substitution_are_quarantined_within_10_tasks(
         played: RoundReport, liar: str) -> None:
