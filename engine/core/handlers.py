@@ -47,7 +47,7 @@ from .standing import Standing
 from .state import SchedulerConfig, TaskRecord
 from .verification import HeldResult, Trust
 
-Q, R = TaskState.QUEUED, TaskState.RUNNING
+R = TaskState.RUNNING
 
 
 class EventHandlers:

@@ -15,7 +15,7 @@
 # what it cannot carry out it reports back as an event (DeliveryFailed, NodeLost) -
 # the core never sees I/O.
 #
-# Task lifecycle (a table, not nested ifs - see TRANSITIONS):
+# Task lifecycle (a table, not nested ifs - see TRANSITIONS in state.py):
 #   queued -> running -> completed | failed | expired | cancelled | queued (requeue)
 #   queued -> expired | cancelled
 #   (submission) -> rejected
@@ -78,7 +78,7 @@ from .verification import Trust
 from .verifying import VerificationSteps
 from .views import NetworkSnapshot, NodeSnapshot, network_snapshot, quote_task
 
-Q, R = TaskState.QUEUED, TaskState.RUNNING
+R = TaskState.RUNNING
 
 
 class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
