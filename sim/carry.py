@@ -2,7 +2,7 @@
 #
 # Theory of operation. The Scheduler answers every event with decisions; in a live
 # network the coordinator carries them out by talking to nodes and clients
-# (engine/runtime/coordinator.py, `_carry_out`). Here the nodes are simulated
+# (engine/runtime/carrying.py, DecisionSteps). Here the nodes are simulated
 # (fleet.py), so carrying a decision out means updating the SimTask / SimNode records
 # and telling the event loop what the simulated network will report later:
 #   Assign    the node starts the task after half a round trip, loads the model

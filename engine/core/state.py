@@ -1,6 +1,8 @@
 # The scheduler's state values: its configuration (SchedulerConfig), its record of
-# one task (TaskRecord) and the task lifecycle it may take (TRANSITIONS). The
-# Scheduler (scheduler.py) owns and changes them; everyone else reads.
+# one task (TaskRecord), the task lifecycle it may take (TRANSITIONS, LIVE_STATES)
+# and the counters it keeps (COUNTERS; COUNTER_OF: the counter a final state
+# counts in). The Scheduler (scheduler.py, handlers.py, lifecycle.py) owns and
+# changes them; everyone else reads.
 from __future__ import annotations
 
 from typing import Mapping
@@ -19,6 +21,11 @@ TRANSITIONS = frozenset({
     (R, TaskState.COMPLETED), (R, TaskState.FAILED), (R, TaskState.EXPIRED),
     (R, TaskState.CANCELLED), (R, Q),
 })
+LIVE_STATES = frozenset({Q, R})  # the states that are not final (TaskState.is_final, C speed)
+# The scheduler's counters (Scheduler.counters), and the one a task ending in a state counts in.
+COUNTERS = ("submitted", "assigned", "completed", "failed", "expired", "cancelled",
+            "rejected", "requeued", "nodes_joined", "nodes_lost")
+COUNTER_OF = {state: state.value for state in TaskState}
 
 
 @attrs.frozen
@@ -89,4 +96,5 @@ class TaskRecord:
     excluded: set[str] | None = None
 
 
-__all__ = ["SchedulerConfig", "TRANSITIONS", "TaskRecord"]
+__all__ = ["COUNTERS", "COUNTER_OF", "LIVE_STATES", "SchedulerConfig", "TRANSITIONS",
+           "TaskRecord"]

@@ -4,7 +4,8 @@
 # part of the Scheduler that carries them out, kept apart so that scheduler.py
 # stays about the task lifecycle. The lifecycle steps it uses (_detach, _end,
 # _requeue, _assign, _add_record, _running_on, _on_draining) are declared here and
-# defined by the Scheduler.
+# defined by the Scheduler (_assign) and its bases before this one in its method
+# resolution order (lifecycle.py, handlers.py), which override these declarations.
 #
 # Rules: those of the Scheduler (no I/O, no clocks; randomness from self.rng).
 from __future__ import annotations

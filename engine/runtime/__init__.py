@@ -18,7 +18,7 @@ from .guard import ReconnectLimiter
 from .meter import Meter, TokenizerSource
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
-    SubmitRequest, Submission,
+    SubmitRequest, Submission, TaskInput,
 )
 from .node_tasks import NodeTasks
 from .service import open_coordinator
@@ -36,7 +36,7 @@ __all__ = [
     "open_coordinator",
     "FileJournal", "JournalFile", "JournalFileError", "JournalSink", "ListJournal",
     "ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
-    "SessionReported", "SubmitRequest", "Submission",
+    "SessionReported", "SubmitRequest", "Submission", "TaskInput",
     "NodeTasks",
     "NodeIdentity", "NodeReport", "NodeSession", "Refused", "SessionHost", "SessionLimits",
     "ReconnectLimiter", "Meter", "TokenizerSource",

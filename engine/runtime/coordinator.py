@@ -11,32 +11,20 @@
 # NodeSessions (SessionJoined, SessionReported, SessionLeft; the Coordinator is
 # their `SessionHost`). The actor sleeps until the scheduler's next deadline or the
 # next message, dispatches the message by type, turns it into core events, and
-# carries out the decisions the core returns (a dict decision type -> handler):
-#   Assign   -> an `assign` frame on the node's session (or DeliveryFailed back in)
-#   Requeue / Cancel / Expire -> a `cancel` frame to the node that ran the task
-#   Drop     -> close the node's session with the reason
-#   Complete / Fail / Cancelled / Expire / Reject / Requeue / Verified -> a TaskUpdate
-#   (updates.py: one precise type per change, carrying what a store row needs:
-#   the node's GPU and location, the usage, cost and reference cost)
-# Carrying out never blocks: frames go to bounded session outboxes with
-# send_nowait, updates to an unbounded queue drained by a separate notifier task
-# that awaits `on_update` (so a slow database never stalls scheduling).
-#
-# Verification (engine/core/verification.py): on Hold the actor keeps the held
-# result's output and proof (the node's `result` frame's `proof`); the job's Assign
-# (Assign.verifies) becomes an `assign` with the task's own input and params plus
-# `verify: {claimed, proof}`; the validator's `result` for it carries the verdict
-# {passed, score, detail} as its output, which becomes VerificationReported (any
-# other output is the validator's protocol fault: TaskFaulted). Jobs are not API
-# tasks: no TaskUpdate names them. Quarantine is an `error` frame to the node (its
-# operator reads why in the worker's log); the node stays connected, idle.
+# carries out the decisions the core returns. The Coordinator is this class and two
+# base classes, one per responsibility, each declaring what it uses of this one:
+# WorkerFrames (worker_frames.py: a worker's reported frames -> core events, with
+# their checks and metering) and DecisionSteps (carrying.py: each decision type ->
+# frames to nodes and TaskUpdates, and the verification flow's bookkeeping). This
+# module keeps the public interface, the SessionHost interface, the actor loop and
+# the handlers of the actor's messages.
 #
 # Rules:
 # - Time is `trio.current_time()` only, so the whole runtime runs in virtual time
 #   under trio.testing.MockClock(autojump_threshold=0). TaskSpec.deadline is in
 #   that clock (use `Coordinator.now()` to build one).
 # - Payloads (prompt text, params) never enter the core; the actor keeps them by
-#   task id until the task ends.
+#   task id (messages.TaskInput) until the task ends.
 # - Reads (`quote`, `snapshot`, `task`) look at the scheduler directly: trio runs
 #   one task at a time and the actor never awaits in the middle of a change.
 # - Updates for one task are published in the order things happened: queued (with
@@ -50,19 +38,9 @@
 # - A worker's bookkeeping (which tasks its connection holds, heartbeat
 #   reconciliation) is node_tasks.NodeTasks, pure; the actor reaches a session only
 #   through `deliver`, `close`, `protocol_error`, `spec` and `tasks`.
-# - What a worker reports is checked at this boundary: a `result` whose usage is
-#   impossible for the task (engine.core.metering.usage_problem, with
-#   `check_usage`), or a report the codec refused (session.Refused), is a protocol
-#   error answered with `error`, and the run is a fault of that node (TaskFaulted:
-#   the task is re-queued, the node's earned slots halve). A charge the core clamped
-#   to its bound is logged.
-# - The usage that enters the core is metered here, not taken from the node
-#   (metering.metered_usage): tokens counted with the model's tokenizer (meter.py,
-#   found by the weights the node announced), steps and audio seconds from the task,
-#   seconds at most what its measured speed allows beyond the run as this clock
-#   timed it; a node count its output cannot hold (metering.count_problem) is a
-#   fault like impossible usage. The completed update says who metered it
-#   (`metered_by`).
+# - What a worker reports is checked at this boundary, and the usage that enters
+#   the core is metered here (worker_frames.py has the rules); a charge the core
+#   clamped to its bound is logged.
 # - Hellos are rate-limited per token (guard.ReconnectLimiter); `revoke(name)`
 #   closes a token's live sessions now, and every session re-checks its token each
 #   `reverify_interval` (`still_valid`), which is what makes a revocation by another
@@ -71,41 +49,32 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 import trio
 
 from engine.core import (
-    Assign, Cancel, Cancelled, Complete, Decision, DeliveryFailed, Drop,
-    Event, Expire, Fail, Hold, NetworkSnapshot, NodeDraining, NodeHeartbeat, NodeJoined,
-    NodeLost, NodeSpec, Quarantine, Quote, Reject, Requeue, Scheduler, TaskCancelled,
-    TaskFailed, TaskFaulted, TaskFinished, TaskRecord, TaskSpec, TaskState, TaskSubmitted,
-    Tick, VerificationReported, Verified, WakeAt, openai_cost, usage_problem,
+    Assign, Cancelled, Decision, Event, NetworkSnapshot, NodeJoined, NodeLost, NodeSpec,
+    Quote, Reject, Scheduler, TaskCancelled, TaskRecord, TaskSpec, TaskState,
+    TaskSubmitted, Tick,
 )
-from engine.core.metering import count_problem, metered_usage
-from engine.core.speed import speed_seconds
-from engine.protocol import (
-    PROTOCOL_VERSION, AssignTask, CancelTask, Connection, Draining, Error, Failed,
-    Heartbeat, Message, Progress, Result, Welcome,
-)
+from engine.protocol import PROTOCOL_VERSION, Connection, Message, Progress, Welcome
 
+from .carrying import DecisionSteps
 from .config import CoordinatorConfig
 from .guard import ReconnectLimiter
 from .meter import Meter
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal, Step
 from .messages import (
     ActorMessage, CancelRequest, Reply, SessionJoined, SessionLeft, SessionReported,
-    SubmitRequest, Submission,
+    SubmitRequest, Submission, TaskInput,
 )
-from .session import NodeIdentity, NodeReport, NodeSession, Refused
+from .session import NodeIdentity, NodeReport, NodeSession
 from .updates import (
-    CancelledUpdate, CompletedUpdate, ExpiredUpdate, FailedUpdate, ProgressUpdate,
-    QueuedUpdate, RejectedUpdate, RequeuedUpdate, RunningUpdate, SubmitOutcome, TaskUpdate,
-    UpdateSink, VerificationUpdate,
+    ProgressUpdate, QueuedUpdate, SubmitOutcome, TaskUpdate, UpdateSink, VerificationUpdate,
 )
-from .verdicts import parse_verdict
+from .worker_frames import WorkerFrames
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +88,7 @@ class CoordinatorClosed(RuntimeError):
     """The coordinator has shut down."""
 
 
-@attrs.frozen
-class _Input:
-    """What the actor keeps of an open task besides its spec (the core never sees it)."""
-
-    model: str
-    payload: Mapping[str, Any]
-    params: Mapping[str, Any]
-
-
-class Coordinator:
+class Coordinator(WorkerFrames, DecisionSteps):
     """Use through `open_coordinator`. Public: submit, submit_many, cancel, quote,
     snapshot, task, serve_connection, now, journal, journal_file; as a NodeSession's
     host (session.SessionHost): identify, join, report, leave, progress."""
@@ -147,7 +107,7 @@ class Coordinator:
         self._updates = updates
         self._pending: list[TaskUpdate] = []
         self._sessions: dict[str, NodeSession] = {}
-        self._inputs: dict[str, _Input] = {}
+        self._inputs: dict[str, TaskInput] = {}
         self._outputs: dict[str, tuple[Any, str, Any, str]] = {}  # output, finish, proof, metered by
         self._held: dict[str, tuple[Any, str, Any, str]] = {}  # results waiting for a verdict
         self._jobs: dict[str, str] = {}  # verification job id -> the task it checks
@@ -161,15 +121,8 @@ class Coordinator:
             SubmitRequest: self._on_submit, CancelRequest: self._on_cancel,
             SessionJoined: self._on_join, SessionLeft: self._on_left,
             SessionReported: self._on_report}
-        self._on_report_type: dict[type, Callable[[NodeSession, Any], None]] = {
-            Heartbeat: self._on_heartbeat, Result: self._on_result, Failed: self._on_failed,
-            Draining: self._on_draining, Refused: self._on_refused}
-        self._carry_out: dict[type, Callable[[Any, list[Event]], None]] = {
-            Assign: self._do_assign, Reject: self._do_reject, Requeue: self._do_requeue,
-            Cancel: self._do_cancel, Cancelled: self._do_cancelled,
-            Complete: self._do_complete, Fail: self._do_fail, Expire: self._do_expire,
-            Drop: self._do_drop, Hold: self._do_hold, Verified: self._do_verified,
-            Quarantine: self._do_quarantine, WakeAt: lambda decision, queue: None}
+        self._on_report_type = self._frame_handlers()  # worker_frames.py
+        self._carry_out = self._decision_handlers()  # carrying.py
 
     # ---- the public interface ---------------------------------------------------
 
@@ -379,7 +332,7 @@ class Coordinator:
         spec = submission.spec
         task_id = spec.task_id
         if task_id not in self.scheduler.tasks:
-            self._inputs[task_id] = _Input(spec.model, submission.payload, submission.params)
+            self._inputs[task_id] = TaskInput(spec.model, submission.payload, submission.params)
         mark = len(self._pending)
         decisions = self._apply(TaskSubmitted(spec))
         reject = next((d for d in decisions if isinstance(d, Reject) and d.task_id == task_id),
@@ -426,208 +379,6 @@ class Coordinator:
         session = message.session
         if self._sessions.get(session.node_id) is session:  # else: a replaced session
             self._on_report_type[type(message.message)](session, message.message)
-
-    # ---- frames from workers -----------------------------------------------------
-
-    def _on_heartbeat(self, session: NodeSession, beat: Heartbeat) -> None:
-        node_id = session.node_id
-        self._apply(NodeHeartbeat(node_id, beat.loaded))
-
-        def still_here(task_id: str) -> bool:
-            record = self.scheduler.tasks.get(task_id)
-            return (record is not None and record.node_id == node_id
-                    and record.state is TaskState.RUNNING)
-
-        for task_id in session.tasks.lost(beat.running, still_here):
-            self._apply(TaskFailed(task_id, node_id, "the node dropped the task", True))
-        for task_id in session.tasks.strangers(beat.running):
-            session.deliver(CancelTask(task_id, "not assigned to this node"))
-
-    def _reported(self, session: NodeSession, task_id: str) -> bool:
-        if not session.tasks.report(task_id):
-            session.protocol_error(f"task {task_id!r} is not assigned to this node")
-            return False
-        return True
-
-    def _on_result(self, session: NodeSession, message: Result) -> None:
-        task_id = message.task_id
-        if self._reported(session, task_id):
-            if task_id in self._jobs:
-                self._on_verdict(session, message)
-                return
-            record = self.scheduler.tasks.get(task_id)
-            usage, metered_by = message.usage, ""
-            if (self.config.check_usage and record is not None
-                    and record.node_id == session.node_id and record.state is TaskState.RUNNING):
-                elapsed = trio.current_time() - record.assigned_at
-                task = self._inputs.get(task_id)
-                counts = None if task is None else self.meter.count(
-                    task.model, session.weights.get(task.model, ""), message.output,
-                    task.payload)
-                problem = (usage_problem(record.spec, usage, elapsed)
-                           or count_problem(usage, counts))
-                if problem:
-                    self._fault(session, task_id, problem)
-                    return
-                usage, metered_by = metered_usage(record.spec, usage, elapsed, counts,
-                                                  self._speed_bound(record))
-            self._outputs[task_id] = (message.output, message.finish_reason, message.proof,
-                                    metered_by)
-            self._apply(TaskFinished(task_id, session.node_id, usage))
-            self._outputs.pop(task_id, None)  # still here: a stale result
-
-    def _on_verdict(self, session: NodeSession, message: Result) -> None:
-        verdict = parse_verdict(message.output)
-        if isinstance(verdict, str):
-            self._fault(session, message.task_id, f"verification job {message.task_id}: "
-                                                  f"{verdict}")
-            return
-        passed, score, detail = verdict
-        self._apply(VerificationReported(message.task_id, session.node_id, passed, score,
-                                         detail))
-
-    def _speed_bound(self, record: TaskRecord) -> float | None:
-        """The service seconds the run's node needs for it at its measured speed, or
-        None when it has not been measured for the model (engine/core/speed.py)."""
-        node = self.scheduler.index.nodes.get(record.node_id or "")
-        pace = None if node is None else node.paces.get(record.model)
-        if node is None or pace is None:
-            return None
-        return speed_seconds(node.spec.gpu, record.model, record.work, pace)
-
-    def _on_refused(self, session: NodeSession, message: Refused) -> None:
-        # the session has answered the frame with `error` already
-        if session.tasks.report(message.task_id):
-            log.warning("node %s: refused report for %s: %s", session.node_id,
-                        message.task_id, message.reason)
-            self._apply(TaskFaulted(message.task_id, session.node_id, message.reason))
-
-    def _fault(self, session: NodeSession, task_id: str, problem: str) -> None:
-        log.warning("node %s: %s (task %s)", session.node_id, problem, task_id)
-        session.protocol_error(problem)
-        self._apply(TaskFaulted(task_id, session.node_id, problem))
-
-    def _on_failed(self, session: NodeSession, message: Failed) -> None:
-        if self._reported(session, message.task_id):
-            self._apply(TaskFailed(message.task_id, session.node_id, message.error,
-                                   message.retryable))
-
-    def _on_draining(self, session: NodeSession, message: Draining) -> None:
-        log.info("node %s is draining", session.node_id)
-        self._apply(NodeDraining(session.node_id))
-
-    # ---- carrying out decisions ------------------------------------------------
-
-    @staticmethod
-    def _finite(value: float) -> float | None:
-        return value if value < math.inf else None
-
-    def _do_assign(self, d: Assign, queue: list[Event]) -> None:
-        session = self._sessions.get(d.node_id)
-        verify = None
-        if d.verifies is None:
-            task = self._inputs[d.task_id]
-        else:  # a verification job: the task's input, and the result under test
-            task = self._inputs[d.verifies]
-            output, _, proof, _ = self._held[d.verifies]
-            verify = {"claimed": output, "proof": proof}
-        frame = AssignTask(d.task_id, d.model, task.payload, task.params,
-                           self._finite(d.deadline - trio.current_time()), d.attempt,
-                           verify)
-        if session is None or not session.deliver(frame):
-            queue.append(DeliveryFailed(d.task_id, d.node_id))
-            return
-        session.tasks.assigned(d.task_id)
-        if d.verifies is not None:
-            return
-        gpu, location, weights = self._place(d.node_id, d.model)
-        self._pending.append(RunningUpdate(d.task_id, d.node_id, gpu, location, weights))
-
-    def _forget(self, task_id: str) -> _Input | None:
-        self._held.pop(task_id, None)
-        self._jobs.pop(self._job_of.pop(task_id, ""), None)
-        return self._inputs.pop(task_id, None)
-
-    def _do_reject(self, d: Reject, queue: list[Event]) -> None:
-        # A duplicate id is rejected without touching the original task.
-        if self.scheduler.tasks.get(d.task_id) is None:
-            self._forget(d.task_id)
-            self._pending.append(RejectedUpdate(d.task_id, d.reason))
-
-    def _do_requeue(self, d: Requeue, queue: list[Event]) -> None:
-        session = self._sessions.get(d.node_id)
-        if session is not None and session.tasks.holds(d.task_id):
-            session.deliver(CancelTask(d.task_id, d.reason))
-        if d.task_id not in self._jobs:
-            self._held.pop(d.task_id, None)  # a result that failed its verification
-            self._pending.append(RequeuedUpdate(d.task_id, d.reason))
-
-    def _do_cancel(self, d: Cancel, queue: list[Event]) -> None:
-        self._tell(d.node_id, CancelTask(d.task_id, "cancelled"))
-
-    def _do_cancelled(self, d: Cancelled, queue: list[Event]) -> None:
-        self._forget(d.task_id)
-        self._pending.append(CancelledUpdate(d.task_id))
-
-    def _do_complete(self, d: Complete, queue: list[Event]) -> None:
-        held = self._held.get(d.task_id)
-        task = self._forget(d.task_id)
-        output, finish_reason, _, metered_by = (
-            held if held is not None else self._outputs.pop(d.task_id, (None, "", None, "")))
-        usage = d.usage
-        if d.clamped:
-            log.warning("task %s: charge clamped to $%.6f (node %s reported %g s)",
-                        d.task_id, d.cost, d.node_id, usage.seconds)
-        reference = 0.0 if task is None else openai_cost(
-            task.model, usage.prompt_tokens, usage.tokens, usage.steps, usage.audio_seconds)
-        gpu, location, weights = self._place(d.node_id, "" if task is None else task.model)
-        self._pending.append(CompletedUpdate(d.task_id, d.node_id, output, usage, d.cost,
-                                             reference, finish_reason, gpu, location, weights,
-                                             verification=self._verdict.pop(d.task_id, None),
-                                             metered_by=metered_by))
-
-    def _do_fail(self, d: Fail, queue: list[Event]) -> None:
-        verdict = self._verdict.pop(d.task_id, None)
-        if verdict is not None:
-            self._pending.append(verdict)
-        self._forget(d.task_id)
-        self._pending.append(FailedUpdate(d.task_id, d.error, d.node_id))
-
-    def _do_expire(self, d: Expire, queue: list[Event]) -> None:
-        task = self._forget(d.task_id)
-        self._tell(d.node_id, CancelTask(d.task_id, "deadline passed"))
-        error = "deadline passed"
-        models = self.scheduler.index.models
-        if d.node_id is None and task is not None and (
-                task.model not in models or not models[task.model].online_slots):
-            error = f"deadline passed with no online node serving {task.model}"
-        self._pending.append(ExpiredUpdate(d.task_id, d.node_id, error))
-
-    def _do_hold(self, d: Hold, queue: list[Event]) -> None:
-        self._held[d.task_id] = self._outputs.pop(d.task_id, (None, "", None, ""))
-        self._jobs[d.job_id] = d.task_id
-        self._job_of[d.task_id] = d.job_id
-        self._pending.append(VerificationUpdate(d.task_id, "pending", d.node_id))
-
-    def _do_verified(self, d: Verified, queue: list[Event]) -> None:
-        self._jobs.pop(self._job_of.pop(d.task_id, ""), None)
-        update = VerificationUpdate(d.task_id, d.status, d.producer, d.validator, d.score,
-                                    d.detail, d.rerun)
-        if d.rerun or d.status == "failed":  # no completion follows (it runs again)
-            self._pending.append(update)
-        else:  # a Complete or a Fail follows at once (scheduler: Verified, then it)
-            self._verdict[d.task_id] = update
-
-    def _do_quarantine(self, d: Quarantine, queue: list[Event]) -> None:
-        log.warning("node %s %s", d.node_id, d.reason)
-        self._tell(d.node_id, Error(f"this node is {d.reason}; it gets no more tasks",
-                                    retry=False))
-
-    def _do_drop(self, d: Drop, queue: list[Event]) -> None:
-        session = self._sessions.pop(d.node_id, None)
-        if session is not None:
-            log.info("dropping node %s: %s", d.node_id, d.reason)
-            session.close(d.reason)
 
 
 __all__ = ["Coordinator", "CoordinatorClosed", "CoordinatorConfig", "NodeIdentity",

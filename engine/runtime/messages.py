@@ -6,6 +6,10 @@
 #   from NodeSessions  SessionJoined, SessionReported (a heartbeat, result,
 #                      failed or draining frame), SessionLeft
 #
+# Also here: TaskInput, what the actor keeps of an open task besides its spec (the
+# task's worker input), shared by the steps that receive a worker's frames
+# (worker_frames.py) and those that carry out decisions (carrying.py).
+#
 # Rules: the messages are values the sender never touches again; a request that
 # wants an answer carries a `Reply`, which the actor sets (never blocks) and the
 # sender awaits. Names end in Request / start with Session so that they never
@@ -52,6 +56,15 @@ class Submission:
     params: Mapping[str, Any]
 
 
+@attrs.frozen
+class TaskInput:
+    """What the actor keeps of an open task besides its spec (the core never sees it)."""
+
+    model: str
+    payload: Mapping[str, Any]
+    params: Mapping[str, Any]
+
+
 @attrs.frozen(eq=False)
 class SubmitRequest:
     submissions: tuple[Submission, ...]
@@ -86,4 +99,4 @@ ActorMessage = (SubmitRequest | CancelRequest | SessionJoined | SessionReported
                 | SessionLeft)
 
 __all__ = ["ActorMessage", "CancelRequest", "Reply", "SessionJoined", "SessionLeft",
-           "SessionReported", "SubmitRequest", "Submission"]
+           "SessionReported", "SubmitRequest", "Submission", "TaskInput"]
