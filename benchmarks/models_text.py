@@ -72,11 +72,13 @@ def _llama_cpp_tokens_per_s(gguf_path: Path, prompt: str, new_tokens: int, repea
     except ImportError:
         return "not installed (the registry has no llama-cpp-python wheel, only a source build)"
     llm = Llama(model_path=str(gguf_path), n_ctx=1024, verbose=False)
-    messages = [{"role": "user", "content": prompt}]
+    # Any: llama-cpp-python's own types (TypedDict messages, a stream-or-response
+    # union) are not worth mirroring for one non-streamed call
+    messages: Any = [{"role": "user", "content": prompt}]
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = llm.create_chat_completion(messages=messages, max_tokens=new_tokens, temperature=0.0, top_k=1)
+        out: Any = llm.create_chat_completion(messages=messages, max_tokens=new_tokens, temperature=0.0, top_k=1)
         rates.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
     return median_of(rates)
 

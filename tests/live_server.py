@@ -11,7 +11,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import attrs
 import httpx
@@ -48,13 +48,20 @@ def launched(command: list[str], log_path: Path, marker: str = "NeuroGrid API on
             assert line or process.poll() is None, log_path.read_text()
         yield process, line.split(" on ", 1)[1].strip()
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_process(process)
         log.close()
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """Stop a server or worker as an operator would (SIGINT), killing it if it has
+    not exited within `timeout` seconds; nothing when it has exited already."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager

@@ -57,7 +57,6 @@ def test_the_reference_snippet_runs_verbatim_in_a_browser(live: LiveServer, brow
     page.on("console", lambda message: printed.append(message.text))
     serve_sdk(page, live.url)
     page.goto(f"{live.url}/__sdk/page.html")
-    page.wait_for_function("() => true")  # the module script runs after parsing
     deadline = 60_000
     step = 100
     while not printed and not errors and deadline > 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from tests.live_server import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 START_SECONDS = 60.0
@@ -42,13 +43,7 @@ def serving(tmp_path: Path, *args: str, preexec_fn: Callable[[], Any] | None = N
             host, port = line.split("http://", 1)[1].strip().rsplit(":", 1)
             yield host, int(port), process
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout=20)
 
 
 def request_bytes(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import trio
 
-from tests.live_server import REPO, launched
+from tests.live_server import REPO, launched, stop_process
 
 POSTGRES = os.environ.get("NEUROGRID_TEST_POSTGRES", "")
 pytestmark = pytest.mark.skipif(not POSTGRES, reason=(
@@ -97,22 +97,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             log = stack.enter_context(open(logs / f"worker{i}.log", "w"))
             worker = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, text=True,
                                       env={**os.environ, "NEUROGRID_TOKEN": token})
-            stack.callback(stop, worker)
+            stack.callback(stop_process, worker)
         deadline = time.monotonic() + 60
         while not all(httpx.get(f"{api}/api/network/status").json()["network"]["nodes_online"]
                       == 2 for api in apis):
             assert time.monotonic() < deadline, "the workers never joined: see " + str(logs)
             time.sleep(0.2)
         yield Deployment(db, apis, coordinators, tuple(coordinator_urls), premium, beta, logs)
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def leader_pid(db: str) -> int | None:
