@@ -1,4 +1,5 @@
 # python -m benchmarks [--quick] [--json FILE] [--only NAME[,NAME]] [--strict] [--postgres URL]
+#                      [--versus REV [--rounds N] [--tolerance F]]
 from __future__ import annotations
 
 import argparse
@@ -56,13 +57,30 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", metavar="URL",
                         help="also measure the API on this PostgreSQL database (a fresh schema "
                              "in it; default: $NEUROGRID_TEST_POSTGRES)")
+    parser.add_argument("--versus", metavar="REV",
+                        help="run the chosen benchmarks in this tree and in git revision REV, "
+                             "interleaved in one session, and compare their figures "
+                             "(benchmarks/versus.py)")
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+                        help="with --versus: runs of each tree (default 3; medians compared)")
+    parser.add_argument("--tolerance", type=float, default=0.05, metavar="F",
+                        help="with --versus: a change within this fraction is 'same' "
+                             "(default 0.05)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds: must be at least 1")
+    if not 0 <= args.tolerance < 1:
+        parser.error("--tolerance: must be a fraction in [0, 1)")
     if args.postgres:  # read by the benchmarks that have PostgreSQL cases (api)
         os.environ[POSTGRES_VARIABLE] = args.postgres
     names = list(MODULES) if not args.only else [n.strip() for n in args.only.split(",")]
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(MODULES)})")
+    if args.versus:
+        from .versus import run_versus
+
+        return run_versus(args.versus, names, args.quick, args.rounds, args.tolerance, args.json)
     benchmarks = []
     for name in names:
         try:

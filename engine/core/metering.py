@@ -56,7 +56,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 
@@ -96,29 +95,31 @@ def _over(value: float, limit: float, slack: float, allowance: float) -> bool:
     return value > limit * slack + allowance
 
 
+# The usage figures a report carries, and for each figure a kind may be priced by:
+# (the spec's field that bounds it, slack, allowance, the bound's name in messages).
+USAGE_FIGURES = tuple(field.name for field in attrs.fields(Usage))
+_BOUNDS = (("tokens", "output_tokens", COUNT_SLACK, COUNT_ALLOWANCE, "max_tokens"),
+           ("prompt_tokens", "prompt_tokens", PROMPT_SLACK, PROMPT_ALLOWANCE, "prompt estimate"),
+           ("steps", "steps", COUNT_SLACK, COUNT_ALLOWANCE, "steps"),
+           ("audio_seconds", "audio_seconds", COUNT_SLACK, COUNT_ALLOWANCE, "audio_seconds"))
+
+
 def usage_problem(spec: TaskSpec, usage: Usage, elapsed: float) -> str:
     """Why `usage`, reported for a run of `spec` that the node has had for `elapsed`
     seconds, is impossible; "" when it is plausible."""
-    figures = {"seconds": usage.seconds, "tokens": usage.tokens,
-               "prompt_tokens": usage.prompt_tokens, "steps": usage.steps,
-               "audio_seconds": usage.audio_seconds}
-    for name, value in figures.items():
+    for name in USAGE_FIGURES:
+        value = getattr(usage, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             return f"usage.{name} must be a finite non-negative number, got {value!r}"
-    limits = (("tokens", usage.tokens, spec.output_tokens, COUNT_SLACK, COUNT_ALLOWANCE,
-               "max_tokens"),
-              ("prompt_tokens", usage.prompt_tokens, spec.prompt_tokens, PROMPT_SLACK,
-               PROMPT_ALLOWANCE, "prompt estimate"),
-              ("steps", usage.steps, spec.steps, COUNT_SLACK, COUNT_ALLOWANCE, "steps"),
-              ("audio_seconds", usage.audio_seconds, spec.audio_seconds, COUNT_SLACK,
-               COUNT_ALLOWANCE, "audio_seconds"))
     model = MODELS.get(spec.model)
     metered = model.kind.usage_fields if model is not None else ()
-    for name, value, limit, slack, allowance, label in limits:
+    for name, bound, slack, allowance, label in _BOUNDS:
+        value = getattr(usage, name)
         if name not in metered:  # not what the task is priced by (e.g. a transcript's
             if value > UNMETERED_CAP:  # tokens): only kept within reason
                 return f"usage.{name} {value:g} is beyond any task's ({UNMETERED_CAP:g})"
             continue
+        limit = getattr(spec, bound)
         if _over(value, limit, slack, allowance):
             return (f"usage.{name} {value:g} is impossible for this task "
                     f"(its {label} is {limit:g})")
@@ -137,20 +138,17 @@ def metered_usage(spec: TaskSpec, reported: Usage, elapsed: float, counts: Count
     seconds = reported.seconds
     if speed_bound is not None:
         seconds = min(seconds, max(elapsed, speed_bound * SPEED_SLACK))
-    changes: dict[str, Any] = {"seconds": seconds}
-    if "steps" in metered:
-        changes["steps"] = spec.steps
-    if "audio_seconds" in metered:
-        changes["audio_seconds"] = spec.audio_seconds
+    tokens, prompt_tokens = reported.tokens, reported.prompt_tokens
     by = METERED_BY_COORDINATOR
     if "tokens" in metered:
         if counts is None:
             by = METERED_BY_NODE
         else:
-            changes["tokens"] = counts.output_tokens
-            changes["prompt_tokens"] = min(reported.prompt_tokens,
-                                           counts.prompt_tokens + PROMPT_ALLOWANCE)
-    return attrs.evolve(reported, **changes), by
+            tokens = counts.output_tokens
+            prompt_tokens = min(prompt_tokens, counts.prompt_tokens + PROMPT_ALLOWANCE)
+    return Usage(seconds, tokens, prompt_tokens,
+                 spec.steps if "steps" in metered else reported.steps,
+                 spec.audio_seconds if "audio_seconds" in metered else reported.audio_seconds), by
 
 
 def count_problem(reported: Usage, counts: Counts | None) -> str:

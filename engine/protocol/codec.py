@@ -68,6 +68,12 @@ INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # what SQLite (and most JSON peers
 # A JSON escape of a UTF-16 surrogate: the only way a lone surrogate gets into decoded
 # text (a proper pair decodes to one code point; the check then finds nothing).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# A run of 19 digits: the shortest text of an integer outside the signed 64-bit range
+# (INT_MAX has 19 digits). A frame without one holds no such integer, so the walk
+# over its values (_out_of_range) is skipped; a match only means "look".
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+# One encoder for every frame (json.dumps builds a new one per call when given options).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class ProtocolError(ValueError):
@@ -429,8 +435,8 @@ def decode(text: str, max_bytes: int = MAX_FRAME_BYTES) -> Message:
             raise ProtocolError(f"{type_name}: text with a lone surrogate ({bad[:20]!r}) "
                                 "is not valid Unicode", None if task_id is None
                                 or _not_unicode(task_id) else task_id, type_name)
-    if cls is Result or cls is Progress:  # free-form values: ints must fit too
-        big = _out_of_range(data)
+    if (cls is Result or cls is Progress) and _LONG_DIGITS.search(text) is not None:
+        big = _out_of_range(data)  # free-form values: ints must fit too
         if big is not None:
             raise ProtocolError(f"{type_name}: an integer of {len(str(big))} digits does "
                                 "not fit in 64 bits", task_id, type_name)
@@ -462,7 +468,7 @@ def encode(message: Message) -> str:
     else:
         for key in SCHEMAS[cls]:
             frame[key] = _wire(getattr(message, key))
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(frame)
 
 
 __all__ = [
