@@ -265,23 +265,34 @@ class Coordinator(WorkerFrames, DecisionSteps):
 
     async def run_actor(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
         """The actor's loop (open_coordinator starts it; it ends when cancelled)."""
-        journals = self.journals
+        # One cancel scope wakes the actor for the core's timers, and it lives across
+        # messages: its deadline is only ever moved earlier (a later next_deadline
+        # leaves it), because entering a scope with a finite deadline, or moving it,
+        # costs a registration in trio's deadline heap, and every task has timers. A
+        # wake-up that comes early (the timer it was set for has gone) finds nothing
+        # due and re-arms without a Tick, so the core sees a Tick exactly when one of
+        # its timers is due, as with a scope per wait. The handlers are synchronous:
+        # `receive` is the only checkpoint inside the scope, so a wake-up never cuts
+        # a message's handling short, and `receive` consumes nothing when cancelled.
+        journals, scheduler = self.journals, self.scheduler
         async with inbox:
             while True:
-                message = None
-                deadline = self.scheduler.next_deadline()
-                if journals:  # the file flushes when idle, or ~once a second
-                    now = trio.current_time()
-                    idle = deadline > now and not inbox.statistics().tasks_waiting_send
-                    for journal in journals:
-                        journal.before_wait(now, idle)
-                with trio.move_on_at(deadline):
-                    message = await inbox.receive()
-                if message is None:
+                with trio.CancelScope(deadline=scheduler.next_deadline()) as wake:
+                    while True:
+                        deadline = scheduler.next_deadline()
+                        if deadline < wake.deadline:
+                            wake.deadline = deadline
+                        if journals:  # the file flushes when idle, or ~once a second
+                            now = trio.current_time()
+                            idle = deadline > now and not inbox.statistics().tasks_waiting_send
+                            for journal in journals:
+                                journal.before_wait(now, idle)
+                        message = await inbox.receive()
+                        self._on_message[type(message)](message)
+                        self._flush()
+                if trio.current_time() >= scheduler.next_deadline():
                     self._apply(Tick())
-                else:
-                    self._on_message[type(message)](message)
-                self._flush()
+                    self._flush()
 
     def _flush(self) -> None:
         if self._pending:
