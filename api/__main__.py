@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -56,7 +57,7 @@ from .cors import parse_origins
 from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
 from .roles import check_role, create_role_app
-from .server import KEEP_ALIVE_SECONDS, hypercorn_config
+from .server import BODY_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, hypercorn_config
 from .services import ROLES, service_failure
 from .shutdown import app_closing
 from .store import StoreError, open_store
@@ -64,6 +65,17 @@ from .store import StoreError, open_store
 WORKER_STOP_SECONDS = 5.0
 SERVER_GRACE_SECONDS = 1.0
 log = logging.getLogger("neurogrid")
+
+
+def positive_seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "required: a Bearer key on every task call")
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
-    parser.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_SECONDS,
+    parser.add_argument("--keep-alive", type=positive_seconds, default=KEEP_ALIVE_SECONDS,
                         metavar="SECONDS",
                         help="close an idle keep-alive HTTP connection after this long "
                              f"(default {KEEP_ALIVE_SECONDS:g})")
+    parser.add_argument("--body-timeout", type=positive_seconds, default=BODY_TIMEOUT_SECONDS,
+                        metavar="SECONDS",
+                        help="answer 408 when a request's body has not arrived this long "
+                             f"after its headers (default {BODY_TIMEOUT_SECONDS:g})")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
                         help="a reverse proxy (address or network; repeatable) whose "
                              "X-Forwarded-For names the client; from other peers the "
@@ -129,7 +145,8 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
                      trusted_proxies=args.trusted_proxy,
                      coordinator=CoordinatorConfig(journal_path=args.journal,
                                                    trusted_nodes=tuple(args.trusted_node)),
-                     role=args.role, advertise_url=args.advertise_url)
+                     role=args.role, advertise_url=args.advertise_url,
+                     body_timeout=args.body_timeout)
 
 
 def server_config(args: argparse.Namespace) -> HypercornConfig:
