@@ -19,7 +19,8 @@
 #   the address it listens on, or `--advertise-url`.
 # - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
 #   replaced at every start; the token reaches the worker in its environment
-#   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
+#   (NEUROGRID_TOKEN), never on a command line that `ps` shows. It logs to the
+#   server's stderr in the server's --log-format (engine/logs.py: one JSON layout).
 # - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
 #   to PATH; a path that cannot be opened stops `serve` before anything starts.
 # - Exit status: 0 after Ctrl-C or SIGTERM; 1 when the database does not open (one
@@ -173,9 +174,11 @@ LOCAL_MODELS = {"installed": (), "demo": ("--demo",), "noop": ("--noop",)}
 ROLE_TITLES = {"all": "API", "api": "API", "coordinator": "coordinator"}
 
 
-def worker_command(url: str, name: str, models: str = "installed") -> list[str]:
+def worker_command(url: str, name: str, models: str = "installed",
+                   log_format: str = "text") -> list[str]:
+    """A local worker's command line: it logs in the server's --log-format."""
     return [sys.executable, "-m", "engine.worker", "--coordinator", url, "--name", name,
-            "--location", "local", *LOCAL_MODELS[models]]
+            "--location", "local", "--log-format", log_format, *LOCAL_MODELS[models]]
 
 
 async def run_local_worker(command: list[str], token: str) -> None:
@@ -222,7 +225,8 @@ async def serve_all(args: argparse.Namespace) -> str | None:
                 with workers:
                     async with trio.open_nursery() as local:
                         for index, token in enumerate(tokens, start=1):
-                            command = worker_command(ws_url, f"local-{index}", args.local_models)
+                            command = worker_command(ws_url, f"local-{index}",
+                                                     args.local_models, args.log_format)
                             local.start_soon(run_local_worker, command, token)
             finally:
                 workers_done.set()
