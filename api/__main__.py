@@ -19,7 +19,8 @@
 #   the address it listens on, or `--advertise-url`.
 # - Each local worker gets its own worker token (`local-1`, `local-2`, ...),
 #   replaced at every start; the token reaches the worker in its environment
-#   (NEUROGRID_TOKEN), never on a command line that `ps` shows.
+#   (NEUROGRID_TOKEN), never on a command line that `ps` shows. It logs to the
+#   server's stderr in the server's --log-format (engine/logs.py: one JSON layout).
 # - `--journal PATH` appends the coordinator's journal (engine.core.journal format)
 #   to PATH; a path that cannot be opened stops `serve` before anything starts.
 # - Exit status: 0 after Ctrl-C or SIGTERM; 1 when the database does not open (one
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -56,7 +58,7 @@ from .cors import parse_origins
 from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
 from .roles import check_role, create_role_app
-from .server import KEEP_ALIVE_SECONDS, hypercorn_config
+from .server import BODY_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, hypercorn_config
 from .services import ROLES, service_failure
 from .shutdown import app_closing
 from .store import StoreError, open_store
@@ -64,6 +66,17 @@ from .store import StoreError, open_store
 WORKER_STOP_SECONDS = 5.0
 SERVER_GRACE_SECONDS = 1.0
 log = logging.getLogger("neurogrid")
+
+
+def positive_seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,10 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "required: a Bearer key on every task call")
     parser.add_argument("--environment", default="development",
                         help="reported by /health")
-    parser.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_SECONDS,
+    parser.add_argument("--keep-alive", type=positive_seconds, default=KEEP_ALIVE_SECONDS,
                         metavar="SECONDS",
                         help="close an idle keep-alive HTTP connection after this long "
                              f"(default {KEEP_ALIVE_SECONDS:g})")
+    parser.add_argument("--body-timeout", type=positive_seconds, default=BODY_TIMEOUT_SECONDS,
+                        metavar="SECONDS",
+                        help="answer 408 when a request's body has not arrived this long "
+                             f"after its headers (default {BODY_TIMEOUT_SECONDS:g})")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
                         help="a reverse proxy (address or network; repeatable) whose "
                              "X-Forwarded-For names the client; from other peers the "
@@ -129,7 +146,8 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
                      trusted_proxies=args.trusted_proxy,
                      coordinator=CoordinatorConfig(journal_path=args.journal,
                                                    trusted_nodes=tuple(args.trusted_node)),
-                     role=args.role, advertise_url=args.advertise_url)
+                     role=args.role, advertise_url=args.advertise_url,
+                     body_timeout=args.body_timeout)
 
 
 def server_config(args: argparse.Namespace) -> HypercornConfig:
@@ -156,9 +174,11 @@ LOCAL_MODELS = {"installed": (), "demo": ("--demo",), "noop": ("--noop",)}
 ROLE_TITLES = {"all": "API", "api": "API", "coordinator": "coordinator"}
 
 
-def worker_command(url: str, name: str, models: str = "installed") -> list[str]:
+def worker_command(url: str, name: str, models: str = "installed",
+                   log_format: str = "text") -> list[str]:
+    """A local worker's command line: it logs in the server's --log-format."""
     return [sys.executable, "-m", "engine.worker", "--coordinator", url, "--name", name,
-            "--location", "local", *LOCAL_MODELS[models]]
+            "--location", "local", "--log-format", log_format, *LOCAL_MODELS[models]]
 
 
 async def run_local_worker(command: list[str], token: str) -> None:
@@ -205,7 +225,8 @@ async def serve_all(args: argparse.Namespace) -> str | None:
                 with workers:
                     async with trio.open_nursery() as local:
                         for index, token in enumerate(tokens, start=1):
-                            command = worker_command(ws_url, f"local-{index}", args.local_models)
+                            command = worker_command(ws_url, f"local-{index}",
+                                                     args.local_models, args.log_format)
                             local.start_soon(run_local_worker, command, token)
             finally:
                 workers_done.set()

@@ -39,7 +39,7 @@ from .nodes_ws import EndingWebsocketConnection
 from .openai_compat import openai_routes
 from .relay import Dispatcher, LocalIntake, TaskFeed, UpdateWriter
 from .routes import api_routes
-from .server import BODY_TIMEOUT_SECONDS, ClosingHTTPConnection
+from .server import ClosingHTTPConnection
 from .services import FAILURE_KEY, ApiConfig, ServiceFailure, Services, process_memory
 from .shutdown import install_closing
 from .store import open_store
@@ -153,7 +153,7 @@ def create_app(config: ApiConfig = ApiConfig(),
     app = QuartTrio("neurogrid")
     app.asgi_http_class = ClosingHTTPConnection
     app.asgi_websocket_class = EndingWebsocketConnection
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
+    app.config["BODY_TIMEOUT"] = config.body_timeout
     # The largest body any route takes (a task with an audio file); each route
     # holds its body to its own limit (most: MAX_BODY_BYTES).
     app.config["MAX_CONTENT_LENGTH"] = MAX_TASK_BODY_BYTES

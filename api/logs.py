@@ -3,9 +3,11 @@
 #
 # Theory of operation: everything goes through the standard `logging` module, one
 # handler on the root logger (configure_logging), whose formatter is chosen by name
-# from LOG_FORMATS (`neurogrid serve --log-format text|json`). Records may carry
-# structured fields in `extra` (event, task_id, model, ...): the JSON formatter
-# writes them as keys beside the message, the text formatter only the message.
+# from LOG_FORMATS (`neurogrid serve --log-format text|json`). The formats are
+# engine/logs.py's, shared with `neurogrid worker` (the local workers `serve`
+# starts get the server's --log-format). Records may carry structured fields in
+# `extra` (event, task_id, model, ...): the JSON formatter writes them as keys
+# beside the message, the text formatter only the message.
 #
 # Why requests were logged twice with `--access-log`: hypercorn (0.17/0.18) logs an
 # access line when the response's stream closes, and a second one, with status
@@ -21,64 +23,25 @@
 # - A log call never raises into the request or the update writer.
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
-from typing import Callable
 
 from quart import Quart, Response, g, request
+
+from engine.logs import LOG_FORMATS, JsonFormatter, install_log_handler
 
 from .transitions import TaskTransition
 
 access_log = logging.getLogger("neurogrid.access")
 task_log = logging.getLogger("neurogrid.tasks")
-TEXT_FORMAT = "%(asctime)s %(name)s %(message)s"
-# attributes every LogRecord has: what is not among them came in `extra`
-_STANDARD = set(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__) | {"message",
-                                                                                "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time (ISO-8601 UTC, milliseconds), level, logger,
-    message, the record's `extra` fields, and the exception if any."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                    + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-LOG_FORMATS: dict[str, Callable[[], logging.Formatter]] = {
-    "text": lambda: logging.Formatter(TEXT_FORMAT),
-    "json": JsonFormatter,
-}
 
 
 def configure_logging(log_format: str = "text", access: bool = False,
                       level: int = logging.INFO) -> None:
-    """One handler (stderr) on the root logger with the named format; request
-    lines only with `access`."""
-    factory = LOG_FORMATS.get(log_format)
-    if factory is None:
-        raise ValueError(f"unknown log format {log_format!r} (known: {', '.join(LOG_FORMATS)})")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(factory())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    """One handler (stderr) on the root logger with the named format
+    (engine/logs.py, the same lines as the workers'); request lines only with
+    `access`."""
+    install_log_handler(log_format, level)
     access_log.setLevel(logging.INFO if access else logging.WARNING)
 
 

@@ -6,10 +6,11 @@
 # - Every connection ends: `Connection: close` closes it after the answer; an idle
 #   keep-alive connection is closed after KEEP_ALIVE_SECONDS; a connection whose
 #   request headers do not arrive within that time is closed too (hypercorn's idle
-#   timer runs until a request's headers are in); a body must arrive within
-#   BODY_TIMEOUT_SECONDS of the route asking for it (408); an answer sent before
-#   the body was read (401, 413) closes the connection, since the rest of that body
-#   is still on the wire. So idle or slow clients cannot hold descriptors forever
+#   timer runs until a request's headers are in); a body must arrive within the
+#   body timeout (ApiConfig.body_timeout, `--body-timeout`; BODY_TIMEOUT_SECONDS by
+#   default) of the route asking for it, else Quart answers 408; an answer sent
+#   before the body was read (401, 408, 413) closes the connection, since the rest
+#   of that body is still on the wire. So idle or slow clients cannot hold descriptors forever
 #   and lock everyone else out (EMFILE at accept).
 # - There is no read timeout on the socket itself: an SSE stream or a worker's
 #   websocket legitimately receives nothing for long stretches.
@@ -35,7 +36,7 @@ from hypercorn.config import Config as HypercornConfig
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 KEEP_ALIVE_SECONDS = 5.0  # an idle keep-alive connection is closed after this
-BODY_TIMEOUT_SECONDS = 30.0  # a request body must arrive within this (Quart: 408)
+BODY_TIMEOUT_SECONDS = 30.0  # by default a request body must arrive within this (Quart: 408)
 LAST_SEND_SECONDS = 10.0  # the shielded end of an exchange, at most
 GRACEFUL_SECONDS = 5.0  # at shutdown, for exchanges in progress
 MAX_HEADER_BYTES = 16 * 1024  # h11: request line and headers, at most

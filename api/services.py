@@ -4,6 +4,7 @@
 # two imports the other's back (app -> routes -> services).
 from __future__ import annotations
 
+import math
 import os
 import resource
 import time
@@ -18,6 +19,7 @@ from engine.runtime import CoordinatorConfig
 
 from .access import DEFAULT_TIERS, Network, RateLimiter, Tier, parse_networks
 from .relay import Dispatcher, Intake, TaskFeed
+from .server import BODY_TIMEOUT_SECONDS
 from .store import Store
 
 ROLES = ("all", "api", "coordinator")  # `neurogrid serve --role` (roles.py)
@@ -57,6 +59,15 @@ class ApiConfig:
     # the URL workers reach this process's worker endpoint at (the coordinator
     # role's leader records it, so that standbys and API processes can name it)
     advertise_url: str = ""
+    # a request body must have arrived within this many seconds of the route asking
+    # for it, else 408 (server.py: why every connection ends)
+    body_timeout: float = attrs.field(default=BODY_TIMEOUT_SECONDS)
+
+    @body_timeout.validator
+    def _positive_timeout(self, attribute: Any, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value > 0):
+            raise ValueError(f"body_timeout: a finite number of seconds > 0, got {value!r}")
 
     @role.validator
     def _known_role(self, attribute: Any, value: str) -> None:

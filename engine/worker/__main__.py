@@ -17,6 +17,10 @@
 # (2 for usage errors). The first Ctrl-C / SIGTERM drains (finish or hand back the
 # running tasks within --drain-grace); a second one stops at once.
 #
+# Logs go to stderr, `--log-format text` (the default) or `json`: engine/logs.py's
+# JSON lines, the same keys as `neurogrid serve --log-format json` (whose local
+# workers get the server's format); with json the failure line is a JSON line too.
+#
 # `main(argv, parser=..., variant=...)` runs a variant of this worker on the same
 # flags and start-up (the adversary suite, benchmarks/adversaries.py: lying workers
 # for the trust tests). A variant may change what is served before the models load
@@ -31,11 +35,12 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Callable, NoReturn, Protocol
 
 import trio
 
 from engine.core import GPU_CLASSES, gpu_class_name
+from engine.logs import LOG_FORMATS, install_log_handler
 from engine.worker.agent import (
     CoordinatorList, CoordinatorUnreachable, Executor, Worker, WorkerConfig, WorkerRefused,
 )
@@ -48,6 +53,16 @@ from engine.worker.runners.base import ModelLoadError
 
 log = logging.getLogger("engine.worker")
 PROG = "neurogrid worker"
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"  # --log-format text
+
+
+def print_line(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+# how the one line a failure ends with is written, by --log-format: as it is, or
+# as a JSON log line (level error) like every other line of a json log
+FAILURE_LINE: dict[str, Callable[[str], None]] = {"text": print_line, "json": log.error}
 
 
 def _model_spec(text: str) -> ModelSource:
@@ -136,6 +151,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    "connection attempts in a row (default: retry forever)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="text",
+                   help="text: human-readable lines; json: one JSON object a line, the "
+                        "same keys as `neurogrid serve --log-format json` (engine/logs.py)")
     return p
 
 
@@ -216,8 +234,8 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
          variant: WorkerVariant | None = None) -> int:
     parser = parser or build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(message)s")
+    install_log_handler(args.log_format, args.log_level, TEXT_FORMAT)
+    say = FAILURE_LINE[args.log_format]
     sources = _check(parser, args)
     if variant is not None:
         sources = variant.sources(args, sources)
@@ -225,7 +243,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         runners = load_models(sources, args.demo_dir, args.provider)
     except (ModelLoadError, OSError) as exc:
-        print(f"{PROG}: cannot load models: {exc}", file=sys.stderr)
+        say(f"{PROG}: cannot load models: {exc}")
         return 1
     config = WorkerConfig(
         token=args.token, name=args.name, gpu=hardware.gpu, vram_gb=hardware.vram_gb,
@@ -242,11 +260,10 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     worker = Worker(config, executor, CoordinatorList(args.coordinator))
     error = trio.run(_serve, worker)
     if isinstance(error, WorkerRefused):
-        print(f"{PROG}: the coordinator refused this worker: {error}", file=sys.stderr)
+        say(f"{PROG}: the coordinator refused this worker: {error}")
         return 1
     if isinstance(error, CoordinatorUnreachable):
-        print(f"{PROG}: cannot reach the coordinator at {', '.join(args.coordinator)}: "
-              f"{error}", file=sys.stderr)
+        say(f"{PROG}: cannot reach the coordinator at {', '.join(args.coordinator)}: {error}")
         return 1
     log.info("worker stopped (%d task(s) completed)", worker.completed)
     return 0

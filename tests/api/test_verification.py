@@ -1,5 +1,6 @@
 """Verification through the API: the `verify` request field, the task JSON's
-`verification` object, reputation and quarantine in /api/network/status.
+`verification` object, reputation and quarantine in /api/network/status and in
+the dashboard's view.
 
 The validator here is a test's fake worker on the app's websocket endpoint that
 answers the verification `assign` (the one with `verify`) with a verdict the test
@@ -104,6 +105,8 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
                 await validator.finish(task_id, "4")
                 task = await wait_for_status(api, task_id, "completed")
                 status = await (await api.client.get("/api/network/status")).get_json()
+                # what the dashboard's page renders (its event stream sends the same)
+                dashboard = await (await api.client.get("/api/network/dashboard")).get_json()
                 # the worker's operator is told why
                 with trio.fail_after(5):
                     while True:
@@ -126,6 +129,11 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
     assert nodes[worker.node_id]["reputation"]["probation_limit"] == 2
     assert nodes[validator.node_id]["reputation"]["probation_limit"] is None
     assert "quarantined" in frame["message"]
+    # the dashboard lists the quarantined node as such (styled status-quarantined)
+    shown = {n["id"]: n for n in dashboard["nodes"]}
+    assert (shown[worker.node_id]["status"], shown[worker.node_id]["quarantined"]) == (
+        "quarantined", True)
+    assert shown[validator.node_id]["status"] == "online"
 
 
 async def test_the_v1_routes_take_verify(api):

@@ -1,12 +1,14 @@
 """Finding 6 of issue 11: every HTTP connection ends. `Connection: close` closes,
 an idle keep-alive connection is closed after the keep-alive timeout, a connection
-reused after an early answer (a 400 for an oversize body, a 401) never hangs, and
-a server under a low descriptor limit serves new clients once idle connections
-time out (instead of failing every accept with EMFILE). Against `neurogrid serve`
+reused after an early answer (a 400 for an oversize body, a 401) never hangs, a
+body that stops arriving is answered 408 after the body timeout and its connection
+closed, and a server under a low descriptor limit serves new clients once idle
+connections time out (instead of failing every accept with EMFILE). Against `neurogrid serve`
 as a subprocess, with raw sockets. The mechanism is in api/server.py; the minimal
 reproduction is tests/faults/repro_http_close.py."""
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import time
@@ -15,18 +17,21 @@ from typing import Iterator
 
 import pytest
 
+from api import ApiConfig
+from api.__main__ import build_parser
 from api.validation import MAX_TASK_BODY_BYTES
 
 from .serving import Closed, closed_within, read_response, request_bytes, serving
 
 KEEP_ALIVE = 1.0  # the servers here close idle connections after this long
+BODY_TIMEOUT = 1.0  # and answer 408 to a body that has not arrived after this long
 TRIES = 20
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    with serving(tmp_path_factory.mktemp("http"), "--keep-alive", str(KEEP_ALIVE)) as (
-            host, port, _):
+    with serving(tmp_path_factory.mktemp("http"), "--keep-alive", str(KEEP_ALIVE),
+                 "--body-timeout", str(BODY_TIMEOUT)) as (host, port, _):
         yield host, port
 
 
@@ -85,6 +90,41 @@ def test_a_connection_reused_after_a_401_never_hangs(server: tuple[str, int]) ->
         reuse_after(server, unauthorized, 401)  # the body came with the headers
         head = unauthorized[:-len(body)]
         reuse_after(server, head, 401, rest=body)  # the body comes after the answer
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_its_connection_closed(
+        server: tuple[str, int]) -> None:
+    body = json.dumps({"prompt": "hello there", "max_tokens": 4}).encode()
+    with connect(server) as stalled:
+        # the headers promise the whole body; a third of it comes, then nothing
+        stalled.sendall(request_bytes("POST", "/api/tasks", body[:len(body) // 3],
+                                      headers={"Content-Type": "application/json"},
+                                      content_length=len(body)))
+        started = time.monotonic()
+        # meanwhile the server answers other clients
+        with connect(server) as other:
+            other.sendall(request_bytes("GET", "/health"))
+            assert read_response(other, 5.0)[0] == 200
+        status, headers, answer = read_response(stalled, BODY_TIMEOUT + 5.0)
+        assert time.monotonic() - started >= BODY_TIMEOUT * 0.8  # it waited for the body
+        error = json.loads(answer)
+        assert (status, error["success"], error["error"]) == (408, False, "Request Timeout")
+        assert headers["content-type"] == "application/json"
+        # the rest of the body is still owed on this connection: the server closes it
+        assert closed_within(stalled, KEEP_ALIVE + 2.0), "the stalled connection stayed open"
+    with connect(server) as after:  # and goes on serving
+        after.sendall(request_bytes("GET", "/health"))
+        assert read_response(after, 5.0)[0] == 200
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
+def test_a_body_timeout_that_is_not_a_positive_number_is_refused(
+        bad: float, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="body_timeout"):
+        ApiConfig(body_timeout=bad)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--body-timeout", str(bad)])
+    assert "--body-timeout" in capsys.readouterr().err
 
 
 FD_LIMIT = 256
