@@ -176,7 +176,15 @@ def gpu_rate(gpu_name: str, model: str) -> float:
     gpu = GPU_CLASSES.get(gpu_name)
     if gpu is not None:
         return gpu.rates[model]
-    return min(g.rates[model] for g in GPU_CLASSES.values())
+    rate = _SLOWEST_RATES.get(model)
+    if rate is None:  # the first ask for this model (a model added at run time counts too)
+        rate = _SLOWEST_RATES[model] = min(g.rates[model] for g in GPU_CLASSES.values())
+    return rate
+
+
+# model -> the slowest listed class's rate: what an unlisted GPU runs at (a worker
+# on "cpu" asks for it several times a task). GPU_CLASSES' rates are constants.
+_SLOWEST_RATES: dict[str, float] = {}
 
 
 def default_price(gpu_name: str) -> float:

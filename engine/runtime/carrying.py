@@ -62,6 +62,7 @@ class DecisionSteps:
     _jobs: dict[str, str]
     _job_of: dict[str, str]
     _verdict: dict[str, VerificationUpdate]
+    _wake: trio.CancelScope | None  # the actor's wait for the core's timers (run_actor)
 
     # ---- defined by the Coordinator --------------------------------------------------
 
@@ -80,11 +81,18 @@ class DecisionSteps:
             Cancel: self._do_cancel, Cancelled: self._do_cancelled,
             Complete: self._do_complete, Fail: self._do_fail, Expire: self._do_expire,
             Drop: self._do_drop, Hold: self._do_hold, Verified: self._do_verified,
-            Quarantine: self._do_quarantine, WakeAt: lambda decision, queue: None}
+            Quarantine: self._do_quarantine, WakeAt: self._do_wake_at}
 
     @staticmethod
     def _finite(value: float) -> float | None:
         return value if value < math.inf else None
+
+    def _do_wake_at(self, d: WakeAt, queue: list[Event]) -> None:
+        # The core's next timer moved: bring the actor's wake-up forward if it is
+        # sooner (a later one is left: see Coordinator.run_actor).
+        wake = self._wake
+        if wake is not None and d.time < wake.deadline:
+            wake.deadline = d.time
 
     def _do_assign(self, d: Assign, queue: list[Event]) -> None:
         session = self._sessions.get(d.node_id)

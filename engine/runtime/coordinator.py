@@ -94,7 +94,6 @@ class Coordinator(WorkerFrames, DecisionSteps):
     host (session.SessionHost): identify, join, report, leave, progress."""
 
     def __init__(self, config: CoordinatorConfig, verify_token: TokenVerifier | None,
-                 inbox: trio.MemorySendChannel[ActorMessage],
                  updates: trio.MemorySendChannel[TaskUpdate] | None,
                  scheduler: Scheduler | None = None,
                  journals: Sequence[JournalSink] = ()) -> None:
@@ -103,7 +102,10 @@ class Coordinator(WorkerFrames, DecisionSteps):
         self.scheduler = scheduler if scheduler is not None else config.make_scheduler()
         self.journals = tuple(journals)
         self._limits = config.session_limits()
-        self._inbox = inbox
+        self._closed = False  # the actor has ended: messages are refused
+        self._failure: Exception | None = None  # a handler's crash, raised by the actor
+        self._wake: trio.CancelScope | None = None  # the actor's wait for the core's timers
+        self._activity = trio.Event()  # set after a message when a journal wants flushing
         self._updates = updates
         self._pending: list[TaskUpdate] = []
         self._sessions: dict[str, NodeSession] = {}
@@ -247,11 +249,31 @@ class Coordinator(WorkerFrames, DecisionSteps):
     # ---- plumbing ----------------------------------------------------------------
 
     async def _post(self, message: ActorMessage) -> bool:
-        try:
-            await self._inbox.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        """Handle `message` now, in the caller's task; False once the coordinator has
+        shut down. The checkpoint comes first, so a cancelled caller has changed
+        nothing, and nothing is awaited after the change."""
+        await trio.lowlevel.checkpoint()
+        if self._closed:
             return False
+        try:
+            self._on_message[type(message)](message)
+        except Exception as exc:  # a bug: the coordinator stops, as a crashed actor would
+            self._fail(exc)
+            raise
+        self._handled()
         return True
+
+    def _handled(self) -> None:
+        """After a message or a Tick: publish its updates and let a journal flush.
+        (A timer that now comes sooner has moved the actor's wake-up: WakeAt.)"""
+        self._flush()
+        if self.journals and not self._activity.is_set():
+            self._activity.set()
+
+    def _fail(self, exc: Exception) -> None:
+        self._failure, self._closed = exc, True
+        if self._wake is not None:
+            self._wake.cancel()
 
     def _publish(self, update: TaskUpdate) -> None:
         if self._updates is None:
@@ -263,36 +285,43 @@ class Coordinator(WorkerFrames, DecisionSteps):
 
     # ---- the actor ---------------------------------------------------------------
 
-    async def run_actor(self, inbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
-        """The actor's loop (open_coordinator starts it; it ends when cancelled)."""
-        # One cancel scope wakes the actor for the core's timers, and it lives across
-        # messages: its deadline is only ever moved earlier (a later next_deadline
-        # leaves it), because entering a scope with a finite deadline, or moving it,
-        # costs a registration in trio's deadline heap, and every task has timers. A
-        # wake-up that comes early (the timer it was set for has gone) finds nothing
-        # due and re-arms without a Tick, so the core sees a Tick exactly when one of
-        # its timers is due, as with a scope per wait. The handlers are synchronous:
-        # `receive` is the only checkpoint inside the scope, so a wake-up never cuts
-        # a message's handling short, and `receive` consumes nothing when cancelled.
+    async def run_actor(self) -> None:
+        """The actor's loop (open_coordinator starts it; it ends when cancelled): it
+        wakes for the core's timers, and after activity to let a journal flush."""
+        # Messages do not queue for this task: every handler is synchronous, so _post
+        # runs it in the sender's task, which is as atomic as a hop through a channel
+        # to this task (trio switches tasks only at an await) and saves two task
+        # switches a message. This loop keeps what only a task of its own can do.
+        # One cancel scope wakes it for the core's timers, and it lives across
+        # messages: its deadline is only ever moved earlier (by the core's WakeAt), because
+        # entering a scope with a finite deadline, or moving it, costs a registration
+        # in trio's deadline heap, and every task has timers. A wake-up that comes
+        # early (the timer it was set for has gone) finds nothing due and re-arms
+        # without a Tick, so the core sees a Tick exactly when one of its timers is
+        # due. (The core also fires due timers at every event it handles.)
         journals, scheduler = self.journals, self.scheduler
-        async with inbox:
+        try:
             while True:
                 with trio.CancelScope(deadline=scheduler.next_deadline()) as wake:
+                    self._wake = wake
                     while True:
-                        deadline = scheduler.next_deadline()
-                        if deadline < wake.deadline:
-                            wake.deadline = deadline
                         if journals:  # the file flushes when idle, or ~once a second
                             now = trio.current_time()
-                            idle = deadline > now and not inbox.statistics().tasks_waiting_send
+                            idle = trio.lowlevel.current_statistics().tasks_runnable == 0
                             for journal in journals:
                                 journal.before_wait(now, idle)
-                        message = await inbox.receive()
-                        self._on_message[type(message)](message)
-                        self._flush()
+                            self._activity = trio.Event()
+                            await self._activity.wait()
+                        else:
+                            await trio.sleep_forever()
+                self._wake = None
+                if self._failure is not None:
+                    raise self._failure
                 if trio.current_time() >= scheduler.next_deadline():
                     self._apply(Tick())
-                    self._flush()
+                    self._handled()
+        finally:
+            self._closed, self._wake = True, None
 
     def _flush(self) -> None:
         if self._pending:

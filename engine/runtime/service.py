@@ -20,7 +20,6 @@ from engine.core import Scheduler
 from .config import CoordinatorConfig
 from .coordinator import Coordinator, TokenVerifier
 from .journal import FileJournal, JournalFile, JournalSink, ListJournal
-from .messages import ActorMessage
 from .updates import TaskUpdate, UpdateSink
 
 log = logging.getLogger(__name__)
@@ -61,16 +60,14 @@ async def open_coordinator(config: CoordinatorConfig = CoordinatorConfig(), *,
                                                     config.journal_header()))
         journals.append(file_journal)
     try:
-        inbox_send, inbox_receive = trio.open_memory_channel[ActorMessage](0)
         updates_send = updates_receive = None
         if on_update is not None:
             updates_send, updates_receive = trio.open_memory_channel[TaskUpdate](math.inf)
-        coordinator = Coordinator(config, verify_token, inbox_send, updates_send, scheduler,
-                                  journals)
+        coordinator = Coordinator(config, verify_token, updates_send, scheduler, journals)
         async with trio.open_nursery() as nursery:
             if file_journal is not None:
                 await nursery.start(file_journal.serve)
-            nursery.start_soon(coordinator.run_actor, inbox_receive, name="coordinator actor")
+            nursery.start_soon(coordinator.run_actor, name="coordinator actor")
             if updates_receive is not None and on_update is not None:
                 nursery.start_soon(_notify, updates_receive, on_update,
                                    name="coordinator updates")
