@@ -5,19 +5,22 @@
 #         nursery.start_soon(serve_websocket, c, "127.0.0.1", 8765)   # or the API's adapter
 #         outcome = await c.submit(spec, {"prompt": "..."}, {"max_tokens": 64})
 #
-# Theory of operation. One actor task owns the Scheduler (single writer, no locks).
-# Everyone else talks to it through one unbuffered memory channel (the inbox) of
-# typed messages (messages.py): API calls (SubmitRequest, CancelRequest) and
-# NodeSessions (SessionJoined, SessionReported, SessionLeft; the Coordinator is
-# their `SessionHost`). The actor sleeps until the scheduler's next deadline or the
-# next message, dispatches the message by type, turns it into core events, and
-# carries out the decisions the core returns. The Coordinator is this class and two
+# Theory of operation. The Coordinator owns the Scheduler (single writer, no locks).
+# Everyone else talks to it in typed messages (messages.py): API calls
+# (SubmitRequest, CancelRequest) and NodeSessions (SessionJoined, SessionReported,
+# SessionLeft; the Coordinator is their `SessionHost`). A message is dispatched by
+# type, in the sender's task (`_post`): it is turned into core events, and the
+# decisions the core returns are carried out. Every handler is synchronous, so trio
+# (which switches tasks only at an await) runs each message's handling whole, as a
+# hop through an inbox to an actor task would, without the hop's task switches. The
+# actor task (`run_actor`) sleeps until the scheduler's next deadline (a Tick) and
+# lets the journal flush when idle. The Coordinator is this class and two
 # base classes, one per responsibility, each declaring what it uses of this one:
 # WorkerFrames (worker_frames.py: a worker's reported frames -> core events, with
 # their checks and metering) and DecisionSteps (carrying.py: each decision type ->
 # frames to nodes and TaskUpdates, and the verification flow's bookkeeping). This
 # module keeps the public interface, the SessionHost interface, the actor loop and
-# the handlers of the actor's messages.
+# the handlers of the messages.
 #
 # Rules:
 # - Time is `trio.current_time()` only, so the whole runtime runs in virtual time

@@ -1,17 +1,17 @@
-# What reaches the Coordinator's actor through its inbox: one frozen message class
-# per kind of request, dispatched by type (Coordinator._on_message, a dict
+# What reaches the Coordinator (Coordinator._post, in the sender's task): one frozen
+# message class per kind of request, dispatched by type (Coordinator._on_message, a dict
 # type -> handler, as the core's events are dispatched by the Scheduler).
 #
 #   from the API       SubmitRequest (a batch of tasks), CancelRequest
 #   from NodeSessions  SessionJoined, SessionReported (a heartbeat, result,
 #                      failed or draining frame), SessionLeft
 #
-# Also here: TaskInput, what the actor keeps of an open task besides its spec (the
+# Also here: TaskInput, what the coordinator keeps of an open task besides its spec (the
 # task's worker input), shared by the steps that receive a worker's frames
 # (worker_frames.py) and those that carry out decisions (carrying.py).
 #
 # Rules: the messages are values the sender never touches again; a request that
-# wants an answer carries a `Reply`, which the actor sets (never blocks) and the
+# wants an answer carries a `Reply`, which its handler sets (never blocks) and the
 # sender awaits. Names end in Request / start with Session so that they never
 # clash with the core's events (engine.core.NodeJoined, TaskCancelled, ...).
 from __future__ import annotations
