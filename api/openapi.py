@@ -250,7 +250,9 @@ PATHS: dict[str, Any] = {
                            "from the database",
                 "responses": {"200": answer("Network status", obj(
                     success={"type": "boolean"}, timestamp=s(format="date-time"),
-                    network=obj(nodes_online=i(), total_tasks=i(), completed_tasks=i(),
+                    network=obj(nodes_online=i("every connected node, quarantined and "
+                                               "draining ones included"),
+                                total_tasks=i(), completed_tasks=i(),
                                 queued_tasks=i(), success_rate=n("percent"),
                                 avg_response_time=s("created to completed, e.g. \"2.3s\""),
                                 cost_savings_vs_openai=s(), uptime=s("service availability"),
@@ -259,6 +261,15 @@ PATHS: dict[str, Any] = {
                     nodes={"type": "array", "items": obj(
                         id=s(), location=s(), status=s(enum=list(NODE_STATUSES)), gpu=s(),
                         tasks_processed=i(),
+                        reputation=obj(
+                            score=n("Beta posterior mean of its verified results"),
+                            verified=i(), failed=i(), validator={"type": "boolean"},
+                            trusted={"type": "boolean", "description": (
+                                "operator-trusted (--trusted-node): a validator whose own "
+                                "results are not verified, never on probation")},
+                            probation_limit=nullable(i("at most this many of its tasks "
+                                                       "running or held; null: no limit"))),
+                        quarantined={"type": "boolean"},
                         measured_speed={"type": "object", "description": (
                             "model -> {rate, unit, gpu_class, price_per_hour, reclassed}: "
                             "what its timed runs showed")},
