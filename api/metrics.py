@@ -33,6 +33,7 @@ from quart import Blueprint, Quart, Response, current_app, g, request
 
 from engine.core import NetworkSnapshot
 
+from .network_watch import connected_status
 from .transitions import TaskTransition
 
 METRICS_KEY = "neurogrid.metrics"  # app.extensions key
@@ -64,7 +65,8 @@ class SnapshotCollector:
         online: dict[str, int] = {}
         slots: dict[str, list[int]] = {}
         for node in snapshot.nodes:
-            online[node.gpu] = online.get(node.gpu, 0) + (0 if node.draining else 1)
+            taking_work = connected_status(node) == "online"  # not draining, not quarantined
+            online[node.gpu] = online.get(node.gpu, 0) + (1 if taking_work else 0)
             total = slots.setdefault(node.gpu, [0, 0])
             total[0] += node.slots
             total[1] += node.running

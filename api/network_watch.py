@@ -17,8 +17,10 @@
 #     by the traffic.
 #
 # Rules:
-# - Status is a registry: NODE_STATUSES names what a listed node may be; `draining`
-#   comes from the snapshot, `offline` from the roster.
+# - Status is a registry: NODE_STATUSES names what a listed node may be. A
+#   connected node is `online` (taking work), `draining` (leaving: it finishes its
+#   tasks and takes no new one) or `quarantined` (it failed verification and takes
+#   no work), from the snapshot (`connected_status`); `offline` comes from the roster.
 from __future__ import annotations
 
 import collections
@@ -36,7 +38,12 @@ KEEP_OFFLINE_SECONDS = 3600.0  # a node that left is listed as offline this long
 WINDOW_SECONDS = 3600.0  # the dashboard's charts: the last hour
 SAMPLES_PER_MINUTE = 500  # completed tasks' turnarounds kept a minute for the percentiles
 RECENT_TASKS = 20
-NODE_STATUSES = ("online", "draining", "offline")
+NODE_STATUSES = ("online", "draining", "quarantined", "offline")
+
+
+def connected_status(node: NodeSnapshot) -> str:
+    """The status of a connected node (one of NODE_STATUSES but `offline`)."""
+    return "quarantined" if node.quarantined else "draining" if node.draining else "online"
 
 
 @attrs.frozen
@@ -230,4 +237,4 @@ class NetworkWatch:
 
 __all__ = ["Activity", "EndedTask", "Minute", "GoneNode", "KEEP_OFFLINE_SECONDS", "NODE_STATUSES",
            "NetworkWatch", "NodeRoster", "WATCH_KEY", "WATCH_SECONDS", "WINDOW_SECONDS",
-           "percentile"]
+           "connected_status", "percentile"]

@@ -11,6 +11,7 @@ from typing import Any
 from engine.core import MODELS, TASK_KINDS, VERIFY_FIELD, RequestField
 
 from .access import DEFAULT_TIERS
+from .network_watch import NODE_STATUSES
 from .openapi_observe import OBSERVE_PATHS
 from .validation import MAX_BODY_BYTES, MAX_PAGE, MAX_PROMPT_CHARS, SIGNUP_TYPES, TASK_STATES
 
@@ -249,13 +250,26 @@ PATHS: dict[str, Any] = {
                            "from the database",
                 "responses": {"200": answer("Network status", obj(
                     success={"type": "boolean"}, timestamp=s(format="date-time"),
-                    network=obj(nodes_online=i(), total_tasks=i(), completed_tasks=i(),
+                    network=obj(nodes_online=i("every connected node, quarantined and "
+                                               "draining ones included"),
+                                total_tasks=i(), completed_tasks=i(),
                                 queued_tasks=i(), success_rate=n("percent"),
                                 avg_response_time=s("created to completed, e.g. \"2.3s\""),
-                                cost_savings_vs_openai=s(), uptime=s("service availability")),
+                                cost_savings_vs_openai=s(), uptime=s("service availability"),
+                                nodes_by_status={"type": "object", "properties": {
+                                    status: i() for status in NODE_STATUSES}}),
                     nodes={"type": "array", "items": obj(
-                        id=s(), location=s(), status=s(enum=["online", "draining"]), gpu=s(),
+                        id=s(), location=s(), status=s(enum=list(NODE_STATUSES)), gpu=s(),
                         tasks_processed=i(),
+                        reputation=obj(
+                            score=n("Beta posterior mean of its verified results"),
+                            verified=i(), failed=i(), validator={"type": "boolean"},
+                            trusted={"type": "boolean", "description": (
+                                "operator-trusted (--trusted-node): a validator whose own "
+                                "results are not verified, never on probation")},
+                            probation_limit=nullable(i("at most this many of its tasks "
+                                                       "running or held; null: no limit"))),
+                        quarantined={"type": "boolean"},
                         measured_speed={"type": "object", "description": (
                             "model -> {rate, unit, gpu_class, price_per_hour, reclassed}: "
                             "what its timed runs showed")},

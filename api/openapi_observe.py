@@ -24,9 +24,10 @@ OBSERVE_PATHS: dict[str, Any] = {
         "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}}}},
     "/api/network/events": {"get": {
         "summary": "Server-sent events: a `network` event with the dashboard's view of the "
-                   "network once a second (node list with online/offline/draining status, "
-                   "queue depth per model and priority, last hour's throughput and latency, "
-                   "recent tasks, cost against OpenAI)",
+                   "network once a second (node list with online/draining/quarantined/"
+                   "offline status and the count of each, queue depth per model and "
+                   "priority, last hour's throughput and latency, recent tasks, cost "
+                   "against OpenAI)",
         "responses": {"200": {"description": "an event stream",
                               "content": {"text/event-stream": {}}}}}},
     "/api/network/dashboard": {"get": {

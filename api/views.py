@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from engine.core import MODELS, NetworkSnapshot, NodeSnapshot, gpu_rate
 
-from .network_watch import GoneNode
+from .network_watch import NODE_STATUSES, GoneNode, connected_status
 from .store import OPEN_STATES, NodeRecord, Stats, StoreHealth, TaskRow
 
 SIGNUP_BONUSES = {
@@ -170,6 +170,9 @@ def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dic
         # engine/core/reputation.py: the Beta(1 + passed, 1 + failed) posterior mean
         "reputation": {"score": round(node.reputation, 4), "verified": node.verified,
                        "failed": node.failed_verifications, "validator": node.validator,
+                       # operator-trusted (--trusted-node): a validator whose own
+                       # results are not verified, never on probation
+                       "trusted": node.trusted,
                        # on probation or scoring low: at most this many of its tasks
                        # running or held for a verdict (engine/core/verification.py)
                        "probation_limit": node.probation_limit},
@@ -187,19 +190,29 @@ def node_view(node: NodeSnapshot, record: NodeRecord | None, status: str) -> dic
     }
 
 
+def status_counts(nodes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of the listed nodes (node_view's) are in each of NODE_STATUSES."""
+    counts = dict.fromkeys(NODE_STATUSES, 0)
+    for node in nodes:
+        counts[node["status"]] += 1
+    return counts
+
+
 def network_status(snapshot: NetworkSnapshot, stats: Stats, known_nodes: Mapping[str, NodeRecord],
                    availability: float, now: float, offline: Sequence[GoneNode] = ()
                    ) -> dict[str, Any]:
     """`offline`: nodes that left recently (network_watch.NodeRoster), listed after
-    the connected ones with status `offline` and when they were last seen."""
+    the connected ones with status `offline` and when they were last seen.
+    `nodes_online` counts every connected node (as the reference has it); the
+    addition `nodes_by_status` splits them, so a quarantined node is not counted
+    as one that takes work."""
     ended = stats.completed_tasks + stats.failed_tasks
     # an integer percentage, as the reference shows it (99)
     success_rate = round(100.0 * stats.completed_tasks / ended) if ended else 100
     avg_response = stats.turnaround_seconds / stats.completed_tasks if stats.completed_tasks else 0.0
     savings = (100.0 * (1 - stats.cost / stats.openai_cost)) if stats.openai_cost > 0 else 0.0
-    nodes = [node_view(node, known_nodes.get(node.node_id),
-                       "quarantined" if node.quarantined else
-                       "draining" if node.draining else "online") for node in snapshot.nodes]
+    nodes = [node_view(node, known_nodes.get(node.node_id), connected_status(node))
+             for node in snapshot.nodes]
     for gone in offline:
         nodes.append(node_view(gone.node, known_nodes.get(gone.node.node_id), "offline")
                      | {"last_seen": iso(gone.left_at)})
@@ -219,6 +232,7 @@ def network_status(snapshot: NetworkSnapshot, stats: Stats, known_nodes: Mapping
             "failed_tasks": stats.failed_tasks,
             "cancelled_tasks": stats.cancelled_tasks,
             "utilization": round(snapshot.utilization, 3),
+            "nodes_by_status": status_counts(nodes),
         },
         "nodes": nodes,
         "stats": {
@@ -272,5 +286,5 @@ def health(version: str, environment: str, uptime: float, rss_bytes: int, total_
 
 
 __all__ = ["SIGNUP_BONUSES", "SIGNUP_NEXT_STEPS", "dollars", "error_body", "health", "iso",
-           "verification_view", "network_status", "node_view", "percent", "task_created",
-           "task_view", "unit_offer"]
+           "verification_view", "network_status", "node_view", "percent", "status_counts",
+           "task_created", "task_view", "unit_offer"]

@@ -18,18 +18,38 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Dollars: cents from a dollar up; below, two significant digits written out in
+// full ("$0.00000033", never toPrecision's "$3.3e-7").
 function usd(x) {
-  if (x === null || x === undefined) return "–";
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
   if (x === 0) return "$0";
   if (x >= 1) return "$" + x.toFixed(2);
-  return "$" + x.toPrecision(2);
+  return "$" + x.toFixed(Math.min(20, 1 - Math.floor(Math.log10(x))));
+}
+
+// A node and what is known of where and what it is: "node_x (Iceland, RTX 4090)",
+// or just "node_x" when nothing is (never "node_x ()" or "node_x (, RTX 4090)").
+function nodeText(id, ...details) {
+  const known = details.filter((d) => d !== null && d !== undefined && d !== "");
+  return known.length ? `${id} (${known.join(", ")})` : id;
 }
 
 // ---- the network view ---------------------------------------------------------
 
+// Nodes taking work; those connected but not taking any (draining, quarantined)
+// are counted apart: "3 · 1 quarantined". (`nodes_online` counts every connected
+// node, as the API reference has it; `nodes_by_status` splits them.)
+const CONNECTED_APART = ["draining", "quarantined"];
+function renderNodeCount(network) {
+  const by = network.nodes_by_status;
+  const apart = CONNECTED_APART.filter((s) => by[s]).map((s) =>
+    el("small", { class: "apart", "data-count": s }, ` · ${by[s]} ${s}`));
+  $("s-nodes").replaceChildren(String(by.online), ...apart);
+}
+
 function renderSummary(view) {
   const n = view.network;
-  $("s-nodes").textContent = n.nodes_online;
+  renderNodeCount(n);
   $("s-queued").textContent = n.queued_tasks;
   $("s-running").textContent = n.running_tasks;
   $("s-completed").textContent = n.completed_tasks;
@@ -51,14 +71,24 @@ function gpuCell(node) {
 }
 
 // Reputation: the Beta posterior mean of its verified results (engine/core/reputation.py).
+// An operator-trusted node (--trusted-node) is a validator whose own results are not
+// verified and that is never on probation; a new node is on probation where the
+// coordinator limits it (`probation_limit`).
+function trustLabel(rep) {
+  if (rep.trusted) return "operator-trusted";
+  if (rep.verified) return `${Math.round(rep.score * 100)}% of ${rep.verified} checked`;
+  return rep.probation_limit === null || rep.probation_limit === undefined
+    ? "new: nothing checked yet" : "new: on probation";
+}
+
 function trustCell(node) {
   const rep = node.reputation;
   if (!rep) return "–";
-  const label = rep.verified ? `${Math.round(rep.score * 100)}% of ${rep.verified} checked`
-    : "new: on probation";
-  const parts = [el("span", { "data-reputation": String(rep.score) }, label)];
+  const parts = [el("span", { "data-reputation": String(rep.score),
+    "data-trusted": rep.trusted ? "true" : undefined }, trustLabel(rep))];
   if (rep.failed) parts.push(el("br"), el("small", { class: "status-offline" }, `${rep.failed} failed`));
-  if (rep.validator) parts.push(el("br"), el("small", { class: "muted" }, "validator"));
+  if (rep.trusted) parts.push(el("br"), el("small", { class: "muted" }, "validator; its results are not verified"));
+  else if (rep.validator) parts.push(el("br"), el("small", { class: "muted" }, "validator"));
   return el("span", {}, ...parts);
 }
 
@@ -112,7 +142,7 @@ function renderRecent(tasks) {
   const rows = tasks.map((t) => el("tr", {},
     el("td", {}, el("code", {}, t.id)), el("td", {}, t.model),
     el("td", {}, el("span", { class: "status status-" + (t.status === "completed" ? "online" : "offline") }, t.status)),
-    el("td", {}, t.node ? `${t.node} (${t.location || ""})` : "–"),
+    el("td", { class: "task-node" }, t.node ? nodeText(t.node, t.location) : "–"),
     el("td", {}, t.seconds.toFixed(2)), el("td", {}, usd(t.cost)), el("td", {}, usd(t.openai_cost))));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No task has ended in the last hour.")));
   $("recent").tBodies[0].replaceChildren(...rows);
@@ -221,13 +251,14 @@ async function submitTask(body) {
 }
 
 function quoteText(created) {
-  const node = created.node && created.node.id ? `${created.node.id} (${created.node.location || ""}, ${created.node.gpu})` : "no node online yet";
+  const node = created.node && created.node.id
+    ? nodeText(created.node.id, created.node.location, created.node.gpu) : "no node online yet";
   return `${created.task_id} · quote ${created.cost.estimated} (OpenAI ${created.cost.comparison.openai}, ` +
     `saves ${created.cost.comparison.savings}) · about ${created.estimated_time} · node ${node}`;
 }
 
 function finalText(task) {
-  const node = task.node ? `${task.node.id} (${task.node.location}, ${task.node.gpu})` : "–";
+  const node = task.node ? nodeText(task.node.id, task.node.location, task.node.gpu) : "–";
   return `${task.id} · ${task.status} · node ${node} · cost ${usd(task.cost)} · ` +
     `${task.processing_time}s` + (task.error ? " · " + task.error : "");
 }

@@ -39,6 +39,9 @@ class NodeSnapshot:
     failed_verifications: int = 0
     quarantined: bool = False
     validator: bool = False  # it verifies others' results
+    # the operator trusts it (CoordinatorConfig.trusted_nodes): a validator whose own
+    # results are taken as they are, never verified, and never on probation
+    trusted: bool = False
     # the probation limit (verification.py): at most this many of its tasks running
     # or held for a verdict while it is on probation or scores low; None: no limit
     probation_limit: int | None = None
@@ -70,7 +73,7 @@ def network_snapshot(index: NodeIndex, queues: Mapping[str, ModelQueue], running
         NodeSnapshot(
             n.node_id, n.spec.name, n.spec.gpu, n.spec.region, n.spec.location,
             n.slots, len(n.running), n.spec.models, tuple(n.loaded),
-            n.price_per_hour, n.draining, n.last_seen, n.tasks_done,
+            n.price_per_hour, n.draining, n.last_seen, n.tasks_done, trusted=n.spec.trusted,
             measured=measured_speeds(n.spec.gpu, n.price_per_hour, n.paces, index.measured_speed,
                             index.check_hardware) if n.paces else (),
         )

@@ -18,6 +18,7 @@ from engine.core import Usage
 from engine.protocol import Result, encode
 from engine.runtime import CoordinatorConfig
 from tests.api.conftest import agent_worker, fake_worker, running_app, wait_for_status
+from tests.api.test_metrics import scrape, value
 
 TRUSTING = CoordinatorConfig(trusted_nodes=("validator",))
 
@@ -107,6 +108,7 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
                 status = await (await api.client.get("/api/network/status")).get_json()
                 # what the dashboard's page renders (its event stream sends the same)
                 dashboard = await (await api.client.get("/api/network/dashboard")).get_json()
+                families = await scrape(api)
                 # the worker's operator is told why
                 with trio.fail_after(5):
                     while True:
@@ -134,6 +136,19 @@ async def test_a_failed_verdict_reruns_the_task_and_quarantines_its_node(tmp_pat
     assert (shown[worker.node_id]["status"], shown[worker.node_id]["quarantined"]) == (
         "quarantined", True)
     assert shown[validator.node_id]["status"] == "online"
+    # the operator-trusted validator is told apart from a node on probation
+    assert nodes[validator.node_id]["reputation"]["trusted"] is True
+    assert nodes[worker.node_id]["reputation"]["trusted"] is False
+    assert shown[validator.node_id]["reputation"]["trusted"] is True
+    # both are connected (`nodes_online`, as the reference counts), but the
+    # quarantined one takes no work: counted apart, in the API and the dashboard
+    assert status["network"]["nodes_online"] == 2
+    by_status = {"online": 1, "draining": 0, "quarantined": 1, "offline": 0}
+    assert status["network"]["nodes_by_status"] == by_status
+    assert dashboard["network"]["nodes_by_status"] == by_status
+    # and Prometheus counts only the node taking work
+    assert value(families, "neurogrid_nodes_online", "neurogrid_nodes_online",
+                 gpu="RTX 4090") == 1
 
 
 async def test_the_v1_routes_take_verify(api):
