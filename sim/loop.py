@@ -63,7 +63,7 @@ import numpy as np
 
 from engine.core import (
     MODELS, Event, NodeDraining, NodeJoined, NodeLost, Scheduler, SchedulerConfig,
-    TaskCancelled, TaskFinished, TaskSpec, TaskSubmitted, Tick, Usage, work_units,
+    TaskCancelled, TaskFinished, TaskSpec, TaskSubmitted, Tick, Usage, VerifyMode, work_units,
 )
 from engine.core.journal import JournalEntry, JournalHeader
 
@@ -128,7 +128,8 @@ def task_stream(workload: Workload, index: int, scenario: Scenario,
                     if workload.service_time else None)
     draw_noise = lognormal_noise(scenario.service_noise, size_gen).__next__
     priority, relative_deadline = workload.priority, workload.deadline
-    verify = scenario.verification.mode if scenario.verification is not None else "none"
+    verify = VerifyMode(scenario.verification.mode if scenario.verification is not None
+                        else "none")
     attempts = workload.max_attempts
     arrival = workload.arrival
     # A trace's rows carry their token counts; otherwise they are drawn at each

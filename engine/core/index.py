@@ -24,7 +24,7 @@
 from __future__ import annotations
 
 import heapq
-from typing import Generic, Hashable, Iterator, TypeVar
+from typing import Generic, Hashable, Iterator, Sequence, TypeVar
 
 import attrs
 
@@ -37,6 +37,7 @@ T = TypeVar("T", bound=Hashable)
 ClassKey = tuple[str, str, bool, float, float]
 VRAM_GB = {name: model.vram_gb for name, model in MODELS.items()}
 NO_CAP = 1 << 30  # NodeState.cap when nothing limits the node's tasks
+_NOTHING_EVICTED: tuple[str, ...] = ()  # touch_model's answer when nothing moved
 
 
 class IndexedSet(Generic[T]):
@@ -133,10 +134,12 @@ class NodeState:
     def is_warm(self, model: str) -> bool:
         return model in self.loaded
 
-    def touch_model(self, model: str) -> list[str]:
+    def touch_model(self, model: str) -> Sequence[str]:
         """Mark `model` as most recently used (loading it if cold); evict the least
         recently used models that no longer fit in VRAM. Returns the evicted ones."""
         loaded = self.loaded
+        if len(loaded) == 1 and loaded[0] == model:
+            return _NOTHING_EVICTED  # the only model: the most recent, and it is never evicted
         if not loaded or loaded[-1] != model:  # else it is already the most recent
             if model in loaded:
                 loaded.remove(model)

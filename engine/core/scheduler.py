@@ -111,6 +111,10 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
         self._total_slots = 0
         self._queued = 0  # tasks in all queues (a fast path: _place skips when 0)
         self._announced_wake = math.inf
+        # a run's terms (its class's promise: timers, the charge cap, measured speed)
+        # are only kept when something reads them (_start_run)
+        self._run_terms = (config.execution_timeout_factor is not None
+                           or config.charge_cap_factor is not None or self.index.measured)
         self._quote_ranking = ScoredPolicy("quote", balanced_score)
         self.trust: Trust | None = None
         if config.trust is not None:
@@ -178,10 +182,8 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
                 out: list[Decision]) -> None:
         spec, model = record.spec, record.model
         task_id, node_id = spec.task_id, node.spec.node_id
-        config = self.config
         # the class it runs in, as placed (before warmth may move it)
-        cls = (node.classes[model] if config.execution_timeout_factor is not None
-               or config.charge_cap_factor is not None or self.index.measured else None)
+        cls = node.classes[model] if self._run_terms else None
         cold = model not in node.loaded
         evicted = node.touch_model(model)
         node.running.add(task_id)
