@@ -48,6 +48,7 @@ from .records import (
     IDEMPOTENCY_TTL_SECONDS, OPEN_STATES, Blob, DuplicateTaskId, IdempotencyKeyTaken,
     IdempotencyRecord, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats,
     StoreError, StoreHealth, StoreUnavailable, TaskChange, TaskRow, hash_secret, new_secret,
+    refused_change,
 )
 from .store_sql import CHANGE_COLUMNS, READ_TOTALS, TASK_COLUMNS
 
@@ -89,9 +90,12 @@ class PostgresStore:
 
     async def read(self, query: Callable[[Connection], T]) -> T:
         """Run a read-only `query` in a worker thread, on a connection of the pool;
-        StoreUnavailable (the API: 503) when no connection works."""
+        StoreUnavailable (the API: 503) when no connection works. A cancelled read
+        is not waited for (it has no effect); its thread gives its slot back when it
+        ends."""
         try:
-            return await trio.to_thread.run_sync(self.run_read, query, limiter=self.read_slots)
+            return await trio.to_thread.run_sync(self.run_read, query, limiter=self.read_slots,
+                                                 abandon_on_cancel=True)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the PostgreSQL database cannot be read now: "
                                    f"{str(exc).strip()}") from exc
@@ -104,8 +108,9 @@ class PostgresStore:
         return self.writer.health()
 
     async def barrier(self) -> None:
-        """Wait until every write queued before this call is committed."""
-        await self.writer.write(lambda conn: None)
+        """Wait until every write queued before this call is committed, held task
+        changes included (while the server cannot be reached, until it can)."""
+        await self.writer.write(lambda conn: None, ordered=True)
 
     # ---- tasks ------------------------------------------------------------------
 
@@ -202,11 +207,22 @@ class PostgresStore:
 
     async def post_task_change(self, change: TaskChange, blobs: tuple[Blob, ...] = ()) -> None:
         """Queue `change` (and the task files it brings, in the same transaction)
-        without waiting for its commit. Order of changes is kept."""
+        without waiting for its commit (the coordinator's updates). Order of changes
+        is kept; while the server cannot be reached the change is held and written
+        once it can (postgres_writer.py). A change the database refuses (a value it
+        cannot hold) fails the task instead, saying why."""
+        def stand_in(error: Exception) -> Callable[[Connection], TaskRow | None]:
+            return self.change_op(refused_change(change, error))
+
+        await self.writer.post(self.change_op_with(change, blobs),
+                               f"task {change.task_id} -> {change.status}", stand_in)
+
+    def change_op_with(self, change: TaskChange, blobs: tuple[Blob, ...]
+                       ) -> Callable[[Connection], TaskRow | None]:
+        """The change, and its task files when it took effect, in one operation."""
         change_op = self.change_op(change)
         if not blobs:
-            await self.writer.post(change_op)
-            return
+            return change_op
         blobs_op = self.blobs_op(change.task_id, blobs)
 
         def op(conn: Connection) -> TaskRow | None:
@@ -215,7 +231,7 @@ class PostgresStore:
                 blobs_op(conn)
             return row
 
-        await self.writer.post(op)
+        return op
 
     @staticmethod
     def blobs_op(task_id: str, blobs: tuple[Blob, ...]) -> Callable[[Connection], None]:
