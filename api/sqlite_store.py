@@ -10,7 +10,8 @@
 # - A write the disk cannot take now fails with StoreUnavailable (the API: 503) and
 #   the store goes on; a task change posted by the coordinator is then held and
 #   retried, never dropped; a file that is gone or corrupt stops the store
-#   (StoreFailed). The writer's module says how; `health()` reports it.
+#   (StoreFailed). The writer's modules say how (sqlite_writer.py, and
+#   store_writer.py for what both stores share); `health()` reports it.
 # - Text a task change carries (result, error) is stored as valid Unicode: a lone
 #   surrogate, which no UTF-8 database can hold, becomes U+FFFD rather than making
 #   the completion unwritable.
