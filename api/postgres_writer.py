@@ -115,7 +115,7 @@ class Writer(StoreWriter):
     in a nursery; `write` and `post` queue operations."""
 
     def __init__(self, pool: ConnectionPool[Connection]) -> None:
-        super().__init__(probe, held_max=HELD_MAX)
+        super().__init__(probe, held_max=HELD_MAX)  # read here: tests lower it
         self.pool = pool
         self.thread = trio.CapacityLimiter(1)  # its own: never waits behind other threads
 

@@ -158,5 +158,5 @@ def process_memory() -> tuple[int, int]:
     return rss, total
 
 
-__all__ = ["ApiConfig", "DEGRADED_READ_SECONDS", "FAILURE_KEY", "NetworkView", "ROLES", "ServiceFailure", "Services",
-           "process_memory", "service_failure"]
+__all__ = ["ApiConfig", "DEGRADED_READ_SECONDS", "FAILURE_KEY", "NetworkView", "ROLES",
+           "ServiceFailure", "Services", "process_memory", "service_failure"]
