@@ -42,7 +42,7 @@ from .routes import api_routes
 from .server import ClosingHTTPConnection
 from .services import FAILURE_KEY, ApiConfig, ServiceFailure, Services, process_memory
 from .shutdown import install_closing
-from .store import open_store
+from .store import StoreUnavailable, open_store
 from .cors import install_cors
 from .dashboard import dashboard_routes, watch_network
 from .logs import install_request_log, log_task_end
@@ -100,15 +100,24 @@ async def serve_services(config: ApiConfig, stop: trio.Event, *,
                 task_status.started(services)
                 await stop.wait()
                 nursery.cancel_scope.cancel()
-            await store.mark_alive(services.run_id, services.now())
+            await sign_of_life(services)
+
+
+async def sign_of_life(services: Services) -> None:
+    """Record that the service is alive now; skipped while the store cannot take
+    writes (a full disk, the database server down): the service goes on, and the
+    next sign of life records it."""
+    try:
+        await services.store.mark_alive(services.run_id, services.now())
+    except StoreUnavailable as exc:
+        log.warning("cannot record that the service is alive: %s", exc)
 
 
 async def housekeeping(services: Services) -> None:
     while True:
         await trio.sleep(HOUSEKEEPING_SECONDS)
-        now = services.now()
-        await services.store.mark_alive(services.run_id, now)
-        services.limiter.prune(now)
+        await sign_of_life(services)
+        services.limiter.prune(services.now())
 
 
 def failure_text(exc: BaseException) -> str:
@@ -198,5 +207,5 @@ def create_app(config: ApiConfig = ApiConfig(),
 
 
 __all__ = ["ApiConfig", "HOUSEKEEPING_SECONDS", "NO_HOOKS", "ServeServices", "Services", "create_app",
-           "housekeeping", "node_identity",
+           "housekeeping", "node_identity", "sign_of_life",
            "package_version", "process_memory", "serve_services"]

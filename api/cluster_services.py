@@ -49,7 +49,7 @@ from engine.runtime import CoordinatorConfig, open_coordinator, NodeIdentity
 
 from .access import Admission, Caller, RateLimiter
 from .app import (
-    HOUSEKEEPING_SECONDS, NO_HOOKS, housekeeping, node_identity, package_version,
+    HOUSEKEEPING_SECONDS, NO_HOOKS, housekeeping, node_identity, package_version, sign_of_life,
 )
 from .postgres_cluster import (
     INBOX_BATCH, Cluster, Leadership, Listener, open_cluster,
@@ -395,7 +395,7 @@ async def serve_coordinator_services(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(leadership.close)
         if services.run_id:
-            await store.mark_alive(services.run_id, services.now())
+            await sign_of_life(services)
 
 
 __all__ = [

@@ -141,6 +141,13 @@ class TaskChange:
     metered_by: str | None = None
 
 
+def refused_change(change: TaskChange, error: Exception) -> TaskChange:
+    """The stand-in of a posted `change` the database refused (`error`): the task
+    fails, saying why, rather than staying open because its change cannot be stored."""
+    return TaskChange(change.task_id, "failed", change.at,
+                      error=f"the task's {change.status} update could not be stored: {error}")
+
+
 MAX_BLOB_BYTES = 32 * 1024 * 1024  # one stored file of a task (an image, an audio input)
 
 
@@ -261,5 +268,5 @@ __all__ = [
     "IdempotencyRecord", "KeyRecord", "MAX_BLOB_BYTES", "NodeRecord", "NodeTokenRecord",
     "OPEN_STATES", "Signup", "Stats", "Store", "StoreError", "StoreFailed", "StoreHealth",
     "StoreUnavailable", "TaskChange", "TaskRow",
-    "hash_secret", "new_secret",
+    "hash_secret", "new_secret", "refused_change",
 ]

@@ -347,7 +347,8 @@ async def health():  # type: ignore[no-untyped-def]
     rss, total = process_memory()
     store = await s.store.health()
     body = views.health(s.version, s.config.environment, now - s.started_at, rss, total,
-                        s.coordinator.snapshot(), await s.store.stats(), now, store)
+                        s.coordinator.snapshot(), await s.health_stats(store.degraded), now,
+                        store)
     return jsonify(body), 503 if store.degraded else 200
 
 

@@ -20,9 +20,11 @@ from engine.runtime import CoordinatorConfig
 from .access import DEFAULT_TIERS, Network, RateLimiter, Tier, parse_networks
 from .relay import Dispatcher, Intake, TaskFeed
 from .server import BODY_TIMEOUT_SECONDS
-from .store import Store
+from .store import Stats, Store, StoreUnavailable
 
 ROLES = ("all", "api", "coordinator")  # `neurogrid serve --role` (roles.py)
+# /health while the store is degraded: how long it waits for the store's totals
+DEGRADED_READ_SECONDS = 1.0
 
 
 class NetworkView(Protocol):
@@ -89,9 +91,25 @@ class Services:
     intake: Intake | None = None  # how a submission is admitted and stored
     worker_url: str = ""  # where workers reach this process (once the server listens)
     listening: trio.Event = attrs.field(factory=trio.Event)  # set with worker_url
+    last_stats: Stats = attrs.field(factory=Stats)  # the totals `health_stats` read last
 
     def now(self) -> float:
         return self.config.clock()
+
+    async def health_stats(self, degraded: bool) -> Stats:
+        """The store's totals, for /health. While the store is degraded its database
+        may be unreachable (PostgreSQL down: a read waits for the pool's timeout),
+        so the read gets DEGRADED_READ_SECONDS and the totals read last stand in
+        when it does not answer in time: /health answers its 503 at once."""
+        if not degraded:
+            self.last_stats = await self.store.stats()
+            return self.last_stats
+        with trio.move_on_after(DEGRADED_READ_SECONDS):
+            try:
+                self.last_stats = await self.store.stats()
+            except StoreUnavailable:
+                pass
+        return self.last_stats
 
     def listening_at(self, worker_url: str) -> None:
         """The server listens: workers reach this process at `worker_url`."""
@@ -140,5 +158,5 @@ def process_memory() -> tuple[int, int]:
     return rss, total
 
 
-__all__ = ["ApiConfig", "FAILURE_KEY", "NetworkView", "ROLES", "ServiceFailure", "Services",
-           "process_memory", "service_failure"]
+__all__ = ["ApiConfig", "DEGRADED_READ_SECONDS", "FAILURE_KEY", "NetworkView", "ROLES",
+           "ServiceFailure", "Services", "process_memory", "service_failure"]

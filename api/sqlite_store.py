@@ -10,7 +10,8 @@
 # - A write the disk cannot take now fails with StoreUnavailable (the API: 503) and
 #   the store goes on; a task change posted by the coordinator is then held and
 #   retried, never dropped; a file that is gone or corrupt stops the store
-#   (StoreFailed). The writer's module says how; `health()` reports it.
+#   (StoreFailed). The writer's modules say how (sqlite_writer.py, and
+#   store_writer.py for what both stores share); `health()` reports it.
 # - Text a task change carries (result, error) is stored as valid Unicode: a lone
 #   surrogate, which no UTF-8 database can hold, becomes U+FFFD rather than making
 #   the completion unwritable.
@@ -42,7 +43,7 @@ import trio
 from .records import (
     IDEMPOTENCY_TTL_SECONDS, OPEN_STATES, Blob, DuplicateTaskId, IdempotencyKeyTaken,
     IdempotencyRecord, KeyRecord, NodeRecord, NodeTokenRecord, Signup, Stats, StoreError,
-    StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret,
+    StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret, refused_change,
 )
 from .sqlite_schema import (
     CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, TASK_COLUMNS, connect, key_record, prepare,
@@ -203,9 +204,7 @@ class SqliteStore:
         must not wait for the disk). Order of changes is kept. A change the database
         refuses (a value it cannot hold) fails the task instead, saying why."""
         def stand_in(error: Exception) -> Callable[[sqlite3.Connection], TaskRow | None]:
-            return self.change_op(TaskChange(
-                change.task_id, "failed", change.at,
-                error=f"the task's {change.status} update could not be stored: {error}"))
+            return self.change_op(refused_change(change, error))
 
         await self.writer.post(self.change_op_with(change, blobs),
                                f"task {change.task_id} -> {change.status}", stand_in)

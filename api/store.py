@@ -38,7 +38,7 @@ from .records import (
     hash_secret,
 )
 from .sqlite_store import open_sqlite
-from .sqlite_writer import receive_batch
+from .store_writer import receive_batch
 
 Opener = Callable[[str], AbstractAsyncContextManager[Store]]
 
