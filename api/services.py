@@ -4,6 +4,7 @@
 # two imports the other's back (app -> routes -> services).
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -143,19 +144,30 @@ def service_failure(app: Any) -> ServiceFailure:
 
 
 def process_memory() -> tuple[int, int]:
-    """(resident bytes of this process, memory of the machine), from /proc where
-    there is one, else from `resource` (peak resident) and sysconf."""
-    rss = total = 0
+    """(resident bytes of this process, memory of the machine). The resident size
+    is one short read of /proc/self/statm (every /health asks: reading
+    /proc/self/status line by line cost ~80 us a request); the machine's memory
+    is read once. Without /proc: `resource` (peak resident) and sysconf."""
     try:
-        with open("/proc/self/status") as status:
-            rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+        with open("/proc/self/statm", "rb") as statm:
+            rss = int(statm.read().split()[1]) * _PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return rss, machine_memory()
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@functools.cache
+def machine_memory() -> int:
+    """Bytes of memory of the machine (/proc/meminfo's MemTotal, else sysconf)."""
+    try:
         with open("/proc/meminfo") as meminfo:
-            total = next(int(line.split()[1]) * 1024 for line in meminfo
-                         if line.startswith("MemTotal:"))
+            return next(int(line.split()[1]) * 1024 for line in meminfo
+                        if line.startswith("MemTotal:"))
     except (OSError, StopIteration, ValueError):
-        rss = rss or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        total = total or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return rss, total
+        return os.sysconf("SC_PHYS_PAGES") * _PAGE_BYTES
 
 
 __all__ = ["ApiConfig", "DEGRADED_READ_SECONDS", "FAILURE_KEY", "NetworkView", "ROLES",
