@@ -67,6 +67,7 @@ class EventHandlers:
     _busy_slots: int
     _total_slots: int
     _queued: int
+    _plain_finish: bool  # (Scheduler.__init__)
 
     if TYPE_CHECKING:  # defined by the Scheduler and its other bases
         def _assign(self, record: TaskRecord, node: NodeState, now: float,
@@ -174,6 +175,12 @@ class EventHandlers:
         if now > node.last_seen:
             node.last_seen = now
         node.tasks_done += 1
+        if self._plain_finish:  # the fast path (the simulator's default configuration)
+            record.cost = cost = charge(node.price_per_hour, event.usage.seconds,
+                                        record.multiplier)
+            self._end(record, TaskState.COMPLETED, now)
+            out.append(Complete(task_id, node_id, cost, event.usage))
+            return
         config = self.config
         price = record.run_price if config.check_hardware else node.price_per_hour
         record.cost = cost = charge(price, event.usage.seconds, record.multiplier)

@@ -115,6 +115,11 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
         # are only kept when something reads them (_start_run)
         self._run_terms = (config.execution_timeout_factor is not None
                            or config.charge_cap_factor is not None or self.index.measured)
+        # a finished run is only charged and ended (handlers._on_finished's fast path):
+        # no cap, no earned slots or timers, no measured speed, no verification
+        self._plain_finish = not (self._run_terms or config.check_hardware
+                                  or config.initial_slots is not None
+                                  or config.trust is not None)
         self._quote_ranking = ScoredPolicy("quote", balanced_score)
         self.trust: Trust | None = None
         if config.trust is not None:
