@@ -60,6 +60,11 @@ def services() -> Services:
 _ENCODE_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
+def host_url() -> str:
+    """The request's scheme and host (views.task_view asks only for a served file)."""
+    return request.host_url
+
+
 def json_response(body: dict[str, Any]) -> Response:
     return Response(_ENCODE_JSON(body) + "\n", mimetype="application/json")
 
@@ -221,7 +226,7 @@ async def submit_task():  # type: ignore[no-untyped-def]
 @api_routes.get("/api/tasks/<task_id>")
 async def get_task(task_id: str):  # type: ignore[no-untyped-def]
     row = await visible_task(await current_caller(), task_id)
-    return jsonify({"success": True, "task": views.task_view(row, request.host_url)})
+    return jsonify({"success": True, "task": views.task_view(row, host_url)})
 
 
 @api_routes.get(f"/api/tasks/<task_id>/{IMAGE_BLOB}")
@@ -246,7 +251,7 @@ async def cancel_task(task_id: str):  # type: ignore[no-untyped-def]
             await s.store.barrier()
             row = await s.store.get_task(task_id) or row
             return jsonify({"success": True, "message": "Task cancelled",
-                            "task": views.task_view(row, request.host_url)})
+                            "task": views.task_view(row, host_url)})
         await s.store.barrier()  # it ended meanwhile: its final update is on its way
         row = await s.store.get_task(task_id) or row
     raise ApiError(409, "Task already finished",
@@ -263,7 +268,7 @@ async def list_tasks():  # type: ignore[no-untyped-def]
     rows = rows[:page.limit]
     return jsonify({
         "success": True,
-        "tasks": [views.task_view(r, request.host_url) for r in rows],
+        "tasks": [views.task_view(r, host_url) for r in rows],
         "count": len(rows),
         "next_cursor": str(rows[-1].seq) if more else None,
     })

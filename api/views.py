@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from engine.core import MODELS, NetworkSnapshot, NodeSnapshot, gpu_rate
 
@@ -90,12 +90,15 @@ def task_created(row: TaskRow, node_id: str | None, node_location: str | None, g
     }
 
 
-def task_view(row: TaskRow, base_url: str = "") -> dict[str, Any]:
+def task_view(row: TaskRow, base_url: str | Callable[[], str] = "") -> dict[str, Any]:
     """One task, as GET /api/tasks/<id> shows it. A result that is a file the API
-    serves (an image) is its URL: `base_url` (scheme and host of the request) + path."""
+    serves (an image) is its URL: `base_url` (scheme and host of the request) + path;
+    it may be a function, called only for such a result (working out a request's
+    host URL is a measurable part of a small request)."""
     result = row.result
     if row.content_type is not None and result is not None and result.startswith("/"):
-        result = base_url.rstrip("/") + result
+        base = base_url() if callable(base_url) else base_url
+        result = base.rstrip("/") + result
     node = None
     if row.node_id is not None:
         node = {"id": row.node_id, "location": row.node_location or "", "gpu": row.node_gpu or ""}
