@@ -309,12 +309,15 @@ class Coordinator(WorkerFrames, DecisionSteps):
                     self._wake = wake
                     while True:
                         if journals:  # the file flushes when idle, or ~once a second
+                            self._activity = trio.Event()
                             now = trio.current_time()
                             idle = trio.lowlevel.current_statistics().tasks_runnable == 0
                             for journal in journals:
                                 journal.before_wait(now, idle)
-                            self._activity = trio.Event()
-                            await self._activity.wait()
+                            if idle:  # nothing else runs: sleep until the next message
+                                await self._activity.wait()
+                            else:  # look again once the others have had their turn, so
+                                await trio.lowlevel.checkpoint()  # the tail is flushed
                         else:
                             await trio.sleep_forever()
                 self._wake = None
