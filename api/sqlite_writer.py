@@ -148,6 +148,7 @@ class Writer(StoreWriter):
         self.conn = conn
         self.path = next(row[2] for row in conn.execute("PRAGMA database_list")
                          if row[1] == "main")
+        self.database = f"the database {self.path!r}"
         conn.execute("PRAGMA busy_timeout = 0")  # on the loop: never wait for a lock
         self._identity = file_identity(self.path)
         # The header is read through a descriptor held open for the store's life:
@@ -207,13 +208,6 @@ class Writer(StoreWriter):
         if header and header != SQLITE_HEADER:
             raise StoreFailed(f"the database file {self.path!r} is corrupt (its header is "
                               "not SQLite's); restore it from a backup")
-
-    def fatal(self, error: BaseException) -> StoreFailed:
-        if isinstance(error, StoreFailed):
-            return error
-        failed = StoreFailed(f"the database {self.path!r} cannot be used any more: {error}")
-        failed.__cause__ = error
-        return failed
 
     def fail(self, error: BaseException) -> StoreFailed:
         """Stop the writer because of a fatal `error` someone else found (a read):

@@ -116,6 +116,7 @@ class StoreWriter:
     def __init__(self, probe: Operation, held_max: int = HELD_MAX) -> None:
         self.probe = probe
         self.held_max = held_max
+        self.database = "the database"  # how messages name it (a subclass may say which)
         self.held: collections.deque[Pending] = collections.deque()
         # told (operations, seconds) of each batch committed (or failed): metrics
         self.on_commit: Callable[[int, float], None] | None = None
@@ -168,7 +169,7 @@ class StoreWriter:
         """The StoreFailed for a fatal `error`."""
         if isinstance(error, StoreFailed):
             return error
-        failed = StoreFailed(f"the database cannot be used any more: {error}")
+        failed = StoreFailed(f"{self.database} cannot be used any more: {error}")
         failed.__cause__ = error
         return failed
 

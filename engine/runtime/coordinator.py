@@ -177,7 +177,7 @@ class Coordinator(WorkerFrames, DecisionSteps):
         reply: Reply[list[SubmitOutcome]] = Reply()
         if not await self._post(SubmitRequest(tuple(batch), reply)):
             raise CoordinatorClosed("the coordinator has shut down")
-        placed = iter(await reply.wait())
+        placed = iter(reply.value)
         return [o if o is not None else next(placed) for o in outcomes]
 
     async def cancel(self, task_id: str) -> bool:
@@ -186,7 +186,7 @@ class Coordinator(WorkerFrames, DecisionSteps):
         reply: Reply[bool] = Reply()
         if not await self._post(CancelRequest(task_id, reply)):
             raise CoordinatorClosed("the coordinator has shut down")
-        return await reply.wait()
+        return reply.value
 
     def quote(self, spec: TaskSpec) -> Quote:
         return self.scheduler.quote(spec)

@@ -12,14 +12,14 @@
 #
 # Rules: the messages are values the sender never touches again; a request that
 # wants an answer carries a `Reply`, which its handler sets (never blocks) and the
-# sender awaits. Names end in Request / start with Session so that they never
-# clash with the core's events (engine.core.NodeJoined, TaskCancelled, ...).
+# sender reads once the message is handled. Names end in Request / start with
+# Session so that they never clash with the core's events (engine.core.NodeJoined,
+# TaskCancelled, ...).
 from __future__ import annotations
 
 from typing import Any, Generic, Mapping, TypeVar
 
 import attrs
-import trio
 
 from engine.core import NodeSpec, TaskSpec
 
@@ -30,21 +30,23 @@ T = TypeVar("T")
 
 
 class Reply(Generic[T]):
-    """A one-shot answer from the actor."""
+    """A one-shot answer: the request's handler sets it before `Coordinator._post`
+    returns (handlers are synchronous), so the sender reads it right after."""
 
-    __slots__ = ("_event", "_value")
+    __slots__ = ("_value", "_set")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
         self._value: T | None = None
+        self._set = False
 
     def set(self, value: T) -> None:
-        self._value = value
-        self._event.set()
+        self._value, self._set = value, True
 
-    async def wait(self) -> T:
-        await self._event.wait()
-        return self._value  # type: ignore[return-value]  # set before the event
+    @property
+    def value(self) -> T:
+        if not self._set:
+            raise RuntimeError("the request has not been handled")
+        return self._value  # type: ignore[return-value]  # set above
 
 
 @attrs.frozen
