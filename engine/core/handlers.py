@@ -105,9 +105,10 @@ class EventHandlers:
             self.counters["rejected"] += 1
             out.append(Reject(task_id, reason))
             return
-        if spec.deadline == math.inf and self.config.default_deadline is not None:
-            spec = attrs.evolve(spec, deadline=now + self.config.default_deadline)
-        record = self._add_record(spec, now - self.config.head_start[priority], now)
+        config = self.config
+        if config.default_deadline is not None and spec.deadline == math.inf:
+            spec = attrs.evolve(spec, deadline=now + config.default_deadline)
+        record = self._add_record(spec, now - config.head_start[priority], now)
         self.counters["submitted"] += 1
         if not self._queued:
             # Nobody waits, so _place would consider this task alone: place it here
