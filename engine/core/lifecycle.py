@@ -85,19 +85,22 @@ class LifecycleSteps:
 
     def _end(self, record: TaskRecord, to: TaskState, now: float) -> None:
         state = record.state
-        job = record.verifies is not None
+        job = record.verifies is not None and self.trust is not None
         if state is R:
             self._detach(record)
         elif state is Q:
-            if job and self.trust is not None:
+            if job:
+                assert self.trust is not None
                 self.trust.queues[record.model].remove(record.spec.task_id)
                 self.trust.queued -= 1
             else:
                 self.queues[record.model].remove(record.spec.task_id)
                 self._queued -= 1
-        self._move(record, to)
+        assert (state, to) in TRANSITIONS, (state, to)  # _move, inlined: every task ends here
+        record.state = to
         record.ended_at = now
-        if job and self.trust is not None:
+        if job:
+            assert self.trust is not None
             if to is not TaskState.COMPLETED:
                 self.trust.counters["jobs_failed"] += 1
         else:

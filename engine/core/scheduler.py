@@ -223,8 +223,9 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
             record.priority, self._busy_slots / self._total_slots)
         if cls is not None:
             self._start_run(record, node, cls, now)
-        self.index.refresh(node, warmth_changed=cold or bool(evicted))
-        self._move(record, R)
+        self.index.refresh(node, cold or len(evicted) > 0)  # (did warmth change?)
+        assert (record.state, R) in TRANSITIONS, (record.state, R)  # _move, inlined
+        record.state = R
         record.node_id = node_id
         record.assigned_at = now
         record.attempts = attempt = record.attempts + 1
