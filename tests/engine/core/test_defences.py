@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import random
 
+import attrs
 import pytest
 
 from engine.core import (
     Assign, Complete, Expire, Fail, NodeJoined, NodeLost, NodeSpec, Requeue, Scheduler,
     SchedulerConfig, TaskFaulted, TaskFinished, TaskSpec, TaskSubmitted, Tick, Usage,
+    Priority, VerifyMode, WakeAt,
 )
 from engine.core.metering import run_bound
 from engine.core.pricing import charge_cap
@@ -57,6 +59,25 @@ def test_a_task_without_a_deadline_gets_the_default_one():
     assert s.task("own").spec.deadline == 50.0  # an explicit deadline is kept
     assert of(Expire, s.handle(Tick(), 50.0)) == [Expire("own", None)]
     assert of(Expire, s.handle(Tick(), 1205.0)) == [Expire("t", None)]
+
+
+def test_the_default_deadline_keeps_every_other_field_of_the_spec():
+    # Every field set to something other than its default, so a field the default
+    # deadline's copy dropped would show as its default.
+    values = {"task_id": "t", "model": LLAMA, "priority": Priority.HIGH, "prompt_tokens": 7,
+              "output_tokens": 9, "steps": 3, "audio_seconds": 1.5, "max_attempts": 5,
+              "owner": "key-1", "work": 42.0, "verify": VerifyMode.ALWAYS}
+    names = {f.name for f in attrs.fields(TaskSpec)}
+    assert names == set(values) | {"deadline"}, "a new TaskSpec field: set it here too"
+    spec = TaskSpec(**values)
+    default = TaskSpec("d", LLAMA)
+    for name, value in values.items():
+        assert getattr(spec, name) == value
+        if name not in ("task_id", "model"):
+            assert value != getattr(default, name), name
+    s = sched(default_deadline=600.0)
+    assert of(WakeAt, s.handle(TaskSubmitted(spec), 10.0)) == [WakeAt(610.0)]  # queued
+    assert s.task("t").spec == attrs.evolve(spec, deadline=610.0)
 
 
 def test_a_run_past_its_bound_is_taken_back_and_counted_against_the_node():
