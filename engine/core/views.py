@@ -10,7 +10,7 @@ import attrs
 
 from .catalog import MODELS, REFERENCE_GPU, default_price, gpu_rate, openai_cost
 from .events import TaskSpec
-from .index import NodeIndex
+from .index import NodeIndex, newest
 from .placement import ScoredPolicy
 from .pricing import PricingPolicy, Quote, charge, savings_pct
 from .queue import ModelQueue
@@ -124,7 +124,7 @@ def quote_task(spec: TaskSpec, index: NodeIndex, queued: int, pricing: PricingPo
         cost = charge(default_price(REFERENCE_GPU), work / rate, multiplier)
         return Quote(cost, seconds, reference, savings_pct(cost, reference),
                      REFERENCE_GPU, None)
-    node = index.nodes[next(reversed(cls.free or cls.online))]
+    node = index.nodes[newest(cls.free or cls.online)]
     cost = charge(cls.price_per_hour, cls.service_seconds(work), multiplier)
     return Quote(cost, waiting + cls.completion_seconds(work), reference,
                  savings_pct(cost, reference), cls.gpu, node.node_id,
