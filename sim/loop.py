@@ -16,7 +16,7 @@
 # when the item is stale or only bookkeeping. `step` is: take the earliest item, call
 # its handler, let the recorder see the event (recorder.py), hand it to
 # `Scheduler.handle(event, now)`, and carry out the decisions (carry.py: a handler
-# per decision type; an Assign schedules the node's `_finish`, a WakeAt a `_tick`).
+# per decision type; an Assign schedules the node's `_finish`, a WakeAt an `_on_tick`).
 # Stale items (a result for a run that was interrupted, a timer from a node's
 # earlier session) are recognised by the stamp (`run`, `epoch`) and skipped before
 # they reach the core, so the core only ever hears what a real network would tell it.
