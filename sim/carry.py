@@ -24,6 +24,8 @@
 #
 # Rules: one handler per decision type, chosen from a table by type (data, not an
 # if-chain); a decision type missing from the table is a KeyError, never ignored.
+# The loop's fast path (loop.py, "Speed") has `assign` and `complete` inlined: a
+# change here is a change there (tests/sim/test_runs.py compares the two).
 # Handlers change only the records and the recorder, and schedule through `Timers`,
 # in the order the decisions came (which fixes the order of equal-time items).
 from __future__ import annotations
@@ -118,15 +120,7 @@ class CarryOut:
 
     def complete(self, d: Complete, now: float) -> None:
         task = self.tasks.pop(d.task_id)
-        # Fast path (every task of every benchmark row completes here; a call less a
-        # task): release(task, now), inlined, the same statements.
-        node = task.node
-        if node is not None:
-            node.running -= 1
-            task.node = None
-            if node.leaving and node.running == 0:
-                self.timers.gone(node, now)
-        self.stats.record_completed(task, node, now, d.cost)
+        self.stats.record_completed(task, self.release(task, now), now, d.cost)
 
     def fail(self, d: Fail, now: float) -> None:
         task = self.tasks.pop(d.task_id)

@@ -2,26 +2,24 @@
 #
 # Theory of operation. Everything that will happen (but arrivals, see below) is an
 # item on one heap of
-#     (time, seq, handler)
+#     (time, seq, handler, subject, stamp)
 # where `seq` (a counter) breaks ties in the order items were scheduled, so equal
-# times never compare handlers and the run is deterministic. A handler is a bound
-# method of the Simulation, or one with its arguments bound (functools.partial), one
-# per item kind:
+# times never compare handlers and the run is deterministic. The handler is a method
+# of the Simulation, one per item kind, called as `handler(subject, stamp, now)`:
 #   _finish(task, run)     a node's result      -> TaskFinished
-#   _tick                  a WakeAt's time      -> Tick, if `next_deadline()` is due
+#   _on_tick               a WakeAt's time      -> Tick, if `next_deadline()` is due
 #   _join / _leave / _fail / _gone(node, epoch)
 #                          a node's timers      -> NodeJoined / NodeDraining / NodeLost
 #   _cancel(task_id)       a replayed client's cancellation -> TaskCancelled
 #   _warmup_ends           the measurement window opens (no event)
-# Called with the time, it returns the core event, or None when the item is stale or
-# only bookkeeping. `step` is: take the earliest item, call its handler, hand the
-# event to `Scheduler.handle(event, now)`, and carry out the decisions (carry.py: a
-# handler per decision type; an Assign schedules the node's `_finish`, a WakeAt a
-# `_tick`). The statistics are the recorder's (recorder.py).
+# (an item kind without a subject has None and 0). It returns the core event, or None
+# when the item is stale or only bookkeeping. `step` is: take the earliest item, call
+# its handler, let the recorder see the event (recorder.py), hand it to
+# `Scheduler.handle(event, now)`, and carry out the decisions (carry.py: a handler
+# per decision type; an Assign schedules the node's `_finish`, a WakeAt an `_on_tick`).
 # Stale items (a result for a run that was interrupted, a timer from a node's
-# earlier session) are recognised by a counter bound into the item (`run`, `epoch`)
-# and skipped before they reach the core, so the core only ever hears what a real
-# network would tell it.
+# earlier session) are recognised by the stamp (`run`, `epoch`) and skipped before
+# they reach the core, so the core only ever hears what a real network would tell it.
 #
 # A replayed journal (replay.py) adds two things: its nodes join at their recorded
 # times and carry a script (lost or draining at a recorded time: `_fail` / `_leave`
@@ -39,22 +37,31 @@
 # policy sees the same tasks. Items are scheduled in a fixed order (the decisions'
 # order), so equal-time items pop in the same order on every run.
 #
-# Speed (`python -m benchmarks --only sim`). A task costs the loop, besides the
-# core's own work, two `step`s, its arrival and result handlers, the Assign and
-# Complete handlers, one recorder call, one Timers call and a partial. Code is
-# inlined only where every row of that benchmark passes through it, and each such
-# place says "Fast path": the recorder's per-event integration in `step`, the release
-# in the Complete handler (carry.py), the busy interval and the departure in
-# `StatsRecorder.record_completed`. Inlining `step` itself into `run` was measured
-# and left out: 1.4% of the instructions a task on "M/M/c c=16", not worth two
-# copies of the loop.
+# Speed (`python -m benchmarks --only sim`). `step` and the handlers are the readable
+# definition, and every run without verification goes through them for everything
+# but its two commonest items. Those (a task's arrival, a node's result) and their
+# commonest decisions (Assign, Complete) are what every task of every benchmark row
+# costs, so `run_fast` has them inlined: the statements of `step`, `_arrive`,
+# `_finish`, `StatsRecorder.record_event`, `CarryOut.assign` / `complete` and
+# `StatsRecorder.record_completed`, in the same order, with the state they touch in
+# locals. Any other item is `step`'s, any other decision its handler's, and a run
+# with verification (adversary.py, whose handlers wrap these) is `step`'s throughout.
+# tests/sim/test_runs.py checks that both loops give byte-identical runs and
+# journals. The row that justifies it: "M/M/c c=10,000" (ours vs SimPy), where a
+# task is one arrival and one result and nothing else; callgrind instructions a task
+# there (PYTHONHASHSEED=0, the task count's difference over 30,000 tasks): `step` for
+# every item 144,150, with `run_fast` 135,943 (-5.7%; 9 Python calls a task fewer:
+# two steps, _arrive, _finish, the report's partial and its call, assign, complete,
+# record_completed), with the recorder's in-system integral in its locals 134,506
+# and 135,246 in two runs (these counts vary by about 0.5% from run to run; opcodes
+# a task, sys.settrace: 1,965 -> 1,809 -> 1,789). The recorder's other numbers in
+# locals as well measured no better (135,211), so they stay attributes.
 from __future__ import annotations
 
 import gc
 import itertools
 import math
 import time
-from functools import partial
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, Callable, Iterator
 
@@ -62,14 +69,15 @@ import attrs
 import numpy as np
 
 from engine.core import (
-    MODELS, Event, NodeDraining, NodeJoined, NodeLost, Scheduler, SchedulerConfig,
-    TaskCancelled, TaskFinished, TaskSpec, TaskSubmitted, Tick, Usage, VerifyMode, work_units,
+    MODELS, Assign, Complete, Event, NodeDraining, NodeJoined, NodeLost, Scheduler,
+    SchedulerConfig, TaskCancelled, TaskFinished, TaskSpec, TaskSubmitted, Tick, Usage,
+    VerifyMode, openai_cost, work_units,
 )
 from engine.core.journal import JournalEntry, JournalHeader
 
 from .adversary import AdversaryModel
 from .carry import CarryOut
-from .fleet import SimNode, SimTask, build_fleet, gpu_names
+from .fleet import LOAD_SECONDS, SimNode, SimTask, build_fleet, gpu_names
 from .recorder import StatsRecorder
 from .scenario import Scenario, Workload
 from .workload import Distribution, Recorded, TraceReplay, lognormal_noise
@@ -77,7 +85,8 @@ from .workload import Distribution, Recorded, TraceReplay, lognormal_noise
 PROGRESS_EVERY = 1 << 14
 
 Progress = Callable[[float], None]  # called with the fraction of `duration` done
-Item = Callable[[float], Event | None]  # a heap item's handler, called with the time
+# a heap item's handler, called with the item's (subject, stamp) and the time
+Item = Callable[[Any, int, float], 'Event | None']
 Arrival = tuple[float, TaskSpec, float, float, float]  # what task_stream yields
 
 LogEntry = JournalEntry  # one step of a recorded run: (time, event, decisions)
@@ -198,7 +207,7 @@ class Simulation:
             (p for workload in scenario.workloads for p in _priorities(workload)))
         self.carry = CarryOut(self.nodes, self.stats, self)
         self.tasks = self.carry.tasks
-        self.heap: list[tuple[float, int, Item]] = []
+        self.heap: list[tuple[float, int, Item, Any, int]] = []
         self.next_seq = itertools.count().__next__
         # (time, workload index, stream, its next task), one per open stream
         self.arrivals: list[tuple[float, int, Iterator[Arrival], Arrival]] = []
@@ -207,8 +216,8 @@ class Simulation:
         self.events = 0  # handed to the core
         self.progress: Progress | None = None
         self.tick = Tick()
-        self.arrive: Item = self._arrive  # bound once: step takes it at every arrival
         self.handlers = self.carry.handlers
+        self.finish: Item = self._finish  # a node's report
         self.adversary: AdversaryModel | None = None
         if scenario.verification is not None:  # adversary.py
             self.adversary = AdversaryModel(
@@ -217,13 +226,16 @@ class Simulation:
                                                   False, now),
                 self.carry.release, self.gone)
             self.carry.handlers = self.handlers = self.adversary.handlers(self.carry.handlers)
+            self.finish = self.adversary.finish
 
-    def push(self, when: float, item: Item) -> None:
+    def push(self, when: float, handler: Item, subject: Any = None, stamp: int = 0) -> None:
         if when == math.inf:
             return  # never happens (no failures or churn configured)
-        heappush(self.heap, (when, self.next_seq(), item))
+        heappush(self.heap, (when, self.next_seq(), handler, subject, stamp))
 
-    def run(self, progress: Progress | None) -> RunResult:
+    def run(self, progress: Progress | None, fast: bool = True) -> RunResult:
+        """The whole run. `fast=False` takes every item through `step` (the same
+        run: see the module comment, "Speed")."""
         # The loop makes no reference cycles; the cyclic collector would only walk
         # the whole fleet again and again (~4% of the run). Restored on the way out.
         collecting = gc.isenabled()
@@ -232,8 +244,11 @@ class Simulation:
             started = time.perf_counter()
             self.progress = progress
             self.start()
-            while self.step():
-                pass
+            if fast and self.adversary is None:
+                self.run_fast()
+            else:
+                while self.step():
+                    pass
             return self.result(time.perf_counter() - started)
         finally:
             if collecting:
@@ -244,14 +259,14 @@ class Simulation:
         journal's node scripts), a journal's cancellations, every workload's first
         arrival, the end of the warmup."""
         for node in self.nodes:
-            self.push(node.join_at, partial(self._join, node, node.epoch))
+            self.push(node.join_at, self._join, node, node.epoch)
             for when, what in node.script:  # a journal's node: lost or drained then
-                handler = self._fail if what == "lost" else self._leave
-                self.push(when, partial(handler, node, node.epoch))
+                self.push(when, self._fail if what == "lost" else self._leave, node,
+                          node.epoch)
         for workload in self.scenario.workloads:
             if isinstance(workload.arrival, Recorded):
                 for when, task_id in workload.arrival.cancellations:
-                    self.push(when, partial(self._cancel, task_id))
+                    self.push(when, self._cancel, task_id)
         for order, workload in enumerate(self.scenario.workloads):
             stream = task_stream(workload, order, self.scenario, self.seed)
             first = next(stream, None)
@@ -265,60 +280,183 @@ class Simulation:
         """Take the earliest item, hand its event to the core and carry out the
         decisions. False when the run is over."""
         heap, arrivals = self.heap, self.arrivals
-        item: Item
+        handler: Item
         if arrivals and (not heap or arrivals[0][0] < heap[0][0]):
-            now, item = arrivals[0][0], self.arrive
+            now, handler, subject, stamp = arrivals[0][0], self._arrive, None, 0
         elif heap:
-            now, _, item = heappop(heap)
+            now, _, handler, subject, stamp = heappop(heap)
         else:
             return False
         if now > self.stop_at:
             self.now = self.stop_at
             return False
         self.now = now
-        event = item(now)
+        event = handler(subject, stamp, now)
         if event is None:
             return True
-        # Fast path (every event of every row of `python -m benchmarks --only sim`;
-        # 1.4% of the instructions a task on "M/M/c c=16"): stats.record_event(event,
-        # now), inlined, the same statements.
-        stats = self.stats
-        stats.area += stats.in_system * (now - stats.area_since)
-        stats.area_since = now
-        if type(event) is TaskSubmitted:
-            stats.submitted += 1
-            stats.in_system += 1
-            if now >= stats.warmup:
-                stats.arrivals += 1
+        self.stats.record_event(event, now)
         self.events += 1
         decisions = self.scheduler.handle(event, now)
         if self.log is not None:
             self.log.append(LogEntry(now, event, tuple(decisions)))
-        handlers = self.handlers  # the carry-out table (carry.py), by decision type
-        for decision in decisions:
-            handlers[type(decision)](decision, now)
-        if stats.in_system == 0 and not arrivals:
+        self.carry.carry_out(decisions, now)
+        return self.going(now)
+
+    def going(self, now: float) -> bool:
+        """After an event at `now`: False when the run is over (every workload is
+        exhausted and every task has ended); tells the progress callback."""
+        if self.stats.in_system == 0 and not self.arrivals:
             return False
         if self.progress is not None and self.events % PROGRESS_EVERY == 0:
             self.progress(min(1.0, now / self.scenario.duration))
         return True
 
+    def run_fast(self) -> None:
+        """`while self.step(): pass` with the commonest items and decisions inlined
+        (the module comment's "Speed"): the same statements in the same order, so
+        the same run. Only for a run without verification."""
+        heap, arrivals, stats, carry = self.heap, self.arrivals, self.stats, self.carry
+        tasks, nodes, handlers = carry.tasks, carry.nodes, carry.handlers
+        handle, log, step, finish = self.scheduler.handle, self.log, self.step, self._finish
+        next_seq, gone, progress = self.next_seq, self.gone, self.progress
+        warmup, duration, stop_at = self.scenario.warmup, self.scenario.duration, self.stop_at
+        busy = stats.busy
+        busy_starts, busy_ends = busy.starts.append, busy.ends.append
+        busy_gpus, busy_weights = busy.category.append, busy.weight.append
+        latencies, waits = stats.latency.append, stats.wait.append
+        priorities = stats.priority.append
+        now, events = self.now, self.events
+        # The recorder's integral of the tasks in the system (read and written at
+        # every event) lives in locals, written back around any call that may use it
+        # (`step`, a decision's handler) and at the end.
+        in_system, area, area_since = stats.in_system, stats.area, stats.area_since
+        while True:
+            if arrivals and (not heap or arrivals[0][0] < heap[0][0]):
+                # _arrive
+                now, order, stream, (_, spec, work, service, noise) = arrivals[0]
+                if now > stop_at:
+                    now = stop_at
+                    break
+                following = next(stream, None)
+                if following is None:
+                    heappop(arrivals)
+                else:
+                    heapreplace(arrivals, (following[0], order, stream, following))
+                tasks[spec.task_id] = SimTask(spec, now, work, service, noise,
+                                              warmup <= now < duration, now)
+                event: Event = TaskSubmitted(spec)
+                # stats.record_event(event, now) for a TaskSubmitted
+                area += in_system * (now - area_since)
+                area_since = now
+                stats.submitted += 1
+                in_system += 1
+                if now >= warmup:
+                    stats.arrivals += 1
+            elif heap and heap[0][2] is finish:
+                # _finish
+                now, _, _, task, run = heappop(heap)
+                if now > stop_at:
+                    now = stop_at
+                    break
+                node = task.node
+                if node is None or task.run != run:
+                    continue
+                spec = task.spec
+                event = TaskFinished(spec.task_id, node.node_id, Usage(
+                    task.service_seconds, spec.output_tokens, spec.prompt_tokens,
+                    spec.steps, spec.audio_seconds))
+                # stats.record_event(event, now) for any other event
+                area += in_system * (now - area_since)
+                area_since = now
+            else:  # any other item, and the end
+                self.now, self.events = now, events
+                stats.in_system, stats.area, stats.area_since = in_system, area, area_since
+                if not step():
+                    return
+                now, events = self.now, self.events
+                in_system, area, area_since = stats.in_system, stats.area, stats.area_since
+                continue
+            events += 1
+            decisions = handle(event, now)
+            if log is not None:
+                log.append(LogEntry(now, event, tuple(decisions)))
+            d: Any  # Assign or Complete where it is read below
+            for d in decisions:
+                kind = type(d)
+                if kind is Assign:
+                    # carry.assign(d, now), then self.report(...)
+                    task, node = tasks[d.task_id], nodes[d.node_id]
+                    task.waited += now - task.queued_since
+                    task.run += 1
+                    task.node = node
+                    node.running += 1
+                    service = task.service
+                    if service < 0:
+                        service = task.work / node.rates[d.model] * task.noise
+                    task.service_seconds = service
+                    half_trip = node.latency / 2.0
+                    task.busy_start = start = now + half_trip
+                    if d.cold:
+                        service += LOAD_SECONDS[d.model]
+                    task.busy_end = end = start + service
+                    heappush(heap, (end + half_trip, next_seq(), finish, task, task.run))
+                elif kind is Complete:
+                    # carry.complete(d, now): carry.release, then
+                    # stats.record_completed (its _busy and _left)
+                    task = tasks.pop(d.task_id)
+                    node = task.node
+                    if node is not None:
+                        node.running -= 1
+                        task.node = None
+                        if node.leaving and node.running == 0:
+                            gone(node, now)
+                        start, end = task.busy_start, task.busy_end
+                        if now < end:
+                            end = now if now > start else start
+                        busy_starts(start)
+                        busy_ends(end)
+                        busy_gpus(node.gpu_index)
+                        busy_weights(1)
+                    stats.completed += 1
+                    in_system -= 1
+                    if now >= warmup:
+                        since = task.submitted
+                        stats.sojourn += now - (warmup if warmup > since else since)
+                    if task.measured:
+                        spec = task.spec
+                        latencies(now - task.submitted)
+                        waits(task.waited)
+                        priorities(spec.priority)
+                        stats.cost += d.cost
+                        stats.openai += openai_cost(spec.model, spec.prompt_tokens,
+                                                    spec.output_tokens, spec.steps,
+                                                    spec.audio_seconds)
+                else:
+                    stats.in_system, stats.area, stats.area_since = in_system, area, area_since
+                    handlers[kind](d, now)
+                    in_system, area, area_since = stats.in_system, stats.area, stats.area_since
+            # self.going(now)
+            if in_system == 0 and not arrivals:
+                break
+            if progress is not None and events % PROGRESS_EVERY == 0:
+                progress(min(1.0, now / duration))
+        self.now, self.events = now, events
+        stats.in_system, stats.area, stats.area_since = in_system, area, area_since
+
     # ---- what the carry-out schedules (carry.Timers) -----------------------------
 
     def report(self, when: float, task: SimTask, run: int) -> None:
-        item: Item = partial(self._finish if self.adversary is None else self.adversary.finish,
-                             task, run)
-        heappush(self.heap, (when, self.next_seq(), item))
+        heappush(self.heap, (when, self.next_seq(), self.finish, task, run))
 
     def wake(self, when: float) -> None:
-        heappush(self.heap, (when, self.next_seq(), self._on_tick))
+        heappush(self.heap, (when, self.next_seq(), self._on_tick, None, 0))
 
     def gone(self, node: SimNode, now: float) -> None:
-        self.push(now, partial(self._gone, node, node.epoch))
+        self.push(now, self._gone, node, node.epoch)
 
     # ---- the item handlers: the core event an item stands for, or None ------------
 
-    def _arrive(self, now: float) -> Event:
+    def _arrive(self, _subject: Any, _stamp: int, now: float) -> Event:
         """The earliest workload's next task is submitted."""
         arrivals = self.arrivals
         _, order, stream, (_, spec, work, service, noise) = arrivals[0]
@@ -332,7 +470,7 @@ class Simulation:
                                            scenario.warmup <= now < scenario.duration, now)
         return TaskSubmitted(spec)  # the recorder counts it in (record_event)
 
-    @staticmethod  # no `self`: its partial then calls the function itself
+    @staticmethod
     def _finish(task: SimTask, run: int, now: float) -> Event | None:
         """The node reports run `run` of the task, unless that run was interrupted:
         the task was requeued since (`run` moved on) or ended (it has no node)."""
@@ -344,13 +482,13 @@ class Simulation:
             task.service_seconds, spec.output_tokens, spec.prompt_tokens, spec.steps,
             spec.audio_seconds))
 
-    def _on_tick(self, now: float) -> Event | None:
+    def _on_tick(self, _subject: Any, _stamp: int, now: float) -> Event | None:
         return self.tick if now >= self.scheduler.next_deadline() else None
 
-    def _warmup_ends(self, now: float) -> None:
+    def _warmup_ends(self, _subject: Any, _stamp: int, now: float) -> None:
         self.stats.warmup_ends(now)
 
-    def _cancel(self, task_id: str, now: float) -> Event | None:
+    def _cancel(self, task_id: str, _stamp: int, now: float) -> Event | None:
         """A replayed client's cancellation, unless the task has ended in this run."""
         return TaskCancelled(task_id) if task_id in self.tasks else None
 
@@ -362,8 +500,8 @@ class Simulation:
             return None
         spec = node.spec if epoch == 0 else node.rejoin_spec()
         node.online, node.leaving, node.online_since = True, False, now
-        self.push(now + node.time_to_failure(), partial(self._fail, node, epoch))
-        self.push(now + node.time_to_leave(), partial(self._leave, node, epoch))
+        self.push(now + node.time_to_failure(), self._fail, node, epoch)
+        self.push(now + node.time_to_leave(), self._leave, node, epoch)
         return NodeJoined(spec)
 
     def _leave(self, node: SimNode, epoch: int, now: float) -> Event | None:
@@ -394,7 +532,7 @@ class Simulation:
         self.stats.record_online(node, now)
         node.online = node.leaving = False
         node.epoch += 1
-        self.push(now + away, partial(self._join, node, node.epoch))
+        self.push(now + away, self._join, node, node.epoch)
 
     # ---- the end ------------------------------------------------------------------
 

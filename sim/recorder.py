@@ -19,8 +19,9 @@
 #   slots), integrated over the window at the end.
 #
 # Rules: the recorder only records; it never decides what happens to a task. Its
-# state is plain numbers, arrays and the two interval sets, and a task costs it one
-# call an event and one when the task ends (see the loop's "Speed" note).
+# state is plain numbers, arrays and the two interval sets. The loop's fast path
+# (loop.py, "Speed") has `record_event` and `record_completed` inlined: a change
+# here is a change there.
 from __future__ import annotations
 
 from array import array
@@ -97,22 +98,9 @@ class StatsRecorder:
 
     def record_completed(self, task: SimTask, node: SimNode | None, now: float,
                          cost: float) -> None:
-        # Fast path (every task of every benchmark row ends here): _busy and _left
-        # inlined; the same statements as theirs.
-        if node is not None:
-            start, end = task.busy_start, task.busy_end
-            if now < end:
-                end = now if now > start else start
-            busy = self.busy
-            busy.starts.append(start)
-            busy.ends.append(end)
-            busy.category.append(node.gpu_index)
-            busy.weight.append(1)
         self.completed += 1
-        self.in_system -= 1
-        if now >= self.warmup:
-            since, warmup = task.submitted, self.warmup
-            self.sojourn += now - (warmup if warmup > since else since)
+        self._busy(task, node, now)
+        self._left(task, now)
         if task.measured:
             spec = task.spec
             self.latency.append(now - task.submitted)

@@ -16,6 +16,7 @@ from sim import (
     run_scenario,
 )
 from sim.cli import main
+from sim.loop import Simulation
 
 TRACES = Path(__file__).resolve().parents[2] / "sim" / "traces"
 CONV = TRACES / "AzureLLMInferenceTrace_conv.csv"
@@ -38,6 +39,22 @@ def test_every_bundled_scenario_conserves_tasks_and_obeys_littles_law(name):
     assert little["L"] == pytest.approx(little["lambda"] * little["W"], rel=1e-9)
     assert 0.0 < result.summary["utilization"]["overall"] <= 1.0
     assert result.summary["latency"]["p50"] <= result.summary["latency"]["p99"]
+
+
+@pytest.mark.parametrize("name", sorted(set(bundled_scenarios()) - {"adversary", "false-claims"}))
+def test_the_fast_loop_runs_exactly_as_step_does(name):
+    # sim/loop.py, "Speed": run_fast inlines the commonest items of `step`; a run is
+    # the same through either, event by event and decision by decision.
+    scenario = short(name)
+    for policy in scenario.policies:
+        fast = Simulation(scenario, policy, scenario.pricings[-1], 3, True).run(None)
+        slow = Simulation(scenario, policy, scenario.pricings[-1], 3, True).run(None, fast=False)
+        assert fast.log == slow.log and len(fast.log) > 0
+        del fast.summary["wall_seconds"], slow.summary["wall_seconds"]
+        assert fast.summary == slow.summary
+        assert (fast.latencies == slow.latencies).all()
+        for ours, theirs in zip(fast.utilization_series, slow.utilization_series, strict=True):
+            assert (ours == theirs).all()
 
 
 def test_failures_requeue_tasks_and_nodes_come_back():
