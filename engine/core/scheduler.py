@@ -219,15 +219,19 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
         task_id, node_id = spec.task_id, node.spec.node_id
         # the class it runs in, as placed (before warmth may move it)
         cls = node.classes[model] if self._run_terms else None
-        cold = model not in node.loaded
-        evicted = node.touch_model(model)
+        loaded = node.loaded
+        if len(loaded) == 1 and loaded[0] == model:
+            cold = warmth_changed = False  # touch_model's first case, inlined: nothing moves
+        else:
+            cold = model not in loaded
+            warmth_changed = len(node.touch_model(model)) > 0 or cold
         node.running.add(task_id)
         self._busy_slots += 1
         record.multiplier = self.pricing.multiplier(
             record.priority, self._busy_slots / self._total_slots)
         if cls is not None:
             self._start_run(record, node, cls, now)
-        self.index.refresh(node, cold or len(evicted) > 0)  # (did warmth change?)
+        self.index.refresh(node, warmth_changed)
         assert (record.state, R) in TRANSITIONS, (record.state, R)  # _move, inlined
         record.state = R
         record.node_id = node_id
