@@ -10,6 +10,9 @@
 #   workers on any of them.
 # - `receive` returns text or raises ConnectionClosed (with the peer's or our own
 #   close reason); `send` on a closed connection raises ConnectionClosed too.
+#   Both are schedule points when they return (every adapter's receive waits on a
+#   trio channel or stream): a session's reader hands a frame to the coordinator
+#   without another checkpoint (Coordinator.report).
 #   Transport-specific exceptions never leak out of an adapter.
 # - `aclose(reason)` is idempotent and never raises; the reason reaches the peer
 #   where the transport can carry one (websocket close reasons: <= 123 bytes).

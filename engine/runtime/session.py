@@ -302,17 +302,34 @@ class NodeSession:
                 return
 
     async def _writer(self, scope: trio.CancelScope) -> None:
-        async with self._outbox_receive:
-            async for item in self._outbox_receive:
-                try:
-                    if isinstance(item, _Close):
-                        await self.conn.send(encode(Error(item.reason)))
-                        break
-                    await self.conn.send(item)
-                except ConnectionClosed as exc:
-                    self.close_reason = self.close_reason or exc.reason or "connection lost"
+        outbox = self._outbox_receive
+        async with outbox:
+            async for item in outbox:
+                if not await self._write(item, outbox):
                     break
         scope.cancel()
+
+    async def _write(self, item: str | _Close,
+                     outbox: trio.MemoryReceiveChannel[str | _Close]) -> bool:
+        """Send `item`, then every frame already queued behind it; False when the
+        writer is done (a goodbye sent, the connection lost, the outbox closed).
+        Each send is a schedule point, so a queued frame is taken without the
+        outbox's receive being another (one run-loop batch fewer a frame)."""
+        while True:
+            try:
+                if isinstance(item, _Close):
+                    await self.conn.send(encode(Error(item.reason)))
+                    return False
+                await self.conn.send(item)
+            except ConnectionClosed as exc:
+                self.close_reason = self.close_reason or exc.reason or "connection lost"
+                return False
+            try:
+                item = outbox.receive_nowait()
+            except trio.WouldBlock:
+                return True
+            except trio.EndOfChannel:
+                return False
 
     async def _reader(self) -> None:
         host, max_bytes = self.host, self.config.max_frame_bytes
