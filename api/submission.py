@@ -125,9 +125,9 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
             return await _replay(s, held, record)
     task_id, priority, params = new_id("task", now), task.priority.label, task.params()
     queued = TaskState.QUEUED.value
-    quote = s.coordinator.quote(task_spec(TaskRow(
-        task_id, caller.owner, task.model, priority, task.prompt, params, queued, now,
-        0.0, 0.0, 0.0, verify=task.verify)))
+    spec = task_spec(TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params,
+                             queued, now, 0.0, 0.0, 0.0, verify=task.verify))
+    quote = s.coordinator.quote(spec)
     row = TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params, queued, now,
                   quote.estimated_cost, quote.estimated_seconds, quote.openai_cost,
                   verify=task.verify)  # built anew: cheaper than attrs.evolve
@@ -137,7 +137,7 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
     try:
         row, admission = await s.intake.submit(
             caller, row, lambda: new_id("task", now), files,
-            attrs.evolve(record, task_id=row.id) if record is not None else None, now)
+            attrs.evolve(record, task_id=row.id) if record is not None else None, now, spec)
     except AdmissionRefused as refused:
         admission = refused.admission
         raise ApiError(429, "Rate limit exceeded", admission.reason,
