@@ -179,8 +179,9 @@ async def current_caller() -> Caller:
 
 
 async def request_body() -> bytes:
-    """The request's body, as `request.get_data(cache=False)` reads it (408 when it
-    does not arrive within the body timeout, 413 past MAX_CONTENT_LENGTH), without a
+    """The request's body, as `request.get_data(cache=False)` reads it (RequestTimeout,
+    a 408, when it has not arrived within the body timeout; RequestEntityTooLarge
+    past MAX_CONTENT_LENGTH), without a
     trip through the scheduler when it is in already, as a small body is (it comes
     with the headers): get_data awaits the body's completion event, a checkpoint
     even when that is set, where iterating the body takes what is there."""
