@@ -58,7 +58,9 @@ from .cors import parse_origins
 from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
 from .roles import check_role, create_role_app
-from .server import BODY_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, hypercorn_config
+from .server import (
+    BODY_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, hypercorn_config, install_idle_timer,
+)
 from .services import ROLES, service_failure
 from .shutdown import app_closing
 from .store import StoreError, open_store
@@ -216,6 +218,7 @@ async def serve_all(args: argparse.Namespace) -> str | None:
     app = create_role_app(api_config(args))
     closing, failure = app_closing(app), service_failure(app)
     config = server_config(args)
+    install_idle_timer()  # keep-alive timing without scheduler trips (server.py)
     async with trio.open_nursery() as nursery:
         workers = trio.CancelScope()
         workers_done = trio.Event()

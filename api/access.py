@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -110,7 +110,7 @@ class Caller:
 
 
 async def identify(authorization: str | None, client_address: str, store: Store,
-             auth_required: bool, tiers: dict[str, Tier]) -> Caller:
+             auth_required: bool, tiers: Mapping[str, Tier]) -> Caller:
     """The caller behind a request's Authorization header, or AuthError."""
     if not authorization:
         if auth_required:
@@ -127,7 +127,7 @@ async def identify(authorization: str | None, client_address: str, store: Store,
     return caller_for_key(record, tiers)
 
 
-def caller_for_key(record: KeyRecord, tiers: dict[str, Tier]) -> Caller:
+def caller_for_key(record: KeyRecord, tiers: Mapping[str, Tier]) -> Caller:
     tier = tiers.get(record.tier, tiers[ANONYMOUS_TIER])
     return Caller(
         f"key:{record.id}", tier.name,

@@ -154,7 +154,8 @@ class DatabaseIntake:
 
     async def submit(self, caller: Caller, row: TaskRow, fresh_id: Callable[[], str],
                      files: tuple[Blob, ...], idempotency: IdempotencyRecord | None,
-                     now: float) -> tuple[TaskRow, Admission]:
+                     now: float, spec: TaskSpec | None = None) -> tuple[TaskRow, Admission]:
+        # `spec` is not needed: the coordinator reads the row from the database
         writer = self.cluster.store.writer
         try:
             outcome = await writer.write(self.cluster.submit_op(caller, row, idempotency,

@@ -21,10 +21,13 @@
 # - Metric names start with `neurogrid_`; durations are in seconds (Prometheus
 #   base units); counters end in `_total` in the exposition.
 # - Feeding a metric never blocks and never raises into the caller's path.
+# - A labelled metric is fed through its `Children` (each label set's child looked
+#   up once: prometheus_client's `labels()` checks the values and takes a lock on
+#   every call, a few microseconds of every request and task transition).
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -86,6 +89,21 @@ class SnapshotCollector:
                                 value=snapshot.utilization)
 
 
+class Children:
+    """A labelled metric's children by their label values, each asked of the
+    metric once. As many as the metric holds itself (the same label sets)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class ApiMetrics:
     def __init__(self, snapshot: Callable[[], NetworkSnapshot | None] = lambda: None) -> None:
         self.registry = CollectorRegistry()
@@ -112,13 +130,15 @@ class ApiMetrics:
         self.committed = Counter("neurogrid_store_operations", "Store operations committed",
                                  registry=r)
         r.register(SnapshotCollector(snapshot))
+        self._tasks, self._turnaround = Children(self.tasks), Children(self.turnaround)
+        self._queue_wait, self._http = Children(self.queue_wait), Children(self.http)
 
     def transition(self, t: TaskTransition) -> None:
-        self.tasks.labels(t.model, t.priority, t.status).inc()
+        self._tasks(t.model, t.priority, t.status).inc()
         if t.queue_seconds is not None:
-            self.queue_wait.labels(t.model).observe(t.queue_seconds)
+            self._queue_wait(t.model).observe(t.queue_seconds)
         if t.turnaround_seconds is not None:
-            self.turnaround.labels(t.model, t.status).observe(t.turnaround_seconds)
+            self._turnaround(t.model, t.status).observe(t.turnaround_seconds)
 
     def dispatched(self, tasks: int, seconds: float) -> None:
         self.placement.observe(seconds)
@@ -129,7 +149,7 @@ class ApiMetrics:
         self.committed.inc(operations)
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http.labels(method, route, str(status)).observe(seconds)
+        self._http(method, route, str(status)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -163,4 +183,4 @@ def install_metrics(app: Quart, metrics: ApiMetrics) -> None:
         return response
 
 
-__all__ = ["ApiMetrics", "METRICS_KEY", "SnapshotCollector", "install_metrics", "metrics_routes"]
+__all__ = ["ApiMetrics", "Children", "METRICS_KEY", "SnapshotCollector", "install_metrics", "metrics_routes"]

@@ -53,7 +53,7 @@ from .records import (
     StoreError, StoreHealth, StoreUnavailable, TaskChange, TaskRow, hash_secret, new_secret,
     refused_change,
 )
-from .store_sql import CHANGE_COLUMNS, READ_TOTALS, TASK_COLUMNS
+from .store_sql import CHANGE_COLUMNS, READ_TOTALS, task_values
 
 T = TypeVar("T")
 POOL_SIZE = 8  # connections for concurrent reads (the writer has one of its own)
@@ -142,8 +142,7 @@ class PostgresStore:
         """`insert_task`'s operation, to be run in a transaction of the writer's: it
         returns the record that holds the key when the key is taken (nothing
         inserted), else None; a task id taken raises UniqueViolation."""
-        values = [Json(v) if k == "params" else v
-                  for k, v in zip(TASK_COLUMNS, attrs.astuple(row, recurse=False))]
+        values = task_values(row, Json)
 
         def op(conn: Connection) -> IdempotencyRecord | None:
             if idempotency is not None:

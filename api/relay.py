@@ -99,23 +99,28 @@ class Dispatcher:
         self.on_dispatch = on_dispatch  # (tasks, seconds) of each trip to the coordinator
         self.writer = writer if writer is not None else UpdateWriter(store, limiter,
                                                                      TaskFeed(), clock)
-        self._send, self._receive = trio.open_memory_channel[TaskRow](math.inf)
+        # committed rows, each with its TaskSpec when the submission had it already
+        self._send, self._receive = trio.open_memory_channel[tuple[TaskRow, TaskSpec | None]](
+            math.inf)
         self._waiting: set[str] = set()
 
     async def submit(self, row: TaskRow, fresh_id: Callable[[], str],
                      files: tuple[Blob, ...] = (),
-                     idempotency: IdempotencyRecord | None = None) -> TaskRow:
+                     idempotency: IdempotencyRecord | None = None,
+                     spec: TaskSpec | None = None) -> TaskRow:
         """Store a new task (its input files, and its idempotency key when given: see
         Store.insert_task) and queue it for the coordinator; returns the row as
         stored (with a `fresh_id()` should its id be taken, which is astronomically
-        rare). It counts in flight from before the insert."""
+        rare). It counts in flight from before the insert. `spec`: the row's
+        task_spec when the caller has it (the quote's), so it is not worked out
+        twice."""
         self.writer.open(row)
         try:
             try:
                 await self.store.insert_task(row, idempotency)
             except DuplicateTaskId:  # a second draw settles it
                 self.writer.release(row.id)
-                row = attrs.evolve(row, id=fresh_id())
+                row, spec = attrs.evolve(row, id=fresh_id()), None
                 if idempotency is not None:
                     idempotency = attrs.evolve(idempotency, task_id=row.id)
                 self.writer.open(row)
@@ -125,18 +130,18 @@ class Dispatcher:
         except BaseException:
             self.writer.release(row.id)
             raise
-        self._queue(row)
+        self._queue(row, spec)
         return row
 
     def hand_over(self, row: TaskRow) -> None:
         """Queue a stored task for the coordinator (never blocks): a task accepted
         before a restart."""
         self.writer.open(row)
-        self._queue(row)
+        self._queue(row, None)
 
-    def _queue(self, row: TaskRow) -> None:
+    def _queue(self, row: TaskRow, spec: TaskSpec | None) -> None:
         self._waiting.add(row.id)
-        self._send.send_nowait(row)
+        self._send.send_nowait((row, spec))
 
     def withdraw(self, task_id: str) -> bool:
         """Take back a task not yet handed over; False when it already was."""
@@ -161,18 +166,20 @@ class Dispatcher:
             # Whatever else is queued already goes along: one trip to the coordinator
             # for the whole batch.
             try:
-                rows = await receive_batch(self._receive, DISPATCH_BATCH)
+                queued = await receive_batch(self._receive, DISPATCH_BATCH)
             except trio.EndOfChannel:
                 return
-            rows = [row for row in rows if row.id in self._waiting]  # not withdrawn
-            if not rows:
+            queued = [(row, spec) for row, spec in queued if row.id in self._waiting]
+            if not queued:  # all withdrawn
                 continue
+            rows = [row for row, _ in queued]
             for row in rows:
                 self._waiting.discard(row.id)
             # the inputs (a task's files) are read before the clock starts: on_dispatch
             # times the trip to the coordinator (placement), not the store
-            batch = [(task_spec(row), await task_inputs(self.store, row.id, row.model, row.prompt),
-                      row.params) for row in rows]
+            batch = [(task_spec(row) if spec is None else spec,
+                      await task_inputs(self.store, row.id, row.model, row.prompt), row.params)
+                     for row, spec in queued]
             started = time.perf_counter()
             outcomes = await self.coordinator.submit_many(batch)
             if self.on_dispatch is not None:
@@ -197,7 +204,9 @@ class Intake(Protocol):
 
     async def submit(self, caller: Caller, row: TaskRow, fresh_id: Callable[[], str],
                      files: tuple[Blob, ...], idempotency: IdempotencyRecord | None,
-                     now: float) -> tuple[TaskRow, Admission]: ...
+                     now: float, spec: TaskSpec | None = None) -> tuple[TaskRow, Admission]:
+        """Admit and store a new task (AdmissionRefused when the caller's limits
+        refuse it); `spec`: its task_spec, when the caller worked it out already."""
 
     async def cancel(self, task_id: str, now: float) -> bool: ...
 
@@ -211,11 +220,11 @@ class LocalIntake:
 
     async def submit(self, caller: Caller, row: TaskRow, fresh_id: Callable[[], str],
                      files: tuple[Blob, ...], idempotency: IdempotencyRecord | None,
-                     now: float) -> tuple[TaskRow, Admission]:
+                     now: float, spec: TaskSpec | None = None) -> tuple[TaskRow, Admission]:
         admission = self.limiter.admit(caller, now)
         if not admission.allowed:
             raise AdmissionRefused(admission)
-        return await self.dispatcher.submit(row, fresh_id, files, idempotency), admission
+        return await self.dispatcher.submit(row, fresh_id, files, idempotency, spec), admission
 
     async def cancel(self, task_id: str, now: float) -> bool:
         return await self.dispatcher.cancel(task_id)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import math
 
 import json
 from typing import Any, AsyncIterator
@@ -24,7 +25,7 @@ import trio
 from quart import (
     Blueprint, Response, current_app, g, has_websocket_context, jsonify, request, websocket,
 )
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from engine.core import MODELS
 from engine.core.catalog import GPU_CLASSES, REFERENCE_GPU, default_price, gpu_rate
@@ -141,10 +142,18 @@ async def refuse_when_failed() -> None:
 
 @api_routes.after_app_request
 async def add_rate_limit_headers(response: Response) -> Response:
+    # The budget after this request: what a submission left (`g.admission`), else,
+    # for any call whose caller is known, the budget as it stands (peeked here, not
+    # when the caller was identified: a submission's own admission replaces it).
     admission: Admission | None = g.get("admission")
-    if admission is not None:
-        for name, value in admission.headers().items():
-            response.headers.setdefault(name, value)
+    if admission is None:
+        caller: Caller | None = g.get("caller")
+        if caller is None:
+            return response
+        s = services()
+        admission = s.limiter.peek(caller, s.now())
+    for name, value in admission.headers().items():
+        response.headers.setdefault(name, value)
     return response
 
 
@@ -158,11 +167,30 @@ def client_address() -> str:
 
 
 async def current_caller() -> Caller:
+    """The request's caller (AuthError: 401); its budget goes in the answer's
+    X-RateLimit-* headers (add_rate_limit_headers). The client's address names
+    only an anonymous caller, so it is worked out only for a request with no key."""
     s = services()
-    caller = await identify(request.headers.get("Authorization"), client_address(), s.store,
-                      s.config.auth_required, dict(s.config.tiers))
-    g.admission = s.limiter.peek(caller, s.now())
+    authorization = request.headers.get("Authorization")
+    caller = await identify(authorization, "" if authorization else client_address(), s.store,
+                            s.config.auth_required, s.config.tiers)
+    g.caller = caller
     return caller
+
+
+async def request_body() -> bytes:
+    """The request's body, as `request.get_data(cache=False)` reads it (RequestTimeout,
+    a 408, when it has not arrived within the body timeout; RequestEntityTooLarge
+    past MAX_CONTENT_LENGTH), without a
+    trip through the scheduler when it is in already, as a small body is (it comes
+    with the headers): get_data awaits the body's completion event, a checkpoint
+    even when that is set, where iterating the body takes what is there."""
+    timeout = request.body_timeout
+    with trio.move_on_after(math.inf if timeout is None else timeout) as waited:
+        chunks = [chunk async for chunk in request.body]
+    if waited.cancelled_caught:
+        raise RequestTimeout()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def task_body() -> dict[str, Any]:
@@ -179,8 +207,7 @@ async def task_body() -> dict[str, Any]:
         if upload is not None:
             body["audio"] = base64.b64encode(upload.read(MAX_UPLOAD_BYTES + 1)).decode("ascii")
         return body
-    data = await request.get_data(cache=False, as_text=False)
-    assert isinstance(data, bytes)  # as_text=False
+    data = await request_body()
     body = parse_json_object(data, MAX_TASK_BODY_BYTES)
     if len(data) > MAX_BODY_BYTES and "audio" not in body:
         raise InvalidRequest(f"the body is {len(data)} bytes; the limit is {MAX_BODY_BYTES} "
@@ -192,9 +219,7 @@ async def json_body() -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidRequest(f"the body is {request.content_length} bytes; "
                              f"the limit is {MAX_BODY_BYTES}")
-    body = await request.get_data(cache=False, as_text=False)
-    assert isinstance(body, bytes)  # as_text=False
-    return parse_json_object(body)
+    return parse_json_object(await request_body())
 
 
 async def visible_task(caller: Caller, task_id: str) -> TaskRow:

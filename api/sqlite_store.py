@@ -31,7 +31,6 @@
 # thread on a second, patient reader connection.
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 from contextlib import asynccontextmanager
@@ -46,9 +45,10 @@ from .records import (
     StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret, refused_change,
 )
 from .sqlite_schema import (
-    CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, TASK_COLUMNS, connect, key_record, prepare,
+    CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, connect, key_record, prepare,
     task_row,
 )
+from .store_sql import task_values
 from .sqlite_writer import Writer, failure_kind
 
 T = TypeVar("T")
@@ -120,8 +120,7 @@ class SqliteStore:
         transaction: when the owner holds that key already (a live one), nothing is
         inserted and IdempotencyKeyTaken says which task holds it. Keys past
         IDEMPOTENCY_TTL_SECONDS are purged here."""
-        values = [json.dumps(v) if k == "params" else v
-                  for k, v in zip(TASK_COLUMNS, attrs.astuple(row, recurse=False))]
+        values = task_values(row)
 
         def op(conn: sqlite3.Connection) -> IdempotencyRecord | None:
             if idempotency is not None:

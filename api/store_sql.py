@@ -6,6 +6,10 @@
 # portable SQL (CASE, no boolean arithmetic): both databases read them alike.
 from __future__ import annotations
 
+import json
+import operator
+from typing import Any, Callable
+
 import attrs
 
 from .records import TaskChange, TaskRow
@@ -15,6 +19,16 @@ from .records import TaskChange, TaskRow
 TASK_COLUMNS = [f.name for f in attrs.fields(TaskRow) if f.name != "seq"]
 CHANGE_COLUMNS = [f.name for f in attrs.fields(TaskChange)
                   if f.name not in ("task_id", "status", "at")]
+_TASK_FIELDS = operator.attrgetter(*TASK_COLUMNS)  # one C call, not attrs.astuple's loop
+_PARAMS_AT = TASK_COLUMNS.index("params")
+
+
+def task_values(row: TaskRow, params: Callable[[Any], Any] = json.dumps) -> list[Any]:
+    """A new row's values in TASK_COLUMNS' order, its params as `params` encodes
+    them (JSON text by default; the PostgreSQL driver's Json wrapper)."""
+    values = list(_TASK_FIELDS(row))
+    values[_PARAMS_AT] = params(values[_PARAMS_AT])
+    return values
 
 # One term per Stats field: a task row's contribution, as an SQL expression over
 # the row named by the placeholder (NEW, OLD, or the table itself).
@@ -55,5 +69,5 @@ TOTALS_FROM_TASKS = "SELECT {}, (SELECT COUNT(*) FROM signups) AS beta_signups F
               for column, term in TOTAL_TERMS.items()))
 READ_TOTALS = f"SELECT {', '.join(TOTAL_COLUMNS)} FROM task_totals WHERE id = 1"
 
-__all__ = ["CHANGE_COLUMNS", "ENDED", "READ_TOTALS", "TOTALS_FROM_TASKS", "TOTAL_COLUMNS", "TASK_COLUMNS",
-           "TOTAL_TERMS", "adjust_totals"]
+__all__ = ["CHANGE_COLUMNS", "ENDED", "READ_TOTALS", "TOTALS_FROM_TASKS", "TOTAL_COLUMNS",
+           "TASK_COLUMNS", "TOTAL_TERMS", "adjust_totals", "task_values"]

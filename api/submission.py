@@ -123,20 +123,21 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
         held = await s.store.find_idempotency_key(caller.owner, idempotency_key, now)
         if held is not None:
             return await _replay(s, held, record)
-    row = TaskRow(
-        new_id("task", now), caller.owner, task.model, task.priority.label, task.prompt,
-        task.params(), TaskState.QUEUED.value, now, 0.0, 0.0, 0.0, verify=task.verify,
-    )
-    quote = s.coordinator.quote(task_spec(row))
-    row = attrs.evolve(row, estimated_cost=quote.estimated_cost,
-                       estimated_seconds=quote.estimated_seconds, openai_cost=quote.openai_cost)
+    task_id, priority, params = new_id("task", now), task.priority.label, task.params()
+    queued = TaskState.QUEUED.value
+    spec = task_spec(TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params,
+                             queued, now, 0.0, 0.0, 0.0, verify=task.verify))
+    quote = s.coordinator.quote(spec)
+    row = TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params, queued, now,
+                  quote.estimated_cost, quote.estimated_seconds, quote.openai_cost,
+                  verify=task.verify)  # built anew: cheaper than attrs.evolve
     # Admitted by the intake (relay.Intake), counted in flight from before the
     # insert: concurrent submissions cannot all pass the check.
     assert s.intake is not None, "the services give every role an intake"
     try:
         row, admission = await s.intake.submit(
             caller, row, lambda: new_id("task", now), files,
-            attrs.evolve(record, task_id=row.id) if record is not None else None, now)
+            attrs.evolve(record, task_id=row.id) if record is not None else None, now, spec)
     except AdmissionRefused as refused:
         admission = refused.admission
         raise ApiError(429, "Rate limit exceeded", admission.reason,
