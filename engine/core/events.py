@@ -10,15 +10,6 @@
 #   argument of `Scheduler.handle`.
 # - A task's payload (prompt text, image, audio) never enters the core: the core
 #   sees only the size of the work. Drivers keep payloads keyed by task id.
-# - Events and decisions are frozen classes *without* slots; the two values a
-#   record keeps for a task's or node's life (TaskSpec, NodeSpec) have slots. A
-#   frozen slotted class sets each field through a bound object.__setattr__ (an
-#   argument tuple built and freed per field); a frozen dict class writes its
-#   fields straight into the instance dict. Events and decisions live for one
-#   handle() call, so their extra bytes never add up, and building them was ~40%
-#   of a placement cycle: the dict classes cut 5.8% of a cycle's instructions
-#   (callgrind, `python -m benchmarks --only placement`'s cycle); TaskSpec, read
-#   far more often than built, gains nothing from a dict.
 from __future__ import annotations
 
 import enum
@@ -139,7 +130,7 @@ class NodeSpec:
     trusted: bool = False  # the operator trusts it to verify others' results
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Usage:
     """Measured work of a finished task, as the node reports it."""
 
@@ -153,24 +144,24 @@ class Usage:
 # ---- events -------------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class TaskSubmitted:
     task: TaskSpec
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class TaskCancelled:
     task_id: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class TaskFinished:
     task_id: str
     node_id: str
     usage: Usage
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class TaskFailed:
     task_id: str
     node_id: str
@@ -178,7 +169,7 @@ class TaskFailed:
     retryable: bool = True
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class TaskFaulted:
     """The node misbehaved with a task it runs: the driver refused its report as a
     protocol violation (impossible usage, text that is not Unicode). The task is
@@ -190,7 +181,7 @@ class TaskFaulted:
     reason: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class DeliveryFailed:
     """The driver could not hand an assigned task to its node (the socket died
     mid-send). The task goes back to the queue without counting as an attempt."""
@@ -199,31 +190,31 @@ class DeliveryFailed:
     node_id: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class NodeJoined:
     node: NodeSpec
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class NodeHeartbeat:
     node_id: str
     loaded: tuple[str, ...] | None = None  # models warm now, when the node says
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class NodeDraining:
     """The node finishes what it runs but takes nothing new (graceful shutdown)."""
 
     node_id: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class NodeLost:
     node_id: str
     reason: str = "disconnected"
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class VerificationReported:
     """A validator's verdict on a held result (the verification job `task_id`, run
     by `node_id`; see verification.py)."""
@@ -235,7 +226,7 @@ class VerificationReported:
     detail: str = ""
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Tick:
     """Time has passed; let deadlines fire."""
 
@@ -249,7 +240,7 @@ Event = (
 # ---- decisions ----------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Assign:
     task_id: str
     node_id: str
@@ -262,13 +253,13 @@ class Assign:
     verifies: str | None = None
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Reject:
     task_id: str
     reason: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Requeue:
     """The task left its node and waits again; tell the node to drop it if it can."""
 
@@ -277,7 +268,7 @@ class Requeue:
     reason: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Cancel:
     """Tell the node to stop the task (it was cancelled or expired while running)."""
 
@@ -285,7 +276,7 @@ class Cancel:
     node_id: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Complete:
     task_id: str
     node_id: str
@@ -294,27 +285,27 @@ class Complete:
     clamped: bool = False  # the measured charge was above the bound: `cost` is the bound
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Fail:
     task_id: str
     error: str
     node_id: str | None
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Expire:
     task_id: str
     node_id: str | None  # where it was running, if it was
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Cancelled:
     """The cancellation took effect: the task ends as cancelled."""
 
     task_id: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Drop:
     """The node's connection should be closed: the core considers it lost."""
 
@@ -322,7 +313,7 @@ class Drop:
     reason: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Hold:
     """The node's result for the task is held, not delivered nor charged, until the
     verification job `job_id` gives its verdict: keep its output and proof."""
@@ -332,7 +323,7 @@ class Hold:
     job_id: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Verified:
     """How a task's result fared under verification (verification.py), just before
     its Complete, or its Requeue (`rerun`: the result failed and the task runs
@@ -349,7 +340,7 @@ class Verified:
     rerun: bool = False
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class Quarantine:
     """The node gets no more tasks: tell its operator why (the worker's log)."""
 
@@ -357,7 +348,7 @@ class Quarantine:
     reason: str
 
 
-@attrs.frozen(slots=False)
+@attrs.frozen
 class WakeAt:
     time: float
 
