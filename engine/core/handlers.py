@@ -119,14 +119,7 @@ class EventHandlers:
         config = self.config
         if config.default_deadline is not None and spec.deadline == math.inf:
             spec = _with_deadline(spec, now + config.default_deadline)
-        # _add_record, inlined: a submission is the hottest caller
-        self._seq += 1
-        seq = self._seq
-        self.tasks[task_id] = record = TaskRecord(spec, spec.work,
-                                                  now - config.head_start[priority], seq,
-                                                  now, model, priority)
-        if spec.deadline < math.inf:
-            heapq.heappush(self._deadlines, (spec.deadline, seq, task_id))
+        record = self._add_record(spec, now - config.head_start[priority], now)
         self.counters["submitted"] += 1
         if not self._queued:
             # Nobody waits, so _place would consider this task alone: place it here

@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Protocol
 import attrs
 
 from .events import Priority
-from .index import ModelIndex, NodeClass, NodeIndex, NodeState
+from .index import ModelIndex, NodeClass, NodeIndex, NodeState, newest
 
 
 class PlacementTask(Protocol):
@@ -171,9 +171,7 @@ class ScoredPolicy:
         for cls in self.ranking(mi, task.work, task.priority):
             free = cls.free
             if free:
-                node_id = free.popitem()[0]  # index.newest, inlined: the newest free node
-                free[node_id] = None
-                return index.nodes[node_id]
+                return index.nodes[newest(free)]
         return None
 
 

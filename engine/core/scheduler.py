@@ -144,9 +144,6 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
             VerificationReported: self._on_verdict,
             Tick: lambda event, now, out: None,
         }
-        if (config.execution_timeout_factor is None and config.fault_cooldown is None
-                and config.trust is None):
-            self.handle = self._handle_untimed  # type: ignore[method-assign]
 
     # ---- the entry points ------------------------------------------------------
 
@@ -165,29 +162,6 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
         # Without timers next_deadline() is inf: skip the call on the hot path.
         wake = (self.next_deadline() if self._deadlines or self._node_timers
                 or self._run_timers or self._benched else math.inf)
-        if wake != self._announced_wake:
-            self._announced_wake = wake
-            if wake < math.inf:
-                out.append(WakeAt(wake))
-        return out
-
-    def _handle_untimed(self, event: Event, now: float) -> list[Decision]:
-        """`handle` for a scheduler without execution timers, cooldowns or trust
-        (the simulator's scenarios and the placement benchmark): their heaps stay
-        empty and no verification job is ever queued, so the same steps without
-        looking at them. An inlined fast path the placement and simulator rows call
-        for (`python -m benchmarks --only placement,sim`): the two checks were 2% of a
-        placement cycle's opcodes."""
-        out: list[Decision] = []
-        if now >= self._announced_wake:  # (see __init__: nothing is due before it)
-            self._fire_timers(now, out)
-        handler = self._handlers.get(type(event))
-        if handler is None:
-            raise TypeError(f"not a scheduler event: {event!r}")
-        handler(event, now, out)
-        if self._queued:
-            self._place(now, out)
-        wake = self.next_deadline() if self._deadlines or self._node_timers else math.inf
         if wake != self._announced_wake:
             self._announced_wake = wake
             if wake < math.inf:
@@ -219,12 +193,8 @@ class Scheduler(EventHandlers, LifecycleSteps, VerificationSteps):
         task_id, node_id = spec.task_id, node.spec.node_id
         # the class it runs in, as placed (before warmth may move it)
         cls = node.classes[model] if self._run_terms else None
-        loaded = node.loaded
-        if len(loaded) == 1 and loaded[0] == model:
-            cold = warmth_changed = False  # touch_model's first case, inlined: nothing moves
-        else:
-            cold = model not in loaded
-            warmth_changed = len(node.touch_model(model)) > 0 or cold
+        cold = model not in node.loaded
+        warmth_changed = len(node.touch_model(model)) > 0 or cold
         node.running.add(task_id)
         self._busy_slots += 1
         record.multiplier = self.pricing.multiplier(
