@@ -70,11 +70,19 @@ log = logging.getLogger(__name__)
 
 def task_spec(row: TaskRow) -> TaskSpec:
     """What the core knows of a stored task: its size, as its task kind reads the params."""
+    return spec_of(row.id, row.owner, row.model, row.priority, row.prompt, row.params,
+                   row.verify)
+
+
+def spec_of(task_id: str, owner: str, model: str, priority: str, prompt: str,
+            params: Mapping[str, Any], verify: str) -> TaskSpec:
+    """task_spec of the row these fields make (a submission's quote needs the spec
+    before its row can be built)."""
     return TaskSpec(
-        task_id=row.id, model=row.model, priority=Priority.parse(row.priority),
-        prompt_tokens=estimate_prompt_tokens(row.prompt), owner=row.owner,
-        verify=VerifyMode.parse(row.verify),
-        **MODELS[row.model].kind.sizes(row.params),  # type: ignore[arg-type]
+        task_id=task_id, model=model, priority=Priority.parse(priority),
+        prompt_tokens=estimate_prompt_tokens(prompt), owner=owner,
+        verify=VerifyMode.parse(verify),
+        **MODELS[model].kind.sizes(params),  # type: ignore[arg-type]
     )
 
 
@@ -405,4 +413,4 @@ class UpdateWriter:
 
 
 __all__ = ["AdmissionRefused", "Dispatcher", "Intake", "LocalIntake", "TaskCoordinator",
-           "TaskFeed", "UpdateWriter", "result_text", "task_spec"]
+           "TaskFeed", "UpdateWriter", "result_text", "spec_of", "task_spec"]

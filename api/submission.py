@@ -47,7 +47,7 @@ from engine.core.pricing import Quote
 from .access import Admission, Caller
 from .errors import ApiError
 from .media import input_files
-from .relay import AdmissionRefused, task_spec
+from .relay import AdmissionRefused, spec_of, task_spec
 from .services import Services
 from .store import IdempotencyKeyTaken, IdempotencyRecord, TaskRow
 from .validation import InvalidRequest, parse_task
@@ -124,13 +124,12 @@ async def create_task(services: Services, caller: Caller, body: Mapping[str, Any
         if held is not None:
             return await _replay(s, held, record)
     task_id, priority, params = new_id("task", now), task.priority.label, task.params()
-    queued = TaskState.QUEUED.value
-    spec = task_spec(TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params,
-                             queued, now, 0.0, 0.0, 0.0, verify=task.verify))
+    spec = spec_of(task_id, caller.owner, task.model, priority, task.prompt, params,
+                   task.verify)
     quote = s.coordinator.quote(spec)
-    row = TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params, queued, now,
-                  quote.estimated_cost, quote.estimated_seconds, quote.openai_cost,
-                  verify=task.verify)  # built anew: cheaper than attrs.evolve
+    row = TaskRow(task_id, caller.owner, task.model, priority, task.prompt, params,
+                  TaskState.QUEUED.value, now, quote.estimated_cost, quote.estimated_seconds,
+                  quote.openai_cost, verify=task.verify)
     # Admitted by the intake (relay.Intake), counted in flight from before the
     # insert: concurrent submissions cannot all pass the check.
     assert s.intake is not None, "the services give every role an intake"
