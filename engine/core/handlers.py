@@ -214,7 +214,7 @@ class EventHandlers:
         if self.index.measured:  # speed.py: the run, timed by us, measures the node
             self.standing.timed(node, record.model, record.work, now - record.assigned_at,
                                 MODELS[record.model].load_seconds if record.run_cold else 0.0)
-        if self.trust is not None and record.spec.verify is not VerifyMode.NONE:
+        if self.trust is not None and record.spec.verify != VerifyMode.NONE:
             if self._hold(record, node_id, event.usage, cost, clamped, now, out):
                 return
         self._end(record, TaskState.COMPLETED, now)

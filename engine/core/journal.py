@@ -23,6 +23,7 @@
 # dropped.
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
@@ -115,8 +116,9 @@ def _field_value(allowed: tuple[Any, ...], raw: Any) -> Any:
     for nested in _NESTED:
         if nested in allowed:
             return _build(nested, raw)
-    if Priority in allowed:
-        return Priority(raw)
+    for kind in allowed:  # Priority, VerifyMode: stored as their values
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return kind(raw)
     if isinstance(raw, list):
         return tuple(raw)
     if float in allowed and isinstance(raw, int) and not isinstance(raw, bool):

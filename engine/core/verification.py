@@ -230,7 +230,7 @@ class Trust:
         owner, the kind's fraction of its work, and its own deadline."""
         self.jobs += 1
         deadline = parent.deadline
-        if parent.verify is VerifyMode.SAMPLED:
+        if parent.verify == VerifyMode.SAMPLED:
             deadline = min(deadline, now + self.policy.job_deadline)
         fraction = MODELS[parent.model].kind.verify_fraction
         return TaskSpec(f"{parent.task_id}/verify-{self.jobs}", parent.model,

@@ -73,7 +73,7 @@ class VerificationSteps:
             out.append(Verified(task_id, "skipped", producer,
                                 detail="produced by an operator-trusted node"))
             return False
-        if spec.verify is VerifyMode.SAMPLED:
+        if spec.verify == VerifyMode.SAMPLED:
             chosen, rate = trust.sampled(producer, self.rng)
             if not chosen:
                 trust.counters["skipped"] += 1
@@ -191,7 +191,7 @@ class VerificationSteps:
         assert held is not None and self.trust is not None
         self.trust.counters["unverified"] += 1
         task_id = record.spec.task_id
-        if record.spec.verify is VerifyMode.SAMPLED:
+        if record.spec.verify == VerifyMode.SAMPLED:
             self._release(record, Verified(task_id, "unverified", held.producer,
                                            detail=why), now, out)
             return

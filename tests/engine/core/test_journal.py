@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from engine.core import (
     Assign, NodeJoined, NodeSpec, Priority, SchedulerConfig, TaskSpec, TaskSubmitted,
+    VerifyMode,
 )
 from engine.core.journal import (
     JournalEntry, JournalError, JournalHeader, entry_line, from_json, header_line,
@@ -49,6 +50,17 @@ def test_values_keep_their_types():
     joined = from_json(json.loads(json.dumps(to_json(NodeJoined(node)))))
     assert joined == NodeJoined(node) and isinstance(joined.node.models, tuple)
     assert to_json(Assign("t", "n", "llama2:7b", 1, math.inf, False))["deadline"] == "inf"
+
+
+def test_a_verify_mode_comes_back_as_its_member_and_a_bad_one_is_named():
+    # TaskSpec does not convert its verify mode: the journal parses it
+    spec = TaskSpec("t", "llama2:7b", verify=VerifyMode.SAMPLED)
+    raw = json.loads(json.dumps(to_json(TaskSubmitted(spec))))
+    assert raw["task"]["verify"] == "sampled"
+    assert from_json(raw).task.verify is VerifyMode.SAMPLED
+    raw["task"]["verify"] = "sometimes"
+    with pytest.raises(JournalError, match="TaskSpec: 'sometimes'"):
+        from_json(raw)
 
 
 @pytest.mark.parametrize("line,words", [
