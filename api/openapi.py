@@ -220,7 +220,8 @@ PATHS: dict[str, Any] = {
     "/api/tasks/{task_id}/stream": {
         "parameters": [TASK_ID],
         "get": {"summary": "Server-Sent Events of a task: `status` events, `progress` events "
-                           "(the worker's partial output, e.g. generated tokens), and a final "
+                           "(the worker's partial output, e.g. generated tokens; the first one "
+                           "replays all the text so far, `replayed: true`), and a final "
                            "`done` event with the task object",
                 "responses": {"200": {"description": "text/event-stream",
                                       "content": {"text/event-stream": {}}},

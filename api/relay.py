@@ -38,6 +38,14 @@
 #   slowly loses progress events (each has a bounded buffer), never the end of the
 #   stream: when a task ends, its subscribers' channels are closed and the route
 #   reads the final task from the store.
+# - A stream opened late misses nothing of the text: the feed keeps the text
+#   pieces each open task streamed so far (the current run's: a requeued task
+#   starts over), and a new subscriber's first event is one `progress` event with
+#   all of them (`replayed: true`), so what it reads is always a prefix of the
+#   result. Bounded: RETAINED_CHARS a task (a longer stream is not replayed at
+#   all, never in part) and RETAINED_TASKS tasks (the oldest forgotten first: in an
+#   API process of a cluster, an end whose notification was lost). Kept in a dict
+#   by task id: O(1) a piece, O(pieces) a subscription.
 from __future__ import annotations
 
 import json
@@ -242,15 +250,53 @@ class LocalIntake:
 
 Event = tuple[str, dict[str, Any]]
 SUBSCRIBER_BUFFER = 256
+RETAINED_CHARS = 256 * 1024  # streamed text kept for late subscribers, a task
+RETAINED_TASKS = 4096  # open tasks whose streamed text is kept
+
+
+@attrs.define
+class StreamedText:
+    """The text pieces an open task streamed so far (see the rules above)."""
+    pieces: list[str] = attrs.field(factory=list)
+    chars: int = 0
+    index: Any = None  # the last progress event's `index`, when it had one
+    whole: bool = True  # False once a piece was over RETAINED_CHARS: no replay
+
+    def add(self, tokens: list[Any], index: Any) -> None:
+        if not self.whole:
+            return
+        pieces = [t for t in tokens if isinstance(t, str)]
+        self.chars += sum(map(len, pieces))
+        if self.chars > RETAINED_CHARS:
+            self.whole, self.pieces = False, []
+            return
+        self.pieces += pieces
+        self.index = index
+
+    def replay(self) -> Event | None:
+        """The progress event that carries it all; None when there is nothing to replay."""
+        if not self.whole or not self.pieces:
+            return None
+        replay: dict[str, Any] = {"tokens": list(self.pieces), "replayed": True}
+        if self.index is not None:
+            replay["index"] = self.index
+        return ("progress", replay)
 
 
 class TaskFeed:
     def __init__(self) -> None:
         self._subscribers: dict[str, set[trio.MemorySendChannel[Event]]] = {}
+        self._streamed: dict[str, StreamedText] = {}  # open task -> its text so far
 
     @contextmanager
     def subscribe(self, task_id: str) -> Iterator[trio.MemoryReceiveChannel[Event]]:
+        """The task's events from now on, after the text it streamed so far (one
+        replayed progress event, when there is any)."""
         send, receive = trio.open_memory_channel[Event](SUBSCRIBER_BUFFER)
+        streamed = self._streamed.get(task_id)
+        replay = streamed.replay() if streamed is not None else None
+        if replay is not None:
+            send.send_nowait(replay)  # an empty channel: it fits
         self._subscribers.setdefault(task_id, set()).add(send)
         try:
             yield receive
@@ -271,11 +317,22 @@ class TaskFeed:
                 pass  # a slow subscriber misses a progress event; see the rules above
 
     def publish_progress(self, task_id: str, progress: dict[str, Any]) -> None:
+        tokens = progress.get("tokens")
+        if isinstance(tokens, list):
+            streamed = self._streamed.get(task_id)
+            if streamed is None:
+                if len(self._streamed) >= RETAINED_TASKS:
+                    del self._streamed[next(iter(self._streamed))]
+                streamed = self._streamed[task_id] = StreamedText()
+            streamed.add(tokens, progress.get("index"))
         self._publish(task_id, ("progress", progress))
 
     def publish_state(self, task_id: str, change: TaskChange) -> None:
+        if change.status == "queued":  # requeued: its next run streams from the start
+            self._streamed.pop(task_id, None)
         self._publish(task_id, ("status", {"status": change.status}))
         if change.status not in OPEN_STATES:
+            self._streamed.pop(task_id, None)
             for send in self._subscribers.pop(task_id, ()):
                 send.close()
 
@@ -413,4 +470,4 @@ class UpdateWriter:
 
 
 __all__ = ["AdmissionRefused", "Dispatcher", "Intake", "LocalIntake", "TaskCoordinator",
-           "TaskFeed", "UpdateWriter", "result_text", "spec_of", "task_spec"]
+           "StreamedText", "TaskFeed", "UpdateWriter", "result_text", "spec_of", "task_spec"]

@@ -264,13 +264,24 @@ function finalText(task) {
 }
 
 // Follow a task's stream: onToken(text) for each streamed piece; resolves with the
-// final task.
+// final task. The first progress event of each connection (EventSource reconnects
+// on its own) replays all the text so far: only what was not shown yet is passed on.
 function follow(taskId, onToken) {
   return new Promise((resolve, reject) => {
     const source = new EventSource(`/api/tasks/${encodeURIComponent(taskId)}/stream`);
+    let shown = "";
     source.addEventListener("progress", (event) => {
       const partial = JSON.parse(event.data);
-      for (const piece of partial.tokens || []) onToken(piece);
+      const pieces = (partial.tokens || []).filter((piece) => typeof piece === "string");
+      if (partial.replayed === true) {
+        const whole = pieces.join("");
+        pieces.length = 0;
+        if (whole.startsWith(shown) && whole.length > shown.length) pieces.push(whole.slice(shown.length));
+      }
+      for (const piece of pieces) {
+        shown += piece;
+        onToken(piece);
+      }
     });
     source.addEventListener("done", (event) => { source.close(); resolve(JSON.parse(event.data)); });
     source.addEventListener("error", () => {

@@ -181,6 +181,13 @@ export const STATUS_ERRORS: Readonly<Record<number, typeof APIError>>;
 
 export class EventParser { feed(chunk: Uint8Array | string): StreamEvent[] }
 export function tokensOf(event: StreamEvent): string[];
+/** A stream's text so far across reconnects: what each event adds (of a replayed
+ * event, only its part not yielded yet), then what the final task adds. */
+export class TextAssembler {
+  readonly text: string;
+  pieces(event: StreamEvent): string[];
+  rest(task: TaskView | null | undefined): string;
+}
 export function taskBody(options: SubmitTaskOptions): Promise<Record<string, unknown>>;
 
 export const VERSION: string;

@@ -8,8 +8,8 @@ import attrs
 import trio
 
 from api.access import RateLimiter
-from api.relay import Dispatcher, result_text
-from api.store import TaskRow, open_store
+from api.relay import RETAINED_CHARS, RETAINED_TASKS, Dispatcher, TaskFeed, result_text
+from api.store import TaskChange, TaskRow, open_store
 from engine.core import TaskState, gpu_class_name
 from engine.protocol import Gpu, Hello, decode, encode
 from engine.runtime import SubmitOutcome
@@ -89,3 +89,50 @@ async def test_a_task_row_shows_where_its_node_is_now(tmp_path: Path) -> None:
             assert task["node"] == {"id": "node_mover", "location": location,
                                     "gpu": gpu_class_name(gpu)}
         assert api.services.limiter.in_flight == {}
+
+
+def change(task_id: str, status: str) -> TaskChange:
+    return TaskChange(task_id, status, 1.0)
+
+
+def first_event(feed: TaskFeed, task_id: str) -> tuple[str, dict] | None:
+    with feed.subscribe(task_id) as receive:
+        try:
+            return receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+
+def test_a_late_subscriber_is_sent_the_text_so_far_first() -> None:
+    feed = TaskFeed()
+    assert first_event(feed, "t") is None  # nothing streamed yet
+    feed.publish_progress("t", {"tokens": ["Hel"], "index": 0})
+    feed.publish_progress("t", {"step": 3})  # progress without text is not kept
+    feed.publish_progress("t", {"tokens": ["lo", 7], "index": 1})  # a non-text piece is not
+    with feed.subscribe("t") as receive:
+        assert receive.receive_nowait() == ("progress", {"tokens": ["Hel", "lo"], "index": 1,
+                                                         "replayed": True})
+        feed.publish_progress("t", {"tokens": ["!"], "index": 2})
+        assert receive.receive_nowait() == ("progress", {"tokens": ["!"], "index": 2})
+    assert first_event(feed, "t") == ("progress", {"tokens": ["Hel", "lo", "!"], "index": 2,
+                                                   "replayed": True})
+    feed.publish_state("t", change("t", "queued"))  # requeued: the next run starts over
+    assert first_event(feed, "t") is None
+    feed.publish_progress("t", {"tokens": ["Hi"]})
+    assert first_event(feed, "t") == ("progress", {"tokens": ["Hi"], "replayed": True})
+    feed.publish_state("t", change("t", "completed"))  # ended: the store has the result
+    assert first_event(feed, "t") is None
+
+
+def test_the_kept_text_is_bounded_per_task_and_in_tasks() -> None:
+    feed = TaskFeed()
+    feed.publish_progress("long", {"tokens": ["x" * RETAINED_CHARS]})
+    assert first_event(feed, "long") is not None
+    feed.publish_progress("long", {"tokens": ["y"]})  # over the bound: never a part of it
+    feed.publish_progress("long", {"tokens": ["z"]})
+    assert first_event(feed, "long") is None
+    for n in range(RETAINED_TASKS + 1):  # with "long", two more than are kept
+        feed.publish_progress(f"t{n}", {"tokens": [str(n)]})
+    assert first_event(feed, "t0") is None  # the oldest ones were forgotten
+    assert first_event(feed, "t1") == ("progress", {"tokens": ["1"], "replayed": True})
+    assert first_event(feed, f"t{RETAINED_TASKS}") is not None

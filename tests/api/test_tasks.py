@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from api.access import Tier
+from api.relay import TaskFeed
 from api.validation import MAX_BODY_BYTES
 from engine.protocol import Progress, encode
 from engine.runtime import CoordinatorConfig
@@ -286,6 +287,49 @@ async def test_stream_sends_status_progress_and_done(api: Harness) -> None:
     assert kinds[-1] == "event: done"
     done = json.loads(events[-1].split("data: ", 1)[1])
     assert done["status"] == "completed" and done["result"] == "Hello"
+
+
+def replayed(feed: TaskFeed, task_id: str) -> list[str]:
+    """The text pieces a new subscriber of the task is sent first."""
+    with feed.subscribe(task_id) as probe:
+        try:
+            kind, data = probe.receive_nowait()
+        except trio.WouldBlock:
+            return []
+    assert kind == "progress" and data["replayed"] is True
+    return list(data["tokens"])
+
+
+async def test_a_stream_opened_mid_task_starts_with_the_text_so_far(api: Harness) -> None:
+    # The browser SDK test once read only the last token: its stream opened after
+    # the others were sent. The first progress event of a stream replays them.
+    async with fake_worker(api) as worker:
+        task_id = (await api.submit())["task_id"]
+        await worker.next_assign()
+        await wait_for_status(api, task_id, "running")
+        for index, piece in enumerate(["Hel", "lo"]):
+            await worker.ws.send(encode(Progress(task_id, {"tokens": [piece], "index": index})))
+        received: list[bytes] = []
+
+        async def read_stream() -> None:
+            response = await api.client.get(f"/api/tasks/{task_id}/stream")
+            received.append(await response.get_data())
+
+        with trio.fail_after(5):  # both pieces reached the feed
+            while replayed(api.services.feed, task_id) != ["Hel", "lo"]:
+                await trio.sleep(0.01)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_stream)
+            with trio.fail_after(5):
+                while api.services.feed.subscriber_count(task_id) == 0:
+                    await trio.sleep(0.01)
+            await worker.ws.send(encode(Progress(task_id, {"tokens": [" world"], "index": 2})))
+            await worker.finish(task_id, "Hello world")
+    events = [block.split("\n") for block in received[0].decode().split("\n\n") if block]
+    progress = [json.loads(lines[1].split("data: ", 1)[1]) for lines in events
+                if lines[0] == "event: progress"]
+    assert progress[0] == {"tokens": ["Hel", "lo"], "index": 1, "replayed": True}
+    assert "".join(t for event in progress for t in event["tokens"]) == "Hello world"
 
 
 async def test_concurrent_submissions_respect_the_in_flight_limit(tmp_path: Path) -> None:

@@ -238,13 +238,15 @@ def test_waiting_reopens_a_stream_that_closed_before_the_task_ended() -> None:
     stream = "/api/tasks/task_1_s/stream"
     first = Answer(200, sse("status", {"status": "running"}) + sse("progress", {
         "tokens": ["Hel"], "index": 0}), {"Content-Type": "text/event-stream"})
+    # the reopened stream replays all the text so far: only its new part is yielded
     second = Answer(200, sse("status", {"status": "running"}) + sse("progress", {
-        "tokens": ["lo"], "index": 1}) + sse("done", task_view("task_1_s", "Hello")),
+        "tokens": ["Hel", "lo"], "index": 1, "replayed": True}) + sse("progress", {
+        "tokens": [" world"], "index": 2}) + sse("done", task_view("task_1_s", "Hello world")),
         {"Content-Type": "text/event-stream"})
     with serve_stub({stream: [first, second]}) as stub:
         task = NeuroGrid(stub.url, retry=FAST).task("task_1_s")
-        assert list(task.stream(timeout=10)) == ["Hel", "lo"]
-        assert task.get_response() == "Hello"  # seen ended: no third request
+        assert list(task.stream(timeout=10)) == ["Hel", "lo", " world"]
+        assert task.get_response() == "Hello world"  # seen ended: no third request
     assert [seen.path for seen in stub.seen] == [stream, stream]
 
 

@@ -4,9 +4,10 @@
 //
 // Theory of operation of waiting: a task handle reads GET /api/tasks/<id>/stream
 // until its `done` event. A dropped stream is reopened (the server sends the
-// status again and the events from then on; an ended task its `done` at once),
-// with backoff, at most retry.maxRetries times in a row without an event between;
-// tokens sent while no stream was open are not replayed (the result has them all).
+// status again, the text so far in one replayed progress event, and the events
+// from then on; an ended task its `done` at once), with backoff, at most
+// retry.maxRetries times in a row without an event between; sse.js's
+// TextAssembler keeps the streamed pieces adding up to the result.
 
 import {
   NeuroGridConnectionError, NeuroGridError, NeuroGridTimeoutError, TaskFailedError, errorFromReply,
@@ -16,7 +17,7 @@ import {
   urlFor,
 } from './protocol.js';
 import { RetryPolicy } from './retry.js';
-import { EventParser, missedText, tokensOf } from './sse.js';
+import { EventParser, TextAssembler } from './sse.js';
 
 export const STREAM_READ_TIMEOUT = 45000; // ms of silence before a reconnect (keep-alives: 15 s)
 const FINAL_STATUSES = new Set(['completed', 'failed', 'cancelled', 'expired', 'rejected']);
@@ -261,14 +262,11 @@ export class Task {
   /** The generated text, piece by piece, as the worker produces it; the pieces add
    * up to the result (what the stream missed comes last, from the result). */
   async *stream({ timeout = null } = {}) {
-    let streamed = '';
+    const assembler = new TextAssembler();
     for await (const event of this.events({ timeout })) {
-      for (const token of tokensOf(event)) {
-        streamed += token;
-        yield token;
-      }
+      yield* assembler.pieces(event);
     }
-    const rest = missedText(streamed, this.last);
+    const rest = assembler.rest(this.last);
     if (rest) yield rest;
   }
 

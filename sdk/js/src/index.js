@@ -13,4 +13,4 @@ export {
   VERSION, taskBody,
 } from './protocol.js';
 export { DEFAULT_RETRY, RetryPolicy, retryAfterMs } from './retry.js';
-export { EventParser, tokensOf } from './sse.js';
+export { EventParser, TextAssembler, tokensOf } from './sse.js';

@@ -1,5 +1,6 @@
 // Server-sent events of GET /api/tasks/<id>/stream (see the Python SDK's sse.py
-// for the theory of operation): `status`, `progress` ({"tokens": [...], "index"})
+// for the theory of operation): `status`, `progress` ({"tokens": [...], "index"};
+// the first of each connection replays all the text so far, `replayed: true`)
 // and a final `done` event with the task view; ": keep-alive" comments every 15 s.
 //
 // Rules: the WHATWG event-stream format (lines end in \n, \r\n or \r; data lines
@@ -58,18 +59,45 @@ export function parseData(text) {
   }
 }
 
-/** The generated text pieces a `progress` event carries (none for other events). */
-// The end of a completed text task's result that the stream did not carry (tokens
-// generated while no stream was open are not replayed: a fast task may end before
-// the stream opens), so that a stream's pieces always add up to the result; ''
-// when there is nothing to add or the stream is not a prefix of it.
+// The end of a completed text task's result that the stream did not carry (a task
+// that ended before the stream opened; progress events a slow reader lost), so
+// that a stream's pieces always add up to the result; '' when there is nothing to
+// add or the stream is not a prefix of it.
 export function missedText(streamed, task) {
   if (!task || task.status !== 'completed' || typeof task.result !== 'string') return '';
   if ((task.content_type ?? 'text/plain') !== 'text/plain') return '';
   return task.result.startsWith(streamed) ? task.result.slice(streamed.length) : '';
 }
 
+/** The generated text pieces a `progress` event carries (none for other events). */
 export function tokensOf(event) {
   if (event.event !== 'progress' || !Array.isArray(event.data.tokens)) return [];
   return event.data.tokens.filter((token) => typeof token === 'string');
+}
+
+// The text a task's stream yielded so far, across reconnects: pieces(event) is
+// what an event adds (a replayed event, the first of every connection, carries
+// everything so far: only its part not yielded yet), rest(task) what the final
+// task adds.
+export class TextAssembler {
+  constructor() {
+    this.text = '';
+  }
+
+  pieces(event) {
+    let tokens = tokensOf(event);
+    if (tokens.length && event.data.replayed === true) {
+      const whole = tokens.join('');
+      const added = whole.startsWith(this.text) ? whole.slice(this.text.length) : '';
+      tokens = added ? [added] : [];
+    }
+    this.text += tokens.join('');
+    return tokens;
+  }
+
+  rest(task) {
+    const rest = missedText(this.text, task);
+    this.text += rest;
+    return rest;
+  }
 }

@@ -111,15 +111,18 @@ test('waiting reopens a stream that closed before the task ended', async () => {
   const server = await stub({
     [stream]: [
       eventStream(sse('status', { status: 'running' }) + sse('progress', { tokens: ['Hel'], index: 0 })),
-      eventStream(sse('status', { status: 'running' }) + sse('progress', { tokens: ['lo'], index: 1 })
-        + sse('done', taskView('task_1_s', 'Hello'))),
+      // the reopened stream replays all the text so far: only its new part is yielded
+      eventStream(sse('status', { status: 'running' })
+        + sse('progress', { tokens: ['Hel', 'lo'], index: 1, replayed: true })
+        + sse('progress', { tokens: [' world'], index: 2 })
+        + sse('done', taskView('task_1_s', 'Hello world'))),
     ],
   });
   const task = new NeuroGrid({ baseUrl: server.url, retry: FAST }).task('task_1_s');
   const pieces = [];
   for await (const piece of task.stream({ timeout: 10000 })) pieces.push(piece);
-  assert.deepEqual(pieces, ['Hel', 'lo']);
-  assert.equal(await task.getResponse(), 'Hello'); // seen ended: no third request
+  assert.deepEqual(pieces, ['Hel', 'lo', ' world']);
+  assert.equal(await task.getResponse(), 'Hello world'); // seen ended: no third request
   assert.deepEqual(server.seen.map((seen) => seen.path), [stream, stream]);
 });
 

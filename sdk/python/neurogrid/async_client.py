@@ -19,7 +19,7 @@ from .errors import error_from_reply
 from .handle import TaskHandleCore, deadline_after
 from .protocol import AudioInput, Call, Reply, Request, Sleep, TransportFailure
 from .retry import RetryPolicy
-from .sse import TaskWatch, missed_text, tokens_of
+from .sse import TaskWatch, TextAssembler
 from .types import (
     BetaSignup, CancelResult, Health, ModelList, NetworkStatus, StreamEvent, Submission,
     TaskPage, TaskView,
@@ -167,12 +167,11 @@ class AsyncTask(TaskHandleCore):
             yield event
 
     async def stream(self, timeout: float | None = None) -> AsyncIterator[str]:
-        streamed: list[str] = []
+        assembler = TextAssembler()
         async for event in self.events(timeout):
-            for token in tokens_of(event):
-                streamed.append(token)
-                yield token
-        rest = missed_text("".join(streamed), self.last)
+            for piece in assembler.pieces(event):
+                yield piece
+        rest = assembler.rest(self.last)
         if rest:
             yield rest
 

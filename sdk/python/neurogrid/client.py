@@ -17,7 +17,7 @@ from .errors import error_from_reply
 from .handle import TaskHandleCore, deadline_after
 from .protocol import AudioInput, Call, Reply, Request, Sleep, TransportFailure
 from .retry import RetryPolicy
-from .sse import TaskWatch, missed_text, tokens_of
+from .sse import TaskWatch, TextAssembler
 from .types import (
     BetaSignup, CancelResult, Health, ModelList, NetworkStatus, StreamEvent, Submission,
     TaskPage, TaskView,
@@ -169,12 +169,10 @@ class Task(TaskHandleCore):
     def stream(self, timeout: float | None = None) -> Iterator[str]:
         """The generated text, piece by piece, as the worker produces it; the pieces
         add up to the result (what the stream missed comes last, from the result)."""
-        streamed: list[str] = []
+        assembler = TextAssembler()
         for event in self.events(timeout):
-            for token in tokens_of(event):
-                streamed.append(token)
-                yield token
-        rest = missed_text("".join(streamed), self.last)
+            yield from assembler.pieces(event)
+        rest = assembler.rest(self.last)
         if rest:
             yield rest
 

@@ -5,10 +5,12 @@
 # Theory of operation: the server sends a `status` event at once, then `progress`
 # events with the worker's partial output ({"tokens": [...], "index": n}) and
 # `status` changes, and a final `done` event with the task view; comments
-# (": keep-alive") come every 15 s of silence. A reconnect gets the status again
-# and the events from then on (an ended task: its `done` at once), so waiting
-# survives a dropped connection; tokens sent while no stream was open are not
-# replayed (the task's result has them all).
+# (": keep-alive") come every 15 s of silence. A reconnect gets the status again,
+# one `progress` event with all the text streamed so far (`replayed: true`), and
+# the events from then on (an ended task: its `done` at once), so waiting survives
+# a dropped connection. TextAssembler keeps a stream's pieces adding up to the
+# result: of a replayed event it yields only what was not yielded yet, and at the
+# end what the stream missed (a slow reader's dropped events) from the result.
 #
 # Rules:
 # - The parser follows the WHATWG event-stream format: lines end in \n, \r\n or
@@ -89,15 +91,39 @@ def tokens_of(event: StreamEvent) -> list[str]:
 
 def missed_text(streamed: str, task: TaskView | None) -> str:
     """The end of a completed text task's result that the stream did not carry
-    (tokens generated while no stream was open are not replayed: a fast task may
-    end before the stream opens), so that a stream's pieces always add up to the
-    result; "" when there is nothing to add or the stream is not a prefix of it."""
+    (a task that ended before the stream opened; progress events a slow reader
+    lost), so that a stream's pieces always add up to the result; "" when there
+    is nothing to add or the stream is not a prefix of it."""
     if task is None or task.get("status") != "completed":
         return ""
     result = task.get("result")
     if not isinstance(result, str) or task.get("content_type", "text/plain") != "text/plain":
         return ""
     return result[len(streamed):] if result.startswith(streamed) else ""
+
+
+class TextAssembler:
+    """The text a task's stream yielded so far, across reconnects: `pieces(event)`
+    is what an event adds (a replayed event, the first of every connection,
+    carries everything so far: only its part not yielded yet), `rest(task)` what
+    the final task adds."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def pieces(self, event: StreamEvent) -> list[str]:
+        tokens = tokens_of(event)
+        if tokens and event["data"].get("replayed") is True:
+            whole = "".join(tokens)
+            new = whole[len(self.text):] if whole.startswith(self.text) else ""
+            tokens = [new] if new else []
+        self.text += "".join(tokens)
+        return tokens
+
+    def rest(self, task: TaskView | None) -> str:
+        rest = missed_text(self.text, task)
+        self.text += rest
+        return rest
 
 
 class TaskWatch:
@@ -146,5 +172,5 @@ class TaskWatch:
         return delay if self.deadline is None else max(0.0, min(delay, self.deadline - now))
 
 
-__all__ = ["EventParser", "STREAM_READ_TIMEOUT", "TaskWatch", "missed_text", "parse_data",
-           "tokens_of"]
+__all__ = ["EventParser", "STREAM_READ_TIMEOUT", "TaskWatch", "TextAssembler", "missed_text",
+           "parse_data", "tokens_of"]
