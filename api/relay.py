@@ -250,7 +250,7 @@ class LocalIntake:
 
 Event = tuple[str, dict[str, Any]]
 SUBSCRIBER_BUFFER = 256
-RETAINED_CHARS = 256 * 1024  # streamed text kept for late subscribers, a task
+RETAINED_CHARS = 64 * 1024  # streamed text kept a task (4,096 tokens of 16 characters)
 RETAINED_TASKS = 4096  # open tasks whose streamed text is kept
 
 
