@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import get_args
 
 import attrs
 
 from .catalog import MODELS
+from .values import slot_init
 
 
 class Priority(enum.IntEnum):
@@ -355,3 +357,9 @@ Decision = (
     Assign | Reject | Requeue | Cancel | Complete | Fail | Expire | Cancelled | Drop
     | Hold | Verified | Quarantine | WakeAt
 )
+
+# Every value here is built on the core's paths, several for each task: each gets
+# the __init__ that sets its slots through their descriptors (values.py).
+for value_type in (TaskSpec, NodeSpec, Usage, *get_args(Event), *get_args(Decision)):
+    slot_init(value_type)
+del value_type
