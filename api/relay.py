@@ -328,11 +328,11 @@ class TaskFeed:
         self._publish(task_id, ("progress", progress))
 
     def publish_state(self, task_id: str, change: TaskChange) -> None:
-        if change.status == "queued":  # requeued: its next run streams from the start
+        ended = change.status not in OPEN_STATES
+        if ended or change.status == "queued":  # requeued: its next run starts over
             self._streamed.pop(task_id, None)
         self._publish(task_id, ("status", {"status": change.status}))
-        if change.status not in OPEN_STATES:
-            self._streamed.pop(task_id, None)
+        if ended:
             for send in self._subscribers.pop(task_id, ()):
                 send.close()
 

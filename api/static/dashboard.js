@@ -272,11 +272,10 @@ function follow(taskId, onToken) {
     let shown = "";
     source.addEventListener("progress", (event) => {
       const partial = JSON.parse(event.data);
-      const pieces = (partial.tokens || []).filter((piece) => typeof piece === "string");
+      let pieces = (partial.tokens || []).filter((piece) => typeof piece === "string");
       if (partial.replayed === true) {
         const whole = pieces.join("");
-        pieces.length = 0;
-        if (whole.startsWith(shown) && whole.length > shown.length) pieces.push(whole.slice(shown.length));
+        pieces = whole.startsWith(shown) && whole.length > shown.length ? [whole.slice(shown.length)] : [];
       }
       for (const piece of pieces) {
         shown += piece;

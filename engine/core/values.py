@@ -47,27 +47,28 @@ def slot_init(cls: type[T]) -> type[T]:
         namespace[f"set_{name}"] = getattr(cls, name).__set__
         default = field.default
         factory = isinstance(default, attrs.Factory)  # type: ignore[arg-type]
+        fallback: str | None  # the expression of the field's default, if it has one
         if factory:
             namespace[f"make_{name}"] = default.factory
-            made = f"make_{name}(self)" if default.takes_self else f"make_{name}()"
+            fallback = f"make_{name}(self)" if default.takes_self else f"make_{name}()"
+        elif default is not attrs.NOTHING:
+            namespace[f"default_{name}"] = default
+            fallback = f"default_{name}"
+        else:
+            fallback = None
         if not field.init:
-            if default is attrs.NOTHING:
+            if fallback is None:
                 raise TypeError(f"{cls.__name__}.{name}: init=False without a default")
-            if not factory:
-                namespace[f"default_{name}"] = default
-            body.append(f"set_{name}(self, {made if factory else f'default_{name}'})")
+            body.append(f"set_{name}(self, {fallback})")
             continue
         parameter = field.alias or name
-        if default is attrs.NOTHING:
-            signature = parameter
-            value = parameter
+        if fallback is None:
+            signature = value = parameter
         elif factory:
             signature = f"{parameter}=NOTHING"
-            value = f"{made} if {parameter} is NOTHING else {parameter}"
+            value = f"{fallback} if {parameter} is NOTHING else {parameter}"
         else:
-            namespace[f"default_{name}"] = default
-            signature = f"{parameter}=default_{name}"
-            value = parameter
+            signature, value = f"{parameter}={fallback}", parameter
         (keyword if field.kw_only else positional).append(signature)
         body.append(f"set_{name}(self, {value})")
     if hasattr(cls, "__attrs_post_init__"):
