@@ -45,8 +45,7 @@ from .records import (
     StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret, refused_change,
 )
 from .sqlite_schema import (
-    CHANGE_COLUMNS, INSERT_TASK, READ_TOTALS, connect, key_record, prepare,
-    task_row,
+    CHANGE_COLUMNS, READ_TOTALS, connect, key_record, prepare, task_insert, task_row,
 )
 from .store_sql import task_values
 from .sqlite_writer import Writer, failure_kind
@@ -120,7 +119,7 @@ class SqliteStore:
         transaction: when the owner holds that key already (a live one), nothing is
         inserted and IdempotencyKeyTaken says which task holds it. Keys past
         IDEMPOTENCY_TTL_SECONDS are purged here."""
-        values = task_values(row)
+        insert = task_insert(task_values(row))
 
         def op(conn: sqlite3.Connection) -> IdempotencyRecord | None:
             if idempotency is not None:
@@ -134,7 +133,7 @@ class SqliteStore:
                     held = conn.execute("SELECT * FROM idempotency_keys WHERE owner = ? AND "
                                         "key = ?", (idempotency.owner, idempotency.key)).fetchone()
                     return IdempotencyRecord(**dict(held))
-            conn.execute(INSERT_TASK, values)
+            conn.execute(*insert)
             return None
 
         try:

@@ -8,12 +8,16 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from api.sqlite_schema import READ_TOTALS, SCHEMA_VERSION, TABLES, TOTALS_FROM_TASKS, connect
+from api.sqlite_schema import (
+    READ_TOTALS, SCHEMA_VERSION, TABLES, TOTALS_FROM_TASKS, connect, prepare, task_insert, task_row,
+)
 from api.sqlite_store import open_sqlite
 from api.sqlite_writer import Writer
+from api.store_sql import TASK_COLUMNS, task_values
 from api.store import Blob, Stats, StoreError, TaskChange, TaskRow, open_store, split_url
 
 
@@ -97,6 +101,37 @@ async def test_a_commit_that_fails_fails_its_callers_and_the_writer_goes_on(tmp_
         await writer.finish()
     assert conn.execute("SELECT COUNT(*) FROM parent").fetchone()[0] == 3
     assert [tuple(r) for r in conn.execute("SELECT id FROM child")] == [(11,)]
+    conn.close()
+
+
+def test_a_new_row_is_inserted_without_its_null_columns_and_reads_back_whole(
+        tmp_path: Path) -> None:
+    conn = connect(str(tmp_path / "t.db"))
+    prepare(conn)
+    values = task_values(row("sparse"))
+    sql, params = task_insert(values)
+    # The columns named are exactly those the table refuses NULL for (the task's
+    # lifecycle fields are None when it is created), and no parameter is None.
+    required = {c["name"] for c in conn.execute("PRAGMA table_info(tasks)")
+                if c["notnull"] and c["name"] != "seq"}
+    named = sql[sql.index("(") + 1:sql.index(")")].split(", ")
+    assert set(named) == required and None not in params and len(params) == len(named)
+    conn.execute(sql, params)
+    full = attrs.evolve(row("full"), started_at=1.0, completed_at=2.0, node_id="n",
+                        node_location="eu", node_gpu="A100", result="r", error="e",
+                        content_type="text/plain", model_weights="w", finish_reason="stop",
+                        verification="{}", metered_by="coordinator")
+    sql_full, params_full = task_insert(task_values(full))
+    assert len(params_full) == len(task_values(full))
+    conn.execute(sql_full, params_full)
+    read = {r["id"]: task_row(r) for r in conn.execute("SELECT * FROM tasks")}
+    assert attrs.evolve(read["sparse"], seq=0) == row("sparse")
+    assert attrs.evolve(read["full"], seq=0) == full
+    # A None where the table refuses NULL is still bound, and refused.
+    broken = task_values(row("broken"))
+    broken[TASK_COLUMNS.index("cost")] = None
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+        conn.execute(*task_insert(broken))
     conn.close()
 
 
