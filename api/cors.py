@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Request, Response, jsonify
+
+from .request_hooks import request_hooks
 
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type"
@@ -50,11 +52,12 @@ def install_cors(app: Quart, origins: Iterable[str]) -> None:
     def allow_origin(origin: str) -> str:
         return "*" if "*" in allowed else origin
 
-    @app.before_request
-    async def preflight() -> Response | tuple[Response, int] | None:
-        origin = request.headers.get("Origin")
-        if (request.method != "OPTIONS" or origin is None
-                or "Access-Control-Request-Method" not in request.headers):
+    def preflight(req: Request) -> Response | tuple[Response, int] | None:
+        if req.method != "OPTIONS":
+            return None
+        headers = req.headers
+        origin = headers.get("Origin")
+        if origin is None or "Access-Control-Request-Method" not in headers:
             return None
         if not allows(origin):
             body = {"success": False, "error": "Forbidden",
@@ -69,15 +72,17 @@ def install_cors(app: Quart, origins: Iterable[str]) -> None:
             "Vary": "Origin",
         })
 
-    @app.after_request
-    async def add_headers(response: Response) -> Response:
-        origin = request.headers.get("Origin")
+    def add_headers(req: Request, response: Response, seconds: float) -> None:
+        origin = req.headers.get("Origin")
         if allows(origin) and "Access-Control-Allow-Origin" not in response.headers:
             assert origin is not None
             response.headers["Access-Control-Allow-Origin"] = allow_origin(origin)
             response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
             response.headers.add("Vary", "Origin")
-        return response
+
+    hooks = request_hooks(app)
+    hooks.gate.append(preflight)
+    hooks.finish.append(add_headers)
 
 
 __all__ = ["install_cors", "parse_origins"]

@@ -24,12 +24,12 @@
 from __future__ import annotations
 
 import logging
-import time
 
-from quart import Quart, Response, g, request
+from quart import Quart, Request, Response
 
 from engine.logs import LOG_FORMATS, JsonFormatter, install_log_handler
 
+from .request_hooks import request_hooks
 from .transitions import TaskTransition
 
 access_log = logging.getLogger("neurogrid.access")
@@ -48,22 +48,18 @@ def configure_logging(log_format: str = "text", access: bool = False,
 def install_request_log(app: Quart) -> None:
     """Log each request of `app` once, after its response, on neurogrid.access."""
 
-    @app.before_request
-    async def note_start() -> None:
-        g.log_started = time.perf_counter()
-
-    @app.after_request
-    async def log_request(response: Response) -> Response:
+    def log_request(req: Request, response: Response, seconds: float) -> None:
         if access_log.isEnabledFor(logging.INFO):
-            started = g.get("log_started")
-            ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-            client = request.remote_addr or "-"
-            access_log.info("%s %s %s %d %.1fms", client, request.method, request.full_path
-                            if request.query_string else request.path, response.status_code, ms,
+            ms = seconds * 1000
+            client = req.remote_addr or "-"
+            path = req.path
+            access_log.info("%s %s %s %d %.1fms", client, req.method, req.full_path
+                            if req.query_string else path, response.status_code, ms,
                             extra={"event": "request", "client": client,
-                                   "method": request.method, "path": request.path,
+                                   "method": req.method, "path": path,
                                    "status": response.status_code, "ms": round(ms, 2)})
-        return response
+
+    request_hooks(app).finish.append(log_request)
 
 
 def log_task_end(t: TaskTransition) -> None:

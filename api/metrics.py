@@ -9,7 +9,7 @@
 #     task starts running) and the turnaround (when it ends) as histograms;
 #   - placement: the seconds of each dispatcher trip to the coordinator (the
 #     scheduler places the batch in that trip);
-#   - HTTP requests: before/after-request hooks, labelled by the URL rule (the
+#   - HTTP requests: a request hook (request_hooks.py), labelled by the URL rule (the
 #     route's pattern, never the raw path, so task ids do not explode the label set)
 #     and status;
 #   - store commits: the SQLite writer's group commits.
@@ -26,17 +26,17 @@
 #   every call, a few microseconds of every request and task transition).
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from quart import Blueprint, Quart, Response, current_app, g, request
+from quart import Blueprint, Quart, Request, Response, current_app
 
 from engine.core import NetworkSnapshot
 
 from .network_watch import connected_status
+from .request_hooks import request_hooks
 from .transitions import TaskTransition
 
 METRICS_KEY = "neurogrid.metrics"  # app.extensions key
@@ -169,18 +169,12 @@ def install_metrics(app: Quart, metrics: ApiMetrics) -> None:
     app.extensions[METRICS_KEY] = metrics
     app.register_blueprint(metrics_routes)
 
-    @app.before_request
-    async def start_timer() -> None:
-        g.metrics_started = time.perf_counter()
+    def observe_request(req: Request, response: Response, seconds: float) -> None:
+        rule = req.url_rule
+        metrics.request_done(req.method, rule.rule if rule is not None else "unmatched",
+                             response.status_code, seconds)
 
-    @app.after_request
-    async def observe_request(response: Response) -> Response:
-        started = g.get("metrics_started")
-        if started is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.request_done(request.method, rule, response.status_code,
-                                 time.perf_counter() - started)
-        return response
+    request_hooks(app).finish.append(observe_request)
 
 
 __all__ = ["ApiMetrics", "Children", "METRICS_KEY", "SnapshotCollector", "install_metrics", "metrics_routes"]

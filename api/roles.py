@@ -19,15 +19,16 @@
 #   so a client pointed at it by mistake learns where to go.
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-from quart import request
+from quart import Request
 from quart_trio import QuartTrio
 
 from engine.protocol import WORKER_PATH
 
 from .app import ServeServices, create_app, serve_services
 from .errors import ApiError
+from .request_hooks import request_hooks
 from .services import ROLES, ApiConfig
 from .store import split_url
 
@@ -65,14 +66,14 @@ def create_role_app(config: ApiConfig) -> QuartTrio:
     check_role(config.role, config.db)
     app = create_app(config, ROLE_SERVICES[config.role]())
     if config.role == "coordinator":
-        @app.before_request
-        async def coordinator_paths() -> Any:
-            if request.path not in COORDINATOR_PATHS:
+        def coordinator_paths(req: Request) -> None:
+            if req.path not in COORDINATOR_PATHS:
                 raise ApiError(404, "Not found",
                                f"this is a coordinator process: it serves workers at "
                                f"{WORKER_PATH}, /health and /metrics; the REST API is "
                                "served by the API processes")
-            return None
+
+        request_hooks(app).gate.append(coordinator_paths)
     return app
 
 

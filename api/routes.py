@@ -23,8 +23,10 @@ from typing import Any, AsyncIterator
 
 import trio
 from quart import (
-    Blueprint, Response, current_app, g, has_websocket_context, jsonify, request, websocket,
+    Blueprint, Quart, Request, Response, current_app, g, has_websocket_context, jsonify, request,
+    websocket,
 )
+from quart.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from engine.core import MODELS
@@ -37,6 +39,7 @@ from .media import IMAGE_BLOB
 from .network_watch import WATCH_KEY
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
+from .request_hooks import Finish, Gate, request_hooks, unproxied
 from .services import Services, process_memory, service_failure
 from .store import OPEN_STATES, Signup, StoreFailed, StoreUnavailable, TaskRow
 from .submission import (
@@ -52,7 +55,7 @@ SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def services() -> Services:
-    found: Services = current_app.extensions["neurogrid"]
+    found: Services = unproxied(current_app).extensions["neurogrid"]
     return found
 
 
@@ -131,38 +134,51 @@ async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
                           "the server failed to answer this request; it has been logged")
 
 
-@api_routes.before_app_request
-async def refuse_when_failed() -> None:
-    reason = service_failure(current_app).reason
-    if reason is not None:
-        raise ApiError(503, "Service unavailable",
-                       f"{reason}; the server is stopping to be restarted",
-                       {"Retry-After": str(STORE_RETRY_SECONDS)})
+def refuse_when_failed(app: Quart) -> Gate:
+    """A request hook: refuse every request once the services have failed (503)."""
+    def refuse(req: Request) -> None:
+        reason = service_failure(app).reason
+        if reason is not None:
+            raise ApiError(503, "Service unavailable",
+                           f"{reason}; the server is stopping to be restarted",
+                           {"Retry-After": str(STORE_RETRY_SECONDS)})
+    return refuse
 
 
-@api_routes.after_app_request
-async def add_rate_limit_headers(response: Response) -> Response:
-    # The budget after this request: what a submission left (`g.admission`), else,
-    # for any call whose caller is known, the budget as it stands (peeked here, not
-    # when the caller was identified: a submission's own admission replaces it).
-    admission: Admission | None = g.get("admission")
-    if admission is None:
-        caller: Caller | None = g.get("caller")
-        if caller is None:
-            return response
-        s = services()
-        admission = s.limiter.peek(caller, s.now())
-    for name, value in admission.headers().items():
-        response.headers.setdefault(name, value)
-    return response
+def add_rate_limit_headers(app: Quart) -> Finish:
+    """A request hook: the caller's budget after the request, in X-RateLimit-*."""
+    def add(req: Request, response: Response, seconds: float) -> None:
+        # What a submission left (`g.admission`), else, for any call whose caller is
+        # known, the budget as it stands (peeked here, not when the caller was
+        # identified: a submission's own admission replaces it).
+        found = unproxied(g)
+        admission: Admission | None = found.get("admission")
+        if admission is None:
+            caller: Caller | None = found.get("caller")
+            if caller is None:
+                return
+            s: Services = app.extensions["neurogrid"]
+            admission = s.limiter.peek(caller, s.now())
+        for name, value in admission.headers().items():
+            response.headers.setdefault(name, value)
+    return add
+
+
+@api_routes.record_once
+def install_hooks(state: BlueprintSetupState) -> None:
+    app = state.app
+    assert isinstance(app, Quart)
+    hooks = request_hooks(app)
+    hooks.gate.append(refuse_when_failed(app))
+    hooks.finish.append(add_rate_limit_headers(app))
 
 
 # ---- callers and bodies -------------------------------------------------------
 
 
 def client_address() -> str:
-    return peer_client(request.remote_addr or "unknown",
-                       request.headers.getlist("X-Forwarded-For"),
+    req = unproxied(request)
+    return peer_client(req.remote_addr or "unknown", req.headers.getlist("X-Forwarded-For"),
                        services().config.trusted_proxies)
 
 
@@ -171,10 +187,10 @@ async def current_caller() -> Caller:
     X-RateLimit-* headers (add_rate_limit_headers). The client's address names
     only an anonymous caller, so it is worked out only for a request with no key."""
     s = services()
-    authorization = request.headers.get("Authorization")
+    authorization = unproxied(request).headers.get("Authorization")
     caller = await identify(authorization, "" if authorization else client_address(), s.store,
                             s.config.auth_required, s.config.tiers)
-    g.caller = caller
+    unproxied(g).caller = caller
     return caller
 
 
@@ -185,9 +201,10 @@ async def request_body() -> bytes:
     trip through the scheduler when it is in already, as a small body is (it comes
     with the headers): get_data awaits the body's completion event, a checkpoint
     even when that is set, where iterating the body takes what is there."""
-    timeout = request.body_timeout
+    req = unproxied(request)
+    timeout = req.body_timeout
     with trio.move_on_after(math.inf if timeout is None else timeout) as waited:
-        chunks = [chunk async for chunk in request.body]
+        chunks = [chunk async for chunk in req.body]
     if waited.cancelled_caught:
         raise RequestTimeout()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -197,11 +214,12 @@ async def task_body() -> dict[str, Any]:
     """A submission's fields: a JSON object, or a multipart/form-data form whose
     `file` part is the task's input file (its audio). Bodies that carry a file may be
     up to MAX_TASK_BODY_BYTES; others are held to MAX_BODY_BYTES."""
-    if request.content_length is not None and request.content_length > MAX_TASK_BODY_BYTES:
-        raise InvalidRequest(f"the body is {request.content_length} bytes; "
+    req = unproxied(request)
+    if req.content_length is not None and req.content_length > MAX_TASK_BODY_BYTES:
+        raise InvalidRequest(f"the body is {req.content_length} bytes; "
                              f"the limit is {MAX_TASK_BODY_BYTES}")
-    if request.mimetype == "multipart/form-data":
-        form, files = await request.form, await request.files
+    if req.mimetype == "multipart/form-data":
+        form, files = await req.form, await req.files
         body = parse_form_task(form.to_dict())
         upload = files.get("file")
         if upload is not None:
@@ -216,9 +234,9 @@ async def task_body() -> dict[str, Any]:
 
 
 async def json_body() -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body is {request.content_length} bytes; "
-                             f"the limit is {MAX_BODY_BYTES}")
+    length = unproxied(request).content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}")
     return parse_json_object(await request_body())
 
 
@@ -235,10 +253,10 @@ async def visible_task(caller: Caller, task_id: str) -> TaskRow:
 @api_routes.post("/api/tasks")
 async def submit_task():  # type: ignore[no-untyped-def]
     caller = await current_caller()
-    key = idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+    key = idempotency_key(unproxied(request).headers.get(IDEMPOTENCY_HEADER))
     created = await create_task(services(), caller, await task_body(), idempotency_key=key)
     if created.admission is not None:
-        g.admission = created.admission
+        unproxied(g).admission = created.admission
     quote = created.quote
     body = views.task_created(created.row, quote.node_id, quote.location or quote.region or None,
                               quote.gpu, quote.savings_pct)

@@ -32,6 +32,8 @@ from typing import Any
 import trio
 from quart import Quart, websocket
 
+from .request_hooks import request_hooks
+
 log = logging.getLogger("neurogrid")
 CLOSING_KEY = "neurogrid.closing"  # app.extensions key
 REQUEST_GRACE_SECONDS = 10.0  # waiting for requests in flight at shutdown, at most
@@ -95,13 +97,9 @@ class Closing:
 def install_closing(app: Quart) -> Closing:
     closing = app.extensions[CLOSING_KEY] = Closing()
 
-    @app.before_request
-    async def count_request() -> None:
-        closing.request_started()
-
-    @app.teardown_request
-    async def uncount_request(exc: BaseException | None) -> None:
-        closing.request_ended()
+    hooks = request_hooks(app)  # counted first, uncounted at teardown: never one sided
+    hooks.watch.append(lambda req: closing.request_started())
+    hooks.end.append(closing.request_ended)
 
     @app.before_websocket
     async def note_socket() -> tuple[str, int] | None:
