@@ -58,18 +58,23 @@ Send = Callable[[Any], Awaitable[None]]
 
 
 def shielding_last(send: Send) -> Send:
-    """`send`, with the final body message shielded from cancellation (bounded)."""
+    """`send`, with the final body message shielded from cancellation (bounded).
+    A plain function that hands back `send`'s own awaitable for every other
+    message: an `async def` wrapper would add its frame to every resumption of
+    every send."""
 
-    async def shielded(message: Any) -> None:
+    def shielded(message: Any) -> Awaitable[None]:
         if (message is not None and message.get("type") == "http.response.body"
                 and not message.get("more_body", False)):
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + LAST_SEND_SECONDS
-                await send(message)
-        else:
-            await send(message)
+            return send_shielded(send, message)
+        return send(message)
 
     return shielded
+
+
+async def send_shielded(send: Send, message: Any) -> None:
+    with trio.CancelScope(deadline=trio.current_time() + LAST_SEND_SECONDS, shield=True):
+        await send(message)
 
 
 class ClosingHTTPConnection(TrioASGIHTTPConnection):
@@ -131,4 +136,4 @@ def hypercorn_config(host: str, port: int, access_log: bool, *,
 
 __all__ = ["BODY_TIMEOUT_SECONDS", "ClosingHTTPConnection", "IdleTimer", "KEEP_ALIVE_SECONDS",
            "LAST_SEND_SECONDS", "MAX_HEADER_BYTES", "hypercorn_config", "install_idle_timer",
-           "run_in_scope", "shielding_last"]
+           "run_in_scope", "send_shielded", "shielding_last"]
