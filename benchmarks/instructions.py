@@ -44,7 +44,7 @@ SIM_TASKS = (10_000, 30_000)
 API_CASES = (("health", 1), ("post", 1), ("health", 32), ("post", 32))
 API_REQUESTS = 384  # a multiple of every case's connections
 WARM_UP_ROUNDS = 2
-CLOSE_SECONDS = 2.0
+CLOSE_SECONDS = 5.0
 IDLE_SECONDS = 10.0
 CHILD_ENV = {"PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
 
