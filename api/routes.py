@@ -39,7 +39,7 @@ from .media import IMAGE_BLOB
 from .network_watch import WATCH_KEY
 from .nodes_ws import serve_worker_socket
 from .openapi import openapi_document
-from .request_hooks import Finish, Gate, request_hooks, unproxied
+from .request_hooks import request_hooks, unproxied
 from .services import Services, process_memory, service_failure
 from .store import OPEN_STATES, Signup, StoreFailed, StoreUnavailable, TaskRow
 from .submission import (
@@ -134,34 +134,30 @@ async def on_unexpected(exc: Exception):  # type: ignore[no-untyped-def]
                           "the server failed to answer this request; it has been logged")
 
 
-def refuse_when_failed(app: Quart) -> Gate:
+def refuse_when_failed(req: Request) -> None:
     """A request hook: refuse every request once the services have failed (503)."""
-    def refuse(req: Request) -> None:
-        reason = service_failure(app).reason
-        if reason is not None:
-            raise ApiError(503, "Service unavailable",
-                           f"{reason}; the server is stopping to be restarted",
-                           {"Retry-After": str(STORE_RETRY_SECONDS)})
-    return refuse
+    reason = service_failure(unproxied(current_app)).reason
+    if reason is not None:
+        raise ApiError(503, "Service unavailable",
+                       f"{reason}; the server is stopping to be restarted",
+                       {"Retry-After": str(STORE_RETRY_SECONDS)})
 
 
-def add_rate_limit_headers(app: Quart) -> Finish:
-    """A request hook: the caller's budget after the request, in X-RateLimit-*."""
-    def add(req: Request, response: Response, seconds: float) -> None:
-        # What a submission left (`g.admission`), else, for any call whose caller is
-        # known, the budget as it stands (peeked here, not when the caller was
-        # identified: a submission's own admission replaces it).
-        found = unproxied(g)
-        admission: Admission | None = found.get("admission")
-        if admission is None:
-            caller: Caller | None = found.get("caller")
-            if caller is None:
-                return
-            s: Services = app.extensions["neurogrid"]
-            admission = s.limiter.peek(caller, s.now())
-        for name, value in admission.headers().items():
-            response.headers.setdefault(name, value)
-    return add
+def add_rate_limit_headers(req: Request, response: Response, seconds: float) -> None:
+    """A request hook: the caller's budget after the request, in X-RateLimit-*:
+    what a submission left (`g.admission`), else, for any call whose caller is
+    known, the budget as it stands (peeked here, not when the caller was
+    identified: a submission's own admission replaces it)."""
+    found = unproxied(g)
+    admission: Admission | None = found.get("admission")
+    if admission is None:
+        caller: Caller | None = found.get("caller")
+        if caller is None:
+            return
+        s = services()
+        admission = s.limiter.peek(caller, s.now())
+    for name, value in admission.headers().items():
+        response.headers.setdefault(name, value)
 
 
 @api_routes.record_once
@@ -169,8 +165,8 @@ def install_hooks(state: BlueprintSetupState) -> None:
     app = state.app
     assert isinstance(app, Quart)
     hooks = request_hooks(app)
-    hooks.gate.append(refuse_when_failed(app))
-    hooks.finish.append(add_rate_limit_headers(app))
+    hooks.gate.append(refuse_when_failed)
+    hooks.finish.append(add_rate_limit_headers)
 
 
 # ---- callers and bodies -------------------------------------------------------

@@ -236,7 +236,7 @@ def task_insert(values: list[Any]) -> tuple[str, list[Any]]:
 
 
 # Per column of TASK_COLUMNS: True where the table refuses NULL (the TaskRow
-# fields without a None default; tests/api/test_sqlite_schema.py checks the table).
+# fields without a None default; tests/api/test_sqlite_store.py checks the table).
 _REQUIRED = tuple(attrs.fields_dict(TaskRow)[column].default is not None
                   for column in TASK_COLUMNS)
 

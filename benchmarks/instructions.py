@@ -3,7 +3,7 @@
 #     python -m benchmarks.instructions [--versus REV] [--only sim,api] [--json FILE]
 # Needs valgrind (`apt-get install valgrind`); not part of `python -m benchmarks`
 # (a count takes minutes). Counts are deterministic up to scheduling: the same
-# tree's API figures move by ~0.2% between runs on one connection, ~1.5% on 32.
+# tree's API figures move by ~0.4% between runs on one connection, ~2% on 32.
 #
 # Theory of operation:
 # - Every count is a child process under `valgrind --tool=callgrind`, hash seed 0,
