@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -123,14 +123,18 @@ async def load(port: int | Sequence[int], request: bytes | Sequence[bytes], seco
     return latencies, failures, sample
 
 
-def start_server(db: str, extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen[str], int]:
+def start_server(db: str, extra_args: Sequence[str] = (), *, launcher: Sequence[str] = (),
+                 tree: Path = REPO, env: Mapping[str, str] | None = None
+                 ) -> tuple[subprocess.Popen[str], int]:
     """`python -m api` on a free port with no local workers (`extra_args`: more
-    flags, e.g. ("--journal", PATH), ("--role", "api")): (the process, its port)."""
+    flags, e.g. ("--journal", PATH), ("--role", "api")): (the process, its port).
+    `launcher` runs it (e.g. under valgrind), in `tree` with `env` (default: this
+    checkout, this environment)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "api", "--port", "0", "--db", db, "--local-workers", "0",
-         *extra_args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [*launcher, sys.executable, "-m", "api", "--port", "0", "--db", db,
+         "--local-workers", "0", *extra_args],
+        cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("NeuroGrid ") and " on http" in line:  # any role's first line

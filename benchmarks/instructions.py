@@ -76,7 +76,7 @@ def count_sim(tree: Path, scratch: Path) -> dict[str, Any]:
 
 
 def count_api(tree: Path, scratch: Path, kind: str, connections: int) -> dict[str, Any]:
-    from .api_load import TASK_BODY, request_bytes
+    from .api_load import TASK_BODY, request_bytes, start_server
 
     db = scratch / f"api-{kind}-{connections}.db"
     key = subprocess.run(  # by the tree's own code: its store makes the database
@@ -84,14 +84,10 @@ def count_api(tree: Path, scratch: Path, kind: str, connections: int) -> dict[st
          "print(create_bench_key(sys.argv[1]))", str(db)], cwd=tree, env=tree_env(tree),
         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     out = scratch / f"api-{kind}-{connections}.out"
-    server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         "-m", "api", "--port", "0", "--db", str(db), "--local-workers", "0"],
-        cwd=tree, env=tree_env(tree), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server, port = start_server(
+        str(db), launcher=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+        tree=tree, env=tree_env(tree))
     try:
-        assert server.stdout is not None
-        port = next(int(line.rsplit(":", 1)[1]) for line in server.stdout
-                    if line.startswith("NeuroGrid ") and " on http" in line)
         request = (request_bytes("GET", "/health", key) if kind == "health"
                    else request_bytes("POST", "/api/tasks", key, TASK_BODY))
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
