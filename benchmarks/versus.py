@@ -57,7 +57,7 @@ DIRECTION: tuple[tuple[str, str, int], ...] = (
     (r"(per_s|tok_s|speedup|x naive|^(cpu_)?ratio_to_trivial$|^ratio$|ours_over_theirs|"
      r"cycles/s|ceiling_ratio)", "figure", +1),
     (r"(_ms|_us|_s$|_mb|^ms$|slowdown|p50/|/direct|direct/|end/first|"
-     r"cpu_ratio|rtf|step/unet|overhead)", "figure", -1),
+     r"rtf|step/unet|overhead)", "figure", -1),
     (r"decisions/s", "case", +1),
 )
 
