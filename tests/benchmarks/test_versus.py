@@ -51,7 +51,34 @@ def test_medians_of_the_figures_both_trees_report_are_compared() -> None:
     (row,) = rows
     assert (row.base, row.here) == (0.21, 0.11)
     assert row.ratio == pytest.approx(0.11 / 0.21)
-    assert row.verdict(0.05) == "better"
+    assert (row.base_runs, row.here_runs) == ((0.20, 0.30, 0.21), (0.10, 0.11, 0.50))
+    # the median is better by half, but one run here (0.50) is worse than every
+    # base run: the runs overlap, so the move is not judged
+    assert row.verdict(0.05) == "unsure"
+
+
+@pytest.mark.parametrize(("base_runs", "here_runs", "verdict"), [
+    ((2000.0, 2010.0, 1990.0), (1800.0, 1850.0, 1700.0), "WORSE"),    # every run lower
+    ((2000.0, 2010.0, 1990.0), (1800.0, 2020.0, 1700.0), "unsure"),   # one run above them all
+    ((2000.0, 2010.0, 1990.0), (2300.0, 2200.0, 2400.0), "better"),   # every run higher
+    ((2000.0, 2010.0, 1990.0), (2300.0, 1980.0, 2400.0), "unsure"),   # one run below them all
+    ((2000.0, 1500.0, 2500.0), (2050.0, 2010.0, 1995.0), "same"),     # medians within 5%
+])
+def test_a_move_past_the_tolerance_is_judged_only_when_the_runs_separate(
+        base_runs: tuple[float, ...], here_runs: tuple[float, ...], verdict: str) -> None:
+    case = "throughput: coordinator + 4 no-op workers"
+    (row,) = compare([report({case: {"tasks_per_s": v}}) for v in base_runs],
+                     [report({case: {"tasks_per_s": v}}) for v in here_runs])
+    assert row.verdict(0.05) == verdict
+
+
+def test_separation_reads_a_lower_is_better_figure_the_other_way_round() -> None:
+    case = "overhead: submit -> assign on the wire"
+    base = [report({case: {"p50_ms": v}}) for v in (0.20, 0.21, 0.22)]
+    (slower,) = compare(base, [report({case: {"p50_ms": v}}) for v in (0.25, 0.24, 0.26)])
+    (faster,) = compare(base, [report({case: {"p50_ms": v}}) for v in (0.15, 0.16, 0.19)])
+    assert (slower.separated(), slower.verdict(0.05)) == (-1, "WORSE")
+    assert (faster.separated(), faster.verdict(0.05)) == (+1, "better")
 
 
 def test_a_move_the_wrong_way_beyond_the_tolerance_is_worse_and_within_it_the_same() -> None:
