@@ -31,7 +31,9 @@
 #   Why both: medians alone are below this machine's noise floor. An A/A run
 #   (`--versus HEAD --only api --rounds 3`, the same code on both sides,
 #   2026-12-01) judged 20 of 36 figures WORSE by medians (POST's server CPU a
-#   request 1.138, ratio_to_trivial 0.737); with the separation rule, 1 of 30.
+#   request 1.138, ratio_to_trivial 0.737). A second A/A run with the rule in
+#   place (2026-12-02) judged 0 of 36 WORSE and 14 unsure, the widest move a
+#   median made being POST's req/s at 0.830 with the runs overlapping.
 #   Separation is a rank test: for identical code, the chance that N runs a
 #   tree fall wholly one given side of the other N is 1 / C(2N, N): 1/2 at one
 #   round, 1/6 at two, 1/20 (p = 0.05) at three, 1/70 at four. So one round
