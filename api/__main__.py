@@ -58,9 +58,8 @@ from .cors import parse_origins
 from .database import DB_ENV, DEFAULT_DB, choose_database
 from .logs import LOG_FORMATS, configure_logging
 from .roles import check_role, create_role_app
-from .server import (
-    BODY_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, hypercorn_config, install_idle_timer,
-)
+from .keepalive import serve_idle_timers
+from .server import BODY_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, hypercorn_config
 from .services import ROLES, service_failure
 from .shutdown import app_closing
 from .store import StoreError, open_store
@@ -218,7 +217,6 @@ async def serve_all(args: argparse.Namespace) -> str | None:
     app = create_role_app(api_config(args))
     closing, failure = app_closing(app), service_failure(app)
     config = server_config(args)
-    install_idle_timer()  # keep-alive timing without scheduler trips (server.py)
     async with trio.open_nursery() as nursery:
         workers = trio.CancelScope()
         workers_done = trio.Event()
@@ -252,6 +250,7 @@ async def serve_all(args: argparse.Namespace) -> str | None:
             finally:  # local workers end when the server has
                 nursery.cancel_scope.cancel()
 
+        await nursery.start(serve_idle_timers)  # keep-alive timing, one task (keepalive.py)
         url = (await nursery.start(run_server))[0]
         tune_garbage_collector()
         note = getattr(args, "database_note", "")  # once the database has opened

@@ -27,24 +27,13 @@
 # earlier sends stay cancellable, so an SSE stream still ends when its client
 # goes away. tests/faults/repro_http_close.py reproduces it on a minimal app.
 #
-# Theory (why IdleTimer): hypercorn runs a connection's keep-alive timer as a task,
-# restarted after every answer and stopped when the next request's headers come
-# (TCPServer.idle_task, a TrioSingleTask). Its restart takes a lock and starts the
-# task with `nursery.start`, its stop takes the lock again: three trips through
-# the scheduler per request (py-spy of a GET /health under load: the timer's
-# restart, stop and task were about a tenth of its CPU). IdleTimer is the same
-# timer (the same task, cancelled and started at the same moments, so the same
-# closes) without them: it makes the task's cancel scope itself and spawns the
-# task with `start_soon`, so neither call waits. `install_idle_timer` (called by
-# `neurogrid serve` before hypercorn starts) makes hypercorn's trio TCPServer use
-# it; tests/faults/test_http_connections.py checks the closes it makes.
+# The keep-alive timer itself: api/keepalive.py (one task for every connection).
 from __future__ import annotations
 
 import logging
 from typing import Any, Awaitable, Callable
 
 import trio
-import hypercorn.trio.tcp_server
 from hypercorn.config import Config as HypercornConfig
 from quart_trio.asgi import TrioASGIHTTPConnection
 
@@ -86,38 +75,6 @@ class ClosingHTTPConnection(TrioASGIHTTPConnection):
         await super().handle_request(nursery, request, shielding_last(send))
 
 
-class IdleTimer:
-    """hypercorn's TrioSingleTask (one task at a time, `restart` cancels the running
-    one and starts `action` anew, `stop` cancels it) without a checkpoint in either
-    call (see above)."""
-
-    def __init__(self) -> None:
-        self._scope: trio.CancelScope | None = None
-
-    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        self._scope = trio.CancelScope()
-        task_group._nursery.start_soon(run_in_scope, self._scope, action)
-
-    async def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        self._scope = None
-
-
-async def run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
-    """`action()` in `scope` (cancelled before it started: it ends at its first
-    checkpoint, as a cancelled TrioSingleTask action does)."""
-    with scope:
-        await action()
-
-
-def install_idle_timer() -> None:
-    """hypercorn's trio TCPServer times idle connections with IdleTimer (above)."""
-    hypercorn.trio.tcp_server.TrioSingleTask = IdleTimer  # type: ignore[attr-defined, assignment]
-
-
 def hypercorn_config(host: str, port: int, access_log: bool, *,
                      keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
                      websocket_max_message_size: int | None = None) -> HypercornConfig:
@@ -134,6 +91,6 @@ def hypercorn_config(host: str, port: int, access_log: bool, *,
     return config
 
 
-__all__ = ["BODY_TIMEOUT_SECONDS", "ClosingHTTPConnection", "IdleTimer", "KEEP_ALIVE_SECONDS",
-           "LAST_SEND_SECONDS", "MAX_HEADER_BYTES", "hypercorn_config", "install_idle_timer",
-           "run_in_scope", "send_shielded", "shielding_last"]
+__all__ = ["BODY_TIMEOUT_SECONDS", "ClosingHTTPConnection", "KEEP_ALIVE_SECONDS",
+           "LAST_SEND_SECONDS", "MAX_HEADER_BYTES", "hypercorn_config", "send_shielded",
+           "shielding_last"]
