@@ -1,6 +1,7 @@
 # Instruction counts under callgrind, for what a timed run on the shared machine
 # cannot resolve (a few per cent between two trees):
-#     python -m benchmarks.instructions [--versus REV] [--only sim,api] [--json FILE]
+#     python -m benchmarks.instructions [--versus REV] [--only sim,api]
+#                                       [--requests health,post,get] [--json FILE]
 # Needs valgrind (`apt-get install valgrind`); not part of `python -m benchmarks`
 # (a count takes minutes). Counts are deterministic up to scheduling: the same
 # tree's API figures move by ~0.4% between runs on one connection, ~2% on 32.
@@ -17,7 +18,9 @@
 #   counters (`callgrind_control -d`); N requests, C at a time (one on each
 #   connection, then the C answers); a dump; the connections closed, CLOSE_SECONDS
 #   later a dump (that part is not counted); IDLE_SECONDS with no connection; a
-#   dump. `raw` is the window's count over N. `instructions` also takes off the
+#   dump. `raw` is the window's count over N. The `get` case reads one task
+#   (GET /api/tasks/<id>, the task submitted on the first connection before the
+#   warm-up: queued, as no worker runs). `instructions` also takes off the
 #   idle rate times the window's length: the server's own timers (the dashboard's
 #   look at the network every second) run on the wall clock, which callgrind
 #   slows about fifty times, so in the window they weigh on each request about
@@ -41,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 SIM_TASKS = (10_000, 30_000)
-API_CASES = (("health", 1), ("post", 1), ("health", 32), ("post", 32))
+API_CASES = (("health", 1), ("post", 1), ("get", 1), ("health", 32), ("post", 32), ("get", 32))
+API_CASE_NAMES = {"health": "GET /health", "post": "POST /api/tasks", "get": "GET /api/tasks/<id>"}
 API_REQUESTS = 384  # a multiple of every case's connections
 WARM_UP_ROUNDS = 2
 CLOSE_SECONDS = 5.0
@@ -88,10 +92,15 @@ def count_api(tree: Path, scratch: Path, kind: str, connections: int) -> dict[st
         str(db), launcher=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
         tree=tree, env=tree_env(tree))
     try:
-        request = (request_bytes("GET", "/health", key) if kind == "health"
-                   else request_bytes("POST", "/api/tasks", key, TASK_BODY))
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
         buffers = [b""] * connections
+        submit = request_bytes("POST", "/api/tasks", key, TASK_BODY)
+        if kind == "get":
+            socks[0].sendall(submit)
+            body, buffers[0] = read_answer_body(socks[0], buffers[0])
+            request = request_bytes("GET", f"/api/tasks/{json.loads(body)['task_id']}", key)
+        else:
+            request = request_bytes("GET", "/health", key) if kind == "health" else submit
 
         def exchange(rounds: int) -> None:
             for _ in range(rounds):
@@ -122,8 +131,7 @@ def count_api(tree: Path, scratch: Path, kind: str, connections: int) -> dict[st
         server.send_signal(signal.SIGINT)
         server.wait(timeout=600)
     counted, idled = summary(Path(f"{out}.2")), summary(Path(f"{out}.4"))
-    return {"case": f"{'GET /health' if kind == 'health' else 'POST /api/tasks'}, "
-                    f"{connections} connection(s)",
+    return {"case": f"{API_CASE_NAMES[kind]}, {connections} connection(s)",
             "instructions": round((counted - idled / idle * window) / API_REQUESTS),
             "raw": round(counted / API_REQUESTS), "idle_per_s": round(idled / idle),
             "window_s": round(window, 1)}
@@ -131,15 +139,21 @@ def count_api(tree: Path, scratch: Path, kind: str, connections: int) -> dict[st
 
 def read_answer(sock: socket.socket, buffer: bytes) -> bytes:
     """Read one HTTP answer (it must be a 200); what came after it."""
+    return read_answer_body(sock, buffer)[1]
+
+
+def read_answer_body(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
+    """Read one HTTP answer (it must be a 200): (its body, what came after it)."""
     while b"\r\n\r\n" not in buffer:
         buffer += received(sock)
     head, _, buffer = buffer.partition(b"\r\n\r\n")
     assert head[9:12] == b"200", head[:80]
     length = re.search(rb"content-length:\s*(\d+)", head, re.I)
     assert length, head[:200]
-    while len(buffer) < int(length.group(1)):
+    size = int(length.group(1))
+    while len(buffer) < size:
         buffer += received(sock)
-    return buffer[int(length.group(1)):]
+    return buffer[:size], buffer[size:]
 
 
 def received(sock: socket.socket) -> bytes:
@@ -149,7 +163,7 @@ def received(sock: socket.socket) -> bytes:
     return data
 
 
-def count_tree(tree: Path, names: list[str]) -> list[dict[str, Any]]:
+def count_tree(tree: Path, names: list[str], kinds: list[str]) -> list[dict[str, Any]]:
     rows = []
     print(f"-- {tree}", flush=True)
     with tempfile.TemporaryDirectory(prefix="neurogrid-instructions-") as scratch:
@@ -157,7 +171,7 @@ def count_tree(tree: Path, names: list[str]) -> list[dict[str, Any]]:
             rows.append(count_sim(tree, Path(scratch)))
             print(f"  {rows[-1]}", flush=True)
         if "api" in names:
-            for kind, connections in API_CASES:
+            for kind, connections in (case for case in API_CASES if case[0] in kinds):
                 rows.append(count_api(tree, Path(scratch), kind, connections))
                 print(f"  {rows[-1]}", flush=True)
     return rows
@@ -167,23 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument("--versus", metavar="REV", help="also count REV's tree, and compare")
     parser.add_argument("--only", default="sim,api", help="comma-separated: sim, api")
+    parser.add_argument("--requests", default=",".join(API_CASE_NAMES),
+                        help=f"the api count's requests, comma-separated: {', '.join(API_CASE_NAMES)}")
     parser.add_argument("--json", metavar="FILE", help="write the counts as JSON")
     args = parser.parse_args(argv)
-    names = args.only.split(",")
+    names, kinds = args.only.split(","), args.requests.split(",")
     if unknown := set(names) - {"sim", "api"}:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (sim, api)")
+    if unknown := set(kinds) - set(API_CASE_NAMES):
+        parser.error(f"--requests: unknown {', '.join(sorted(unknown))} ({', '.join(API_CASE_NAMES)})")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("python -m benchmarks.instructions: needs valgrind (apt-get install valgrind)",
               file=sys.stderr)
         return 2
     here = Path(__file__).resolve().parent.parent
-    report: dict[str, Any] = {"here": count_tree(here, names)}
+    report: dict[str, Any] = {"here": count_tree(here, names, kinds)}
     if args.versus:
         from .versus import export
 
         with tempfile.TemporaryDirectory(prefix="neurogrid-versus-") as base:
             report["base_commit"] = export(args.versus, Path(base), here)
-            report["base"] = count_tree(Path(base), names)
+            report["base"] = count_tree(Path(base), names, kinds)
         print(f"\n{'case':<40} {args.versus:>12} {'here':>12} here/base")
         for then, now in zip(report["base"], report["here"]):
             print(f"{now['case']:<40} {then['instructions']:>12,} {now['instructions']:>12,} "
