@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .api_load import CONTENT_LENGTH, TASK_BODY, request_bytes, start_server
+
 SIM_TASKS = (10_000, 30_000)
 API_CASES = (("health", 1), ("post", 1), ("get", 1), ("health", 32), ("post", 32), ("get", 32))
 API_CASE_NAMES = {"health": "GET /health", "post": "POST /api/tasks", "get": "GET /api/tasks/<id>"}
@@ -80,8 +82,6 @@ def count_sim(tree: Path, scratch: Path) -> dict[str, Any]:
 
 
 def count_api(tree: Path, scratch: Path, kind: str, connections: int) -> dict[str, Any]:
-    from .api_load import TASK_BODY, request_bytes, start_server
-
     db = scratch / f"api-{kind}-{connections}.db"
     key = subprocess.run(  # by the tree's own code: its store makes the database
         [sys.executable, "-c", "import sys; from benchmarks.api_load import create_bench_key; "
@@ -148,7 +148,7 @@ def read_answer_body(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
         buffer += received(sock)
     head, _, buffer = buffer.partition(b"\r\n\r\n")
     assert head[9:12] == b"200", head[:80]
-    length = re.search(rb"content-length:\s*(\d+)", head, re.I)
+    length = CONTENT_LENGTH.search(head)
     assert length, head[:200]
     size = int(length.group(1))
     while len(buffer) < size:
