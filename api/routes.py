@@ -265,7 +265,7 @@ async def submit_task():  # type: ignore[no-untyped-def]
 @api_routes.get("/api/tasks/<task_id>")
 async def get_task(task_id: str):  # type: ignore[no-untyped-def]
     row = await visible_task(await current_caller(), task_id)
-    return jsonify({"success": True, "task": views.task_view(row, host_url)})
+    return json_response({"success": True, "task": views.task_view(row, host_url)})
 
 
 @api_routes.get(f"/api/tasks/<task_id>/{IMAGE_BLOB}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from quart import jsonify
 
 from api.access import Tier
 from api.relay import TaskFeed
@@ -67,6 +68,20 @@ async def test_a_completed_task_reads_as_in_the_reference(api: Harness) -> None:
     assert isinstance(task["cost"], float) and task["cost"] > 0
     assert task["tokens_used"] == 153  # generated + prompt tokens
     assert task["node"]["id"] == "node_de" and task["node"]["location"] == "Germany"
+
+
+async def test_hot_path_answers_are_the_bytes_jsonify_writes(api: Harness) -> None:
+    # POST /api/tasks and GET /api/tasks/<id> encode with routes.json_response (one
+    # encoder, no provider lookups); what clients read must stay what Quart's jsonify
+    # writes for the same object: compact, keys in order, a final newline
+    submitted = await api.client.post("/api/tasks", json=REFERENCE_BODY)
+    read = await api.client.get(f"/api/tasks/{(await submitted.get_json())['task_id']}")
+    for response in (submitted, read):
+        assert response.status_code == 200 and response.mimetype == "application/json"
+        data = await response.get_data()
+        async with api.test_app.app.app_context():
+            expected = await jsonify(json.loads(data)).get_data()
+        assert data == expected and data.endswith(b"}\n")
 
 
 async def test_unknown_task_is_404_with_the_error_object(api: Harness) -> None:
