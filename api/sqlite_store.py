@@ -45,7 +45,7 @@ from .records import (
     StoreFailed, StoreHealth, TaskChange, TaskRow, hash_secret, new_secret, refused_change,
 )
 from .sqlite_schema import (
-    CHANGE_COLUMNS, READ_TOTALS, connect, key_record, prepare, task_insert, task_row,
+    CHANGE_COLUMNS, READ_TOTALS, connect, key_record, prepare, row_values, task_insert, task_row,
 )
 from .store_sql import task_values
 from .sqlite_writer import Writer, failure_kind
@@ -151,7 +151,7 @@ class SqliteStore:
             row = conn.execute("SELECT * FROM idempotency_keys WHERE owner = ? AND key = ? "
                                "AND created_at >= ?",
                                (owner, key, now - IDEMPOTENCY_TTL_SECONDS)).fetchone()
-            return IdempotencyRecord(**dict(row)) if row is not None else None
+            return IdempotencyRecord(**row_values(row)) if row is not None else None
 
         return await self.read(query)
 
@@ -355,7 +355,7 @@ class SqliteStore:
 
     async def list_node_tokens(self) -> list[NodeTokenRecord]:
         return await self.read(lambda conn: [
-            NodeTokenRecord(**dict(r)) for r in conn.execute(
+            NodeTokenRecord(**row_values(r)) for r in conn.execute(
                 "SELECT name, created_at, revoked_at FROM node_tokens ORDER BY name")])
 
     # ---- signups, nodes, statistics, service runs ----------------------------------
@@ -372,14 +372,14 @@ class SqliteStore:
             if inserted:
                 return signup, True
             row = conn.execute("SELECT * FROM signups WHERE email = ?", (signup.email,)).fetchone()
-            return Signup(**dict(row)), False
+            return Signup(**row_values(row)), False
 
         outcome: tuple[Signup, bool] = await self.writer.write(op)
         return outcome
 
     async def nodes(self) -> dict[str, NodeRecord]:
         return await self.read(lambda conn: {
-            r["id"]: NodeRecord(**dict(r)) for r in conn.execute("SELECT * FROM nodes")})
+            r["id"]: NodeRecord(**row_values(r)) for r in conn.execute("SELECT * FROM nodes")})
 
     async def stats(self) -> Stats:
         return await self.read(lambda conn: Stats(**dict(conn.execute(READ_TOTALS).fetchone())))

@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from api.sqlite_schema import (
-    READ_TOTALS, SCHEMA_VERSION, TABLES, TOTALS_FROM_TASKS, connect, prepare, task_insert, task_row,
+    READ_TOTALS, SCHEMA_VERSION, TABLES, TOTALS_FROM_TASKS, connect, prepare, row_values, task_insert,
+    task_row,
 )
 from api.sqlite_store import open_sqlite
 from api.sqlite_writer import Writer
@@ -268,3 +269,13 @@ async def test_writes_by_another_process_stay_visible_after_the_file_checks(tmp_
             for secret in secrets:
                 assert await store.find_key(secret) is not None, f"key {len(secrets)} unseen"
         assert (tmp_path / "shared.db-wal").exists()  # nobody deleted it under us
+
+
+def test_row_values_is_the_row_as_a_mapping_in_column_order(tmp_path: Path) -> None:
+    conn = connect(str(tmp_path / "rows.db"))
+    conn.execute("CREATE TABLE t (b TEXT, A INTEGER, c REAL)")
+    conn.execute("INSERT INTO t VALUES ('x', 1, 2.5)")
+    row = conn.execute("SELECT * FROM t").fetchone()
+    values = row_values(row)
+    assert values == dict(row) == {"b": "x", "A": 1, "c": 2.5}
+    assert list(values) == ["b", "A", "c"]  # the columns' order, their names as declared
