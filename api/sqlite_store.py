@@ -132,7 +132,7 @@ class SqliteStore:
                 if taken:  # checked before the task: a lost race inserts nothing
                     held = conn.execute("SELECT * FROM idempotency_keys WHERE owner = ? AND "
                                         "key = ?", (idempotency.owner, idempotency.key)).fetchone()
-                    return IdempotencyRecord(**dict(held))
+                    return IdempotencyRecord(**row_values(held))
             conn.execute(*insert)
             return None
 
@@ -382,7 +382,7 @@ class SqliteStore:
             r["id"]: NodeRecord(**row_values(r)) for r in conn.execute("SELECT * FROM nodes")})
 
     async def stats(self) -> Stats:
-        return await self.read(lambda conn: Stats(**dict(conn.execute(READ_TOTALS).fetchone())))
+        return await self.read(lambda conn: Stats(**row_values(conn.execute(READ_TOTALS).fetchone())))
 
     async def start_run(self, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:

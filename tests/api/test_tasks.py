@@ -73,7 +73,7 @@ async def test_a_completed_task_reads_as_in_the_reference(api: Harness) -> None:
 async def test_hot_path_answers_are_the_bytes_jsonify_writes(api: Harness) -> None:
     # POST /api/tasks and GET /api/tasks/<id> encode with routes.json_response (one
     # encoder, no provider lookups); what clients read must stay what Quart's jsonify
-    # writes for the same object: compact, keys in order, a final newline
+    # writes for the same object: compact separators, ASCII, a final newline
     submitted = await api.client.post("/api/tasks", json=REFERENCE_BODY)
     read = await api.client.get(f"/api/tasks/{(await submitted.get_json())['task_id']}")
     for response in (submitted, read):
